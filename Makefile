@@ -1,0 +1,49 @@
+# Two commands on a fresh machine (Python 3.11+ and make):
+#   make lab    set everything up and open the course in JupyterLab
+#   make test   set everything up and run the whole test suite
+# Others: make release (regenerate modules/), make bench (time every notebook),
+#         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Leave empty on these machines; on your own, TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# fetches the 200 MB CPU build of torch instead of the multi-GB CUDA one.
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+START := modules/00_orientation/00_orientation.ipynb
+MODULE ?= 00_orientation
+
+# Jupyter and nbgrader find tools (alembic, jupyter-*) on PATH: put the venv first.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: lab test release bench grade constraints
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"Python 3.11 or newer is needed (flwr 1.42); {sys.executable} is {v.major}.{v.minor}. Try: make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install $(PIP_INDEX) -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab $(START)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+release: $(STAMP)
+	$(BIN)/python -m autograders.release
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench_notebooks
+
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade MODULE=00_orientation SUBMISSIONS=folder-or.zip"; exit 2; }
+	$(BIN)/python -m autograders.grade $(MODULE) $(SUBMISSIONS)
+
+constraints: $(STAMP)
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt

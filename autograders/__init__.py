@@ -1,0 +1,1 @@
+"""Instructor tools: generate the student release and grade submissions with nbgrader."""

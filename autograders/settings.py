@@ -1,0 +1,72 @@
+"""The one place that configures nbgrader for this course.
+
+Both the repository's own ``nbgrader_config.py`` (release, instructors' CLI and formgrader)
+and every grading folder that ``grade.py`` creates call `configure`, so a release and
+a grading run can never disagree about stubs, timeouts or what counts as a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOLUTIONS = REPO / "solutions"
+MODULES = REPO / "modules"
+COURSE_ID = "sysml"
+
+DEFAULT_CELL_TIMEOUT_S = 120
+KERNEL_STARTUP_TIMEOUT_S = 120  # importing torch on a cold, shared CPU can take a while
+
+# A grade is earned by tests passing: a failed test leaves an *error* output, which still
+# scores zero. Text on stderr is never a failed test; it is torch or sklearn warnings, tqdm
+# bars, or a learner's own debugging. nbgrader zeroes any grade cell with stderr output, so
+# strip every stderr stream before scoring.
+IGNORE_STDERR_PATTERN = r"[\s\S]"
+
+
+def tools_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Put this interpreter's bin folder first on PATH (of `env`, else of this process).
+
+    nbgrader runs `alembic` to create gradebooks and `jupyter` to run kernels; from an
+    environment that was not activated they are otherwise not found.
+    """
+    target = os.environ if env is None else env
+    bin_dir = os.path.dirname(sys.executable)
+    if target.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        target["PATH"] = bin_dir + os.pathsep + target.get("PATH", "")
+    return target
+
+
+def modules() -> list[str]:
+    """The module ids, e.g. ``00_orientation``, in teaching order."""
+    return sorted(p.name for p in SOLUTIONS.iterdir()
+                  if p.is_dir() and (p / f"{p.name}.ipynb").exists())
+
+
+def configure(c, root: Path | str, release_directory: Path | str = "release",
+              cell_timeout_s: int = DEFAULT_CELL_TIMEOUT_S) -> None:
+    """Fill an nbgrader traitlets config `c` for a course folder at `root`."""
+    root = Path(root).resolve()
+    course = c.CourseDirectory
+    course.root = str(root)
+    course.course_id = COURSE_ID
+    course.source_directory = str(SOLUTIONS)  # absolute: every course folder reads the one source
+    course.release_directory = str(release_directory)
+    course.db_url = f"sqlite:///{root / 'gradebook.db'}"
+    course.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".DS_Store"]
+
+    c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+    c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+    c.Execute.timeout = cell_timeout_s
+    c.Execute.startup_timeout = KERNEL_STARTUP_TIMEOUT_S
+    c.Execute.kernel_name = "python3"  # whatever kernel the learner's copy names
+    c.Execute.execute_retries = 0
+
+    c.IgnorePattern.enabled = True
+    c.IgnorePattern.pattern = IGNORE_STDERR_PATTERN
+    c.OverwriteCells.add_missing_cells = True  # a deleted test cell comes back and runs
+    c.LimitOutput.max_lines = 1000
+    c.Exchange.root = str(root / "exchange")

@@ -1,0 +1,158 @@
+"""The first cell of every module: seeds, device, threads, plotting defaults, versions.
+
+Taught in 00_orientation ("The setup cell"). Every notebook starts with::
+
+    from course import setup
+    ctx = setup("00_orientation")
+
+`setup` is idempotent: running the cell again resets the seeds and prints the same line.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+DEFAULT_SEED = 0
+MAX_THREADS = 4  # more threads than this only add contention on tiny course workloads
+
+#: Packages whose versions a learner (or a bug report) needs to see.
+REPORTED_PACKAGES = ("torch", "numpy", "scikit-learn", "snntorch", "flwr", "nbgrader")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What `setup` decided, so later cells can read it (``ctx.device``, ``ctx.fast``)."""
+
+    module: str
+    seed: int
+    device: torch.device
+    threads: int
+    fast: bool
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"python {platform.python_version()}"]
+        parts += [f"{name} {ver}" for name, ver in self.versions.items()]
+        mode = " | FAST mode" if self.fast else ""
+        return (
+            f"[{self.module}] device={self.device} threads={self.threads} "
+            f"seed={self.seed}{mode}\n" + " | ".join(parts)
+        )
+
+
+def seed_everything(seed: int = DEFAULT_SEED) -> None:
+    """Seed Python's, NumPy's and torch's generators (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """CUDA when present, else CPU. ``COURSE_DEVICE=cpu`` (or `prefer`) overrides."""
+    choice = prefer or os.environ.get("COURSE_DEVICE")
+    if choice:
+        device = torch.device(choice)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"COURSE_DEVICE={choice!r} asks for CUDA, but torch sees no CUDA device. "
+                "Unset COURSE_DEVICE to fall back to the CPU."
+            )
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a container's quota, not the host's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def choose_threads() -> int:
+    """``OMP_NUM_THREADS`` when set (Binder's start script sets it), else the cores, capped."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(available_cores(), MAX_THREADS))
+
+
+def package_versions(names: tuple[str, ...] = REPORTED_PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def fast_mode() -> bool:
+    """True while nbgrader grades or validates, or when ``COURSE_FAST=1``: long cells shrink."""
+    return bool(os.environ.get("NBGRADER_EXECUTION")) or os.environ.get("COURSE_FAST") == "1"
+
+
+def setup(module: str, seed: int = DEFAULT_SEED, device: str | None = None,
+          quiet: bool = False) -> Context:
+    """Make a module's run reproducible and print what it runs on.
+
+    Seeds every generator, picks the device (CUDA when present), sets torch's thread
+    count, applies the course's plotting defaults and reports package versions.
+    """
+    seed_everything(seed)
+    chosen = pick_device(device)
+    threads = choose_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if chosen.type == "cuda":
+        torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: not reproducible
+        torch.backends.cudnn.deterministic = True
+
+    from course import plots  # matplotlib loads only when a notebook sets up
+
+    plots.apply_defaults()
+    ctx = Context(module=module, seed=seed, device=chosen, threads=threads,
+                  fast=fast_mode(), versions=package_versions())
+    if not quiet:
+        print(ctx.summary(), file=sys.stdout)
+    return ctx
+
+
+def memory_limit_bytes() -> int | None:
+    """The container's memory limit (cgroup v2 or v1), or None when there is none."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # v1 reports "no limit" as a huge number
+            return int(text)
+    return None
+
+
+def environment_report(min_python=(3, 11), min_memory_gb: float = 1.5) -> list[tuple[str, bool, str]]:
+    """Rows of (check, passed, detail) for the orientation's environment check."""
+    import psutil
+
+    rows = [("python", sys.version_info[:2] >= min_python,
+             f"{platform.python_version()} (needs {'.'.join(map(str, min_python))}+)")]
+    for name, version in package_versions().items():
+        rows.append((name, version != "missing", version))
+    device = pick_device()
+    detail = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU: CPU is fine"
+    rows.append(("device", True, f"{device} ({detail})"))
+    rows.append(("cores", True, f"{available_cores()} available, torch uses {torch.get_num_threads()}"))
+    limit = memory_limit_bytes()
+    available = psutil.virtual_memory().available if limit is None else limit
+    rows.append(("memory", available >= min_memory_gb * 2**30,
+                 f"{available / 2**30:.1f} GiB {'limit' if limit else 'available'} "
+                 f"(needs {min_memory_gb} GiB)"))
+    return rows
