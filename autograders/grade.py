@@ -85,7 +85,7 @@ def _student_id(name: str, id_regex: str | None) -> str:
 
 
 def _safe_extract_notebooks(archive: Path, target: Path) -> str | None:
-    """Extract the .ipynb members of `archive` under `target`; return a problem or None."""
+    """Extract the notebooks (and nested zips) of `archive` under `target`; problem or None."""
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
@@ -95,7 +95,7 @@ def _safe_extract_notebooks(archive: Path, target: Path) -> str | None:
                 return f"archive unpacks to more than {MAX_ARCHIVE_BYTES // 2**20} MB"
             for member in members:
                 parts = Path(member.filename.replace("\\", "/")).parts
-                if member.is_dir() or not member.filename.lower().endswith(".ipynb"):
+                if member.is_dir() or not member.filename.lower().endswith((".ipynb", ".zip")):
                     continue
                 if member.filename.startswith(("/", "\\")) or ".." in parts or "__MACOSX" in parts:
                     continue  # path traversal or macOS metadata: never written
@@ -202,8 +202,8 @@ def _kill_tree(process: subprocess.Popen) -> None:
     psutil.wait_procs(victims, timeout=10)
 
 
-def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None) -> tuple[int | None, str]:
-    """Run one nbgrader command in `root`; return (exit code or None on timeout, output tail)."""
+def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None) -> int | None:
+    """Run one nbgrader command in `root`, appending to `log`; exit code, None on timeout."""
     env = settings.tools_on_path(dict(os.environ))
     with open(log, "ab") as out:
         out.write(f"$ nbgrader {' '.join(args)}\n".encode())
@@ -215,8 +215,7 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None) -
         except subprocess.TimeoutExpired:
             _kill_tree(process)
             code = None
-    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-    return code, "\n".join(tail)
+    return code
 
 
 def prepare_course(root: Path, module: str, cell_timeout_s: int) -> None:
@@ -224,10 +223,10 @@ def prepare_course(root: Path, module: str, cell_timeout_s: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(
         repo=str(settings.REPO), root=str(root.resolve()), timeout=cell_timeout_s))
-    code, tail = _nbgrader(["generate_assignment", module, "--force"], root,
-                           root / "generate.log", timeout_s=600)
-    if code != 0:
-        raise SystemExit(f"nbgrader generate_assignment failed for {module}:\n{tail}")
+    log = root / "generate.log"
+    log.write_text("")
+    if _nbgrader(["generate_assignment", module, "--force"], root, log, timeout_s=600) != 0:
+        raise SystemExit(f"nbgrader generate_assignment failed for {module}; see {log}")
 
 
 def _timeout_cells(autograded: Path) -> list[str]:
@@ -256,6 +255,19 @@ def _scores(root: Path, module: str, student: str) -> tuple[float, float, dict[s
         return float(notebook.score or 0.0), float(notebook.max_score), cells
 
 
+def diagnose(log_text: str, cell_timeout_s: int) -> str:
+    """One sentence, for the student and the instructor, on why nbgrader gave up."""
+    if "Kernel died" in log_text or "DeadKernelError" in log_text:
+        return ("the kernel died while running the notebook (os._exit, a crash, or memory "
+                "exhausted), so no test could run")
+    if "Timeout waiting for execute reply" in log_text:
+        return (f"a cell ran past the {cell_timeout_s} s limit and did not stop when interrupted, "
+                "so the rest of the notebook could not run")
+    errors = [line for line in log_text.splitlines()
+              if "ERROR]" in line and "Please see" not in line and "Traceback" not in line]
+    return "nbgrader could not grade it: " + (errors[-1].split("]", 1)[-1].strip() if errors else "see the log")
+
+
 def _max_score(root: Path, module: str) -> float:
     from nbgrader.api import Gradebook
 
@@ -275,7 +287,8 @@ def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
         "instructor to grade it again.</p></body></html>")
 
 
-def grade_one(root: Path, module: str, sub: Submission, student_timeout_s: float) -> Result:
+def grade_one(root: Path, module: str, sub: Submission, cell_timeout_s: int,
+              student_timeout_s: float) -> Result:
     start = time.monotonic()
     result = Result(student=sub.student, status="not gradable", max_score=_max_score(root, module))
     feedback = root / "feedback" / sub.student / module / f"{module}.html"
@@ -288,14 +301,14 @@ def grade_one(root: Path, module: str, sub: Submission, student_timeout_s: float
         log = root / "logs" / f"{sub.student}.log"
         log.parent.mkdir(exist_ok=True)
         log.write_text("")
-        code, tail = _nbgrader(["autograde", module, f"--student={sub.student}", "--force"],
-                               root, log, timeout_s=student_timeout_s)
+        code = _nbgrader(["autograde", module, f"--student={sub.student}", "--force"],
+                         root, log, timeout_s=student_timeout_s)
         scores = _scores(root, module, sub.student)
         if code is None:
-            problem = f"whole notebook over {student_timeout_s:g} s; grading stopped (log: {log})"
+            problem = f"the whole notebook ran past {student_timeout_s:g} s and was stopped"
             result.status = "timed out"
         elif code != 0 or scores is None:
-            problem = f"nbgrader could not grade it (log: {log}): {tail.splitlines()[-1] if tail else ''}"
+            problem = diagnose(log.read_text(errors="replace"), cell_timeout_s)
             result.status = "grading failed"
         else:
             result.score, result.max_score, result.cells = scores
@@ -303,15 +316,30 @@ def grade_one(root: Path, module: str, sub: Submission, student_timeout_s: float
             slow = _timeout_cells(root / "autograded" / sub.student / module / f"{module}.ipynb")
             if slow:
                 result.status = "timed out"
-                result.detail = "cell time limit hit in: " + ", ".join(slow)
-            _nbgrader(["generate_feedback", module, f"--student={sub.student}", "--force"],
-                      root, log, timeout_s=300)
+                result.detail = f"over the {cell_timeout_s} s cell limit: " + ", ".join(slow)
     if problem is not None:
         result.detail = problem
+        shutil.rmtree(root / "feedback" / sub.student / module, ignore_errors=True)
         _write_problem_feedback(feedback, module, result)
-    result.feedback = feedback if feedback.exists() else None
+    result.feedback = feedback
     result.seconds = time.monotonic() - start
     return result
+
+
+def generate_feedback(root: Path, module: str, results: list[Result]) -> None:
+    """nbgrader's feedback pages for every graded student, in one process."""
+    graded = [r for r in results if r.status in ("graded", "timed out") and r.cells]
+    if not graded:
+        return
+    log = root / "logs" / "feedback.log"
+    log.write_text("")
+    start = time.monotonic()
+    _nbgrader(["generate_feedback", module, "--force"], root, log, timeout_s=60 + 30 * len(graded))
+    share = (time.monotonic() - start) / len(graded)
+    for r in graded:
+        r.seconds += share
+        if not r.feedback.exists():
+            r.detail = (r.detail + "; " if r.detail else "") + f"no feedback page (see {log})"
 
 
 # ---------------------------------------------------------------- reporting
@@ -353,7 +381,8 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     results = []
     for sub in found:
         print(f"grading {sub.student} ({sub.origin}) ...", flush=True)
-        results.append(grade_one(out, module, sub, student_timeout_s))
+        results.append(grade_one(out, module, sub, cell_timeout_s, student_timeout_s))
+    generate_feedback(out, module, results)
     write_csv(out / "grades.csv", results)
     return results
 

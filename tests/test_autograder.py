@@ -1,0 +1,165 @@
+"""The instructor's grading command, end to end, on honest and hostile submissions.
+
+One run grades nine students from one LMS-style zip; every test below reads its results.
+"""
+
+import csv
+import io
+import json
+import zipfile
+
+import pytest
+
+from autograders import grade
+from tests.notebooks import reference_answers, submission
+
+MODULE = "00_orientation"
+CELL_TIMEOUT_S = 20
+FULL = 6.0
+
+WRONG_ANSWERS = {
+    "median_time": "def median_time(fn, repeats=20, warmup=3, clock=None):\n    return 0.0",
+    "model_size": "def model_size_bytes(model):\n    return 0",
+    "train_one_epoch": "def train_one_epoch(model, loader, optimizer, device=None):\n    return 0.0",
+}
+PARAMS_ONLY = ("def model_size_bytes(model):\n"
+               "    return sum(p.numel() * p.element_size() for p in model.parameters())")
+NOISY = ("import sys, warnings\n"
+         "print('debugging output on stderr', file=sys.stderr)\n"
+         "warnings.warn('a library grumbles', UserWarning)\n")
+
+
+def notebook_bytes(nb):
+    return json.dumps(nb).encode()
+
+
+def build_export(path):
+    """An LMS export: notebooks, a folder, a nested zip, and junk."""
+    ok = reference_answers(MODULE)
+    reference = submission(MODULE, ok)
+    noisy = submission(MODULE, ok)
+    for cell in noisy["cells"]:
+        if cell["id"] in ok:
+            cell["source"] = NOISY + "".join(cell["source"])
+    loop = submission(MODULE, {**ok, "median_time":
+                               "def median_time(fn, repeats=20, warmup=3, clock=None):\n"
+                               "    while True:\n        pass"})
+    tamper = submission(MODULE, {**WRONG_ANSWERS, "median_time_tests": "pass",
+                                 "model_size_params_tests": "print('all good')"},
+                        drop=("model_size_buffers_tests",))
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("work/00_orientation.ipynb", notebook_bytes(tamper))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ace.ipynb", notebook_bytes(reference))
+        zf.writestr("blank.ipynb", notebook_bytes(submission(MODULE)))
+        zf.writestr("partial/00_orientation.ipynb", notebook_bytes(
+            submission(MODULE, {"median_time": None, "model_size": PARAMS_ONLY})))
+        zf.writestr("tamper.zip", inner.getvalue())
+        zf.writestr("loop.ipynb", notebook_bytes(loop))
+        zf.writestr("noisy.ipynb", notebook_bytes(noisy))
+        zf.writestr("syntax.ipynb", notebook_bytes(
+            submission(MODULE, {**ok, "model_size": "def model_size_bytes(model)\n    return 1"})))
+        zf.writestr("crash.ipynb", notebook_bytes(
+            submission(MODULE, {**ok, "model_size": "import os\nos._exit(3)"})))
+        zf.writestr("broken.ipynb", b"{\"cells\": [ this is not json")
+        zf.writestr("../evil.ipynb", notebook_bytes(reference))
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    base = tmp_path_factory.mktemp("grading")
+    export = base / "export.zip"
+    build_export(export)
+    out = base / "course"
+    results = grade.grade(MODULE, export, out, cell_timeout_s=CELL_TIMEOUT_S, student_timeout_s=300)
+    return out, {r.student: r for r in results}
+
+
+def test_every_student_is_graded_once(graded):
+    _, results = graded
+    assert sorted(results) == ["ace", "blank", "broken", "crash", "loop", "noisy", "partial",
+                               "syntax", "tamper"]
+    assert all(r.max_score == FULL for r in results.values())
+
+
+def test_reference_answers_score_full_marks(graded):
+    ace = graded[1]["ace"]
+    assert (ace.status, ace.score, ace.detail) == ("graded", FULL, "")
+    assert all(score > 0 for score in ace.cells.values()) and len(ace.cells) == 4
+
+
+def test_blank_release_scores_zero(graded):
+    blank = graded[1]["blank"]
+    assert blank.status == "graded" and blank.score == 0
+
+
+def test_half_right_scores_partial_marks_per_test_cell(graded):
+    partial = graded[1]["partial"]
+    assert partial.score == 3.0  # median_time 2, model size parameters 1, buffers 0, training 0
+    assert partial.cells["median_time_tests"] == 2 and partial.cells["model_size_params_tests"] == 1
+    assert partial.cells["model_size_buffers_tests"] == 0
+
+
+def test_edited_and_deleted_tests_are_restored(graded):
+    out, results = graded
+    assert results["tamper"].score == 0
+    autograded = json.loads((out / "autograded" / "tamper" / MODULE / f"{MODULE}.ipynb").read_text())
+    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
+             for c in autograded["cells"]}
+    assert "ScriptedWork" in cells["median_time_tests"]  # edited to `pass`, restored
+    assert "BEGIN HIDDEN TESTS" in cells["median_time_tests"]  # hidden tests ran
+    assert "nn.BatchNorm1d(8)" in cells["model_size_buffers_tests"]  # deleted, put back
+
+
+def test_endless_loop_times_out_that_cell_only(graded):
+    loop = graded[1]["loop"]
+    assert loop.status == "timed out" and "median_time_tests" in loop.detail
+    assert loop.score == FULL - 2  # every other exercise still graded
+
+
+def test_stderr_noise_and_warnings_cost_nothing(graded):
+    noisy = graded[1]["noisy"]
+    assert (noisy.status, noisy.score) == ("graded", FULL)
+
+
+def test_syntax_error_costs_only_its_exercise(graded):
+    syntax = graded[1]["syntax"]
+    assert syntax.status == "graded" and syntax.score == FULL - 2
+
+
+def test_dead_kernel_and_unreadable_files_get_clear_results(graded):
+    _, results = graded
+    assert results["crash"].status == "grading failed" and "kernel died" in results["crash"].detail
+    assert results["broken"].status == "not gradable" and "not a readable notebook" in results["broken"].detail
+    assert results["crash"].score == results["broken"].score == 0
+
+
+def test_feedback_page_for_every_student(graded):
+    out, results = graded
+    for student, result in results.items():
+        page = out / "feedback" / student / MODULE / f"{MODULE}.html"
+        assert page.exists() and result.feedback == page, student
+    assert "6" in (out / "feedback" / "ace" / MODULE / f"{MODULE}.html").read_text()
+    assert "could not be graded" in (out / "feedback" / "broken" / MODULE / f"{MODULE}.html").read_text()
+
+
+def test_grades_csv_matches_results(graded):
+    out, results = graded
+    rows = list(csv.DictReader(open(out / "grades.csv")))
+    assert {r["student"]: float(r["score"]) for r in rows} == {s: r.score for s, r in results.items()}
+    assert {r["student"]: r["status"] for r in rows}["loop"] == "timed out"
+    assert "median_time_tests" in rows[0]
+
+
+def test_zip_slip_member_never_leaves_the_grading_folder(graded):
+    out, _ = graded
+    assert not (out.parent / "evil.ipynb").exists()
+    assert not (out / "evil.ipynb").exists()
+
+
+def test_summary_table_lists_everyone(graded):
+    table = grade.summary_table(list(graded[1].values()))
+    for student in graded[1]:
+        assert student in table
+    assert "6 / 6" in table

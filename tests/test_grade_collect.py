@@ -1,0 +1,113 @@
+"""How the grader finds one notebook per student in what an instructor downloads."""
+
+import json
+import zipfile
+
+import pytest
+
+from autograders import grade
+
+MODULE = "00_orientation"
+NB = json.dumps({"cells": [{"id": "c1", "cell_type": "code", "source": "1", "metadata": {}, "outputs": [],
+                            "execution_count": None}],
+                 "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def by_student(subs):
+    return {s.student: s for s in subs}
+
+
+def test_files_folders_and_zips_each_make_one_student(tmp_path):
+    src = tmp_path / "in"
+    (src / "bob").mkdir(parents=True)
+    (src / "ann.ipynb").write_text(NB)
+    (src / "bob" / f"{MODULE}.ipynb").write_text(NB)
+    (src / "bob" / "scratch.ipynb").write_text(NB)  # the module's own name wins
+    with zipfile.ZipFile(src / "cat.zip", "w") as zf:
+        zf.writestr("work/whatever.ipynb", NB)
+    (src / "notes.pdf").write_text("not a submission")
+    (src / ".DS_Store").write_text("")
+    subs = by_student(grade.collect_submissions(src, MODULE, tmp_path / "scratch"))
+    assert sorted(subs) == ["ann", "bob", "cat"]
+    assert all(s.problem is None for s in subs.values())
+    assert subs["bob"].notebook.name == f"{MODULE}.ipynb"
+    assert subs["cat"].notebook.read_text() == NB
+
+
+def test_ambiguous_or_empty_folders_are_reported_not_guessed(tmp_path):
+    src = tmp_path / "in"
+    (src / "dan").mkdir(parents=True)
+    (src / "eve").mkdir()
+    (src / "dan" / "a.ipynb").write_text(NB)
+    (src / "dan" / "b.ipynb").write_text(NB)
+    subs = by_student(grade.collect_submissions(src, MODULE, tmp_path / "scratch"))
+    assert "cannot tell which" in subs["dan"].problem
+    assert "no notebook" in subs["eve"].problem
+
+
+def test_lms_export_zip_with_id_regex_and_unsafe_members(tmp_path):
+    export = tmp_path / "export.zip"
+    with zipfile.ZipFile(export, "w") as zf:
+        zf.writestr("smithjane_12345_678_00_orientation.ipynb", NB)
+        zf.writestr("doejohn_67890_679_00_orientation.ipynb", NB)
+        zf.writestr("../escaped.ipynb", NB)
+        zf.writestr("__MACOSX/._smithjane.ipynb", "junk")
+    subs = by_student(grade.collect_submissions(export, MODULE, tmp_path / "scratch",
+                                                id_regex=r"^[a-z]+_(?P<student>\d+)_"))
+    assert sorted(subs) == ["12345", "67890"]
+    assert not (tmp_path / "escaped.ipynb").exists()
+    assert not list(tmp_path.rglob("escaped.ipynb"))
+
+
+def test_student_ids_are_made_safe_and_duplicates_flagged(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "José Ñ; rm -rf.ipynb").write_text(NB)
+    (src / "kim.ipynb").write_text(NB)
+    (src / "kim.zip").write_bytes(b"")
+    subs = grade.collect_submissions(src, MODULE, tmp_path / "scratch")
+    ids = [s.student for s in subs]
+    assert "Jos_____rm_-rf" in ids
+    problems = [s.problem for s in subs if s.student == "kim"]
+    assert any(p and "same student id" in p for p in problems)
+
+
+def test_bad_and_oversized_archives_are_clear_problems(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "liz.zip").write_bytes(b"PK\x03\x04 broken")
+    with zipfile.ZipFile(src / "max.zip", "w") as zf:
+        zf.writestr("a.ipynb", NB * 100)
+    monkeypatch.setattr(grade, "MAX_ARCHIVE_BYTES", 1000)
+    subs = by_student(grade.collect_submissions(src, MODULE, tmp_path / "scratch"))
+    assert "not a readable zip" in subs["liz"].problem
+    assert "unpacks to more than" in subs["max"].problem
+
+
+def test_missing_or_wrong_input_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="not found"):
+        grade.collect_submissions(tmp_path / "nope", MODULE, tmp_path / "s")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SystemExit, match="neither a folder nor a zip"):
+        grade.collect_submissions(tmp_path / "file.txt", MODULE, tmp_path / "s")
+
+
+def test_notebook_problem(tmp_path):
+    good, bad, empty = tmp_path / "g.ipynb", tmp_path / "b.ipynb", tmp_path / "e.ipynb"
+    good.write_text(NB)
+    bad.write_text("{not json")
+    empty.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert grade.notebook_problem(good) is None
+    assert "not a readable notebook" in grade.notebook_problem(bad)
+    assert "no code cells" in grade.notebook_problem(empty)
+
+
+def test_diagnose_names_the_failure():
+    assert "kernel died" in grade.diagnose("[AutogradeApp | ERROR] Kernel died while waiting", 60)
+    assert "60 s limit" in grade.diagnose("[ERROR] Timeout waiting for execute reply (60s).", 60)
+    assert "boom" in grade.diagnose("[AutogradeApp | ERROR] boom\n[AutogradeApp | ERROR] Please see", 60)
+
+
+def test_unknown_module_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="unknown module 'nope'"):
+        grade.grade("nope", tmp_path, tmp_path / "out")

@@ -1,0 +1,89 @@
+"""modules/ is exactly what nbgrader makes of solutions/, and gives nothing away."""
+
+import re
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbgrader.validator import Validator
+
+from autograders import release, settings
+from tests.notebooks import (grade_cells, load, nbgrader_meta, release_path, solution_cells,
+                             solution_path, source)
+
+MODULES = settings.modules()
+
+
+def test_every_solution_has_a_release_and_nothing_else():
+    assert MODULES, "no module found in solutions/"
+    released = sorted(p.name for p in settings.MODULES.iterdir() if p.is_dir())
+    assert released == MODULES, "run `make release` and commit modules/"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_committed_release_equals_a_fresh_one(module, tmp_path):
+    fresh = release.generate(module, release_dir=tmp_path)
+    committed = settings.MODULES / module
+    fresh_files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    committed_files = sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    assert fresh_files == committed_files, "modules/ is stale: run `make release`"
+    for rel in fresh_files:
+        assert (fresh / rel).read_bytes() == (committed / rel).read_bytes(), (
+            f"modules/{module}/{rel} differs from a fresh release: run `make release`, never edit modules/")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_release_holds_no_solution_and_no_hidden_test(module):
+    text = "".join(p.read_text(errors="replace") for p in (settings.MODULES / module).rglob("*")
+                   if p.is_file())
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS",
+                   "BEGIN MARK SCHEME"):
+        assert marker not in text
+    student = {c["id"]: {ln.strip() for ln in source(c).splitlines()}
+               for c in load(release_path(module))["cells"]}
+    for cell in load(solution_path(module))["cells"]:
+        body = source(cell)
+        regions = re.findall(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", body, re.S)
+        assert regions or not nbgrader_meta(cell).get("solution") or cell["cell_type"] != "code"
+        for _, region in regions:
+            lines = [ln.strip() for ln in region.splitlines()
+                     if ln.strip() and not ln.strip().startswith("#") and len(ln.strip()) > 12]
+            leaked = [ln for ln in lines if ln in student[cell["id"]]]
+            assert not leaked, f"{cell['id']}: solution or hidden test lines leaked: {leaked[:3]}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_student_copy_fails_exactly_at_its_exercises(module):
+    """Run the release as a learner would before answering: every test cell fails on the stub
+    (so no test passes by accident), and no other cell fails (demos never need an answer)."""
+    path = release_path(module)
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    failing = {c.id: [o for o in c.outputs if o.output_type == "error"] for c in nb.cells
+               if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)}
+    tests = {c["id"] for c in grade_cells(load(path))}
+    assert set(failing) == tests, (
+        f"cells failing on the blank copy: {sorted(failing)}; test cells: {sorted(tests)}")
+    for cell_id, errors in failing.items():
+        assert errors[0].ename == "NotImplementedError", (
+            f"{cell_id} fails with {errors[0].ename}: {errors[0].evalue}, not at the stub")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_nbgrader_validate_agrees(module):
+    """nbgrader's own check: the solutions pass every test, the release passes none."""
+    assert Validator().validate(str(solution_path(module))) == {}
+    assert Validator(invert=True).validate(str(release_path(module))) == {}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_exercise_has_tests_after_it(module):
+    cells = load(solution_path(module))["cells"]
+    kinds = ["S" if nbgrader_meta(c).get("solution") else "T" if nbgrader_meta(c).get("grade") else "-"
+             for c in cells]
+    assert solution_cells(load(solution_path(module)))
+    for index, kind in enumerate(kinds):
+        if kind == "S":
+            following = "".join(kinds[index + 1:]).lstrip("-")
+            assert following.startswith("T"), f"solution cell {cells[index]['id']} has no test after it"

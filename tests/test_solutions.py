@@ -1,0 +1,60 @@
+"""The source notebooks follow the course's anatomy and nbgrader's rules."""
+
+import re
+
+import nbformat
+import pytest
+from nbgrader.nbgraderformat import MetadataValidator
+
+from autograders import settings
+from tests.notebooks import grade_cells, load, nbgrader_meta, solution_path, source
+
+MODULES = settings.modules()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_saved_clean_with_the_python3_kernel(module):
+    nb = load(solution_path(module))
+    nbformat.validate(nbformat.reads(solution_path(module).read_text(), as_version=4))
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, (
+                f"{cell['id']}: commit solutions without outputs")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_nbgrader_metadata_is_complete_and_consistent(module):
+    path = solution_path(module)
+    MetadataValidator().validate_nb(nbformat.read(path, as_version=nbformat.NO_CONVERT))
+    nb = load(path)
+    ids = [nbgrader_meta(c)["grade_id"] for c in nb["cells"] if nbgrader_meta(c)]
+    assert len(ids) == len(set(ids)), "grade_id values must be unique"
+    for cell in nb["cells"]:
+        meta = nbgrader_meta(cell)
+        if not meta:
+            continue
+        assert meta["schema_version"] == 3 and cell["id"] == meta["grade_id"]
+        assert {"grade", "solution", "locked"} <= set(meta)
+        body = source(cell)
+        if meta["solution"] and cell["cell_type"] == "code":
+            assert "### BEGIN SOLUTION" in body and "TODO" in body and "HINT" in body, cell["id"]
+        if "BEGIN HIDDEN TESTS" in body:
+            assert meta["grade"] and not meta["solution"], f"{cell['id']}: hidden tests only in test cells"
+    for cell in grade_cells(nb):
+        meta = nbgrader_meta(cell)
+        assert meta["locked"] and meta["points"] > 0
+        assert "### BEGIN HIDDEN TESTS" in source(cell), f"{cell['id']} has no hidden tests"
+        assert "passed(" in source(cell), f"{cell['id']} prints no pass line"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_anatomy_header_setup_and_closing(module):
+    cells = load(solution_path(module))["cells"]
+    header = source(cells[0])
+    assert header.startswith("# ") and "Budget" in header and "Last verified" in header
+    assert re.search(r"\d+ (s|min).*\d(\.\d)? GB", header), "state the measured time and memory"
+    first_code = next(source(c) for c in cells if c["cell_type"] == "code")
+    assert f'setup("{module}")' in first_code
+    closing = " ".join(source(c) for c in cells[-2:] if c["cell_type"] == "markdown")
+    assert "Reflect" in closing or "Where next" in closing
