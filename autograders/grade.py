@@ -174,7 +174,8 @@ def notebook_problem(path: Path) -> str | None:
     import nbformat
 
     if path.stat().st_size > MAX_NOTEBOOK_BYTES:
-        return f"notebook is {path.stat().st_size // 2**20} MB, over the {MAX_NOTEBOOK_BYTES // 2**20} MB limit"
+        size_mb, limit_mb = path.stat().st_size // 2**20, MAX_NOTEBOOK_BYTES // 2**20
+        return f"notebook is {size_mb} MB, over the {limit_mb} MB limit"
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as err:  # noqa: BLE001 - any parse failure means "not a notebook"
@@ -265,7 +266,8 @@ def diagnose(log_text: str, cell_timeout_s: int) -> str:
                 "so the rest of the notebook could not run")
     errors = [line for line in log_text.splitlines()
               if "ERROR]" in line and "Please see" not in line and "Traceback" not in line]
-    return "nbgrader could not grade it: " + (errors[-1].split("]", 1)[-1].strip() if errors else "see the log")
+    last = errors[-1].split("]", 1)[-1].strip() if errors else "see the log"
+    return "nbgrader could not grade it: " + last
 
 
 def _max_score(root: Path, module: str) -> float:

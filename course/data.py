@@ -8,7 +8,7 @@ module, every learner and the autograder see the same train, validation and test
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ def _stratified_indices(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
     return tuple(np.sort(np.concatenate(p)) for p in parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_digit_splits(seed: int = SPLIT_SEED) -> Digits:
     """The course's running data set: 1797 digits split about 70/15/15, stratified.
 

@@ -52,7 +52,7 @@ def build_export(path):
         zf.writestr("work/00_orientation.ipynb", notebook_bytes(tamper))
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("ace.ipynb", notebook_bytes(reference))
-        zf.writestr("blank.ipynb", notebook_bytes(submission(MODULE)))
+        zf.writestr("00731.ipynb", notebook_bytes(submission(MODULE)))  # LMS ids: numeric
         zf.writestr("partial/00_orientation.ipynb", notebook_bytes(
             submission(MODULE, {"median_time": None, "model_size": PARAMS_ONLY})))
         zf.writestr("tamper.zip", inner.getvalue())
@@ -78,7 +78,7 @@ def graded(tmp_path_factory):
 
 def test_every_student_is_graded_once(graded):
     _, results = graded
-    assert sorted(results) == ["ace", "blank", "broken", "crash", "loop", "noisy", "partial",
+    assert sorted(results) == ["00731", "ace", "broken", "crash", "loop", "noisy", "partial",
                                "syntax", "tamper"]
     assert all(r.max_score == FULL for r in results.values())
 
@@ -90,7 +90,7 @@ def test_reference_answers_score_full_marks(graded):
 
 
 def test_blank_release_scores_zero(graded):
-    blank = graded[1]["blank"]
+    blank = graded[1]["00731"]  # also: a numeric id with a leading zero stays a string
     assert blank.status == "graded" and blank.score == 0
 
 
@@ -131,7 +131,8 @@ def test_syntax_error_costs_only_its_exercise(graded):
 def test_dead_kernel_and_unreadable_files_get_clear_results(graded):
     _, results = graded
     assert results["crash"].status == "grading failed" and "kernel died" in results["crash"].detail
-    assert results["broken"].status == "not gradable" and "not a readable notebook" in results["broken"].detail
+    broken = results["broken"]
+    assert broken.status == "not gradable" and "not a readable notebook" in broken.detail
     assert results["crash"].score == results["broken"].score == 0
 
 

@@ -13,7 +13,7 @@ def test_digit_mlp_shapes_and_seeded_init():
     assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
     assert param_count(model) == 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
     same = digit_mlp(hidden=(32, 16), seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), same.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), same.parameters(), strict=True))
 
 
 def test_digit_mlp_does_not_disturb_the_global_generator():

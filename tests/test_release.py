@@ -8,8 +8,15 @@ from nbclient import NotebookClient
 from nbgrader.validator import Validator
 
 from autograders import release, settings
-from tests.notebooks import (grade_cells, load, nbgrader_meta, release_path, solution_cells,
-                             solution_path, source)
+from tests.notebooks import (
+    grade_cells,
+    load,
+    nbgrader_meta,
+    release_path,
+    solution_cells,
+    solution_path,
+    source,
+)
 
 MODULES = settings.modules()
 
