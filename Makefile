@@ -12,6 +12,7 @@ STAMP := $(VENV)/.installed
 # fetches the 200 MB CPU build of torch instead of the multi-GB CUDA one.
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+TORCH_PIN := $(shell grep -m1 '^torch==' requirements.txt)
 START := modules/00_orientation/00_orientation.ipynb
 MODULE ?= 00_orientation
 
@@ -24,12 +25,17 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"Python 3.11 or newer is needed (flwr 1.42); {sys.executable} is {v.major}.{v.minor}. Try: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# torch first and alone: with it installed, a resolver backtracking over other packages
+	@# (a slow index answer is enough) can never swap the CPU build for a multi-GB CUDA one.
+	$(BIN)/python -m pip install $(PIP_INDEX) -c constraints.txt "$(TORCH_PIN)"
 	$(BIN)/python -m pip install $(PIP_INDEX) -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# Serve the whole repository (so every module shows in the file browser), opening the start page.
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(START)
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/$(START) \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
