@@ -164,3 +164,14 @@ def test_summary_table_lists_everyone(graded):
     for student in graded[1]:
         assert student in table
     assert "6 / 6" in table
+
+
+def test_command_line_prints_the_summary_and_writes_csv(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "zoe.ipynb").write_text("not a notebook")
+    assert grade.main([MODULE, str(folder), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "zoe" in printed and "0 / 6" in printed and "not gradable" in printed
+    assert "1 submissions in" in printed
+    assert (tmp_path / "out" / "grades.csv").read_text().splitlines()[1].startswith("zoe,0,6,")

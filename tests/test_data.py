@@ -38,3 +38,9 @@ def test_loader_shuffles_reproducibly_and_covers_the_split():
     assert torch.equal(first, again)
     assert not torch.equal(first, plain)
     assert torch.equal(first.sort().values, val.y.sort().values)
+
+
+def test_split_to_device_keeps_values():
+    val = load_digit_splits().val
+    moved = val.to("cpu")
+    assert torch.equal(moved.x, val.x) and torch.equal(moved.y, val.y) and len(moved) == len(val)
