@@ -12,7 +12,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psutil
@@ -46,6 +47,17 @@ class Timing:
     def __str__(self) -> str:
         return (f"median {self.median * 1e3:.3f} ms, IQR {self.iqr * 1e3:.3f} ms "
                 f"over {len(self.samples)} runs after {self.warmup} warm-up")
+
+
+@contextmanager
+def limit_threads(threads: int) -> Iterator[None]:
+    """Run torch on `threads` threads inside the block (a small device's single core, say)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _synchronize(device: torch.device | str | None) -> None:

@@ -76,3 +76,13 @@ def test_peak_memory_sampling_fallback(monkeypatch):
     peak, _ = bench.measure_peak_memory(allocate)
     assert peak.method == "sampled RSS"
     assert peak.cpu_bytes > 80 * 2**20
+
+
+def test_limit_threads_restores_the_count():
+    before = torch.get_num_threads()
+    with bench.limit_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), bench.limit_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

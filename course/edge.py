@@ -1,0 +1,236 @@
+"""Fitting a model into an in-cabin budget: quantize, prune, export, count energy.
+
+Taught in 01_edge. Each framework call sits in one function here (torchao's int8
+quantization, the ONNX exporter, ONNX Runtime), so a version change is fixed in one place.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from course.data import Split
+from course.training import accuracy
+
+# Energy per operation at 45 nm, 0.9 V, from M. Horowitz, "Computing's energy problem (and
+# what we can do about it)", ISSCC 2014, Figure 1.1.9. In picojoules.
+ENERGY_PJ = {
+    "int8_add": 0.03, "int8_mult": 0.2,
+    "int32_add": 0.1, "int32_mult": 3.1,
+    "fp32_add": 0.9, "fp32_mult": 3.7,
+    "sram_read_32bit_8KB": 5.0,       # 10 pJ per 64-bit read of an 8 KB SRAM, per 32 bits
+    "dram_read_32bit": 640.0,         # 1.3-2.6 nJ per 64-bit DRAM access: the low end, per 32 bits
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the in-cabin touchpad chip allows one digit classifier."""
+
+    max_latency_ms: float   # batch of one, median
+    max_size_bytes: int     # the deployed artifact
+    min_accuracy: float     # on the test split
+
+    def admits(self, latency_ms: float, size_bytes: int, acc: float) -> bool:
+        return (latency_ms <= self.max_latency_ms and size_bytes <= self.max_size_bytes
+                and acc >= self.min_accuracy)
+
+
+# ----------------------------------------------------------------- transfer learning
+
+def classes_subset(split: Split, classes: Iterable[int]) -> Split:
+    """Only the samples of `classes`, relabelled 0..len(classes)-1 in the given order."""
+    classes = list(classes)
+    mask = torch.isin(split.y, torch.tensor(classes))
+    relabel = torch.full((int(split.y.max()) + 1,), -1, dtype=torch.int64)
+    relabel[torch.tensor(classes)] = torch.arange(len(classes))
+    return Split(split.x[mask], relabel[split.y[mask]])
+
+
+# ----------------------------------------------------------------- quantization
+
+def _silence_torchao() -> None:
+    # torchao logs "failed to load" for GPU kernels it cannot use on a CPU, and importing it
+    # makes torch's pytree warn about a deprecated registration: harmless noise
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+def quantize_int8_static(model: nn.Module, input_absmax: dict[str, float]) -> nn.Module:
+    """A copy of `model` with every calibrated Linear in int8 (weights per row, inputs per tensor).
+
+    `input_absmax` maps a Linear's name to the largest |input| seen in calibration; the
+    activation scale is that over 127 (symmetric int8). Uses torchao, PyTorch's maintained
+    quantization library (torch.ao.quantization is deprecated).
+    """
+    _silence_torchao()
+    from torchao.quantization import Int8StaticActivationInt8WeightConfig, quantize_
+    from torchao.quantization.granularity import PerRow, PerTensor
+    from torchao.quantization.quant_primitives import MappingType
+
+    linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    missing = linears - set(input_absmax)
+    if missing:
+        raise ValueError(f"no calibration range for Linear layer(s) {sorted(missing)}: "
+                         "calibrate on every Linear before quantizing")
+    quantized = copy.deepcopy(model).eval()
+    for name, absmax in input_absmax.items():
+        if absmax <= 0:
+            raise ValueError(f"calibration range of {name!r} is {absmax}: it saw no non-zero input")
+        scale = torch.tensor([[absmax / 127.0]])  # one scale for the (batch, features) input
+        config = Int8StaticActivationInt8WeightConfig(
+            act_quant_scale=scale, granularity=[PerTensor(), PerRow()],
+            act_mapping_type=MappingType.SYMMETRIC)
+        quantize_(quantized, config, filter_fn=lambda _m, fqn, target=name: fqn == target)
+    return quantized
+
+
+# ----------------------------------------------------------------- pruning
+
+def slice_units(layer_in: nn.Linear, layer_out: nn.Linear, keep: torch.Tensor) -> tuple[nn.Linear, nn.Linear]:
+    """Keep only hidden units `keep` between two Linear layers: fewer rows in, fewer columns out."""
+    keep = torch.as_tensor(keep, dtype=torch.long)
+    new_in = nn.Linear(layer_in.in_features, len(keep), bias=layer_in.bias is not None)
+    new_out = nn.Linear(len(keep), layer_out.out_features, bias=layer_out.bias is not None)
+    with torch.no_grad():
+        new_in.weight.copy_(layer_in.weight[keep])
+        if layer_in.bias is not None:
+            new_in.bias.copy_(layer_in.bias[keep])
+        new_out.weight.copy_(layer_out.weight[:, keep])
+        if layer_out.bias is not None:
+            new_out.bias.copy_(layer_out.bias)
+    return new_in, new_out
+
+
+def prune_hidden_units(model: nn.Module, keep_fraction: float) -> nn.Module:
+    """Structured pruning of a Linear/ReLU stack: keep the hidden units with the largest
+    incoming weight norms. The result is a smaller dense network, so it runs faster."""
+    if not 0 < keep_fraction <= 1:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    pruned = copy.deepcopy(model)
+    layers = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+    replacements: dict[int, nn.Linear] = {}
+    for i in range(len(layers) - 1):
+        layer_in = replacements.get(id(layers[i]), layers[i])
+        norms = layer_in.weight.detach().norm(dim=1)
+        count = max(1, round(keep_fraction * len(norms)))
+        keep = norms.topk(count).indices.sort().values
+        new_in, new_out = slice_units(layer_in, layers[i + 1], keep)
+        replacements[id(layers[i])] = new_in
+        replacements[id(layers[i + 1])] = new_out
+    for parent in pruned.modules():
+        for child_name, child in parent.named_children():
+            if id(child) in replacements:
+                setattr(parent, child_name, replacements[id(child)])
+    return pruned
+
+
+def global_magnitude_prune(model: nn.Module, amount: float) -> nn.Module:
+    """A copy with the smallest `amount` of all Linear weights (by magnitude) set to zero."""
+    pruned = copy.deepcopy(model)
+    weights = [m.weight for m in pruned.modules() if isinstance(m, nn.Linear)]
+    magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
+    count = int(amount * len(magnitudes))
+    if count:
+        threshold = magnitudes.kthvalue(count).values
+        with torch.no_grad():
+            for w in weights:
+                w[w.abs() <= threshold] = 0.0
+    return pruned
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of Linear weights that are exactly zero."""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total
+
+
+def sensitivity_scan(model: nn.Module, split: Split, amounts: Iterable[float]) -> dict[str, list[float]]:
+    """Accuracy on `split` when one Linear layer at a time loses `amount` of its smallest weights."""
+    results: dict[str, list[float]] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        scores = []
+        for amount in amounts:
+            probe = copy.deepcopy(model)
+            weight = dict(probe.named_modules())[name].weight
+            count = int(amount * weight.numel())
+            if count:
+                threshold = weight.detach().abs().flatten().kthvalue(count).values
+                with torch.no_grad():
+                    weight[weight.abs() <= threshold] = 0.0
+            scores.append(accuracy(probe, split))
+        results[name] = scores
+    return results
+
+
+# ----------------------------------------------------------------- export and deployment
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """torch.export, then ONNX, with a symbolic batch dimension; returns the file's path."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(model.eval(), (example,), dynamic_shapes=({0: batch},),
+                                dynamo=True, verbose=False)
+    program.save(str(path))
+    return Path(path)
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 1):
+    """An ONNX Runtime CPU session; one thread by default, like a small in-cabin core."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_run(session, x: torch.Tensor) -> torch.Tensor:
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
+
+def onnx_quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """ONNX Runtime's dynamic int8 quantization (int8 weights, activations quantized per batch)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src))
+    # The dynamo exporter records shapes of initializers in value_info, which ORT's
+    # quantizer then contradicts ("Inferred shape and existing shape differ"): drop them.
+    del model.graph.value_info[:]
+    cleaned = Path(dst).with_suffix(".fp32-clean.onnx")
+    onnx.save(model, str(cleaned))
+    try:
+        quantize_dynamic(str(cleaned), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        cleaned.unlink(missing_ok=True)
+    return Path(dst)
+
+
+# ----------------------------------------------------------------- cost model
+
+def linear_macs(model: nn.Module) -> int:
+    """Multiply-accumulates of one sample through every Linear layer."""
+    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def pareto_front(rows: list[dict], cost: str = "latency_ms", gain: str = "accuracy") -> list[dict]:
+    """Rows no other row beats on both: lower (or equal) cost and higher (or equal) gain."""
+    front = []
+    for row in rows:
+        dominated = any(o[cost] <= row[cost] and o[gain] >= row[gain]
+                        and (o[cost] < row[cost] or o[gain] > row[gain]) for o in rows)
+        if not dominated:
+            front.append(row)
+    return sorted(front, key=lambda r: r[cost])

@@ -1,0 +1,143 @@
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from course import edge
+from course.data import load_digit_splits
+from course.models import digit_mlp
+from course.training import accuracy, fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digit_splits()
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    model = digit_mlp(hidden=(64, 32), seed=0)
+    fit(model, digits.train, epochs=8)
+    return model.eval()
+
+
+def test_budget_admits_only_within_every_limit():
+    budget = edge.Budget(max_latency_ms=1.0, max_size_bytes=1000, min_accuracy=0.9)
+    assert budget.admits(1.0, 1000, 0.9)
+    assert not budget.admits(1.1, 10, 0.99)
+    assert not budget.admits(0.1, 1001, 0.99)
+    assert not budget.admits(0.1, 10, 0.89)
+
+
+def test_classes_subset_relabels_in_order(digits):
+    sub = edge.classes_subset(digits.val, [5, 6, 7, 8, 9])
+    assert set(sub.y.tolist()) == {0, 1, 2, 3, 4}
+    assert len(sub) == int((digits.val.y >= 5).sum())
+    first = int(torch.nonzero(digits.val.y == 7)[0])
+    assert torch.equal(sub.x[int(torch.nonzero(sub.y == 2)[0])], digits.val.x[first])
+
+
+def test_static_int8_is_smaller_and_as_accurate(digits):
+    trained = digit_mlp(hidden=(256, 256), seed=0)
+    fit(trained, digits.train, epochs=4)
+    trained.eval()
+    ranges = {}
+    for name, module in trained.named_modules():
+        if isinstance(module, nn.Linear):
+            module.register_forward_pre_hook(
+                lambda m, inp, name=name: ranges.__setitem__(name, max(ranges.get(name, 0.0),
+                                                                      inp[0].abs().max().item())))
+    with torch.no_grad():
+        trained(digits.train.x)
+    for module in trained.modules():
+        module._forward_pre_hooks.clear()
+    quantized = edge.quantize_int8_static(trained, ranges)
+
+    def saved(m):
+        buffer = io.BytesIO()
+        torch.save(m.state_dict(), buffer)
+        return buffer.tell()
+
+    assert saved(quantized) < saved(trained) / 3.5
+    assert abs(accuracy(quantized, digits.test) - accuracy(trained, digits.test)) <= 0.02
+    with pytest.raises(ValueError, match="no calibration range"):
+        edge.quantize_int8_static(trained, {"net.0": 1.0})
+    with pytest.raises(ValueError, match="saw no non-zero input"):
+        edge.quantize_int8_static(trained, {n: 0.0 for n in ranges})
+
+
+def test_slice_units_keeps_the_function_of_kept_units():
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 6), nn.Linear(6, 3)
+    keep = torch.tensor([0, 2, 5])
+    a2, b2 = edge.slice_units(a, b, keep)
+    x = torch.randn(7, 4)
+    hidden = torch.relu(a(x))
+    mask = torch.zeros(6)
+    mask[keep] = 1
+    expected = b(hidden * mask)  # the dropped units contribute nothing
+    assert torch.allclose(b2(torch.relu(a2(x))), expected, atol=1e-6)
+    assert a2.weight.shape == (3, 4) and b2.weight.shape == (3, 3)
+
+
+def test_prune_hidden_units_shrinks_every_hidden_layer(trained, digits):
+    pruned = edge.prune_hidden_units(trained, 0.5)
+    widths = [m.out_features for m in pruned.modules() if isinstance(m, nn.Linear)]
+    assert widths == [32, 16, 10]
+    assert edge.linear_macs(pruned) < edge.linear_macs(trained) / 2
+    assert accuracy(pruned, digits.test) > 0.5
+    assert [m.out_features for m in trained.modules() if isinstance(m, nn.Linear)] == [64, 32, 10]
+    with pytest.raises(ValueError):
+        edge.prune_hidden_units(trained, 0)
+
+
+def test_global_magnitude_prune_and_sparsity(trained):
+    pruned = edge.global_magnitude_prune(trained, 0.7)
+    assert 0.69 <= edge.sparsity(pruned) <= 0.71
+    assert edge.sparsity(trained) < 0.01
+    kept = torch.cat([m.weight.abs().flatten() for m in pruned.modules() if isinstance(m, nn.Linear)])
+    dropped_max = max((orig.weight.abs() * (new.weight == 0)).max().item()
+                      for orig, new in zip([m for m in trained.modules() if isinstance(m, nn.Linear)],
+                                           [m for m in pruned.modules() if isinstance(m, nn.Linear)],
+                                           strict=True))
+    assert dropped_max <= kept[kept > 0].min().item()
+
+
+def test_sensitivity_scan_reports_each_layer(trained, digits):
+    scan = edge.sensitivity_scan(trained, digits.val, [0.0, 0.9])
+    assert set(scan) == {"net.0", "net.2", "net.4"}
+    for name, (full, heavy) in scan.items():
+        assert full == pytest.approx(accuracy(trained, digits.val))
+        assert heavy <= full + 1e-9, name
+
+
+def test_onnx_export_runs_any_batch_and_int8_is_smaller(trained, digits, tmp_path):
+    path = edge.export_onnx(trained, tmp_path / "m.onnx", digits.test.x[:8])
+    session = edge.onnx_session(path)
+    assert isinstance(session.get_inputs()[0].shape[0], str)
+    for n in (1, 5, 64):
+        x = digits.test.x[:n]
+        assert torch.allclose(edge.onnx_run(session, x), trained(x).detach(), atol=1e-4)
+    big = digit_mlp(hidden=(256, 256), seed=1)
+    fp32 = edge.export_onnx(big, tmp_path / "big.onnx", digits.test.x[:8])
+    int8 = edge.onnx_quantize_int8(fp32, tmp_path / "big_int8.onnx")
+    assert int8.stat().st_size < fp32.stat().st_size / 3.5
+    assert not (tmp_path / "big_int8.fp32-clean.onnx").exists()
+    logits = edge.onnx_run(edge.onnx_session(int8), digits.test.x)
+    assert logits.shape == (len(digits.test), 10)
+
+
+def test_linear_macs_and_energy_constants():
+    assert edge.linear_macs(digit_mlp(hidden=(64,))) == 64 * 64 + 64 * 10
+    assert edge.ENERGY_PJ["fp32_mult"] > edge.ENERGY_PJ["int8_mult"] * 10
+
+
+def test_pareto_front_drops_dominated_rows():
+    rows = [{"name": "a", "latency_ms": 1.0, "accuracy": 0.9},
+            {"name": "b", "latency_ms": 2.0, "accuracy": 0.95},
+            {"name": "c", "latency_ms": 2.5, "accuracy": 0.93},
+            {"name": "d", "latency_ms": 1.0, "accuracy": 0.85}]
+    assert [r["name"] for r in edge.pareto_front(rows)] == ["a", "b"]
+    assert copy.deepcopy(rows) == rows
