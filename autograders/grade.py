@@ -65,6 +65,7 @@ class Result:
     score: float = 0.0
     max_score: float = 0.0
     cells: dict[str, float] = field(default_factory=dict)
+    manual_pending: float = 0.0  # points of answers that wait for the instructor
     feedback: Path | None = None
     seconds: float = 0.0
 
@@ -244,7 +245,7 @@ def _timeout_cells(autograded: Path) -> list[str]:
     return names
 
 
-def _scores(root: Path, module: str, student: str) -> tuple[float, float, dict[str, float]] | None:
+def _scores(root: Path, module: str, student: str) -> tuple[float, float, dict[str, float], float] | None:
     from nbgrader.api import Gradebook, MissingEntry
 
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
@@ -253,7 +254,8 @@ def _scores(root: Path, module: str, student: str) -> tuple[float, float, dict[s
         except MissingEntry:
             return None
         cells = {g.name: float(g.score or 0.0) for g in notebook.grades}
-        return float(notebook.score or 0.0), float(notebook.max_score), cells
+        pending = sum(float(g.max_score) for g in notebook.grades if g.needs_manual_grade)
+        return float(notebook.score or 0.0), float(notebook.max_score), cells, pending
 
 
 def diagnose(log_text: str, cell_timeout_s: int) -> str:
@@ -313,12 +315,15 @@ def grade_one(root: Path, module: str, sub: Submission, cell_timeout_s: int,
             problem = diagnose(log.read_text(errors="replace"), cell_timeout_s)
             result.status = "grading failed"
         else:
-            result.score, result.max_score, result.cells = scores
+            result.score, result.max_score, result.cells, result.manual_pending = scores
             result.status = "graded"
+            if result.manual_pending:
+                result.detail = f"{result.manual_pending:g} points to grade by hand (formgrader)"
             slow = _timeout_cells(root / "autograded" / sub.student / module / f"{module}.ipynb")
             if slow:
                 result.status = "timed out"
-                result.detail = f"over the {cell_timeout_s} s cell limit: " + ", ".join(slow)
+                result.detail = "; ".join(filter(None, [
+                    f"over the {cell_timeout_s} s cell limit: " + ", ".join(slow), result.detail]))
     if problem is not None:
         result.detail = problem
         shutil.rmtree(root / "feedback" / sub.student / module, ignore_errors=True)
@@ -350,11 +355,13 @@ def write_csv(path: Path, results: list[Result]) -> None:
     cell_names = sorted({name for r in results for name in r.cells})
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["student", "score", "max_score", "percent", "status", "detail", *cell_names])
+        writer.writerow(["student", "score", "max_score", "percent", "manual_pending", "status", "detail",
+                         *cell_names])
         for r in results:
             percent = 100.0 * r.score / r.max_score if r.max_score else 0.0
             writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", f"{percent:.1f}",
-                             r.status, r.detail, *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
+                             f"{r.manual_pending:g}", r.status, r.detail,
+                             *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
 
 
 def summary_table(results: list[Result]) -> str:

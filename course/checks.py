@@ -112,3 +112,22 @@ class ScriptedWork:
                 f"{len(self.durations)} expected (warm-up + repeats): are extra calls being made?")
         self._now += self.durations[self.calls]
         self.calls += 1
+
+
+def yours_or_reference(yours, reference, name: str):
+    """Call the learner's function; while it is still the exercise stub, use the course's one.
+
+    Demo cells call exercises through this, so a learner who skips an exercise can still run
+    the rest of the notebook. Test cells call the learner's function directly, so grading is
+    unaffected. Only NotImplementedError (the stub) falls back; a real bug still shows.
+    """
+    def call(*args, **kwargs):
+        try:
+            return yours(*args, **kwargs)
+        except NotImplementedError:
+            if not getattr(call, "warned", False):
+                print(f"(your {name} is not written yet: this demo uses the course's version)")
+                call.warned = True
+            return reference(*args, **kwargs)
+
+    return call

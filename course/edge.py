@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,15 @@ from torch import nn
 
 from course.data import Split
 from course.training import accuracy
+
+def _quiet_known_noise() -> None:
+    """The ONNX exporter and quantizer print warnings that never apply to this course's models:
+    no torchvision operators to register, a deprecated pytree check, ORT's pre-processing tip."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+
+
+_quiet_known_noise()
 
 # Energy per operation at 45 nm, 0.9 V, from M. Horowitz, "Computing's energy problem (and
 # what we can do about it)", ISSCC 2014, Figure 1.1.9. In picojoules.
@@ -54,7 +64,37 @@ def classes_subset(split: Split, classes: Iterable[int]) -> Split:
     return Split(split.x[mask], relabel[split.y[mask]])
 
 
+def new_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Freeze `model` and give it a new trainable last layer (`model.net[-1]`) for `num_classes`."""
+    model.requires_grad_(False)
+    old = model.net[-1]
+    model.net[-1] = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    return model
+
+
 # ----------------------------------------------------------------- quantization
+
+def calibrate_input_absmax(model: nn.Module, batches: Iterable, num_batches: int) -> dict[str, float]:
+    """Largest |input| of every nn.Linear over the first `num_batches` (x, y) batches."""
+    ranges: dict[str, float] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            def record(_module, inputs, name=name):
+                ranges[name] = max(ranges.get(name, 0.0), inputs[0].detach().abs().max().item())
+            handles.append(module.register_forward_pre_hook(record))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for index, (x, _) in enumerate(batches):
+                if index >= num_batches:
+                    break
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranges
+
 
 def _silence_torchao() -> None:
     # torchao logs "failed to load" for GPU kernels it cannot use on a CPU, and importing it
@@ -173,6 +213,16 @@ def sensitivity_scan(model: nn.Module, split: Split, amounts: Iterable[float]) -
     return results
 
 
+# ----------------------------------------------------------------- distillation
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      T: float = 4.0, alpha: float = 0.7) -> torch.Tensor:
+    """Hinton et al. (2015): alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE."""
+    soft = nn.functional.kl_div(nn.functional.log_softmax(student_logits / T, dim=1),
+                                nn.functional.softmax(teacher_logits / T, dim=1), reduction="batchmean")
+    return alpha * soft * T * T + (1 - alpha) * nn.functional.cross_entropy(student_logits, labels)
+
+
 # ----------------------------------------------------------------- export and deployment
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
@@ -211,9 +261,13 @@ def onnx_quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     del model.graph.value_info[:]
     cleaned = Path(dst).with_suffix(".fp32-clean.onnx")
     onnx.save(model, str(cleaned))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs a pre-processing tip on the root logger
     try:
         quantize_dynamic(str(cleaned), str(dst), weight_type=QuantType.QInt8)
     finally:
+        root.setLevel(level)
         cleaned.unlink(missing_ok=True)
     return Path(dst)
 
@@ -225,12 +279,34 @@ def linear_macs(model: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
 
 
-def pareto_front(rows: list[dict], cost: str = "latency_ms", gain: str = "accuracy") -> list[dict]:
-    """Rows no other row beats on both: lower (or equal) cost and higher (or equal) gain."""
+def energy_per_inference_nj(macs: int, num_weights: int, bits: int) -> float:
+    """Compute (a multiply and an add per MAC) plus weight reads (32-bit SRAM words), in nJ."""
+    ops = {32: ("fp32_mult", "fp32_add"), 8: ("int8_mult", "int8_add")}
+    if bits not in ops:
+        raise ValueError(f"bits must be 32 or 8, got {bits}")
+    mult, add = ops[bits]
+    compute = macs * (ENERGY_PJ[mult] + ENERGY_PJ[add])
+    memory = num_weights * bits / 32 * ENERGY_PJ["sram_read_32bit_8KB"]
+    return (compute + memory) / 1000.0
+
+
+def choose_variant(rows: list[dict], budget: Budget) -> str | None:
+    """Name of the row inside every limit of `budget` with the least energy; None if none fits."""
+    fitting = [r for r in rows if budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"])]
+    return min(fitting, key=lambda r: r["energy_nj"])["name"] if fitting else None
+
+
+def pareto_front(rows: list[dict], minimize: tuple[str, ...] = ("latency_ms", "size_bytes"),
+                 maximize: tuple[str, ...] = ("accuracy",)) -> list[dict]:
+    """Rows that no other row dominates: at least as good on every objective, better on one."""
+    def as_costs(row):
+        return [row[k] for k in minimize] + [-row[k] for k in maximize]
+
     front = []
     for row in rows:
-        dominated = any(o[cost] <= row[cost] and o[gain] >= row[gain]
-                        and (o[cost] < row[cost] or o[gain] > row[gain]) for o in rows)
+        mine = as_costs(row)
+        dominated = any(all(o <= m for o, m in zip(as_costs(other), mine, strict=True))
+                        and as_costs(other) != mine for other in rows)
         if not dominated:
             front.append(row)
-    return sorted(front, key=lambda r: r[cost])
+    return front

@@ -37,8 +37,8 @@ class DigitMLP(nn.Module):
         return self.net(x)
 
 
-def digit_mlp(hidden: tuple[int, ...] = (64,), seed: int = 0) -> DigitMLP:
+def digit_mlp(hidden: tuple[int, ...] = (64,), seed: int = 0, num_classes: int = NUM_CLASSES) -> DigitMLP:
     """A freshly initialised `DigitMLP` whose weights depend only on `seed`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DigitMLP(hidden)
+        return DigitMLP(hidden, num_classes)

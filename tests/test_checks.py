@@ -70,3 +70,18 @@ def test_scripted_work_advances_clock_per_call_and_refuses_extra_calls():
 def test_passed_prints_a_pass_line(capsys):
     checks.passed("median_time")
     assert "✔ median_time" in capsys.readouterr().out
+
+
+def test_yours_or_reference_falls_back_only_on_the_stub(capsys):
+    def stub(x):
+        raise NotImplementedError()
+
+    def buggy(x):
+        raise ValueError("bug")
+
+    use = checks.yours_or_reference(stub, lambda x: x * 2, "double")
+    assert use(3) == 6 and use(4) == 8
+    assert capsys.readouterr().out.count("not written yet") == 1
+    assert checks.yours_or_reference(lambda x: x + 1, lambda x: 0, "inc")(1) == 2
+    with pytest.raises(ValueError, match="bug"):
+        checks.yours_or_reference(buggy, lambda x: 0, "f")(1)

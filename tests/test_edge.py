@@ -43,16 +43,8 @@ def test_static_int8_is_smaller_and_as_accurate(digits):
     trained = digit_mlp(hidden=(256, 256), seed=0)
     fit(trained, digits.train, epochs=4)
     trained.eval()
-    ranges = {}
-    for name, module in trained.named_modules():
-        if isinstance(module, nn.Linear):
-            module.register_forward_pre_hook(
-                lambda m, inp, name=name: ranges.__setitem__(name, max(ranges.get(name, 0.0),
-                                                                      inp[0].abs().max().item())))
-    with torch.no_grad():
-        trained(digits.train.x)
-    for module in trained.modules():
-        module._forward_pre_hooks.clear()
+    ranges = edge.calibrate_input_absmax(trained, digits.train.loader(256), num_batches=2)
+    assert all(not m._forward_pre_hooks for m in trained.modules())
     quantized = edge.quantize_int8_static(trained, ranges)
 
     def saved(m):
@@ -135,9 +127,45 @@ def test_linear_macs_and_energy_constants():
 
 
 def test_pareto_front_drops_dominated_rows():
-    rows = [{"name": "a", "latency_ms": 1.0, "accuracy": 0.9},
-            {"name": "b", "latency_ms": 2.0, "accuracy": 0.95},
-            {"name": "c", "latency_ms": 2.5, "accuracy": 0.93},
-            {"name": "d", "latency_ms": 1.0, "accuracy": 0.85}]
-    assert [r["name"] for r in edge.pareto_front(rows)] == ["a", "b"]
+    rows = [{"name": "a", "latency_ms": 1.0, "size_bytes": 10, "accuracy": 0.9},
+            {"name": "b", "latency_ms": 2.0, "size_bytes": 10, "accuracy": 0.95},
+            {"name": "c", "latency_ms": 2.5, "size_bytes": 10, "accuracy": 0.93},   # worse than b
+            {"name": "d", "latency_ms": 1.0, "size_bytes": 10, "accuracy": 0.85},   # worse than a
+            {"name": "e", "latency_ms": 3.0, "size_bytes": 1, "accuracy": 0.85}]    # smallest: kept
+    assert [r["name"] for r in edge.pareto_front(rows)] == ["a", "b", "e"]
+    assert [r["name"] for r in edge.pareto_front(rows, minimize=("latency_ms",))] == ["a", "b"]
+    twins = [dict(rows[0]), dict(rows[0], name="a2")]
+    assert len(edge.pareto_front(twins)) == 2  # equal rows do not dominate each other
     assert copy.deepcopy(rows) == rows
+
+
+def test_new_head_freezes_the_backbone():
+    model = edge.new_head(digit_mlp(hidden=(16,)), 3)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["net.2.weight", "net.2.bias"]
+    assert model(torch.zeros(2, 64)).shape == (2, 3)
+
+
+def test_calibration_respects_num_batches():
+    model = nn.Sequential(nn.Linear(2, 2))
+    batches = [(torch.ones(1, 2), None), (torch.full((1, 2), -5.0), None), (torch.full((1, 2), 50.0), None)]
+    assert edge.calibrate_input_absmax(model, batches, 2) == {"0": 5.0}
+
+
+def test_distillation_loss_reduces_to_cross_entropy_and_to_zero():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
+    assert torch.isclose(edge.distillation_loss(s, t, y, alpha=0.0), nn.functional.cross_entropy(s, y))
+    assert edge.distillation_loss(t, t, y, alpha=1.0).abs() < 1e-6
+
+
+def test_energy_and_choice():
+    assert edge.energy_per_inference_nj(1000, 1000, 32) == pytest.approx((1000 * 4.6 + 1000 * 5.0) / 1000)
+    assert edge.energy_per_inference_nj(1000, 1000, 8) == pytest.approx((1000 * 0.23 + 250 * 5.0) / 1000)
+    with pytest.raises(ValueError):
+        edge.energy_per_inference_nj(1, 1, 4)
+    budget = edge.Budget(1.0, 1000, 0.9)
+    rows = [{"name": "a", "latency_ms": 0.5, "size_bytes": 900, "accuracy": 0.95, "energy_nj": 2.0},
+            {"name": "b", "latency_ms": 0.5, "size_bytes": 900, "accuracy": 0.95, "energy_nj": 1.0},
+            {"name": "c", "latency_ms": 5.0, "size_bytes": 9, "accuracy": 0.99, "energy_nj": 0.1}]
+    assert edge.choose_variant(rows, budget) == "b"
+    assert edge.choose_variant(rows[2:], budget) is None

@@ -51,11 +51,13 @@ def test_release_holds_no_solution_and_no_hidden_test(module):
     for cell in load(solution_path(module))["cells"]:
         body = source(cell)
         regions = re.findall(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", body, re.S)
+        visible = {ln.strip() for ln in re.sub(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n.*?### END \1", "", body,
+                                               flags=re.S).splitlines()}
         assert regions or not nbgrader_meta(cell).get("solution") or cell["cell_type"] != "code"
         for _, region in regions:
             lines = [ln.strip() for ln in region.splitlines()
                      if ln.strip() and not ln.strip().startswith("#") and len(ln.strip()) > 12]
-            leaked = [ln for ln in lines if ln in student[cell["id"]]]
+            leaked = [ln for ln in lines if ln in student[cell["id"]] and ln not in visible]
             assert not leaked, f"{cell['id']}: solution or hidden test lines leaked: {leaked[:3]}"
 
 
@@ -69,7 +71,7 @@ def test_student_copy_fails_exactly_at_its_exercises(module):
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     failing = {c.id: [o for o in c.outputs if o.output_type == "error"] for c in nb.cells
                if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)}
-    tests = {c["id"] for c in grade_cells(load(path))}
+    tests = {c["id"] for c in grade_cells(load(path)) if c["cell_type"] == "code"}
     assert set(failing) == tests, (
         f"cells failing on the blank copy: {sorted(failing)}; test cells: {sorted(tests)}")
     for cell_id, errors in failing.items():
@@ -87,8 +89,13 @@ def test_nbgrader_validate_agrees(module):
 @pytest.mark.parametrize("module", MODULES)
 def test_every_exercise_has_tests_after_it(module):
     cells = load(solution_path(module))["cells"]
-    kinds = ["S" if nbgrader_meta(c).get("solution") else "T" if nbgrader_meta(c).get("grade") else "-"
-             for c in cells]
+    def kind(cell):
+        meta = nbgrader_meta(cell)
+        if cell["cell_type"] != "code":
+            return "-"  # markdown answers are graded by hand
+        return "S" if meta.get("solution") else "T" if meta.get("grade") else "-"
+
+    kinds = [kind(c) for c in cells]
     assert solution_cells(load(solution_path(module)))
     for index, kind in enumerate(kinds):
         if kind == "S":

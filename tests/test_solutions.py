@@ -43,6 +43,9 @@ def test_nbgrader_metadata_is_complete_and_consistent(module):
             assert meta["grade"] and not meta["solution"], f"{cell['id']}: hidden tests only in test cells"
     for cell in grade_cells(nb):
         meta = nbgrader_meta(cell)
+        if cell["cell_type"] == "markdown":  # a manually graded answer, with a mark scheme
+            assert meta["solution"] and meta["points"] > 0 and "BEGIN MARK SCHEME" in source(cell)
+            continue
         assert meta["locked"] and meta["points"] > 0
         assert "### BEGIN HIDDEN TESTS" in source(cell), f"{cell['id']} has no hidden tests"
         assert "passed(" in source(cell), f"{cell['id']} prints no pass line"
@@ -53,7 +56,7 @@ def test_anatomy_header_setup_and_closing(module):
     cells = load(solution_path(module))["cells"]
     header = source(cells[0])
     assert header.startswith("# ") and "Budget" in header and "Last verified" in header
-    assert re.search(r"\d+ (s|min).*\d(\.\d)? GB", header), "state the measured time and memory"
+    assert re.search(r"\d+ (s|min).*\d(\.\d)? GB", header, re.S), "state the measured time and memory"
     first_code = next(source(c) for c in cells if c["cell_type"] == "code")
     assert f'setup("{module}")' in first_code
     closing = " ".join(source(c) for c in cells[-2:] if c["cell_type"] == "markdown")
