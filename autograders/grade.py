@@ -207,6 +207,10 @@ def _kill_tree(process: subprocess.Popen) -> None:
 def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None) -> int | None:
     """Run one nbgrader command in `root`, appending to `log`; exit code, None on timeout."""
     env = settings.tools_on_path(dict(os.environ))
+    # One thread per grading kernel: a busy grading machine cannot oversubscribe its cores
+    # (OpenMP spin-waiting then slows cells tenfold into their time limit), and results do
+    # not depend on how many cores the grader has. course.setup honours OMP_NUM_THREADS.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     with open(log, "ab") as out:
         out.write(f"$ nbgrader {' '.join(args)}\n".encode())
         out.flush()

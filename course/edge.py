@@ -20,6 +20,7 @@ from torch import nn
 from course.data import Split
 from course.training import accuracy
 
+
 def _quiet_known_noise() -> None:
     """The ONNX exporter and quantizer print warnings that never apply to this course's models:
     no torchvision operators to register, a deprecated pytree check, ORT's pre-processing tip."""

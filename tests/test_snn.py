@@ -1,0 +1,97 @@
+import pytest
+import snntorch as snn
+import torch
+from snntorch import spikegen
+from torch import nn
+
+from course import snn as csnn
+from course.data import load_digit_splits
+from course.training import accuracy, fit
+
+
+def test_lif_step_matches_snntorch_leaky():
+    torch.manual_seed(0)
+    for beta, threshold in [(0.8, 1.0), (0.95, 0.5)]:
+        lif = snn.Leaky(beta=beta, threshold=threshold)
+        current = torch.rand(30, 5) * threshold
+        mem_ref, mem = torch.zeros(5), torch.zeros(5)
+        for step in current:
+            spk_ref, mem_ref = lif(step, mem_ref)
+            spk, mem = csnn.lif_step(step, mem, beta, threshold)
+            assert torch.equal(spk, spk_ref) and torch.allclose(mem, mem_ref, atol=1e-6)
+
+
+def test_rate_code_fires_at_the_intensity():
+    x = torch.tensor([[0.0, 0.25, 1.0]])
+    spikes = csnn.rate_code(x, 2000, torch.Generator().manual_seed(0))
+    assert spikes.shape == (2000, 1, 3)
+    rates = spikes.mean(0)[0]
+    assert rates[0] == 0 and rates[2] == 1 and abs(rates[1] - 0.25) < 0.03
+    try:
+        csnn.rate_code(torch.tensor([1.5]), 3)
+    except ValueError as err:
+        assert "[0, 1]" in str(err)
+    else:
+        raise AssertionError("intensities above 1 must be refused")
+
+
+def test_latency_code_equals_snntorch():
+    torch.manual_seed(1)
+    x = torch.rand(3, 64)
+    x[0, :4] = 0.0
+    mine = csnn.latency_code(x, 12)
+    ref = spikegen.latency(x, num_steps=12, linear=True, normalize=True, clip=True, threshold=0.01)
+    assert torch.equal(mine, ref)
+    assert mine.sum(0).max() == 1 and mine[:, 0, :4].sum() == 0
+
+
+def test_digit_snn_resets_state_and_learns():
+    digits = load_digit_splits()
+    net = csnn.DigitSNN(hidden=64)
+    spikes = csnn.rate_code(digits.val.x[:16], 10, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(net(spikes), net(spikes))  # no state leaks between calls
+    before = csnn.spike_count_accuracy(net, digits.val, 10)
+    csnn.train_snn(net, digits.train, num_steps=10, epochs=3)
+    assert csnn.spike_count_accuracy(net, digits.val, 10) > max(0.8, before)
+
+
+def test_conversion_tracks_the_ann():
+    digits = load_digit_splits()
+    ann = csnn.ReluMLP((64, 64, 10))
+    fit(ann, digits.train, epochs=6, lr=1e-3)
+    ann.eval()
+    weights = csnn.balance_weights(ann, digits.train.x)
+    acts = []
+    with torch.no_grad():
+        ann(digits.train.x, record=acts)
+    lam = torch.quantile(acts[0].flatten(), 0.999).item()
+    assert torch.allclose(weights[0], ann.layers[0].weight / lam)
+    assert torch.allclose(weights[1], ann.layers[1].weight * lam)
+    out = csnn.run_if_network(weights, digits.test.x, 32)
+    snn_acc = (out.argmax(1) == digits.test.y).float().mean().item()
+    assert snn_acc >= accuracy(ann, digits.test) - 0.03
+
+
+def test_synops_count_input_spikes_times_fan_out():
+    layers = [nn.Linear(3, 4), nn.Linear(4, 2)]
+    first = torch.zeros(5, 2, 3)
+    first[0, 0, :] = 1          # 3 spikes in sample 0
+    second = torch.zeros(5, 2, 4)
+    second[:, 1, 0] = 1         # 5 spikes in sample 1
+    assert csnn.count_synops([first, second], layers) == (3 * 4 + 5 * 2) / 2
+    assert csnn.count_macs(layers) == 3 * 4 + 4 * 2
+    assert csnn.MAC_PJ == pytest.approx(4.6) and csnn.AC_PJ == 0.9
+
+
+def test_flip_bits_and_dead_neurons():
+    w = torch.ones(10, 10)
+    sign = csnn.flip_bits(w, 5, 31, torch.Generator().manual_seed(0))
+    assert (sign == -1).sum() == 5 and torch.equal(w, torch.ones(10, 10))
+    huge = csnn.flip_bits(w, 3, 30, torch.Generator().manual_seed(0))
+    assert (huge > 1e30).sum() == 3
+    mask = csnn.dead_neuron_mask(100, 0.3, torch.Generator().manual_seed(0))
+    assert mask.sum() == 70
+    net = csnn.with_dead_hidden(nn.Sequential(nn.Linear(4, 100), nn.ReLU()), mask)
+    out = net(torch.rand(8, 4))
+    assert (out[:, mask == 0] == 0).all()
