@@ -1,0 +1,59 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from course import profiling
+from course.data import load_digit_splits
+
+
+def test_roofline_and_published_peaks():
+    assert profiling.attainable_flops(1.0, 100.0, 10.0) == 10.0
+    assert profiling.attainable_flops(100.0, 100.0, 10.0) == 100.0
+    for peak, bandwidth in profiling.ACCELERATORS.values():
+        assert peak / bandwidth > 10  # accelerators' ridge points lie far to the right
+
+
+def test_measured_peaks_are_plausible():
+    flops = profiling.measure_peak_matmul(256, repeats=3)
+    bandwidth = profiling.measure_bandwidth(8, repeats=3)
+    assert 1e8 < flops < 1e14 and 1e8 < bandwidth < 1e13
+
+
+def test_systolic_model():
+    assert profiling.systolic_matmul(4, 4, 4, 4, 4) == (14, pytest.approx(64 / (14 * 16)))
+    big = profiling.systolic_matmul(4096, 128, 128, 128, 128)[1]
+    assert big > 0.9 > profiling.systolic_matmul(1, 128, 128, 128, 128)[1]
+    with pytest.raises(ValueError):
+        profiling.systolic_matmul(1, 0, 1, 1, 1)
+
+
+def test_slow_items_equal_prepared_images():
+    digits = load_digit_splits()
+    pixels = digits.train.x.double()
+    mean, std = pixels.mean().item(), pixels.std(correction=0).item()
+    fast = profiling.prepare_images(digits.val.x[:5], mean, std)
+    slow = profiling.SlowDigits(digits.val.x, digits.val.y, digits.train.x)
+    for i in range(5):
+        image, label = slow[i]
+        assert image.dtype == torch.float64 and label == int(digits.val.y[i])
+        assert np.allclose(image.numpy(), fast[i].numpy(), atol=1e-5)
+
+
+def test_every_fix_keeps_the_results():
+    digits = load_digit_splits()
+    torch.manual_seed(0)
+    model = profiling.DigitCNN()
+    _, slow = profiling.pipeline(copy.deepcopy(model), digits, epochs=1)
+    _, fast = profiling.pipeline(copy.deepcopy(model), digits, epochs=1, fixes=profiling.FIXES)
+    assert fast[0][0] == pytest.approx(slow[0][0], rel=1e-3)
+    assert abs(fast[0][1] - slow[0][1]) <= 0.01 and slow[0][1] > 0.5
+    with pytest.raises(ValueError, match="unknown fixes"):
+        profiling.pipeline(model, digits, fixes=("turbo",))
+
+
+def test_epoch_orders_are_reproducible_permutations():
+    a, b = profiling.epoch_orders(10, 2, 5), profiling.epoch_orders(10, 2, 5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert sorted(a[0].tolist()) == list(range(10)) and not torch.equal(a[0], a[1])
