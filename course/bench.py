@@ -103,7 +103,11 @@ def param_count(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def model_size_bytes(model: nn.Module) -> int:
-    """Bytes the model's parameters and buffers occupy in memory, each tensor counted once."""
+    """Bytes the model's parameters and buffers occupy in memory, each tensor counted once.
+
+    Tensor subclasses (torchao's Int8Tensor, say) report their logical dtype, not their
+    storage: measure quantized models with `serialized_size_bytes` (taught in 01_edge).
+    """
     return sum(t.numel() * t.element_size() for t in _unique_tensors(model))
 
 

@@ -8,7 +8,6 @@ Taught in 03_profiling. The slow pipeline is correct but wasteful in the ways re
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
@@ -172,13 +171,3 @@ def pipeline(model: nn.Module, digits, epochs: int = 2, seed: int = 0, batch_siz
             accuracy = correct / len(slow_val)
         history.append((mean_loss, accuracy))
     return model, history
-
-
-def time_call(fn, repeats: int = 3) -> float:
-    """Median wall time of `repeats` calls of a slow function (seconds)."""
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return sorted(samples)[len(samples) // 2]

@@ -170,11 +170,6 @@ def run_if_network(weights: Sequence[torch.Tensor], x: torch.Tensor, num_steps: 
 
 # ----------------------------------------------------------------- operations and energy
 
-def count_macs(layers: Sequence[nn.Linear]) -> int:
-    """Multiply-accumulates of one sample through these Linear layers."""
-    return sum(layer.in_features * layer.out_features for layer in layers)
-
-
 def count_synops(layer_inputs: Sequence[torch.Tensor], layers: Sequence[nn.Linear]) -> float:
     """Synaptic operations per sample: every input spike to a layer adds its weight to each of
     the layer's out_features neurons. layer_inputs[l] is [T, B, in_features] of 0/1 spikes."""
