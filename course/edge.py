@@ -22,9 +22,11 @@ from course.training import accuracy
 
 
 def _quiet_known_noise() -> None:
-    """The ONNX exporter and quantizer print warnings that never apply to this course's models:
-    no torchvision operators to register, a deprecated pytree check, ORT's pre-processing tip."""
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    """The ONNX exporter, torchao and ORT's quantizer print warnings that never apply to this
+    course's models: no torchvision operators to register, a deprecated pytree check, GPU
+    kernels torchao cannot load on a CPU, ORT's pre-processing tip (silenced where it is called)."""
+    for name in ("torch.onnx", "torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
 
 
@@ -97,13 +99,6 @@ def calibrate_input_absmax(model: nn.Module, batches: Iterable, num_batches: int
     return ranges
 
 
-def _silence_torchao() -> None:
-    # torchao logs "failed to load" for GPU kernels it cannot use on a CPU, and importing it
-    # makes torch's pytree warn about a deprecated registration: harmless noise
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-
-
 def quantize_int8_static(model: nn.Module, input_absmax: dict[str, float]) -> nn.Module:
     """A copy of `model` with every calibrated Linear in int8 (weights per row, inputs per tensor).
 
@@ -111,7 +106,6 @@ def quantize_int8_static(model: nn.Module, input_absmax: dict[str, float]) -> nn
     activation scale is that over 127 (symmetric int8). Uses torchao, PyTorch's maintained
     quantization library (torch.ao.quantization is deprecated).
     """
-    _silence_torchao()
     from torchao.quantization import Int8StaticActivationInt8WeightConfig, quantize_
     from torchao.quantization.granularity import PerRow, PerTensor
     from torchao.quantization.quant_primitives import MappingType
@@ -173,10 +167,9 @@ def prune_hidden_units(model: nn.Module, keep_fraction: float) -> nn.Module:
     return pruned
 
 
-def global_magnitude_prune(model: nn.Module, amount: float) -> nn.Module:
-    """A copy with the smallest `amount` of all Linear weights (by magnitude) set to zero."""
-    pruned = copy.deepcopy(model)
-    weights = [m.weight for m in pruned.modules() if isinstance(m, nn.Linear)]
+def _zero_smallest(weights: list[torch.Tensor], amount: float) -> None:
+    """Zero, in place, the fraction `amount` of these tensors' values smallest in magnitude,
+    ranked together."""
     magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
     count = int(amount * len(magnitudes))
     if count:
@@ -184,6 +177,12 @@ def global_magnitude_prune(model: nn.Module, amount: float) -> nn.Module:
         with torch.no_grad():
             for w in weights:
                 w[w.abs() <= threshold] = 0.0
+
+
+def global_magnitude_prune(model: nn.Module, amount: float) -> nn.Module:
+    """A copy with the smallest `amount` of all Linear weights (by magnitude) set to zero."""
+    pruned = copy.deepcopy(model)
+    _zero_smallest([m.weight for m in pruned.modules() if isinstance(m, nn.Linear)], amount)
     return pruned
 
 
@@ -203,12 +202,7 @@ def sensitivity_scan(model: nn.Module, split: Split, amounts: Iterable[float]) -
         scores = []
         for amount in amounts:
             probe = copy.deepcopy(model)
-            weight = dict(probe.named_modules())[name].weight
-            count = int(amount * weight.numel())
-            if count:
-                threshold = weight.detach().abs().flatten().kthvalue(count).values
-                with torch.no_grad():
-                    weight[weight.abs() <= threshold] = 0.0
+            _zero_smallest([dict(probe.named_modules())[name].weight], amount)
             scores.append(accuracy(probe, split))
         results[name] = scores
     return results

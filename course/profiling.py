@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from course.bench import measure_time
+from course.data import epoch_orders
 
 UPSCALE = 4  # 8x8 digits become 32x32 images: enough work for a convolution to matter
 
@@ -27,6 +28,22 @@ ACCELERATORS = {
     "NVIDIA H100 SXM (FP32)": (67e12, 3.35e12),
     "Google TPU v5e (BF16)": (197e12, 0.819e12),
 }
+
+
+# ----------------------------------------------------------------- timing and profiles
+
+def benchmark(fn, threads: int = 1, min_run_time: float = 0.2):
+    """torch.utils.benchmark's Measurement (median, IQR) of fn() on `threads` threads."""
+    from torch.utils import benchmark as torch_benchmark
+
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=min_run_time)
+
+
+def top_ops(prof, k: int = 5) -> list[str]:
+    """Names of the k operators with the most self CPU time in a torch.profiler profile."""
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [e.key for e in events[:k]]
 
 
 # ----------------------------------------------------------------- roofline
@@ -102,12 +119,6 @@ class SlowDigits(Dataset):
         mean, std = pixels.mean(), pixels.std()          # the same numbers, recomputed every item
         image = (self.x[i].numpy().astype(np.float64).reshape(8, 8) - mean) / std
         return torch.tensor(np.kron(image, np.ones((UPSCALE, UPSCALE)))[None]), int(self.y[i])
-
-
-def epoch_orders(n: int, epochs: int, seed: int) -> list[torch.Tensor]:
-    """The sample order of every epoch: both pipelines use these, so they see the same batches."""
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randperm(n, generator=generator) for _ in range(epochs)]
 
 
 def prepare_images(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from snntorch import surrogate
 from torch import nn
 
-from course.data import Split
+from course.data import Split, epoch_orders
 from course.edge import ENERGY_PJ, distillation_loss
 
 MAC_PJ = ENERGY_PJ["fp32_mult"] + ENERGY_PJ["fp32_add"]   # 4.6 pJ: a multiply-accumulate
@@ -63,14 +63,12 @@ class DigitSNN(nn.Module):
         self.fc1, self.lif1 = nn.Linear(64, hidden), snn.Leaky(beta=beta, spike_grad=grad)
         self.fc2, self.lif2 = nn.Linear(hidden, 10), snn.Leaky(beta=beta, spike_grad=grad)
 
-    def forward(self, spikes: torch.Tensor, record: list | None = None) -> torch.Tensor:
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         mem1, mem2 = self.lif1.reset_mem(), self.lif2.reset_mem()  # a fresh state for every batch
         out = []
         for step in spikes:
             spk1, mem1 = self.lif1(self.fc1(step), mem1)
             spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
-            if record is not None:
-                record.append((step, spk1))
             out.append(spk2)
         return torch.stack(out)
 
@@ -96,17 +94,16 @@ def train_snn(net: nn.Module, train: Split, num_steps: int = 25, epochs: int = 8
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     count_loss = SF.ce_count_loss()
     generator = torch.Generator().manual_seed(seed)
-    index = torch.arange(len(train))
     net.train()
-    for epoch in range(epochs):
-        for batch in train.loader(batch_size, shuffle=True, seed=seed * 1000 + epoch).batch_sampler:
+    for order in epoch_orders(len(train), epochs, seed):
+        for batch in order.split(batch_size):
             x, y = train.x[batch], train.y[batch]
             spikes = rate_code(x, num_steps, generator).to(device)
             out = net(spikes)
             if teacher_logits is None:
                 loss = count_loss(out, y.to(device))
             else:
-                loss = distillation_loss(out.sum(0), teacher_logits[index[batch]].to(device), y.to(device),
+                loss = distillation_loss(out.sum(0), teacher_logits[batch].to(device), y.to(device),
                                          T=temperature, alpha=alpha)
             optimizer.zero_grad()
             loss.backward()
@@ -149,8 +146,7 @@ def balance_weights(ann: ReluMLP, x: torch.Tensor, percentile: float = 99.9) -> 
     return weights
 
 
-def run_if_network(weights: Sequence[torch.Tensor], x: torch.Tensor, num_steps: int,
-                   record: list | None = None) -> torch.Tensor:
+def run_if_network(weights: Sequence[torch.Tensor], x: torch.Tensor, num_steps: int) -> torch.Tensor:
     """Integrate-and-fire simulation of a converted network with constant input current `x`.
     Hidden neurons: threshold 1, reset by subtraction. Output: accumulated membrane (no spikes).
     Returns the output membrane divided by num_steps, comparable with the ANN's logits."""
@@ -162,8 +158,6 @@ def run_if_network(weights: Sequence[torch.Tensor], x: torch.Tensor, num_steps: 
             if i < len(weights) - 1:
                 spikes = (mems[i] >= 1.0).float()
                 mems[i] = mems[i] - spikes
-                if record is not None:
-                    record.append((i, signal, spikes))
                 signal = spikes
     return mems[-1] / num_steps
 

@@ -1,6 +1,6 @@
 import torch
 
-from course.data import NUM_CLASSES, load_digit_splits
+from course.data import NUM_CLASSES, epoch_orders, load_digit_splits
 
 
 def test_splits_are_disjoint_complete_and_stratified():
@@ -44,3 +44,9 @@ def test_split_to_device_keeps_values():
     val = load_digit_splits().val
     moved = val.to("cpu")
     assert torch.equal(moved.x, val.x) and torch.equal(moved.y, val.y) and len(moved) == len(val)
+
+
+def test_epoch_orders_are_reproducible_permutations():
+    a, b = epoch_orders(10, 2, 5), epoch_orders(10, 2, 5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert sorted(a[0].tolist()) == list(range(10)) and not torch.equal(a[0], a[1])
