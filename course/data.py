@@ -7,12 +7,13 @@ module, every learner and the autograder see the same train, validation and test
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
 SPLIT_SEED = 1234
@@ -71,6 +72,24 @@ def _stratified_indices(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
     return tuple(np.sort(np.concatenate(p)) for p in parts)
 
 
+def read_shipped_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The (1797, 64) pixels and (1797,) labels from the file scikit-learn ships.
+
+    It is the file `sklearn.datasets.load_digits` reads (64 pixel columns, then the label),
+    found without importing scikit-learn: that import pulls in SciPy and pandas, over 100 MB
+    in every process, which matters when 04_distributed starts four at once.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("scikit-learn is not installed, and it ships the digits: "
+                                  "pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"scikit-learn's digits file is missing: {path} (reinstall scikit-learn)")
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
 @cache
 def load_digit_splits(seed: int = SPLIT_SEED) -> Digits:
     """The course's running data set: 1797 digits split about 70/15/15, stratified.
@@ -78,10 +97,10 @@ def load_digit_splits(seed: int = SPLIT_SEED) -> Digits:
     Pixels are scaled to [0, 1]. The same `seed` always gives the same split.
     The returned tensors are shared between calls: copy before changing them in place.
     """
-    bunch = load_digits()
-    x = torch.from_numpy((bunch.data / PIXEL_MAX).astype(np.float32))
-    y = torch.from_numpy(bunch.target.astype(np.int64))
-    train, val, test = _stratified_indices(bunch.target, seed)
+    pixels, labels = read_shipped_digits()
+    x = torch.from_numpy((pixels / PIXEL_MAX).astype(np.float32))
+    y = torch.from_numpy(labels)
+    train, val, test = _stratified_indices(labels, seed)
     pick = lambda idx: Split(x[idx], y[idx])  # noqa: E731
     return Digits(train=pick(train), val=pick(val), test=pick(test))
 

@@ -1,6 +1,6 @@
 import torch
 
-from course.data import NUM_CLASSES, epoch_orders, load_digit_splits
+from course.data import NUM_CLASSES, epoch_orders, load_digit_splits, read_shipped_digits
 
 
 def test_splits_are_disjoint_complete_and_stratified():
@@ -50,3 +50,11 @@ def test_epoch_orders_are_reproducible_permutations():
     a, b = epoch_orders(10, 2, 5), epoch_orders(10, 2, 5)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert sorted(a[0].tolist()) == list(range(10)) and not torch.equal(a[0], a[1])
+
+
+def test_shipped_file_is_what_scikit_learn_loads():
+    from sklearn.datasets import load_digits
+
+    pixels, labels = read_shipped_digits()
+    bunch = load_digits()
+    assert (pixels == bunch.data).all() and (labels == bunch.target).all()

@@ -1,0 +1,437 @@
+"""Distributed data parallelism: collectives, a ring all-reduce, DDP, and the memory of sharding.
+
+Taught in 04_distributed. Functions documented "runs on each rank" expect an initialised
+process group: start them with `course.launch.launch`, which runs them under torchrun.
+The others are plain functions (the references the notebook checks the learner against).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from course.data import load_digit_splits
+from course.models import digit_mlp
+
+COLLECTIVES = ("broadcast", "all_reduce", "all_gather", "reduce_scatter")
+SAMPLER_SEED = 0
+
+# Mixed-precision Adam, as in the ZeRO paper (Rajbhandari et al., SC 2020): bf16/fp16 weights
+# and gradients (2 + 2 bytes per parameter) and an fp32 master copy, momentum and variance (12).
+BYTES_PER_PARAM = {"weights": 2, "gradients": 2, "optimizer": 12}
+# What each ZeRO stage shards across the ranks (stage 3 is what FSDP's full sharding does).
+SHARDED = {0: (), 1: ("optimizer",), 2: ("optimizer", "gradients"),
+           3: ("optimizer", "gradients", "weights")}
+
+
+def rank_and_world() -> tuple[int, int]:
+    return dist.get_rank(), dist.get_world_size()
+
+
+# ----------------------------------------------------------------- collectives
+
+def start_tensor(rank: int, world: int) -> torch.Tensor:
+    """What rank `rank` holds before each collective: [0, 1, ..., world-1] + 10 * rank."""
+    return torch.arange(world, dtype=torch.float32) + 10 * rank
+
+
+def predict_collective(name: str, rank: int, world: int) -> torch.Tensor:
+    """What `rank` holds after collective `name` (sum, root 0) when every rank starts from
+    `start_tensor`. The reference for exercise 1."""
+    everyone = torch.stack([start_tensor(r, world) for r in range(world)])
+    if name == "broadcast":
+        return everyone[0].clone()
+    if name == "all_reduce":
+        return everyone.sum(dim=0)
+    if name == "all_gather":
+        return everyone.reshape(-1)
+    if name == "reduce_scatter":
+        return everyone.sum(dim=0)[rank:rank + 1]
+    raise ValueError(f"unknown collective {name!r}; expected one of {COLLECTIVES}")
+
+
+def run_collectives() -> dict[str, torch.Tensor]:
+    """Runs on each rank: every collective of `COLLECTIVES` on `start_tensor`, for real."""
+    rank, world = rank_and_world()
+    results = {}
+    x = start_tensor(rank, world)
+    dist.broadcast(x, src=0)
+    results["broadcast"] = x
+    x = start_tensor(rank, world)
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    results["all_reduce"] = x
+    parts = [torch.empty(world) for _ in range(world)]
+    dist.all_gather(parts, start_tensor(rank, world))
+    results["all_gather"] = torch.cat(parts)
+    mine = torch.empty(1)
+    dist.reduce_scatter(mine, list(start_tensor(rank, world).chunk(world)), op=dist.ReduceOp.SUM)
+    results["reduce_scatter"] = mine
+    return results
+
+
+# ----------------------------------------------------------------- ring all-reduce
+
+def ring_all_reduce(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Runs on each rank: the sum of every rank's `tensor`, by a ring of send/recv, and the bytes
+    this rank sent. Reduce-scatter for world-1 steps, then all-gather for world-1 steps."""
+    rank, world = rank_and_world()
+    result = tensor.detach().clone()
+    chunks = result.view(-1).tensor_split(world)
+    right, left = (rank + 1) % world, (rank - 1) % world
+    sent = 0
+
+    def pass_along(send: int, receive: int, combine) -> None:
+        nonlocal sent
+        incoming = torch.empty_like(chunks[receive])
+        request = dist.isend(chunks[send], right)
+        dist.recv(incoming, left)
+        request.wait()
+        combine(chunks[receive], incoming)
+        sent += chunks[send].numel() * chunks[send].element_size()
+
+    for step in range(world - 1):  # after this, rank owns the full sum of chunk (rank + 1) % world
+        pass_along((rank - step) % world, (rank - step - 1) % world, torch.Tensor.add_)
+    for step in range(world - 1):  # pass each finished chunk once around the ring
+        pass_along((rank + 1 - step) % world, (rank - step) % world, torch.Tensor.copy_)
+    return result, sent
+
+
+def ring_check(all_reduce_fn, numel: int = 12, dtype=torch.float32, seed: int = 0) -> dict:
+    """Runs on each rank: `all_reduce_fn` against dist.all_reduce on a random tensor."""
+    rank, _ = rank_and_world()
+    generator = torch.Generator().manual_seed(seed + rank)
+    x = (torch.randn(numel, generator=generator) * 100).to(dtype)
+    expected = x.clone()
+    dist.all_reduce(expected)
+    before = x.clone()
+    result, sent = all_reduce_fn(x)
+    return {"result": result, "sent": sent, "expected": expected, "bytes": x.numel() * x.element_size(),
+            "input_unchanged": torch.equal(before, x)}
+
+
+def bytes_sent_by_busiest(design: str, n: int, size: float) -> float:
+    """Bytes the busiest node sends to all-reduce `size` bytes on each of n workers."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1 worker, got {n}")
+    if design == "ring":
+        return 2 * (n - 1) / n * size
+    if design == "naive":  # every worker sends its whole tensor to every other worker
+        return (n - 1) * size
+    if design == "server":  # one parameter server sends the averaged tensor to all n workers
+        return n * size
+    raise ValueError(f"unknown design {design!r}; expected 'ring', 'naive' or 'server'")
+
+
+def ring_time(n: int, size: float, latency: float, bandwidth: float) -> float:
+    """The ring's alpha-beta model: 2(n-1) messages of latency, 2(n-1)/n * size over bandwidth."""
+    return 2 * (n - 1) * latency + bytes_sent_by_busiest("ring", n, size) / bandwidth
+
+
+def time_all_reduce(sizes: list[int], repeats: int = 5) -> list[float]:
+    """Runs on each rank: median seconds of dist.all_reduce on float32 tensors of `sizes` bytes."""
+    times = []
+    for size in sizes:
+        x = torch.ones(max(1, size // 4))
+        samples = []
+        for _ in range(repeats + 1):  # the first call sets up the connection: not timed
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_reduce(x)
+            samples.append(time.perf_counter() - start)
+        times.append(sorted(samples[1:])[repeats // 2])
+    return times
+
+
+# ----------------------------------------------------------------- data parallelism by hand
+
+def average_gradients(model: nn.Module) -> None:
+    """Runs on each rank: replace every gradient by its mean over the ranks."""
+    _, world = rank_and_world()
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+
+
+def global_batches(steps: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    train = load_digit_splits().train
+    if steps * batch > len(train):
+        raise ValueError(f"{steps} steps of {batch} need more than the {len(train)} training digits")
+    return [(train.x[k * batch:(k + 1) * batch], train.y[k * batch:(k + 1) * batch]) for k in range(steps)]
+
+
+def manual_data_parallel(average_fn, steps: int = 3, global_batch: int = 48, lr: float = 0.5,
+                         hidden=(32,)) -> dict[str, torch.Tensor]:
+    """Runs on each rank: SGD on this rank's slice of each global batch, gradients averaged by
+    `average_fn(model)`; returns the final weights."""
+    rank, world = rank_and_world()
+    model = digit_mlp(hidden, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for x, y in global_batches(steps, global_batch):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x.chunk(world)[rank]), y.chunk(world)[rank]).backward()
+        average_fn(model)
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def single_process(steps: int = 3, global_batch: int = 48, lr: float = 0.5,
+                   hidden=(32,)) -> dict[str, torch.Tensor]:
+    """`manual_data_parallel`'s result computed by one process on the whole batches."""
+    model = digit_mlp(hidden, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for x, y in global_batches(steps, global_batch):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------- DistributedDataParallel
+
+def sharded_loader(batch_per_rank: int, seed: int = SAMPLER_SEED) -> tuple[DataLoader, DistributedSampler]:
+    """Runs on each rank: this rank's loader over the training digits, and its sampler."""
+    rank, world = rank_and_world()
+    train = load_digit_splits().train
+    dataset = TensorDataset(train.x, train.y)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler), sampler
+
+
+def train_ddp(epochs: int = 2, batch_per_rank: int = 32, lr: float = 0.1, hidden=(64,)) -> list[float]:
+    """Runs on each rank: DDP training; the loss of every step, averaged over the ranks."""
+    loader, sampler = sharded_loader(batch_per_rank)
+    model = DDP(digit_mlp(hidden, seed=0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)  # without it, every epoch repeats the same order
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            mean = loss.detach().clone()
+            dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+            losses.append(mean.item())
+    return losses
+
+
+def sampler_order(n: int, world: int, epoch: int, seed: int = SAMPLER_SEED) -> torch.Tensor:
+    """The indices DistributedSampler deals out in `epoch`: a seeded permutation, padded with
+    its own first indices to a multiple of `world`; rank r takes positions r, r+world, ..."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    padding = -n % world
+    return torch.cat([order, order[:padding]])
+
+
+def single_process_losses(world: int, epochs: int = 2, batch_per_rank: int = 32, lr: float = 0.1,
+                          hidden=(64,)) -> list[float]:
+    """What `train_ddp` on `world` ranks computes, by one process: step k of every rank together
+    is the k-th run of world * batch_per_rank indices of `sampler_order`."""
+    train = load_digit_splits().train
+    model = digit_mlp(hidden, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    step = world * batch_per_rank
+    losses = []
+    for epoch in range(epochs):
+        order = sampler_order(len(train), world, epoch)
+        for start in range(0, len(order), step):
+            idx = order[start:start + step]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return losses
+
+
+class CommCounter:
+    """State for `counting_hook`: how many all-reduces DDP made, and how many bytes they carried."""
+
+    def __init__(self):
+        self.calls = 0
+        self.bytes = 0
+
+
+def counting_hook(counter: CommCounter, bucket):
+    """A DDP communication hook: count the bucket, then all-reduce it as DDP does by default.
+    Install with ``model.register_comm_hook(counter, counting_hook)``."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    counter.calls += 1
+    counter.bytes += bucket.buffer().numel() * bucket.buffer().element_size()
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+def step_times(steps: int = 30, batch_per_rank: int = 32, hidden=(256, 256),
+               bucket_cap_mb: float = 25.0) -> dict[str, float]:
+    """Runs on each rank: median ms per DDP training step with gradient all-reduce and without it
+    (`no_sync`): the difference is what communication adds. Also all-reduces and bytes per step."""
+    loader, _ = sharded_loader(batch_per_rank)
+    model = DDP(digit_mlp(hidden, seed=0), bucket_cap_mb=bucket_cap_mb)
+    counter = CommCounter()
+    model.register_comm_hook(counter, counting_hook)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = list(itertools.islice(loader, steps))
+
+    def median_ms(sync: bool) -> float:
+        samples = []
+        for x, y in batches:
+            dist.barrier()
+            start = time.perf_counter()
+            with nullcontext() if sync else model.no_sync():
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            samples.append(time.perf_counter() - start)
+        return 1e3 * sorted(samples)[len(samples) // 2]
+
+    median_ms(True)  # warm-up: the first steps build the buckets and connections
+    calls, sent = counter.calls, counter.bytes
+    total = median_ms(True)
+    per_step = {"allreduces_per_step": (counter.calls - calls) / len(batches),
+                "bytes_per_step": (counter.bytes - sent) / len(batches)}
+    compute = median_ms(False)
+    return {"step_ms": total, "compute_ms": compute, "comm_ms": max(0.0, total - compute), **per_step}
+
+
+def throughput(epochs: int = 2, global_batch: int = 256, hidden=(512, 512)) -> dict[str, float]:
+    """Runs on each rank: DDP training with a fixed global batch split over the ranks;
+    seconds per epoch and samples per second over all ranks."""
+    _, world = rank_and_world()
+    loader, sampler = sharded_loader(global_batch // world)
+    model = DDP(digit_mlp(hidden, seed=0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    dist.barrier()
+    start = time.perf_counter()
+    samples = 0
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            samples += len(y)
+    dist.barrier()
+    seconds = time.perf_counter() - start
+    return {"s_per_epoch": seconds / epochs, "samples_per_s": samples * world / seconds}
+
+
+# ----------------------------------------------------------------- accumulation and no_sync
+
+def accumulate(model: DDP, optimizer: torch.optim.Optimizer, micro_batches) -> None:
+    """Runs on each rank: one optimizer step over several micro-batches, all-reducing once."""
+    optimizer.zero_grad()
+    last = len(micro_batches) - 1
+    for i, (x, y) in enumerate(micro_batches):
+        with model.no_sync() if i < last else nullcontext():
+            (F.cross_entropy(model(x), y) / len(micro_batches)).backward()
+    optimizer.step()
+
+
+def accumulation_check(accumulate_fn, micro: int = 4, micro_batch: int = 12, lr: float = 0.5,
+                       hidden=(32,)) -> dict:
+    """Runs on each rank: `accumulate_fn` on DDP for one step; all-reduces made and final weights."""
+    rank, world = rank_and_world()
+    (x, y), = global_batches(1, world * micro * micro_batch)
+    mine = slice(rank * micro * micro_batch, (rank + 1) * micro * micro_batch)
+    micro_batches = list(zip(x[mine].split(micro_batch), y[mine].split(micro_batch), strict=True))
+    model = DDP(digit_mlp(hidden, seed=0))
+    counter = CommCounter()
+    model.register_comm_hook(counter, counting_hook)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    accumulate_fn(model, optimizer, micro_batches)
+    weights = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+    return {"calls": counter.calls, "weights": weights}
+
+
+def accumulate_syncing(model: DDP, optimizer: torch.optim.Optimizer, micro_batches) -> None:
+    """Gradient accumulation without `no_sync`: correct, but all-reduces after every micro-batch."""
+    optimizer.zero_grad()
+    for x, y in micro_batches:
+        (F.cross_entropy(model(x), y) / len(micro_batches)).backward()
+    optimizer.step()
+
+
+def accumulation_cost(accumulate_fn, micro: int = 4, micro_batch: int = 32, steps: int = 10,
+                      hidden=(256, 256)) -> dict[str, float]:
+    """Runs on each rank: median ms and all-reduces per optimizer step of `accumulate_fn`."""
+    loader, _ = sharded_loader(micro_batch)
+    batches = list(itertools.islice(loader, micro))
+    model = DDP(digit_mlp(hidden, seed=0))
+    counter = CommCounter()
+    model.register_comm_hook(counter, counting_hook)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    accumulate_fn(model, optimizer, batches)  # warm-up
+    calls, samples = counter.calls, []
+    for _ in range(steps):
+        dist.barrier()
+        start = time.perf_counter()
+        accumulate_fn(model, optimizer, batches)
+        samples.append(time.perf_counter() - start)
+    return {"ms_per_step": 1e3 * sorted(samples)[steps // 2],
+            "allreduces_per_step": (counter.calls - calls) / steps}
+
+
+def accumulation_reference(world: int, micro: int = 4, micro_batch: int = 12, lr: float = 0.5,
+                           hidden=(32,)) -> dict[str, torch.Tensor]:
+    """`accumulation_check`'s weights from one process taking one step on the whole batch."""
+    return single_process(steps=1, global_batch=world * micro * micro_batch, lr=lr, hidden=hidden)
+
+
+# ----------------------------------------------------------------- sharding arithmetic
+
+def memory_per_rank(n_params: float, world: int, stage: int) -> float:
+    """Bytes of weights, gradients and Adam state each rank holds under ZeRO `stage` (0 = plain DDP)."""
+    if stage not in SHARDED:
+        raise ValueError(f"stage must be 0 (plain data parallel), 1, 2 or 3; got {stage!r}")
+    if world < 1 or n_params < 0:
+        raise ValueError(f"need world >= 1 and n_params >= 0, got world={world}, n_params={n_params}")
+    return sum(n_params * b / (world if part in SHARDED[stage] else 1) for part, b in BYTES_PER_PARAM.items())
+
+
+def bubble_fraction(stages: int, micro_batches: int) -> float:
+    """Idle share of a GPipe schedule: (p - 1) / (m + p - 1) for p stages and m micro-batches."""
+    if stages < 1 or micro_batches < 1:
+        raise ValueError(f"need stages >= 1 and micro_batches >= 1, got {stages} and {micro_batches}")
+    return (stages - 1) / (micro_batches + stages - 1)
+
+
+def fsdp_shards(hidden=(256, 256)) -> dict[str, float]:
+    """Runs on each rank: FSDP2 `fully_shard` on a DigitMLP; bytes of parameters this rank holds
+    against the whole model's, and the loss of one training step (it still trains)."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = digit_mlp(hidden, seed=0)
+    full = sum(p.numel() * p.element_size() for p in model.parameters())
+    for layer in model.net:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    local = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    (x, y), = global_batches(1, 64)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    state = sum(t.to_local().numel() * t.element_size() for s in optimizer.state.values()
+                for t in s.values() if isinstance(t, torch.Tensor) and t.dim() > 0)
+    return {"full_bytes": full, "local_bytes": local, "adam_state_bytes": state, "loss": loss.item()}
+
+
+# ----------------------------------------------------------------- beyond one machine
+
+def two_node_commands(host: str, port: int, nproc_per_node: int, script: str) -> list[list[str]]:
+    """The torchrun command for each of two nodes meeting at host:port (c10d rendezvous)."""
+    command = ["torchrun", "--nnodes=2", f"--nproc_per_node={nproc_per_node}", "--rdzv_backend=c10d",
+               f"--rdzv_endpoint={host}:{port}", "--rdzv_id=course-job", script]
+    return [command, list(command)]

@@ -1,0 +1,222 @@
+"""Run a function on N processes under ``torchrun`` and bring back what each rank returned.
+
+Taught in 04_distributed. A function defined in a notebook cannot be imported by a new
+process, so `launch` ships it *by value* with cloudpickle into a job folder, starts::
+
+    torchrun --standalone --nproc_per_node=N -m course.launch JOB_FOLDER
+
+and each rank (this file's `main`) joins a gloo process group, calls the function, and
+writes its return value (or its traceback) back to the folder. Every rank is a real
+process in a real ``torch.distributed`` process group; nothing is simulated.
+
+A failure on any rank raises `WorkerError` naming the rank and its exception; a hang is
+cut off after `timeout` seconds; either way every process the launch started is killed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 120.0
+COLLECTIVE_TIMEOUT_S = 30.0  # a collective that waits longer than this is stuck: raise, don't hang
+
+
+class WorkerError(RuntimeError):
+    """A rank failed, or the launch ran past its timeout. The message says which and why."""
+
+
+@dataclass
+class Launch:
+    """What a launch returned: one value per rank, the wall time, and the command it ran."""
+
+    results: list
+    seconds: float
+    command: str
+    output: str
+
+
+def torchrun_command(nproc: int, job: str | os.PathLike) -> list[str]:
+    """The torchrun command line that runs `job` on `nproc` local processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "course.launch", str(job)]
+
+
+def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, threads: int = 1,
+           collective_timeout: float = COLLECTIVE_TIMEOUT_S, env: dict | None = None,
+           quiet: bool = False, **kwargs) -> Launch:
+    """Run ``fn(*args, **kwargs)`` on every rank of an `nproc`-process gloo group.
+
+    Inside `fn`, ``torch.distributed`` is initialised: use ``dist.get_rank()`` and
+    ``dist.get_world_size()``. Returns a `Launch` whose ``results[r]`` is rank r's return value
+    (tensors are fine). Each rank runs on `threads` torch threads, so N ranks share the cores
+    fairly. What the ranks print is printed here unless `quiet`.
+    """
+    import cloudpickle
+
+    if not callable(fn):
+        raise TypeError(f"launch needs a function to run on each rank, got {type(fn).__name__}")
+    if not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive number of processes, got {nproc!r}")
+    with tempfile.TemporaryDirectory(prefix="torchrun-") as folder:
+        job = Path(folder)
+        (job / "job.pkl").write_bytes(cloudpickle.dumps(
+            {"fn": fn, "args": args, "kwargs": kwargs, "collective_timeout": collective_timeout}))
+        command = torchrun_command(nproc, job)
+        child_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+                     "PYTHONPATH": _course_root() + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                     **(env or {})}
+        start = time.perf_counter()
+        returncode, output = _run(command, child_env, timeout)
+        seconds = time.perf_counter() - start
+        shown = " ".join(["torchrun", *map(shlex.quote, command[3:-1]), "JOB"])
+        printed = _printed(job, nproc)
+        if not quiet and printed:
+            print(printed)
+        if returncode is None:
+            raise WorkerError(
+                f"{shown} ran past its {timeout:.0f} s timeout and was stopped (every process killed). "
+                "A rank waiting for a collective the others never call hangs like this: do all ranks "
+                "call the same collectives in the same order?" + _tail(output))
+        failures = _failures(job)
+        if failures or returncode != 0:
+            detail = "\n\n".join(failures) if failures else _crash_logs(job, nproc) or _tail(output)
+            if failures and failures[0].split(": ", 2)[1] == "NotImplementedError":
+                # An exercise stub: raise what a local call would, so the learner sees the same error.
+                raise NotImplementedError(f"{shown}: {failures[0]}")
+            raise WorkerError(f"{shown} failed (exit code {returncode}).\n{detail}")
+        results = [pickle.loads((job / f"rank{r}.pkl").read_bytes()) for r in range(nproc)]
+    return Launch(results=results, seconds=seconds, command=shown, output=printed)
+
+
+def _course_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _run(command: list[str], env: dict, timeout: float) -> tuple[int | None, str]:
+    """Run the command; on timeout (or Ctrl-C) kill it and every process under it."""
+    import psutil
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc, psutil)
+        output, _ = proc.communicate()
+        return None, output
+    except BaseException:
+        _kill_tree(proc, psutil)
+        proc.communicate()
+        raise
+
+
+def _die_with_parent(sig: int) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (a killed notebook kernel),
+    so no rank outlives the launch. torchrun stops its ranks on SIGTERM. A no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _kill_tree(proc: subprocess.Popen, psutil) -> None:
+    # torchrun starts each rank in a new session, so a process-group kill would miss them.
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in [*tree, proc]:
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    psutil.wait_procs([p for p in tree if p.is_running()], timeout=10)
+
+
+def _failures(job: Path) -> list[str]:
+    """Each failed rank's error, the first to fail first: later ones are usually its echo."""
+    errors = sorted(job.glob("rank*.err"), key=lambda e: e.stat().st_mtime_ns)
+    return [f"rank {e.stem[4:]}: {e.read_text().rstrip()}" for e in errors]
+
+
+def _crash_logs(job: Path, nproc: int) -> str:
+    """The last lines each rank wrote to stderr: a rank killed by the C++ runtime leaves no
+    Python traceback, only these."""
+    logs = [(r, job / f"rank{r}.log") for r in range(nproc)]
+    return "\n".join(f"rank {r} (stderr):{_tail(log.read_text(), 8)}" for r, log in logs
+                     if log.exists() and log.read_text().strip())
+
+
+def _printed(job: Path, nproc: int) -> str:
+    """What the ranks printed, each line tagged with its rank."""
+    lines = []
+    for r in range(nproc):
+        out = job / f"rank{r}.out"
+        if out.exists():
+            lines += [f"[rank {r}] {line}" for line in out.read_text().splitlines()]
+    return "\n".join(lines)
+
+
+def _tail(output: str, lines: int = 15) -> str:
+    tail = output.strip().splitlines()[-lines:]
+    return ("\nLast output:\n" + "\n".join(tail)) if tail else ""
+
+
+# ----------------------------------------------------------------- inside each rank
+
+def main(job: str) -> int:
+    """Entry point of each rank: join the group, call the function, write the result back."""
+    _die_with_parent(signal.SIGKILL)
+    folder = Path(job)
+    rank = int(os.environ["RANK"])
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    # Everything this rank prints (Python or C++) goes to its own file, read back by `launch`.
+    # Warnings and crashes of the C++ runtime go to another file, shown only when the rank fails.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd, name in ((1, f"rank{rank}.out"), (2, f"rank{rank}.log")):
+        os.dup2(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND), fd)
+    spec = pickle.loads((folder / "job.pkl").read_bytes())
+    try:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=spec["collective_timeout"]))
+        torch.manual_seed(0)
+        result = spec["fn"](*spec["args"], **spec["kwargs"])
+        (folder / f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
+        # Free what the function built (a DDP model holds communication threads) and wait for
+        # every rank, so no rank tears the group down while another still uses it.
+        del result
+        gc.collect()
+        dist.barrier()
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - report every failure, then exit non-zero
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:]  # [0] is this function
+                  if "site-packages" not in f.filename and "torch/" not in f.filename]
+        where = "".join(traceback.format_list(frames[-3:]))
+        (folder / f"rank{rank}.err").write_text(f"{type(exc).__name__}: {exc}\n{where}")
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
