@@ -1,0 +1,384 @@
+"""Federated learning with Flower: partitions, FedAvg, FedProx, dropouts, privacy, and the app.
+
+Taught in 05_federated. The story: cars learn a shared touchpad digit model without sending their
+users' handwriting anywhere. Each car is a Flower SuperNode holding one partition of the digits.
+
+`client_app` and `server_app` are the Flower app (`flwr run` and the deployment engine load them by
+name, see `course/flower_app/`); `simulate` runs the same kind of app in Flower's simulation engine
+from a notebook, with experiment settings and handlers the notebook supplies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedProx,
+)
+from torch.nn import functional as F
+
+from course.data import load_digit_splits
+from course.models import digit_mlp
+from course.training import accuracy
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage reports from a course run
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default; silences its warning
+
+HIDDEN = (64,)
+
+
+# ----------------------------------------------------------------- partitioning
+
+def iid_partition(labels: np.ndarray, n_clients: int, seed: int = 0) -> list[np.ndarray]:
+    """Shuffle the indices and deal them out in `n_clients` near-equal parts (sorted)."""
+    if n_clients < 1 or n_clients > len(labels):
+        raise ValueError(f"n_clients must be between 1 and {len(labels)}, got {n_clients}")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return [np.sort(part) for part in np.array_split(order, n_clients)]
+
+
+def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float, seed: int = 0,
+                        min_size: int = 10, max_tries: int = 1000) -> list[np.ndarray]:
+    """Label-skewed parts: each class is split over the clients in proportions drawn from
+    Dirichlet(alpha, ..., alpha); small alpha gives each client few classes. Redrawn until
+    every client has at least `min_size` samples."""
+    labels = np.asarray(labels)
+    if alpha <= 0:
+        raise ValueError(f"alpha must be positive, got {alpha}")
+    if n_clients < 1 or n_clients * min_size > len(labels):
+        raise ValueError(f"cannot give {n_clients} clients {min_size} samples each from {len(labels)}")
+    rng = np.random.default_rng(seed)
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+        for cls in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == cls))
+            shares = rng.dirichlet(np.full(n_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+            for client, piece in enumerate(np.split(idx, cuts)):
+                parts[client].append(piece)
+        result = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in result) >= min_size:
+            return result
+    raise ValueError(f"no Dirichlet({alpha}) partition gave every client {min_size} samples "
+                     f"in {max_tries} tries: lower min_size or raise alpha")
+
+
+def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int = 10) -> np.ndarray:
+    """(clients, classes) counts: how many samples of each digit each client holds."""
+    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+
+
+def partition(scheme: str, n_clients: int, alpha: float = 0.5, seed: int = 0) -> list[np.ndarray]:
+    """The training digits split by `scheme` ("iid" or "dirichlet")."""
+    labels = load_digit_splits().train.y.numpy()
+    if scheme == "iid":
+        return iid_partition(labels, n_clients, seed)
+    if scheme == "dirichlet":
+        return dirichlet_partition(labels, n_clients, alpha, seed)
+    raise ValueError(f"unknown partition scheme {scheme!r}; expected 'iid' or 'dirichlet'")
+
+
+# ----------------------------------------------------------------- FedAvg
+
+def fedavg(updates: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+    """The average of the clients' weights, each weighted by its number of examples."""
+    if not updates:
+        raise ValueError("fedavg needs at least one update")
+    total = sum(n for _, n in updates)
+    if total <= 0:
+        raise ValueError("the updates hold no examples")
+    return {key: sum(state[key].double() * (n / total) for state, n in updates).to(updates[0][0][key].dtype)
+            for key in updates[0][0]}
+
+
+def train_request(content: RecordDict, node: int = 1) -> Message:
+    """A "train" message from the server to `node`, built outside a running app (for tests and
+    exercises: inside an app, Flower fills these fields itself)."""
+    metadata = Metadata(run_id=0, message_id=f"request-{node}", src_node_id=0, dst_node_id=node,
+                        reply_to_message_id="", group_id="", created_at=time.time(), ttl=3600.0,
+                        message_type="train")
+    return Message(content, metadata=metadata)
+
+
+def flower_fedavg(updates: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+    """Flower's own FedAvg aggregation (`FedAvg.aggregate_train`) of the same updates."""
+    replies = []
+    for node, (state, n) in enumerate(updates, start=1):
+        request = train_request(RecordDict(), node)
+        content = RecordDict({"arrays": ArrayRecord(state),
+                              "metrics": MetricRecord({"num-examples": int(n)})})
+        replies.append(Message(content, reply_to=request))
+    import logging
+
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.WARNING)  # not "aggregate_train: Received 3 results" each time
+    try:
+        arrays, _ = FedAvg().aggregate_train(1, replies)
+    finally:
+        flwr_logger.setLevel(level)
+    return arrays.to_torch_state_dict()
+
+
+def fedavg_available(global_state: dict[str, torch.Tensor], replies: list, min_replies: int
+                     ) -> tuple[dict[str, torch.Tensor], int]:
+    """FedAvg over the replies that arrived (None marks a client that dropped out). With fewer than
+    `min_replies`, the round is skipped: the global model stays as it was. Returns (model, replies used)."""
+    arrived = [r for r in replies if r is not None]
+    if len(arrived) < max(min_replies, 1):
+        return global_state, 0
+    return fedavg(arrived), len(arrived)
+
+
+# ----------------------------------------------------------------- privacy
+
+def clip_update(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
+                clip_norm: float) -> dict[str, torch.Tensor]:
+    """The client's weights with its update (state - reference) scaled to an L2 norm of at most
+    `clip_norm`, measured over all tensors together."""
+    if clip_norm <= 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    delta = {k: state[k] - reference[k] for k in reference}
+    norm = torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values())).item()
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    return {k: reference[k] + delta[k] * scale for k in reference}
+
+
+def pairwise_masks(n_clients: int, shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
+    """Secure aggregation's masks: each pair (i, j), i < j, shares a random tensor that i adds and
+    j subtracts, so every mask looks random but they sum to zero."""
+    masks = [torch.zeros(shape, dtype=torch.float64) for _ in range(n_clients)]
+    for i in range(n_clients):
+        for j in range(i + 1, n_clients):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + j)
+            shared = torch.randn(shape, generator=generator, dtype=torch.float64)
+            masks[i] += shared
+            masks[j] -= shared
+    return masks
+
+
+def client_drift(proximal: Callable, mu: float, client: int = 0, alpha: float = 0.1, n_clients: int = 4,
+                 epochs: int = 5, lr: float = 0.2) -> float:
+    """How far one round of local training moves a client from the global model: ||w_k - w_g||."""
+    train = load_digit_splits().train
+    idx = torch.from_numpy(partition("dirichlet", n_clients, alpha)[client])
+    model = digit_mlp(HIDDEN, seed=0)
+    start = [p.detach().clone() for p in model.parameters()]
+    local_train(model, train.x[idx], train.y[idx], epochs=epochs, lr=lr, mu=mu, proximal=proximal)
+    moved = sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True))
+    return torch.sqrt(moved).item()
+
+
+def central_baseline(epochs: int, lr: float = 0.2, seed: int = 0) -> float:
+    """Test accuracy of the same model trained on all the training digits in one place."""
+    train = load_digit_splits().train
+    model = digit_mlp(HIDDEN, seed=0)
+    local_train(model, train.x, train.y, epochs=epochs, lr=lr, seed=seed)
+    return accuracy(model, load_digit_splits().test)
+
+
+# ----------------------------------------------------------------- client training
+
+def proximal_term(model: torch.nn.Module, global_params: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's penalty mu/2 * ||w - w_global||^2, which keeps a client near the global model."""
+    return mu / 2 * sum(((w - g) ** 2).sum() for w, g in zip(model.parameters(), global_params, strict=True))
+
+
+def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 1, lr: float = 0.1,
+                batch_size: int = 32, mu: float = 0.0, seed: int = 0,
+                proximal: Callable = proximal_term) -> float:
+    """SGD on one client's data; with mu > 0, FedProx's proximal term. Returns the mean loss."""
+    global_params = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=generator).split(batch_size):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            if mu > 0:
+                loss = loss + proximal(model, global_params, mu)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+    return total / max(count, 1)
+
+
+def client_data(context: Context, config: ConfigRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    """This SuperNode's training data: its partition of the digits under the run's scheme."""
+    client = int(context.node_config["partition-id"])
+    n_clients = int(context.node_config["num-partitions"])
+    parts = partition(str(config.get("partitioning", "iid")), n_clients,
+                      alpha=float(config.get("alpha", 0.5)), seed=int(config.get("partition-seed", 0)))
+    train = load_digit_splits().train
+    idx = torch.from_numpy(parts[client])
+    return train.x[idx], train.y[idx]
+
+
+def drops_out(client: int, server_round: int, rate: float, seed: int = 0) -> bool:
+    """Whether `client` is unreachable in `server_round`: a fixed coin flip per (client, round)."""
+    digest = hashlib.sha256(f"{seed}:{client}:{server_round}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+class ClientDroppedOut(RuntimeError):
+    """Raised by a client that is out of reach this round; Flower reports it as a failed reply."""
+
+
+def client_train(msg: Message, context: Context, proximal: Callable = proximal_term) -> Message:
+    """The ClientApp's train handler: load the global model, train on this car's data, reply."""
+    config = msg.content["config"]
+    client = int(context.node_config["partition-id"])
+    if drops_out(client, int(config.get("server-round", 0)), float(config.get("drop-rate", 0.0))):
+        raise ClientDroppedOut(f"client {client} is out of reach in round {config.get('server-round')}")
+    model = digit_mlp(HIDDEN, seed=0)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    x, y = client_data(context, config)
+    loss = local_train(model, x, y, epochs=int(config.get("local-epochs", 5)),
+                       lr=float(config.get("lr", 0.2)),
+                       mu=float(config.get("proximal-mu", 0.0)), seed=int(config.get("server-round", 0)),
+                       proximal=proximal)
+    reply = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                        "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)})})
+    return Message(reply, reply_to=msg)
+
+
+def make_client_app(train_handler: Callable = client_train) -> ClientApp:
+    """A ClientApp whose train handler is `train_handler(msg, context) -> Message`."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return train_handler(msg, context)
+
+    return app
+
+
+# ----------------------------------------------------------------- the server side
+
+def central_accuracy(arrays: ArrayRecord) -> float:
+    model = digit_mlp(HIDDEN, seed=0)
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return accuracy(model, load_digit_splits().test)
+
+
+@dataclass
+class Experiment:
+    """One federated training run: its strategy settings and the clients' configuration."""
+
+    rounds: int = 10
+    partitioning: str = "iid"
+    alpha: float = 0.5
+    lr: float = 0.2
+    local_epochs: int = 5
+    proximal_mu: float = 0.0
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    drop_rate: float = 0.0
+    noise_multiplier: float | None = None  # server-side DP when set
+    clipping_norm: float = 1.0
+    accuracy: list[float] = field(default_factory=list)  # test accuracy after each round
+
+    def strategy(self, n_clients: int):
+        common = {"fraction_train": self.fraction_train, "fraction_evaluate": 0.0,
+                  "min_train_nodes": self.min_train_nodes, "min_available_nodes": n_clients}
+        if self.proximal_mu > 0:
+            strategy = FedProx(proximal_mu=self.proximal_mu, **common)
+        else:
+            strategy = FedAvg(**common)
+        if self.noise_multiplier is not None:
+            sampled = max(int(n_clients * self.fraction_train), self.min_train_nodes)
+            strategy = DifferentialPrivacyServerSideFixedClipping(
+                strategy, noise_multiplier=self.noise_multiplier, clipping_norm=self.clipping_norm,
+                num_sampled_clients=sampled)
+        return strategy
+
+    def train_config(self) -> ConfigRecord:
+        return ConfigRecord({"partitioning": self.partitioning, "alpha": self.alpha, "lr": self.lr,
+                             "local-epochs": self.local_epochs, "drop-rate": self.drop_rate})
+
+
+def run_experiments(grid: Grid, experiments: dict[str, Experiment], n_clients: int) -> None:
+    """Run each experiment with Flower's strategy on `grid`, recording test accuracy per round."""
+    for experiment in experiments.values():
+        experiment.accuracy.clear()  # a rerun starts afresh
+
+        def evaluate(server_round: int, arrays: ArrayRecord, experiment=experiment) -> MetricRecord:
+            if server_round > 0:
+                experiment.accuracy.append(central_accuracy(arrays))
+            return MetricRecord({"accuracy": experiment.accuracy[-1] if experiment.accuracy else 0.0})
+
+        experiment.strategy(n_clients).start(
+            grid=grid, initial_arrays=ArrayRecord(digit_mlp(HIDDEN, seed=0).state_dict()),
+            num_rounds=experiment.rounds, train_config=experiment.train_config(), evaluate_fn=evaluate)
+
+
+def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
+             train_handler: Callable = client_train, verbose: bool = False) -> dict[str, Experiment]:
+    """Run `experiments` in one Flower simulation of `n_clients` cars (one Ray worker, 1 CPU).
+
+    The ServerApp runs here, in this process, so it fills each experiment's `accuracy`. Flower
+    deprecates `run_simulation` in favour of `flwr run`; this is the one place that calls it.
+    """
+    import logging
+    import warnings
+
+    from flwr.simulation import run_simulation
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_experiments(grid, experiments, n_clients)
+
+    ray_dir = tempfile.mkdtemp(prefix="ray-")
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
+                             "_temp_dir": ray_dir, "logging_level": logging.ERROR,
+                             "log_to_driver": False}}
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:  # Flower logs every round and every failed client's traceback
+        flwr_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(server_app=server, client_app=make_client_app(train_handler),
+                           num_supernodes=n_clients, backend_config=backend)
+    finally:
+        flwr_logger.setLevel(level)
+    missing = [name for name, e in experiments.items() if len(e.accuracy) != e.rounds]
+    if missing:
+        raise RuntimeError(f"the simulation stopped early for {missing}; rerun with verbose=True to see "
+                           "Flower's log")
+    return experiments
+
+
+# ----------------------------------------------------------------- the app `flwr run` loads
+
+client_app = make_client_app()
+server_app = ServerApp()
+
+
+@server_app.main()
+def _deployed_main(grid: Grid, context: Context) -> None:
+    config = context.run_config
+    experiment = Experiment(rounds=int(config.get("num-server-rounds", 3)),
+                            partitioning=str(config.get("partitioning", "iid")),
+                            min_train_nodes=int(config.get("min-nodes", 2)))
+    run_experiments(grid, {"deployed": experiment}, int(config.get("min-nodes", 2)))
+    print("test accuracy per round:", [round(a, 4) for a in experiment.accuracy], flush=True)

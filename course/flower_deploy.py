@@ -1,0 +1,124 @@
+"""Run the touchpad app on Flower's deployment engine, on this machine, then stop everything.
+
+Taught in 05_federated ("From simulation to deployment"). Run it with::
+
+    python -m course.flower_deploy --rounds 3
+
+It starts what a real deployment runs on separate machines, here as separate processes on
+localhost: one SuperLink (the server's coordinator), two SuperNodes (two cars, each with its
+own partition of the digits), then ``flwr run`` submits the app and streams its log. Every
+process it started is stopped at the end, on failure, and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent / "flower_app"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen, name: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before it was ready")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{name} did not open port {port} within {timeout:.0f} s")
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """Stop each process and everything under it (a SuperNode leaves a `flower-superexec` child)."""
+    import psutil
+
+    victims = []
+    for proc in processes:
+        try:
+            victims += [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        except psutil.NoSuchProcess:
+            pass
+    for victim in victims:
+        try:
+            victim.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=10)
+    for victim in alive:
+        victim.kill()
+
+
+def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300) -> str:
+    """Run the app on a local SuperLink and two SuperNodes; return the run's log."""
+    bin_dir = Path(sys.executable).parent
+    work = Path(tempfile.mkdtemp(prefix="flower-deploy-"))
+    port = free_port()
+    home = work / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink.local-deployment]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_NUM_THREADS": "1",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    logs = {}
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        logs[name] = open(work / f"{name}.log", "w")
+        return subprocess.Popen([str(bin_dir / args[0]), *args[1:]], env=env, cwd=work,
+                                stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True)
+
+    processes: list[subprocess.Popen] = []
+    try:
+        superlink = start("superlink", ["flower-superlink", "--insecure",
+                                        "--disable-runtime-dependency-installation",
+                                        "--database", str(work / "state.db"), "--port", str(port)])
+        processes.append(superlink)
+        wait_for_port(port, 60, superlink, "the SuperLink")
+        for car in range(2):
+            processes.append(start(f"supernode{car}", [
+                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                "--port", str(free_port()),
+                "--node-config", f"partition-id={car} num-partitions=2"]))
+        run = subprocess.run(
+            [str(bin_dir / "flwr"), "run", str(APP), "local-deployment", "--stream",
+             "--run-config", f"num-server-rounds={rounds} partitioning='{partitioning}'"],
+            env=env, cwd=work, capture_output=True, text=True, timeout=timeout)
+        output = run.stdout + run.stderr
+        if run.returncode != 0 or "test accuracy per round" not in output:
+            tails = "\n".join(f"--- {n}.log ---\n" + (work / f"{n}.log").read_text()[-1500:] for n in logs)
+            raise RuntimeError(f"flwr run failed (exit code {run.returncode}):\n{output[-3000:]}\n{tails}")
+        return output
+    finally:
+        stop(processes)
+        for log in logs.values():
+            log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--partitioning", choices=["iid", "dirichlet"], default="iid")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    output = deploy(args.rounds, args.partitioning)
+    lines = [line for line in output.splitlines() if "accuracy" in line or "round" in line.lower()]
+    print("\n".join(lines[-12:]))
+    print(f"deployment run finished in {time.perf_counter() - start:.0f} s; every process stopped")
+
+
+if __name__ == "__main__":
+    main()
