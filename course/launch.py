@@ -72,10 +72,18 @@ def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, thread
         raise TypeError(f"launch needs a function to run on each rank, got {type(fn).__name__}")
     if not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive number of processes, got {nproc!r}")
+    try:
+        payload = cloudpickle.dumps({"fn": fn, "args": args, "kwargs": kwargs,
+                                     "collective_timeout": collective_timeout})
+    except Exception as exc:  # noqa: BLE001 - any pickling failure gets the same explanation
+        raise TypeError(
+            f"launch cannot copy {getattr(fn, '__name__', fn)!r} or its arguments to new processes: {exc}. "
+            "A function that uses a global no process can copy (an open file, a figure, a lock, a "
+            "process group) fails like this: create it inside the function, or pass what it needs "
+            "as arguments.") from exc
     with tempfile.TemporaryDirectory(prefix="torchrun-") as folder:
         job = Path(folder)
-        (job / "job.pkl").write_bytes(cloudpickle.dumps(
-            {"fn": fn, "args": args, "kwargs": kwargs, "collective_timeout": collective_timeout}))
+        (job / "job.pkl").write_bytes(payload)
         command = torchrun_command(nproc, job)
         child_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
                      "PYTHONPATH": _course_root() + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -102,6 +102,15 @@ def test_bad_arguments_are_refused_before_anything_starts():
         launch("not a function", 2)
     with pytest.raises(ValueError, match="nproc"):
         launch(print, 0)
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="cannot copy 'uses_a_lock'"):
+        def uses_a_lock():
+            with lock:
+                return 1
+        launch(uses_a_lock, 2)
+    assert not _descendants()
 
 
 def test_collectives_match_the_predictions_on_three_ranks():
