@@ -17,7 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# Flower reads these when it is first imported, so they are set before the imports below.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage reports from a course run
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default; silences its warning
+
 import numpy as np
+import psutil
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -32,9 +37,6 @@ from torch.nn import functional as F
 from course.data import load_digit_splits
 from course.models import digit_mlp
 from course.training import accuracy
-
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage reports from a course run
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default; silences its warning
 
 HIDDEN = (64,)
 
@@ -327,6 +329,18 @@ def run_experiments(grid: Grid, experiments: dict[str, Experiment], n_clients: i
             num_rounds=experiment.rounds, train_config=experiment.train_config(), evaluate_fn=evaluate)
 
 
+def _reap_children(exclude: set[int], grace: float = 15.0) -> None:
+    """Wait until this process's descendants (other than `exclude`) are gone; kill stragglers."""
+    deadline = time.monotonic() + grace
+    while procs := [p for p in psutil.Process().children(recursive=True) if p.pid not in exclude]:
+        _, alive = psutil.wait_procs(procs, timeout=max(0.1, deadline - time.monotonic()))
+        if alive and time.monotonic() >= deadline:
+            for proc in alive:
+                proc.kill()
+            psutil.wait_procs(alive, timeout=5)
+            return
+
+
 def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
              train_handler: Callable = client_train, verbose: bool = False) -> dict[str, Experiment]:
     """Run `experiments` in one Flower simulation of `n_clients` cars (one Ray worker, 1 CPU).
@@ -354,6 +368,7 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
     level = flwr_logger.level
     if not verbose:  # Flower logs every round and every failed client's traceback
         flwr_logger.setLevel(logging.CRITICAL)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -361,6 +376,9 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
                            num_supernodes=n_clients, backend_config=backend)
     finally:
         flwr_logger.setLevel(level)
+        # Ray's shutdown signals its workers but does not wait for them: wait (and reap) here,
+        # so the notebook's kernel holds no half-dead Ray process after the call returns.
+        _reap_children(exclude=before)
     missing = [name for name, e in experiments.items() if len(e.accuracy) != e.rounds]
     if missing:
         raise RuntimeError(f"the simulation stopped early for {missing}; rerun with verbose=True to see "
