@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 
@@ -34,7 +35,13 @@ def expect_type(value, types: type | tuple[type, ...], name: str, hint: str | No
 
 def expect_close(actual, expected, name: str, rel: float = 1e-6, abs_: float = 1e-9,
                  hint: str | None = None) -> None:
-    """Numbers or tensors equal within a tolerance; the message shows the worst difference."""
+    """Numbers, tensors or NumPy arrays equal within a tolerance; the message shows the worst difference."""
+    if isinstance(expected, np.ndarray):  # compare arrays as tensors: same shapes, same messages
+        expected = torch.from_numpy(expected)
+        if not isinstance(actual, np.ndarray | torch.Tensor):
+            _fail(f"{name} should be a NumPy array, got {type(actual).__name__}", hint)
+        if isinstance(actual, np.ndarray):
+            actual = torch.from_numpy(actual)
     if isinstance(expected, torch.Tensor) or isinstance(actual, torch.Tensor):
         expect_type(actual, torch.Tensor, name, hint)
         expected = torch.as_tensor(expected)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import re
 import shlex
 import signal
 import subprocess
@@ -50,21 +51,25 @@ class Launch:
     output: str
 
 
-def torchrun_command(nproc: int, job: str | os.PathLike) -> list[str]:
+def torchrun_command(nproc: int, job: str | os.PathLike, max_restarts: int = 0) -> list[str]:
     """The torchrun command line that runs `job` on `nproc` local processes."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    restarts = [f"--max-restarts={max_restarts}"] if max_restarts else []
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", *restarts,
             f"--nproc_per_node={nproc}", "-m", "course.launch", str(job)]
 
 
 def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, threads: int = 1,
            collective_timeout: float = COLLECTIVE_TIMEOUT_S, env: dict | None = None,
-           quiet: bool = False, **kwargs) -> Launch:
+           quiet: bool = False, max_restarts: int = 0, **kwargs) -> Launch:
     """Run ``fn(*args, **kwargs)`` on every rank of an `nproc`-process gloo group.
 
     Inside `fn`, ``torch.distributed`` is initialised: use ``dist.get_rank()`` and
     ``dist.get_world_size()``. Returns a `Launch` whose ``results[r]`` is rank r's return value
     (tensors are fine). Each rank runs on `threads` torch threads, so N ranks share the cores
     fairly. What the ranks print is printed here unless `quiet`.
+
+    With `max_restarts`, torchrun restarts the whole group when a rank fails, up to that many
+    times (taught in 06_reliability); each rank reads the attempt from TORCHELASTIC_RESTART_COUNT.
     """
     import cloudpickle
 
@@ -84,9 +89,12 @@ def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, thread
     with tempfile.TemporaryDirectory(prefix="torchrun-") as folder:
         job = Path(folder)
         (job / "job.pkl").write_bytes(payload)
-        command = torchrun_command(nproc, job)
+        command = torchrun_command(nproc, job, max_restarts)
         child_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
                      "PYTHONPATH": _course_root() + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                     # A restarted group must not reuse the old TCPStore's stale addresses
+                     # (pytorch/pytorch#135712: gloo then fails with "Connection refused").
+                     "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
                      **(env or {})}
         start = time.perf_counter()
         returncode, output = _run(command, child_env, timeout)
@@ -100,8 +108,8 @@ def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, thread
                 f"{shown} ran past its {timeout:.0f} s timeout and was stopped (every process killed). "
                 "A rank waiting for a collective the others never call hangs like this: do all ranks "
                 "call the same collectives in the same order?" + _tail(output))
-        failures = _failures(job)
-        if failures or returncode != 0:
+        failures = _silent_death(job, output) + _failures(job)
+        if returncode != 0 or (failures and not max_restarts):  # a restarted group may have recovered
             detail = "\n\n".join(failures) if failures else _crash_logs(job, nproc) or _tail(output)
             if failures and failures[0].split(": ", 2)[1] == "NotImplementedError":
                 # An exercise stub: raise what a local call would, so the learner sees the same error.
@@ -164,6 +172,16 @@ def _failures(job: Path) -> list[str]:
     """Each failed rank's error, the first to fail first: later ones are usually its echo."""
     errors = sorted(job.glob("rank*.err"), key=lambda e: e.stat().st_mtime_ns)
     return [f"rank {e.stem[4:]}: {e.read_text().rstrip()}" for e in errors]
+
+
+def _silent_death(job: Path, output: str) -> list[str]:
+    """torchrun's root cause, when that rank left no Python error of its own (os._exit, a signal,
+    a crash in C++): it goes first, since the other ranks' errors are its echo."""
+    found = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", output, re.S)
+    if not found or (job / f"rank{found[1]}.err").exists():
+        return []
+    return [f"rank {found[1]}: exited with code {found[2]} without a Python exception (os._exit, a signal, "
+            "or a crash inside C++); the errors below followed from it"]
 
 
 def _crash_logs(job: Path, nproc: int) -> str:

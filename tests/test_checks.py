@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,14 @@ def test_expect_close_tensors_points_at_worst_element():
     with pytest.raises(AssertionError, match=r"has shape \(3, 2\), expected \(2, 3\)"):
         checks.expect_close(torch.zeros(3, 2), expected, "weights")
     checks.expect_close(expected + 1e-12, expected, "weights")
+
+
+def test_expect_close_numpy_arrays_are_compared_like_tensors():
+    checks.expect_close(np.array([9.0, 3.0]), np.array([9.0, 3.0 + 1e-12]), "step times")
+    with pytest.raises(AssertionError, match=r"largest difference 1 at index \(1,\)"):
+        checks.expect_close(np.array([9.0, 2.0]), np.array([9.0, 3.0]), "step times")
+    with pytest.raises(AssertionError, match="should be a NumPy array, got list"):
+        checks.expect_close([9.0, 3.0], np.array([9.0, 3.0]), "step times")
 
 
 def test_expect_type_equal_shape_range():
