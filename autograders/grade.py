@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import html
 import json
 import os
@@ -27,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import psutil
 
-from autograders import settings
+from autograders import sandbox, settings
 
 MAX_NOTEBOOK_BYTES = 20 * 2**20      # a course notebook without outputs is well under 1 MB
 MAX_ARCHIVE_MEMBERS = 1000
@@ -46,6 +48,10 @@ import sys
 sys.path.insert(0, {repo!r})
 from autograders.settings import configure
 configure(get_config(), root={root!r}, cell_timeout_s={timeout})
+c = get_config()
+c.Execute.kernel_name = {kernel!r}     # autograders/sandbox.py: no network, memory and file caps
+c.KernelManager.transport = "ipc"      # the kernel's network namespace cannot reach the grader's TCP
+c.KernelManager.ip = {ipc!r}
 """
 
 
@@ -207,6 +213,7 @@ def _kill_tree(process: subprocess.Popen) -> None:
 def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None) -> int | None:
     """Run one nbgrader command in `root`, appending to `log`; exit code, None on timeout."""
     env = settings.tools_on_path(dict(os.environ))
+    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(root / "jupyter"), env.get("JUPYTER_PATH")]))
     # One thread per grading kernel: a busy grading machine cannot oversubscribe its cores
     # (OpenMP spin-waiting then slows cells tenfold into their time limit), and results do
     # not depend on how many cores the grader has. course.setup honours OMP_NUM_THREADS.
@@ -224,11 +231,21 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None) -
     return code
 
 
+def _ipc_folder(root: Path) -> Path:
+    """Where grading kernels' Unix sockets go: a short path (sockets allow about 100 bytes)."""
+    digest = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"grade-ipc-{digest}"
+
+
 def prepare_course(root: Path, module: str, cell_timeout_s: int) -> None:
     """Make `root` an nbgrader course and record the module's tests and checksums in it."""
     root.mkdir(parents=True, exist_ok=True)
+    kernel = sandbox.write_kernelspec(root / "jupyter")
+    ipc = _ipc_folder(root)
+    ipc.mkdir(exist_ok=True)
     (root / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(
-        repo=str(settings.REPO), root=str(root.resolve()), timeout=cell_timeout_s))
+        repo=str(settings.REPO), root=str(root.resolve()), timeout=cell_timeout_s, kernel=kernel,
+        ipc=str(ipc / "k")))
     log = root / "generate.log"
     log.write_text("")
     if _nbgrader(["generate_assignment", module, "--force"], root, log, timeout_s=600) != 0:
@@ -391,11 +408,15 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
     prepare_course(out, module, cell_timeout_s)
+    print(sandbox.isolation(), flush=True)
     results = []
-    for sub in found:
-        print(f"grading {sub.student} ({sub.origin}) ...", flush=True)
-        results.append(grade_one(out, module, sub, cell_timeout_s, student_timeout_s))
-    generate_feedback(out, module, results)
+    try:
+        for sub in found:
+            print(f"grading {sub.student} ({sub.origin}) ...", flush=True)
+            results.append(grade_one(out, module, sub, cell_timeout_s, student_timeout_s))
+        generate_feedback(out, module, results)
+    finally:
+        shutil.rmtree(_ipc_folder(out), ignore_errors=True)
     write_csv(out / "grades.csv", results)
     return results
 

@@ -1,17 +1,19 @@
 """The instructor's grading command, end to end, on honest and hostile submissions.
 
-One run grades nine students from one LMS-style zip; every test below reads its results.
+One run grades eleven students from one LMS-style zip; every test below reads its results.
 """
 
 import csv
 import io
 import json
+import socket
+import threading
 import zipfile
 
 import pytest
 
-from autograders import grade
-from tests.notebooks import reference_answers, submission
+from autograders import grade, sandbox
+from tests.notebooks import load, reference_answers, solution_path, source, submission
 
 MODULE = "00_orientation"
 CELL_TIMEOUT_S = 20
@@ -33,7 +35,20 @@ def notebook_bytes(nb):
     return json.dumps(nb).encode()
 
 
-def build_export(path):
+def solution(cell_id):
+    return next(source(c) for c in load(solution_path(MODULE))["cells"] if c["id"] == cell_id)
+
+
+def leaking(answer, port):
+    """`answer`, preceded by code that sends the grader's machine a message over its loopback."""
+    return ("import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=5).sendall(b'leaked')\n"
+            "except OSError:\n"
+            "    pass\n" + answer)
+
+
+def build_export(path, listener_port):
     """An LMS export: notebooks, a folder, a nested zip, and junk."""
     ok = reference_answers(MODULE)
     reference = submission(MODULE, ok)
@@ -63,22 +78,51 @@ def build_export(path):
         zf.writestr("crash.ipynb", notebook_bytes(
             submission(MODULE, {**ok, "model_size": "import os\nos._exit(3)"})))
         zf.writestr("broken.ipynb", b"{\"cells\": [ this is not json")
+        zf.writestr("bomb.ipynb", notebook_bytes(
+            submission(MODULE, {**ok, "model_size": "hog = bytearray(6 * 2**30)\n"
+                                                    + solution("model_size")})))
+        zf.writestr("leak.ipynb", notebook_bytes(
+            submission(MODULE, {**ok, "median_time": leaking(solution("median_time"), listener_port)})))
         zf.writestr("../evil.ipynb", notebook_bytes(reference))
+
+
+class Listener(threading.Thread):
+    """A TCP server on the grader's loopback that records whatever reaches it."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.received = []
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                self.received.append(conn.recv(100))
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     base = tmp_path_factory.mktemp("grading")
     export = base / "export.zip"
-    build_export(export)
+    listener = Listener()
+    listener.start()
+    build_export(export, listener.port)
     out = base / "course"
-    results = grade.grade(MODULE, export, out, cell_timeout_s=CELL_TIMEOUT_S, student_timeout_s=300)
-    return out, {r.student: r for r in results}
+    try:
+        results = grade.grade(MODULE, export, out, cell_timeout_s=CELL_TIMEOUT_S, student_timeout_s=300)
+    finally:
+        listener.server.close()
+    return out, {r.student: r for r in results}, listener.received
 
 
 def test_every_student_is_graded_once(graded):
-    _, results = graded
-    assert sorted(results) == ["00731", "ace", "broken", "crash", "loop", "noisy", "partial",
+    _, results, _ = graded
+    assert sorted(results) == ["00731", "ace", "bomb", "broken", "crash", "leak", "loop", "noisy", "partial",
                                "syntax", "tamper"]
     assert all(r.max_score == FULL for r in results.values())
 
@@ -102,7 +146,7 @@ def test_half_right_scores_partial_marks_per_test_cell(graded):
 
 
 def test_edited_and_deleted_tests_are_restored(graded):
-    out, results = graded
+    out, results, _ = graded
     assert results["tamper"].score == 0
     autograded = json.loads((out / "autograded" / "tamper" / MODULE / f"{MODULE}.ipynb").read_text())
     cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
@@ -129,7 +173,7 @@ def test_syntax_error_costs_only_its_exercise(graded):
 
 
 def test_dead_kernel_and_unreadable_files_get_clear_results(graded):
-    _, results = graded
+    _, results, _ = graded
     assert results["crash"].status == "grading failed" and "kernel died" in results["crash"].detail
     broken = results["broken"]
     assert broken.status == "not gradable" and "not a readable notebook" in broken.detail
@@ -137,7 +181,7 @@ def test_dead_kernel_and_unreadable_files_get_clear_results(graded):
 
 
 def test_feedback_page_for_every_student(graded):
-    out, results = graded
+    out, results, _ = graded
     for student, result in results.items():
         page = out / "feedback" / student / MODULE / f"{MODULE}.html"
         assert page.exists() and result.feedback == page, student
@@ -146,7 +190,7 @@ def test_feedback_page_for_every_student(graded):
 
 
 def test_grades_csv_matches_results(graded):
-    out, results = graded
+    out, results, _ = graded
     rows = list(csv.DictReader(open(out / "grades.csv")))
     assert {r["student"]: float(r["score"]) for r in rows} == {s: r.score for s, r in results.items()}
     assert {r["student"]: r["status"] for r in rows}["loop"] == "timed out"
@@ -154,7 +198,7 @@ def test_grades_csv_matches_results(graded):
 
 
 def test_zip_slip_member_never_leaves_the_grading_folder(graded):
-    out, _ = graded
+    out, _, _ = graded
     assert not (out.parent / "evil.ipynb").exists()
     assert not (out / "evil.ipynb").exists()
 
@@ -175,3 +219,16 @@ def test_command_line_prints_the_summary_and_writes_csv(tmp_path, capsys):
     assert "zoe" in printed and "0 / 6" in printed and "not gradable" in printed
     assert "1 submissions in" in printed
     assert (tmp_path / "out" / "grades.csv").read_text().splitlines()[1].startswith("zoe,0,6,0.0,0,")
+
+
+def test_a_memory_bomb_costs_only_its_exercise(graded):
+    bomb = graded[1]["bomb"]
+    assert (bomb.status, bomb.score) == ("graded", FULL - 2)  # MemoryError in its cell; the kernel lives
+
+
+def test_the_grading_kernel_cannot_reach_the_graders_network(graded):
+    if not sandbox.namespaces_available():
+        pytest.skip("user namespaces are not allowed here: grading kernels keep the network (README)")
+    leak = graded[1]["leak"]
+    assert (leak.status, leak.score) == ("graded", FULL)
+    assert graded[2] == []  # nothing arrived from inside the sandbox
