@@ -7,6 +7,8 @@ a grading run can never disagree about stubs, timeouts or what counts as a failu
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -45,6 +47,14 @@ def modules() -> list[str]:
                   if p.is_dir() and (p / f"{p.name}.ipynb").exists())
 
 
+@functools.cache
+def module_grade_ids(module: str) -> frozenset[str]:
+    """The grade ids of a module's tests and graded answers, from its source notebook."""
+    nb = json.loads((SOLUTIONS / module / f"{module}.ipynb").read_text())
+    return frozenset(c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"]
+                     if c.get("metadata", {}).get("nbgrader", {}).get("grade"))
+
+
 def configure(c, root: Path | str, release_directory: Path | str = "release",
               cell_timeout_s: int = DEFAULT_CELL_TIMEOUT_S) -> None:
     """Fill an nbgrader traitlets config `c` for a course folder at `root`."""
@@ -64,6 +74,14 @@ def configure(c, root: Path | str, release_directory: Path | str = "release",
     c.Execute.startup_timeout = KERNEL_STARTUP_TIMEOUT_S
     c.Execute.kernel_name = "python3"  # whatever kernel the learner's copy names
     c.Execute.execute_retries = 0
+    # autograders/guard.py: test helpers fresh before each test cell, and capped outputs
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader import preprocessors as nbg
+
+    from autograders.guard import GuardedExecute
+    c.Autograde.autograde_preprocessors = [GuardedExecute, nbg.IgnorePattern, ClearMetadataPreprocessor,
+                                           nbg.LimitOutput, nbg.SaveAutoGrades, nbg.AssignLatePenalties,
+                                           nbg.CheckCellMetadata]
 
     c.IgnorePattern.enabled = True
     c.IgnorePattern.pattern = IGNORE_STDERR_PATTERN
