@@ -1,196 +1,69 @@
-"""Autograde a module's submissions with nbgrader, one student at a time, and report.
+"""Autograde a module's submissions with nbgrader, several students at a time, and report.
 
-    python -m autograders.grade 00_orientation SUBMISSIONS [--out grading/00_orientation]
+    python -m autograders.grade 00_orientation SUBMISSIONS [--out grading/00_orientation] [--jobs N]
 
-SUBMISSIONS is a folder or a .zip file (as a learning-management system exports it) that
-holds, for each student, one of: ``<student>.ipynb``, a folder ``<student>/`` with the
-notebook inside, or ``<student>.zip`` with the notebook inside. When the student id is only
-part of the file name, pass ``--id-regex`` with a ``(?P<student>...)`` group.
+SUBMISSIONS is a folder or a .zip export (see `autograders.collect`). Each student is graded by
+its own ``nbgrader autograde`` process in a scratch copy of the course (its own gradebook copy),
+in parallel over the machine's cores; the grader alone then copies the grades into the course's
+gradebook, one student at a time, so parallel runs never write to one database at once. The
+kernel that runs a submission is walled in (`autograders.sandbox`): it cannot see the gradebook,
+other submissions or the solutions, write anywhere but its own folder, or reach the network.
 
-Each student is graded by its own ``nbgrader autograde`` process, with a time limit per cell
-and one for the whole notebook, so a broken or hostile submission (syntax error, endless
-loop, deleted or edited tests, a dead kernel, noise on stderr) gets a clear result for that
-student and never stops or changes the grading of the others.
+A cell time limit and a whole-notebook limit, and the guards of `autograders.guard`, mean a
+broken or hostile submission (endless loop, memory bomb, dead kernel, edited tests, patched
+test helpers, floods of output) gets a clear result for that student and never changes the
+grading of another. Running again is idempotent: a notebook unchanged since the last run (same
+bytes, same module source) keeps its grades without being run again; ``--regrade`` runs all.
 
 The output folder is an nbgrader course of its own (gradebook.db, submitted/, autograded/,
-feedback/ and an nbgrader_config.py, so formgrader works there too), plus ``grades.csv``.
+feedback/ and an nbgrader_config.py, so formgrader works there too), plus ``grades.csv`` (per
+student and exercise), ``exercises.csv`` (per exercise) and ``logs/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import html
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from autograders import sandbox, settings
+from autograders import guard, report, sandbox, settings
+from autograders.collect import Submission, collect_submissions, notebook_problem
+from autograders.report import Result
 
-MAX_NOTEBOOK_BYTES = 20 * 2**20      # a course notebook without outputs is well under 1 MB
-MAX_ARCHIVE_MEMBERS = 1000
-MAX_ARCHIVE_BYTES = 200 * 2**20      # uncompressed: refuses zip bombs
 DEFAULT_STUDENT_TIMEOUT_S = 900
+MEMORY_PER_JOB = 2.5 * 2**30  # one grading kernel and its helpers, with room for the grader
 CONFIG_TEMPLATE = """\
 # Written by autograders/grade.py: this folder is an nbgrader course of its own.
+import os
 import sys
 sys.path.insert(0, {repo!r})
 from autograders.settings import configure
 configure(get_config(), root={root!r}, cell_timeout_s={timeout})
 c = get_config()
-c.Execute.kernel_name = {kernel!r}     # autograders/sandbox.py: no network, memory and file caps
+c.Execute.kernel_name = {kernel!r}     # autograders/sandbox.py: walled in, no network, memory and file caps
 c.KernelManager.transport = "ipc"      # the kernel's network namespace cannot reach the grader's TCP
 c.KernelManager.ip = {ipc!r}
+os.makedirs(os.path.dirname(c.KernelManager.ip), exist_ok=True)
 """
 
 
-@dataclass
-class Submission:
-    student: str
-    origin: str                  # where it came from, for the report
-    notebook: Path | None = None
-    problem: str | None = None   # why it cannot be graded, when it cannot
-
-
-@dataclass
-class Result:
-    student: str
-    status: str                  # graded | timed out | not gradable | grading failed
-    detail: str = ""
-    score: float = 0.0
-    max_score: float = 0.0
-    cells: dict[str, float] = field(default_factory=dict)
-    manual_pending: float = 0.0  # points of answers that wait for the instructor
-    feedback: Path | None = None
-    seconds: float = 0.0
-
-
-# ---------------------------------------------------------------- collecting submissions
-
-def _student_id(name: str, id_regex: str | None) -> str:
-    stem = name
-    for suffix in (".ipynb", ".zip"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    if id_regex:
-        match = re.search(id_regex, name)
-        if match and match.groupdict().get("student"):
-            stem = match.group("student")
-    # nbgrader puts the id in paths and on command lines: keep it to safe characters
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip("._") or "unnamed"
-
-
-def _safe_extract_notebooks(archive: Path, target: Path) -> str | None:
-    """Extract the notebooks (and nested zips) of `archive` under `target`; problem or None."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            if len(members) > MAX_ARCHIVE_MEMBERS:
-                return f"archive has {len(members)} entries, more than {MAX_ARCHIVE_MEMBERS}"
-            if sum(m.file_size for m in members) > MAX_ARCHIVE_BYTES:
-                return f"archive unpacks to more than {MAX_ARCHIVE_BYTES // 2**20} MB"
-            for member in members:
-                parts = Path(member.filename.replace("\\", "/")).parts
-                if member.is_dir() or not member.filename.lower().endswith((".ipynb", ".zip")):
-                    continue
-                if member.filename.startswith(("/", "\\")) or ".." in parts or "__MACOSX" in parts:
-                    continue  # path traversal or macOS metadata: never written
-                out = target.joinpath(*parts)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    except (zipfile.BadZipFile, OSError, RuntimeError) as err:
-        return f"not a readable zip archive ({err})"
-    return None
-
-
-def _pick_notebook(folder: Path, module: str) -> tuple[Path | None, str | None]:
-    notebooks = sorted(p for p in folder.rglob("*.ipynb")
-                       if ".ipynb_checkpoints" not in p.parts and "__MACOSX" not in p.parts)
-    named = [p for p in notebooks if p.name == f"{module}.ipynb"]
-    if len(named) == 1:
-        return named[0], None
-    if len(notebooks) == 1:
-        return notebooks[0], None
-    if not notebooks:
-        return None, "no notebook (.ipynb) found"
-    return None, f"{len(notebooks)} notebooks and none named {module}.ipynb: cannot tell which to grade"
-
-
-def collect_submissions(source: Path, module: str, scratch: Path,
-                        id_regex: str | None = None) -> list[Submission]:
-    """Find one notebook per student in a folder or a zip file."""
-    source = Path(source)
-    if not source.exists():
-        raise SystemExit(f"submissions not found: {source}")
-    if source.is_file():
-        if not zipfile.is_zipfile(source):
-            raise SystemExit(f"{source} is neither a folder nor a zip archive")
-        unpacked = scratch / "unpacked"
-        problem = _safe_extract_notebooks(source, unpacked)
-        if problem:
-            raise SystemExit(f"{source}: {problem}")
-        top = [p for p in unpacked.iterdir() if p.name != "__MACOSX"] if unpacked.exists() else []
-        # a zip holding a single folder of submissions: look inside that folder
-        source = top[0] if len(top) == 1 and top[0].is_dir() else unpacked
-        if not source.exists():
-            raise SystemExit("the archive holds no notebooks")
-
-    submissions: list[Submission] = []
-    for entry in sorted(source.iterdir()):
-        if entry.name.startswith(".") or entry.name == "__MACOSX":
-            continue
-        student = _student_id(entry.name, id_regex)
-        sub = Submission(student=student, origin=entry.name)
-        if entry.is_dir():
-            sub.notebook, sub.problem = _pick_notebook(entry, module)
-        elif entry.suffix.lower() == ".ipynb":
-            sub.notebook = entry
-        elif entry.suffix.lower() == ".zip":
-            target = scratch / "zips" / student
-            shutil.rmtree(target, ignore_errors=True)
-            sub.problem = _safe_extract_notebooks(entry, target)
-            if sub.problem is None:
-                sub.notebook, sub.problem = _pick_notebook(target, module)
-        else:
-            continue  # stray files (PDFs, READMEs) are not submissions
-        submissions.append(sub)
-
-    seen: dict[str, str] = {}
-    for sub in submissions:
-        if sub.student in seen:
-            sub.problem = f"same student id as {seen[sub.student]}: rename one (or fix --id-regex)"
-        else:
-            seen[sub.student] = sub.origin
-    return submissions
-
-
-def notebook_problem(path: Path) -> str | None:
-    """Why `path` cannot be graded as a notebook, or None when it can."""
-    import nbformat
-
-    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
-        size_mb, limit_mb = path.stat().st_size // 2**20, MAX_NOTEBOOK_BYTES // 2**20
-        return f"notebook is {size_mb} MB, over the {limit_mb} MB limit"
-    try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as err:  # noqa: BLE001 - any parse failure means "not a notebook"
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"not a readable notebook: {first_line[:200]}"
-    if not any(c.get("cell_type") == "code" for c in nb.cells):
-        return "the notebook has no code cells"
-    return None
+def default_jobs() -> int:
+    """As many students at once as there are cores, and memory for their kernels."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, int(psutil.virtual_memory().available // MEMORY_PER_JOB)))
 
 
 # ---------------------------------------------------------------- running nbgrader
@@ -210,10 +83,15 @@ def _kill_tree(process: subprocess.Popen) -> None:
     psutil.wait_procs(victims, timeout=10)
 
 
-def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None) -> int | None:
-    """Run one nbgrader command in `root`, appending to `log`; exit code, None on timeout."""
+def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
+              jupyter: Path | None = None) -> int | None:
+    """Run one nbgrader command in `root`, appending to `log`; exit code, None on timeout.
+
+    `jupyter` is the folder holding the grading kernel's spec (default: `root`/jupyter).
+    """
     env = settings.tools_on_path(dict(os.environ))
-    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(root / "jupyter"), env.get("JUPYTER_PATH")]))
+    jupyter = jupyter or root / "jupyter"
+    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter), env.get("JUPYTER_PATH")]))
     # One thread per grading kernel: a busy grading machine cannot oversubscribe its cores
     # (OpenMP spin-waiting then slows cells tenfold into their time limit), and results do
     # not depend on how many cores the grader has. course.setup honours OMP_NUM_THREADS.
@@ -237,15 +115,20 @@ def _ipc_folder(root: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"grade-ipc-{digest}"
 
 
+def _write_config(root: Path, cell_timeout_s: int) -> None:
+    (root / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(
+        repo=str(settings.REPO), root=str(root.resolve()), timeout=cell_timeout_s,
+        kernel=sandbox.KERNEL_NAME, ipc=str(_ipc_folder(root) / "k")))
+
+
 def prepare_course(root: Path, module: str, cell_timeout_s: int) -> None:
     """Make `root` an nbgrader course and record the module's tests and checksums in it."""
     root.mkdir(parents=True, exist_ok=True)
-    kernel = sandbox.write_kernelspec(root / "jupyter")
-    ipc = _ipc_folder(root)
-    ipc.mkdir(exist_ok=True)
-    (root / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(
-        repo=str(settings.REPO), root=str(root.resolve()), timeout=cell_timeout_s, kernel=kernel,
-        ipc=str(ipc / "k")))
+    # what a grading kernel must not see: this course (gradebook, every submission, feedback),
+    # the solutions with their hidden tests, the history that holds them, other grading folders
+    hidden = [root, settings.SOLUTIONS, settings.REPO / ".git", settings.REPO / "grading"]
+    sandbox.write_kernelspec(root / "jupyter", hide=[str(p) for p in hidden])
+    _write_config(root, cell_timeout_s)
     log = root / "generate.log"
     log.write_text("")
     if _nbgrader(["generate_assignment", module, "--force"], root, log, timeout_s=600) != 0:
@@ -266,10 +149,16 @@ def _timeout_cells(autograded: Path) -> list[str]:
     return names
 
 
-def _scores(root: Path, module: str, student: str) -> tuple[float, float, dict[str, float], float] | None:
-    from nbgrader.api import Gradebook, MissingEntry
+def _gradebook(root: Path):
+    from nbgrader.api import Gradebook
 
-    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+    return Gradebook(f"sqlite:///{root / 'gradebook.db'}")
+
+
+def _scores(root: Path, module: str, student: str) -> tuple[float, float, dict[str, float], float] | None:
+    from nbgrader.api import MissingEntry
+
+    with _gradebook(root) as gb:
         try:
             notebook = gb.find_submission_notebook(module, module, student)
         except MissingEntry:
@@ -294,10 +183,16 @@ def diagnose(log_text: str, cell_timeout_s: int) -> str:
 
 
 def _max_score(root: Path, module: str) -> float:
-    from nbgrader.api import Gradebook
-
-    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+    with _gradebook(root) as gb:
         return float(gb.find_assignment(module).max_score)
+
+
+def _points(root: Path, module: str) -> dict[str, float]:
+    """Every automatically graded cell of the module and its points, in notebook order."""
+    with _gradebook(root) as gb:
+        cells = gb.find_notebook(module, module).grade_cells
+        ordered = sorted(cells, key=lambda c: c.id)
+        return {c.name: float(c.max_score) for c in ordered if c.cell_type == "code"}
 
 
 def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
@@ -312,46 +207,165 @@ def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
         "instructor to grade it again.</p></body></html>")
 
 
-def grade_one(root: Path, module: str, sub: Submission, cell_timeout_s: int,
-              student_timeout_s: float) -> Result:
-    start = time.monotonic()
-    result = Result(student=sub.student, status="not gradable", max_score=_max_score(root, module))
-    feedback = root / "feedback" / sub.student / module / f"{module}.html"
-    problem = sub.problem or notebook_problem(sub.notebook)
-    folder = root / "submitted" / sub.student / module
-    if problem is None:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        shutil.copyfile(sub.notebook, folder / f"{module}.ipynb")
-        log = root / "logs" / f"{sub.student}.log"
+def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(module)}: feedback</title></head><body>"
+        f"<h1>{html.escape(module)}: {html.escape(result.student)}</h1>"
+        f"<p><strong>Score: {result.score:g} / {result.max_score:g}</strong></p>"
+        f"<p>Your submission could not be graded: {html.escape(result.detail)}</p>"
+        "<p>Submit the notebook file (.ipynb) of this module, saved from Jupyter, and ask your "
+        "instructor to grade it again.</p></body></html>")
+
+
+def _merge(scratch: Path, root: Path, module: str, student: str) -> None:
+    """Copy one student's automatic grades from a scratch gradebook into the course's."""
+    from nbgrader.api import MissingEntry
+
+    with _gradebook(scratch) as source, _gradebook(root) as target:
+        graded = source.find_submission(module, student)
+        target.update_or_create_student(student)
+        try:
+            kept = target.find_submission(module, student)
+        except MissingEntry:
+            kept = target.add_submission(module, student)
+        kept.timestamp = graded.timestamp
+        for notebook in graded.notebooks:
+            for grade in notebook.grades:
+                into = target.find_grade(grade.name, notebook.name, module, student)
+                into.auto_score, into.needs_manual_grade = grade.auto_score, grade.needs_manual_grade
+            for comment in notebook.comments:
+                target.find_comment(comment.name, notebook.name, module, student).auto_comment = \
+                    comment.auto_comment
+        target.db.commit()
+    into = root / "autograded" / student / module
+    shutil.rmtree(into, ignore_errors=True)
+    shutil.copytree(scratch / "autograded" / student / module, into)
+
+
+def _forget(root: Path, module: str, student: str) -> None:
+    """Drop a student's earlier grades and graded copy: this run could not grade them."""
+    from nbgrader.api import MissingEntry
+
+    with _gradebook(root) as gb:
+        try:
+            gb.remove_submission(module, student)
+        except MissingEntry:
+            pass
+    shutil.rmtree(root / "autograded" / student / module, ignore_errors=True)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Run:
+    """One grading run: where, what, its limits, and the lock that serialises gradebook writes."""
+    root: Path
+    module: str
+    cell_timeout_s: int
+    student_timeout_s: float
+    regrade: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def version(self) -> str:
+        """What a kept grade depends on besides the notebook: the module source and the limits."""
+        source = (settings.SOLUTIONS / self.module / f"{self.module}.ipynb").read_bytes()
+        return _sha256(source + f"{self.cell_timeout_s}".encode())
+
+    def _cache(self, student: str) -> Path:
+        return self.root / "results" / f"{student}.json"
+
+    def kept(self, sub: Submission) -> Result | None:
+        """The last run's result for this student, if the same notebook was graded then."""
+        if self.regrade or sub.notebook is None or not self._cache(sub.student).exists():
+            return None
+        record = json.loads(self._cache(sub.student).read_text())
+        same = (record.get("notebook") == _sha256(sub.notebook.read_bytes())
+                and record.get("version") == self.version)
+        result = Result.from_json(record["result"])
+        on_disk = result.status != "graded" or (self.root / "autograded" / sub.student / self.module).exists()
+        if same and on_disk and result.status in ("graded", "not gradable"):
+            result.reused = True
+            return result
+        return None
+
+    def remember(self, sub: Submission, result: Result) -> None:
+        self._cache(sub.student).parent.mkdir(exist_ok=True)
+        record = {"notebook": _sha256(sub.notebook.read_bytes()) if sub.notebook else None,
+                  "version": self.version, "result": result.to_json()}
+        self._cache(sub.student).write_text(json.dumps(record, indent=1))
+
+    def grade_one(self, sub: Submission) -> Result:
+        kept = self.kept(sub)
+        if kept is not None:
+            return kept
+        start = time.monotonic()
+        root, module = self.root, self.module
+        result = Result(student=sub.student, status="not gradable", max_score=_max_score(root, module))
+        feedback = root / "feedback" / sub.student / module / f"{module}.html"
+        problem = sub.problem or notebook_problem(sub.notebook, module)
+        if problem is None:
+            problem = self._autograde(sub, result)
+        if problem is not None:
+            result.detail = problem
+            with self.lock:
+                _forget(root, module, sub.student)
+            shutil.rmtree(root / "feedback" / sub.student / module, ignore_errors=True)
+            _write_problem_feedback(feedback, module, result)
+        result.feedback = feedback
+        result.seconds = time.monotonic() - start
+        self.remember(sub, result)
+        return result
+
+    def _autograde(self, sub: Submission, result: Result) -> str | None:
+        """Grade a readable notebook in a scratch course; fill `result`; a problem or None."""
+        import nbformat
+
+        root, module, student = self.root, self.module, sub.student
+        notebook = nbformat.read(sub.notebook, as_version=4)
+        released = nbformat.read(settings.MODULES / module / f"{module}.ipynb", as_version=4)
+        result.review = guard.review_flags(notebook, {c.id: c.source for c in released.cells})
+
+        for course in (root, scratch := root / "work" / student):
+            folder = course / "submitted" / student / module
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            shutil.copyfile(sub.notebook, folder / f"{module}.ipynb")
+        with self.lock:
+            shutil.copyfile(root / "gradebook.db", scratch / "gradebook.db")
+        _write_config(scratch, self.cell_timeout_s)
+        log = root / "logs" / f"{student}.log"
         log.parent.mkdir(exist_ok=True)
         log.write_text("")
-        code = _nbgrader(["autograde", module, f"--student={sub.student}", "--force"],
-                         root, log, timeout_s=student_timeout_s)
-        scores = _scores(root, module, sub.student)
-        if code is None:
-            problem = f"the whole notebook ran past {student_timeout_s:g} s and was stopped"
-            result.status = "timed out"
-        elif code != 0 or scores is None:
-            problem = diagnose(log.read_text(errors="replace"), cell_timeout_s)
-            result.status = "grading failed"
-        else:
-            result.score, result.max_score, result.cells, result.manual_pending = scores
-            result.status = "graded"
-            if result.manual_pending:
-                result.detail = f"{result.manual_pending:g} points to grade by hand (formgrader)"
-            slow = _timeout_cells(root / "autograded" / sub.student / module / f"{module}.ipynb")
-            if slow:
+        try:
+            code = _nbgrader(["autograde", module, f"--student={student}", "--force"], scratch, log,
+                             timeout_s=self.student_timeout_s, jupyter=root / "jupyter")
+            scores = _scores(scratch, module, student)
+            if code is None:
                 result.status = "timed out"
-                result.detail = "; ".join(filter(None, [
-                    f"over the {cell_timeout_s} s cell limit: " + ", ".join(slow), result.detail]))
-    if problem is not None:
-        result.detail = problem
-        shutil.rmtree(root / "feedback" / sub.student / module, ignore_errors=True)
-        _write_problem_feedback(feedback, module, result)
-    result.feedback = feedback
-    result.seconds = time.monotonic() - start
-    return result
+                return f"the whole notebook ran past {self.student_timeout_s:g} s and was stopped"
+            if code != 0 or scores is None:
+                result.status = "grading failed"
+                return diagnose(log.read_text(errors="replace"), self.cell_timeout_s)
+            with self.lock:
+                _merge(scratch, root, module, student)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(_ipc_folder(scratch), ignore_errors=True)
+        result.score, result.max_score, result.cells, result.manual_pending = scores
+        result.status = "graded"
+        if result.manual_pending:
+            result.detail = f"{result.manual_pending:g} points to grade by hand (formgrader)"
+        slow = _timeout_cells(root / "autograded" / student / module / f"{module}.ipynb")
+        if slow:
+            result.status = "timed out"
+            result.detail = "; ".join(filter(None, [
+                f"over the {self.cell_timeout_s} s cell limit: " + ", ".join(slow), result.detail]))
+        return None
 
 
 def generate_feedback(root: Path, module: str, results: list[Result]) -> None:
@@ -360,44 +374,21 @@ def generate_feedback(root: Path, module: str, results: list[Result]) -> None:
     if not graded:
         return
     log = root / "logs" / "feedback.log"
+    log.parent.mkdir(exist_ok=True)
     log.write_text("")
     start = time.monotonic()
     _nbgrader(["generate_feedback", module, "--force"], root, log, timeout_s=60 + 30 * len(graded))
     share = (time.monotonic() - start) / len(graded)
     for r in graded:
-        r.seconds += share
+        r.seconds += 0 if r.reused else share
         if not r.feedback.exists():
             r.detail = (r.detail + "; " if r.detail else "") + f"no feedback page (see {log})"
 
 
-# ---------------------------------------------------------------- reporting
-
-def write_csv(path: Path, results: list[Result]) -> None:
-    cell_names = sorted({name for r in results for name in r.cells})
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["student", "score", "max_score", "percent", "manual_pending", "status", "detail",
-                         *cell_names])
-        for r in results:
-            percent = 100.0 * r.score / r.max_score if r.max_score else 0.0
-            writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", f"{percent:.1f}",
-                             f"{r.manual_pending:g}", r.status, r.detail,
-                             *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
-
-
-def summary_table(results: list[Result]) -> str:
-    width = max([len("student"), *(len(r.student) for r in results)])
-    lines = [f"{'student':<{width}}  {'score':>11}  {'time':>6}  status",
-             f"{'-' * width}  {'-' * 11}  {'-' * 6}  {'-' * 30}"]
-    for r in results:
-        status = r.status + (f": {r.detail}" if r.detail else "")
-        lines.append(f"{r.student:<{width}}  {r.score:>5g} / {r.max_score:<3g}  {r.seconds:>5.1f}s  {status}")
-    return "\n".join(lines)
-
-
 def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
-          student_timeout_s: float = DEFAULT_STUDENT_TIMEOUT_S,
-          id_regex: str | None = None) -> list[Result]:
+          student_timeout_s: float = DEFAULT_STUDENT_TIMEOUT_S, id_regex: str | None = None,
+          jobs: int | None = None, regrade: bool = False) -> list[Result]:
+    """Grade every submission of `module` found in `submissions` into the course folder `out`."""
     if module not in settings.modules():
         raise SystemExit(f"unknown module {module!r}; known: {', '.join(settings.modules())}")
     out = Path(out).resolve()
@@ -408,23 +399,32 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
     prepare_course(out, module, cell_timeout_s)
+    jobs = max(1, jobs or default_jobs())
     print(sandbox.isolation(), flush=True)
-    results = []
+    print(f"grading {len(found)} submissions, {jobs} at a time", flush=True)
+    run = Run(out, module, cell_timeout_s, student_timeout_s, regrade)
+    results: dict[str, Result] = {}
     try:
-        for sub in found:
-            print(f"grading {sub.student} ({sub.origin}) ...", flush=True)
-            results.append(grade_one(out, module, sub, cell_timeout_s, student_timeout_s))
-        generate_feedback(out, module, results)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(run.grade_one, sub): sub for sub in found}
+            for future in as_completed(futures):
+                r = results[futures[future].student] = future.result()
+                took = "unchanged, grades kept" if r.reused else f"{r.seconds:.0f} s"
+                print(f"  {r.student}: {r.score:g} / {r.max_score:g}, {r.status} ({took})", flush=True)
+        ordered = [results[sub.student] for sub in found]
+        generate_feedback(out, module, ordered)
     finally:
         shutil.rmtree(_ipc_folder(out), ignore_errors=True)
-    write_csv(out / "grades.csv", results)
-    return results
+        shutil.rmtree(out / "work", ignore_errors=True)
+    report.write_csv(out / "grades.csv", ordered)
+    report.write_exercises_csv(out / "exercises.csv", report.exercise_rows(ordered, _points(out, module)))
+    return ordered
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Autograde submissions of one module with nbgrader.",
-        epilog="Writes grades.csv, feedback/<student>/<module>/<module>.html and a gradebook.")
+        epilog="Writes grades.csv, exercises.csv, feedback/<student>/<module>/<module>.html and a gradebook.")
     parser.add_argument("module", help="module id, e.g. 00_orientation")
     parser.add_argument("submissions", type=Path, help="folder or .zip of submitted notebooks")
     parser.add_argument("--out", type=Path, help="grading folder (default: grading/<module>)")
@@ -432,16 +432,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-timeout", type=float, default=DEFAULT_STUDENT_TIMEOUT_S,
                         help=f"seconds per notebook (default {DEFAULT_STUDENT_TIMEOUT_S})")
     parser.add_argument("--id-regex", help="regex with a (?P<student>...) group over file names")
+    parser.add_argument("--jobs", type=int, help="students graded at once (default: cores, memory allowing)")
+    parser.add_argument("--regrade", action="store_true", help="run every notebook, even unchanged ones")
     args = parser.parse_args(argv)
     out = args.out or settings.REPO / "grading" / args.module
     start = time.monotonic()
-    results = grade(args.module, args.submissions, out, args.cell_timeout,
-                    args.student_timeout, args.id_regex)
+    results = grade(args.module, args.submissions, out, args.cell_timeout, args.student_timeout,
+                    args.id_regex, args.jobs, args.regrade)
     elapsed = time.monotonic() - start
     print()
-    print(summary_table(results))
+    print(report.summary_table(results))
+    print()
+    print(report.exercise_table(report.exercise_rows(results, _points(Path(out).resolve(), args.module))))
     print(f"\n{len(results)} submissions in {elapsed:.0f} s; grades: {out / 'grades.csv'}; "
-          f"feedback: {out / 'feedback'}")
+          f"per exercise: {out / 'exercises.csv'}; feedback: {out / 'feedback'}")
     return 0
 
 

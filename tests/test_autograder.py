@@ -1,9 +1,12 @@
 """The instructor's grading command, end to end, on honest and hostile submissions.
 
-One run grades eleven students from one LMS-style zip; every test below reads its results.
+One run grades every student of one LMS-style zip, two at a time; the honest ones' scores are
+pinned, and each hostile one must get a clear result without touching anyone else's. A second
+run over the same export must change nothing. Every test below reads those two runs.
 """
 
 import csv
+import hashlib
 import io
 import json
 import socket
@@ -12,8 +15,8 @@ import zipfile
 
 import pytest
 
-from autograders import grade, sandbox
-from tests.notebooks import load, reference_answers, solution_path, source, submission
+from autograders import grade, report, sandbox, settings
+from tests.notebooks import load, reference_answers, release_path, solution_path, source, submission
 
 MODULE = "00_orientation"
 CELL_TIMEOUT_S = 20
@@ -48,7 +51,37 @@ def leaking(answer, port):
             "    pass\n" + answer)
 
 
-def build_export(path, listener_port):
+PATCH_HELPERS = """import course.checks
+for _name in dir(course.checks):
+    if callable(getattr(course.checks, _name)):
+        setattr(course.checks, _name, lambda *args, **kwargs: None)
+get_ipython().showtraceback = lambda *args, **kwargs: None
+"""
+FAKE_PASSES = ("print('median_time: all tests passed (2/2)')\n"
+               "from IPython.display import display, HTML\n"
+               "display(HTML('<b>passed</b>: every test of this module'))\n")
+FLOOD = "for _ in range(50):\n    print('x' * 1_000_000)\n"
+
+
+def vandal(answer, targets):
+    """`answer`, preceded by code that tries to write into every file in `targets` and reports."""
+    return (f"import os\nfor _path in {sorted(map(str, targets))!r}:\n"
+            "    try:\n"
+            "        with open(_path, 'ab') as _f:\n"
+            "            _f.write(b'vandal')\n"
+            "        print('WROTE', _path)\n"
+            "    except OSError as _err:\n"
+            "        print('blocked', _path, _err.strerror, os.path.exists(_path))\n" + answer)
+
+
+def targets(out):
+    """Files a submission must not change: the course, the source, the gradebook, other students' work."""
+    return [settings.REPO / "course" / "checks.py", solution_path(MODULE), release_path(MODULE),
+            out / "gradebook.db", out / "submitted" / "ace" / MODULE / f"{MODULE}.ipynb",
+            out / "autograded" / "ace" / MODULE / f"{MODULE}.ipynb", out / "nbgrader_config.py"]
+
+
+def build_export(path, listener_port, out):
     """An LMS export: notebooks, a folder, a nested zip, and junk."""
     ok = reference_answers(MODULE)
     reference = submission(MODULE, ok)
@@ -84,6 +117,22 @@ def build_export(path, listener_port):
         zf.writestr("leak.ipynb", notebook_bytes(
             submission(MODULE, {**ok, "median_time": leaking(solution("median_time"), listener_port)})))
         zf.writestr("../evil.ipynb", notebook_bytes(reference))
+        zf.writestr("exit.ipynb", notebook_bytes(
+            submission(MODULE, {**ok, "model_size": "import sys\nsys.exit(0)"})))
+        zf.writestr("segv.ipynb", notebook_bytes(
+            submission(MODULE, {**ok, "model_size": "import ctypes\nctypes.string_at(0)"})))
+        zf.writestr("patcher.ipynb", notebook_bytes(
+            submission(MODULE, {**WRONG_ANSWERS,
+                                "median_time": PATCH_HELPERS + WRONG_ANSWERS["median_time"]})))
+        zf.writestr("faker.ipynb", notebook_bytes(
+            submission(MODULE, {k: FAKE_PASSES + v for k, v in WRONG_ANSWERS.items()})))
+        zf.writestr("flood.ipynb", notebook_bytes(
+            submission(MODULE, {**ok, "median_time": FLOOD + solution("median_time")})))
+        zf.writestr("empty.ipynb", b"")
+        zf.writestr("other.ipynb", notebook_bytes(load(release_path("01_edge"))))
+        if sandbox.namespaces_available():  # without walls it would really write into the course
+            zf.writestr("vandal.ipynb", notebook_bytes(
+                submission(MODULE, {**ok, "median_time": vandal(solution("median_time"), targets(out))})))
 
 
 class Listener(threading.Thread):
@@ -105,25 +154,45 @@ class Listener(threading.Thread):
                 self.received.append(conn.recv(100))
 
 
+def digests(paths):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.exists()}
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     base = tmp_path_factory.mktemp("grading")
     export = base / "export.zip"
+    out = base / "course"
     listener = Listener()
     listener.start()
-    build_export(export, listener.port)
-    out = base / "course"
+    build_export(export, listener.port, out)
+    course_files = [settings.REPO / "course" / "checks.py", solution_path(MODULE), release_path(MODULE)]
+    before = digests(course_files)
     try:
-        results = grade.grade(MODULE, export, out, cell_timeout_s=CELL_TIMEOUT_S, student_timeout_s=300)
+        results = grade.grade(MODULE, export, out, cell_timeout_s=CELL_TIMEOUT_S, student_timeout_s=300,
+                              jobs=2)
     finally:
         listener.server.close()
+    assert digests(course_files) == before  # whatever ran, the course itself is unchanged
     return out, {r.student: r for r in results}, listener.received
+
+
+@pytest.fixture(scope="module")
+def regraded(graded):
+    """The same export graded again into the same folder."""
+    out = graded[0]
+    before = (out / "grades.csv").read_text()
+    results = grade.grade(MODULE, out.parent / "export.zip", out, cell_timeout_s=CELL_TIMEOUT_S,
+                          student_timeout_s=300, jobs=2)
+    return before, {r.student: r for r in results}
 
 
 def test_every_student_is_graded_once(graded):
     _, results, _ = graded
-    assert sorted(results) == ["00731", "ace", "bomb", "broken", "crash", "leak", "loop", "noisy", "partial",
-                               "syntax", "tamper"]
+    walled = ["vandal"] if sandbox.namespaces_available() else []
+    assert sorted(results) == sorted(["00731", "ace", "bomb", "broken", "crash", "empty", "exit", "faker",
+                                      "flood", "leak", "loop", "noisy", "other", "partial", "patcher", "segv",
+                                      "syntax", "tamper", *walled])
     assert all(r.max_score == FULL for r in results.values())
 
 
@@ -204,10 +273,10 @@ def test_zip_slip_member_never_leaves_the_grading_folder(graded):
 
 
 def test_summary_table_lists_everyone(graded):
-    table = grade.summary_table(list(graded[1].values()))
+    table = report.summary_table(list(graded[1].values()))
     for student in graded[1]:
         assert student in table
-    assert "6 / 6" in table
+    assert "6 / 6" in table and "REVIEW" in table
 
 
 def test_command_line_prints_the_summary_and_writes_csv(tmp_path, capsys):
@@ -232,3 +301,86 @@ def test_the_grading_kernel_cannot_reach_the_graders_network(graded):
     leak = graded[1]["leak"]
     assert (leak.status, leak.score) == ("graded", FULL)
     assert graded[2] == []  # nothing arrived from inside the sandbox
+
+
+def test_sys_exit_costs_only_its_exercise(graded):
+    assert (graded[1]["exit"].status, graded[1]["exit"].score) == ("graded", FULL - 2)
+
+
+def test_a_segfault_kills_only_that_students_kernel(graded):
+    segv = graded[1]["segv"]
+    assert segv.status == "grading failed" and "kernel died" in segv.detail and segv.score == 0
+
+
+def test_patched_test_helpers_and_hidden_tracebacks_earn_nothing(graded):
+    patcher = graded[1]["patcher"]
+    assert (patcher.status, patcher.score) == ("graded", 0)
+    assert any("course.checks" in flag for flag in patcher.review)
+    assert any("IPython kernel" in flag for flag in patcher.review)
+
+
+def test_printed_passes_earn_nothing(graded):
+    faker = graded[1]["faker"]
+    assert (faker.status, faker.score, faker.review) == ("graded", 0, [])
+
+
+def test_honest_work_is_never_flagged(graded):
+    for student in ("ace", "partial", "noisy", "00731"):
+        assert graded[1][student].review == [], student
+
+
+def test_an_output_flood_is_cut_and_costs_nothing(graded):
+    out, results, _ = graded
+    assert (results["flood"].status, results["flood"].score) == ("graded", FULL)
+    autograded = out / "autograded" / "flood" / MODULE / f"{MODULE}.ipynb"
+    assert autograded.stat().st_size < 1_000_000
+    assert "the grader cut this cell's output" in autograded.read_text()
+
+
+def test_empty_file_and_another_modules_notebook_are_named(graded):
+    results = graded[1]
+    assert results["empty"].status == "not gradable" and "empty" in results["empty"].detail
+    assert results["other"].status == "not gradable" and "01_edge" in results["other"].detail
+
+
+def test_a_submission_cannot_write_or_see_the_course_gradebook_or_other_students(graded):
+    if not sandbox.namespaces_available():
+        pytest.skip("user namespaces are not allowed here: grading kernels see the files (README)")
+    out, results, _ = graded
+    assert (results["vandal"].status, results["vandal"].score) == ("graded", FULL)
+    nb = json.loads((out / "autograded" / "vandal" / MODULE / f"{MODULE}.ipynb").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "WROTE" not in printed
+    for path in targets(out):
+        assert f"blocked {path}" in printed, path
+    for hidden in ("gradebook.db", "submitted/ace", "autograded/ace", "nbgrader_config.py"):
+        line = next(line for line in printed.splitlines() if hidden in line)
+        assert line.endswith("False"), line  # not even visible
+    assert results["ace"].score == FULL
+
+
+def test_parallel_grading_leaves_every_grade_in_the_gradebook(graded):
+    out, results, _ = graded
+    with grade._gradebook(out) as gb:
+        for student, result in results.items():
+            if result.status == "graded":
+                assert gb.find_submission_notebook(MODULE, MODULE, student).score == result.score, student
+
+
+def test_per_exercise_summary(graded):
+    out, results, _ = graded
+    rows = {r["exercise"]: r for r in csv.DictReader(open(out / "exercises.csv"))}
+    assert set(rows) == set(results["ace"].cells)
+    ran = [r for r in results.values() if r.cells]
+    for name, row in rows.items():
+        assert float(row["mean"]) == pytest.approx(sum(r.cells[name] for r in ran) / len(ran), abs=0.01)
+        assert int(row["full"]) == sum(r.cells[name] == float(row["points"]) for r in ran)
+
+
+def test_grading_again_keeps_every_grade_and_runs_only_what_failed(regraded, graded):
+    before, again = regraded
+    out, first, _ = graded
+    assert (out / "grades.csv").read_text() == before
+    for student, result in again.items():
+        assert (result.score, result.status) == (first[student].score, first[student].status), student
+        assert result.reused == (first[student].status in ("graded", "not gradable")), student

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from autograders import grade
+from autograders import collect, grade
 
 MODULE = "00_orientation"
 NB = json.dumps({"cells": [{"id": "c1", "cell_type": "code", "source": "1", "metadata": {}, "outputs": [],
@@ -27,7 +27,7 @@ def test_files_folders_and_zips_each_make_one_student(tmp_path):
         zf.writestr("work/whatever.ipynb", NB)
     (src / "notes.pdf").write_text("not a submission")
     (src / ".DS_Store").write_text("")
-    subs = by_student(grade.collect_submissions(src, MODULE, tmp_path / "scratch"))
+    subs = by_student(collect.collect_submissions(src, MODULE, tmp_path / "scratch"))
     assert sorted(subs) == ["ann", "bob", "cat"]
     assert all(s.problem is None for s in subs.values())
     assert subs["bob"].notebook.name == f"{MODULE}.ipynb"
@@ -40,7 +40,7 @@ def test_ambiguous_or_empty_folders_are_reported_not_guessed(tmp_path):
     (src / "eve").mkdir()
     (src / "dan" / "a.ipynb").write_text(NB)
     (src / "dan" / "b.ipynb").write_text(NB)
-    subs = by_student(grade.collect_submissions(src, MODULE, tmp_path / "scratch"))
+    subs = by_student(collect.collect_submissions(src, MODULE, tmp_path / "scratch"))
     assert "cannot tell which" in subs["dan"].problem
     assert "no notebook" in subs["eve"].problem
 
@@ -52,7 +52,7 @@ def test_lms_export_zip_with_id_regex_and_unsafe_members(tmp_path):
         zf.writestr("doejohn_67890_679_00_orientation.ipynb", NB)
         zf.writestr("../escaped.ipynb", NB)
         zf.writestr("__MACOSX/._smithjane.ipynb", "junk")
-    subs = by_student(grade.collect_submissions(export, MODULE, tmp_path / "scratch",
+    subs = by_student(collect.collect_submissions(export, MODULE, tmp_path / "scratch",
                                                 id_regex=r"^[a-z]+_(?P<student>\d+)_"))
     assert sorted(subs) == ["12345", "67890"]
     assert not (tmp_path / "escaped.ipynb").exists()
@@ -65,7 +65,7 @@ def test_student_ids_are_made_safe_and_duplicates_flagged(tmp_path):
     (src / "José Ñ; rm -rf.ipynb").write_text(NB)
     (src / "kim.ipynb").write_text(NB)
     (src / "kim.zip").write_bytes(b"")
-    subs = grade.collect_submissions(src, MODULE, tmp_path / "scratch")
+    subs = collect.collect_submissions(src, MODULE, tmp_path / "scratch")
     ids = [s.student for s in subs]
     assert "Jos_____rm_-rf" in ids
     problems = [s.problem for s in subs if s.student == "kim"]
@@ -78,18 +78,18 @@ def test_bad_and_oversized_archives_are_clear_problems(tmp_path, monkeypatch):
     (src / "liz.zip").write_bytes(b"PK\x03\x04 broken")
     with zipfile.ZipFile(src / "max.zip", "w") as zf:
         zf.writestr("a.ipynb", NB * 100)
-    monkeypatch.setattr(grade, "MAX_ARCHIVE_BYTES", 1000)
-    subs = by_student(grade.collect_submissions(src, MODULE, tmp_path / "scratch"))
+    monkeypatch.setattr(collect, "MAX_ARCHIVE_BYTES", 1000)
+    subs = by_student(collect.collect_submissions(src, MODULE, tmp_path / "scratch"))
     assert "not a readable zip" in subs["liz"].problem
     assert "unpacks to more than" in subs["max"].problem
 
 
 def test_missing_or_wrong_input_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="not found"):
-        grade.collect_submissions(tmp_path / "nope", MODULE, tmp_path / "s")
+        collect.collect_submissions(tmp_path / "nope", MODULE, tmp_path / "s")
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(SystemExit, match="neither a folder nor a zip"):
-        grade.collect_submissions(tmp_path / "file.txt", MODULE, tmp_path / "s")
+        collect.collect_submissions(tmp_path / "file.txt", MODULE, tmp_path / "s")
 
 
 def test_notebook_problem(tmp_path):
@@ -97,9 +97,9 @@ def test_notebook_problem(tmp_path):
     good.write_text(NB)
     bad.write_text("{not json")
     empty.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    assert grade.notebook_problem(good) is None
-    assert "not a readable notebook" in grade.notebook_problem(bad)
-    assert "no code cells" in grade.notebook_problem(empty)
+    assert collect.notebook_problem(good) is None
+    assert "not a readable notebook" in collect.notebook_problem(bad)
+    assert "no code cells" in collect.notebook_problem(empty)
 
 
 def test_diagnose_names_the_failure():

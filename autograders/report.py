@@ -1,0 +1,94 @@
+"""The grading run's results, for the instructor: per student, per exercise, and what went wrong."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Result:
+    student: str
+    status: str                  # graded | timed out | not gradable | grading failed
+    detail: str = ""
+    score: float = 0.0
+    max_score: float = 0.0
+    cells: dict[str, float] = field(default_factory=dict)
+    manual_pending: float = 0.0  # points of answers that wait for the instructor
+    review: list[str] = field(default_factory=list)  # guard.review_flags: why to look at the code
+    feedback: Path | None = None
+    seconds: float = 0.0
+    reused: bool = False         # unchanged since the last run: its grades were kept
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "feedback": str(self.feedback) if self.feedback else None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Result:
+        data = dict(data)
+        data["feedback"] = Path(data["feedback"]) if data.get("feedback") else None
+        return cls(**data)
+
+
+def write_csv(path: Path, results: list[Result]) -> None:
+    """One row per student: total, status and reasons, review flags, and every exercise's points."""
+    cell_names = sorted({name for r in results for name in r.cells})
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student", "score", "max_score", "percent", "manual_pending", "status", "detail",
+                         "review", *cell_names])
+        for r in results:
+            percent = 100.0 * r.score / r.max_score if r.max_score else 0.0
+            writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", f"{percent:.1f}",
+                             f"{r.manual_pending:g}", r.status, r.detail, "; ".join(r.review),
+                             *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
+
+
+def exercise_rows(results: list[Result], points: dict[str, float]) -> list[dict]:
+    """Per exercise (grade cell): points, mean over students whose notebook ran, full and zero counts."""
+    ran = [r for r in results if r.cells]
+    rows = []
+    for name, most in points.items():
+        scores = [r.cells.get(name, 0.0) for r in ran]
+        rows.append({"exercise": name, "points": most,
+                     "mean": statistics.fmean(scores) if scores else 0.0,
+                     "full": sum(s >= most for s in scores), "zero": sum(s == 0 for s in scores),
+                     "students": len(scores)})
+    return rows
+
+
+def write_exercises_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["exercise", "points", "mean", "full", "zero", "students"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "points": f"{row['points']:g}", "mean": f"{row['mean']:.2f}"})
+
+
+def summary_table(results: list[Result]) -> str:
+    """Per student: score, time, status with its reason, and any review flags."""
+    width = max([len("student"), *(len(r.student) for r in results)])
+    lines = [f"{'student':<{width}}  {'score':>11}  {'time':>6}  status",
+             f"{'-' * width}  {'-' * 11}  {'-' * 6}  {'-' * 30}"]
+    for r in results:
+        status = r.status + (f": {r.detail}" if r.detail else "")
+        took = "kept" if r.reused else f"{r.seconds:5.1f}s"
+        lines.append(f"{r.student:<{width}}  {r.score:>5g} / {r.max_score:<3g}  {took:>6}  {status}")
+        lines += [f"{'':<{width}}  {'':>11}  {'':>6}  REVIEW {flag}" for flag in r.review]
+    scores = [r.score for r in results]
+    if results:
+        most = results[0].max_score
+        lines.append(f"{'mean':<{width}}  {statistics.fmean(scores):>5.2f} / {most:<3g}")
+    return "\n".join(lines)
+
+
+def exercise_table(rows: list[dict]) -> str:
+    width = max([len("exercise"), *(len(row["exercise"]) for row in rows)])
+    lines = [f"{'exercise':<{width}}  {'mean':>12}  {'full':>5}  {'zero':>5}",
+             f"{'-' * width}  {'-' * 12}  {'-' * 5}  {'-' * 5}"]
+    for row in rows:
+        lines.append(f"{row['exercise']:<{width}}  {row['mean']:>6.2f} / {row['points']:<3g}  "
+                     f"{row['full']:>5}  {row['zero']:>5}")
+    return "\n".join(lines)
