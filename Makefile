@@ -2,7 +2,9 @@
 #   make lab    set everything up and open the course in JupyterLab
 #   make test   set everything up and run the whole test suite
 # Others: make release (regenerate modules/), make bench (time every notebook),
-#         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip
+#         make check NB=modules/00_orientation/00_orientation.ipynb (a learner's self-check),
+#         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip [JOBS=2],
+#         make bench-grading (grading throughput, one student at a time and in parallel)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +21,7 @@ MODULE ?= 00_orientation
 # Jupyter and nbgrader find tools (alembic, jupyter-*) on PATH: put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: lab test release bench grade constraints
+.PHONY: lab test release bench bench-grading check grade constraints
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"Python 3.11 or newer is needed (flwr 1.42); {sys.executable} is {v.major}.{v.minor}. Try: make PYTHON=python3.11 ...")'
@@ -46,9 +48,16 @@ release: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench_notebooks
 
+bench-grading: $(STAMP)
+	$(BIN)/python -m tests.bench_grading
+
+check: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make check NB=modules/00_orientation/00_orientation.ipynb"; exit 2; }
+	$(BIN)/python -m autograders.check $(NB)
+
 grade: $(STAMP)
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade MODULE=00_orientation SUBMISSIONS=folder-or.zip"; exit 2; }
-	$(BIN)/python -m autograders.grade $(MODULE) $(SUBMISSIONS)
+	$(BIN)/python -m autograders.grade $(MODULE) $(SUBMISSIONS) $(if $(JOBS),--jobs $(JOBS))
 
 constraints: $(STAMP)
 	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
