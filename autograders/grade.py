@@ -23,6 +23,7 @@ student and exercise), ``exercises.csv`` (per exercise) and ``logs/``.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import html
 import json
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,8 @@ from autograders.collect import Submission, collect_submissions, notebook_proble
 from autograders.report import Result
 
 DEFAULT_STUDENT_TIMEOUT_S = 900
+# nbgrader's own gradebook code trips SQLAlchemy 2's autoflush warnings when it adds a submission
+warnings.filterwarnings("ignore", message=r"Object of type <Submitted\w+> not in session")
 MEMORY_PER_JOB = 2.5 * 2**30  # one grading kernel and its helpers, with room for the grader
 CONFIG_TEMPLATE = """\
 # Written by autograders/grade.py: this folder is an nbgrader course of its own.
@@ -187,12 +191,11 @@ def _max_score(root: Path, module: str) -> float:
         return float(gb.find_assignment(module).max_score)
 
 
-def _points(root: Path, module: str) -> dict[str, float]:
+def _points(module: str) -> dict[str, float]:
     """Every automatically graded cell of the module and its points, in notebook order."""
-    with _gradebook(root) as gb:
-        cells = gb.find_notebook(module, module).grade_cells
-        ordered = sorted(cells, key=lambda c: c.id)
-        return {c.name: float(c.max_score) for c in ordered if c.cell_type == "code"}
+    nb = json.loads((settings.SOLUTIONS / module / f"{module}.ipynb").read_text())
+    meta = [c["metadata"].get("nbgrader", {}) for c in nb["cells"] if c["cell_type"] == "code"]
+    return {m["grade_id"]: float(m["points"]) for m in meta if m.get("grade")}
 
 
 def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
@@ -270,11 +273,13 @@ class Run:
     regrade: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
-        """What a kept grade depends on besides the notebook: the module source and the limits."""
-        source = (settings.SOLUTIONS / self.module / f"{self.module}.ipynb").read_bytes()
-        return _sha256(source + f"{self.cell_timeout_s}".encode())
+        """What a kept grade depends on besides the notebook: the module source, the course helpers
+        the tests call, and the cell limit."""
+        files = [settings.SOLUTIONS / self.module / f"{self.module}.ipynb",
+                 *sorted((settings.REPO / "course").glob("*.py"))]
+        return _sha256(b"".join(f.read_bytes() for f in files) + f"{self.cell_timeout_s}".encode())
 
     def _cache(self, student: str) -> Path:
         return self.root / "results" / f"{student}.json"
@@ -399,7 +404,7 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
     prepare_course(out, module, cell_timeout_s)
-    jobs = max(1, jobs or default_jobs())
+    jobs = max(1, min(jobs or default_jobs(), len(found)))
     print(sandbox.isolation(), flush=True)
     print(f"grading {len(found)} submissions, {jobs} at a time", flush=True)
     run = Run(out, module, cell_timeout_s, student_timeout_s, regrade)
@@ -417,7 +422,7 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
         shutil.rmtree(_ipc_folder(out), ignore_errors=True)
         shutil.rmtree(out / "work", ignore_errors=True)
     report.write_csv(out / "grades.csv", ordered)
-    report.write_exercises_csv(out / "exercises.csv", report.exercise_rows(ordered, _points(out, module)))
+    report.write_exercises_csv(out / "exercises.csv", report.exercise_rows(ordered, _points(module)))
     return ordered
 
 
@@ -443,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.summary_table(results))
     print()
-    print(report.exercise_table(report.exercise_rows(results, _points(Path(out).resolve(), args.module))))
+    print(report.exercise_table(report.exercise_rows(results, _points(args.module))))
     print(f"\n{len(results)} submissions in {elapsed:.0f} s; grades: {out / 'grades.csv'}; "
           f"per exercise: {out / 'exercises.csv'}; feedback: {out / 'feedback'}")
     return 0
