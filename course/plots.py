@@ -11,7 +11,12 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import torch
 
+# Okabe and Ito's palette: its colours stay apart under every common colour-vision deficiency
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000"]
+
 DEFAULTS = {
+    "axes.prop_cycle": mpl.cycler(color=OKABE_ITO),
+    "image.cmap": "viridis",          # perceptually uniform, and readable in grey or with deuteranopia
     "figure.figsize": (6.0, 3.5),
     "figure.dpi": 100,
     "axes.grid": True,

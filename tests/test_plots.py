@@ -22,3 +22,13 @@ def test_plot_samples_marks_the_median():
     median_line = ax.lines[-1]
     assert list(median_line.get_ydata()) == [2.0, 2.0]
     plt.close(fig)
+
+
+def test_defaults_use_a_colour_blind_safe_palette():
+    import matplotlib as mpl
+
+    from course import plots
+
+    plots.apply_defaults()
+    assert mpl.rcParams["axes.prop_cycle"].by_key()["color"] == plots.OKABE_ITO
+    assert mpl.rcParams["image.cmap"] == "viridis"

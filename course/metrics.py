@@ -1,0 +1,146 @@
+"""One running story across the course: each module records what its variants measured, one view shows all.
+
+Every module ends its main comparison with `record(...)`: a variant's accuracy, size, latency and
+energy estimate, and where it was measured. The records live in one small JSON file on your
+machine (``~/.sysml-course/metrics.json``, or the path in ``COURSE_METRICS``), so the closing view
+in the orientation module (`tradeoff_figure`, `summary`) can put the whole course's trade-offs side
+by side from whatever modules you have run, and name the ones you have not run yet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import asdict, dataclass, fields
+from datetime import date
+from pathlib import Path
+
+COURSE_MODULES = ["00_orientation", "01_edge", "02_snn", "03_profiling", "04_distributed", "05_federated",
+                  "06_reliability"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    module: str
+    variant: str
+    accuracy: float | None = None      # fraction correct on the module's test split, 0..1
+    size_bytes: int | None = None      # the model as stored
+    latency_ms: float | None = None    # one input, median
+    energy_nj: float | None = None     # an estimate per inference, from the module's energy model
+    device: str = ""                   # where it was measured, e.g. "cpu (2 cores)"
+    measured_on: str = ""              # the date
+
+
+def metrics_path() -> Path:
+    return Path(os.environ.get("COURSE_METRICS") or Path.home() / ".sysml-course" / "metrics.json")
+
+
+def _check_number(name: str, value, low: float = 0.0, high: float = math.inf):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number or None, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
+    return value
+
+
+def load(path: Path | None = None) -> list[Measurement]:
+    """Every record so far; an unreadable file is set aside (``.corrupt``) and counts as empty."""
+    path = Path(path or metrics_path())
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+        known = {f.name for f in fields(Measurement)}
+        return [Measurement(**{k: v for k, v in row.items() if k in known}) for row in rows]
+    except (ValueError, TypeError) as err:
+        aside = path.with_suffix(".corrupt")
+        path.replace(aside)
+        print(f"course.metrics: {path} was unreadable ({err}); moved it to {aside} and started afresh")
+        return []
+
+
+def record(module: str, variant: str, *, accuracy: float | None = None, size_bytes: int | None = None,
+           latency_ms: float | None = None, energy_nj: float | None = None, device: str = "",
+           path: Path | None = None) -> Measurement:
+    """Add (or replace) the record of `variant` in `module`, and save it at once."""
+    if module not in COURSE_MODULES:
+        raise ValueError(f"unknown module {module!r}; one of {', '.join(COURSE_MODULES)}")
+    if not isinstance(variant, str) or not variant.strip():
+        raise ValueError("variant must be a non-empty name, e.g. 'int8 (torchao)'")
+    entry = Measurement(module, variant.strip(), _check_number("accuracy", accuracy, 0.0, 1.0),
+                        _check_number("size_bytes", size_bytes), _check_number("latency_ms", latency_ms),
+                        _check_number("energy_nj", energy_nj), device or f"cpu ({platform.machine()})",
+                        date.today().isoformat())
+    path = Path(path or metrics_path())
+    kept = [m for m in load(path) if (m.module, m.variant) != (entry.module, entry.variant)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps([asdict(m) for m in [*kept, entry]], indent=1))
+    partial.replace(path)  # whole file or old file, never half of one
+    return entry
+
+
+def not_run(measurements: list[Measurement]) -> list[str]:
+    """Course modules with no record yet."""
+    done = {m.module for m in measurements}
+    return [m for m in COURSE_MODULES if m not in done]
+
+
+def summary(measurements: list[Measurement]) -> str:
+    """A table of every record, by module, and a line naming the modules not run yet."""
+    def show(value, fmt):
+        return "—" if value is None else format(value, fmt)
+
+    lines = [f"{'module':<16} {'variant':<32} {'acc':>6} {'size (kB)':>10} {'latency (ms)':>12} "
+             f"{'energy (nJ)':>11}  measured on"]
+    order = {name: index for index, name in enumerate(COURSE_MODULES)}
+    for m in sorted(measurements, key=lambda m: order.get(m.module, len(order))):  # stable: recorded order
+        size = None if m.size_bytes is None else m.size_bytes / 1000
+        lines.append(f"{m.module:<16} {m.variant[:32]:<32} {show(m.accuracy, '.3f'):>6} "
+                     f"{show(size, ',.1f'):>10} {show(m.latency_ms, '.3f'):>12} "
+                     f"{show(m.energy_nj, ',.1f'):>11}  {m.device}, {m.measured_on}")
+    missing = not_run(measurements)
+    if missing:
+        lines.append(f"not run yet: {', '.join(missing)} "
+                     "(run a module to the end and its results appear here)")
+    return "\n".join(lines)
+
+
+def tradeoff_figure(measurements: list[Measurement]):
+    """Accuracy against latency and against size, a colour and marker per module; None if nothing to plot."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    from course.plots import OKABE_ITO as PALETTE  # colour-blind-safe, one colour per module
+
+    panels = [("latency_ms", "latency per input (ms, log scale)"),
+              ("size_bytes", "model size (bytes, log scale)")]
+    usable = [m for m in measurements if m.accuracy is not None]
+    if not usable:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (field, label) in zip(axes, panels, strict=True):
+        for index, module in enumerate(COURSE_MODULES):
+            points = [m for m in usable if m.module == module and getattr(m, field) is not None]
+            if points:
+                ax.scatter([getattr(m, field) for m in points], [m.accuracy for m in points], s=60,
+                           color=PALETTE[index % len(PALETTE)], marker=MARKERS[index % len(MARKERS)],
+                           label=module, edgecolors="white", linewidths=0.5)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # close values: minor labels would overlap
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Accuracy against latency, every module you ran")
+    axes[1].set_title("Accuracy against size")
+    handles, labels = axes[0].get_legend_handles_labels()
+    more, more_labels = axes[1].get_legend_handles_labels()
+    seen = dict(zip(labels + more_labels, handles + more, strict=True))
+    fig.legend(seen.values(), seen.keys(), loc="lower center", ncol=min(len(seen), 7), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
