@@ -4,12 +4,14 @@
 # Others: make release (regenerate modules/), make bench (time every notebook),
 #         make check NB=modules/00_orientation/00_orientation.ipynb (a learner's self-check),
 #         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip [JOBS=2],
-#         make bench-grading (grading throughput, one student at a time and in parallel)
+#         make bench-grading (grading throughput, one student at a time and in parallel),
+#         make binder-box (every notebook in Binder's environment, under 2 GB and one CPU; root)
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-installed
 # Leave empty on these machines; on your own, TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # fetches the 200 MB CPU build of torch instead of the multi-GB CUDA one.
 TORCH_INDEX ?=
@@ -17,11 +19,12 @@ PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 TORCH_PIN := $(shell grep -m1 '^torch==' requirements.txt)
 START := modules/00_orientation/00_orientation.ipynb
 MODULE ?= 00_orientation
+LAB_ROOT ?= $(CURDIR)
 
 # Jupyter and nbgrader find tools (alembic, jupyter-*) on PATH: put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: lab test release bench bench-grading check grade constraints
+.PHONY: lab test release bench bench-grading binder-box check grade constraints
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"Python 3.11 or newer is needed (flwr 1.42); {sys.executable} is {v.major}.{v.minor}. Try: make PYTHON=python3.11 ...")'
@@ -36,10 +39,14 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 # Serve the whole repository (so every module shows in the file browser), opening the start page.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/$(START) \
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(LAB_ROOT)" --LabApp.default_url=/lab/tree/$(START) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-test: $(STAMP)
+$(TEST_STAMP): tests/requirements.txt $(STAMP)
+	$(BIN)/python -m pip install -r tests/requirements.txt -c constraints.txt
+	touch $@
+
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 release: $(STAMP)
@@ -47,6 +54,9 @@ release: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench_notebooks
+
+binder-box: $(STAMP)
+	$(BIN)/python -m tests.binder_box
 
 bench-grading: $(STAMP)
 	$(BIN)/python -m tests.bench_grading

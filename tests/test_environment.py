@@ -36,6 +36,14 @@ def test_every_requirement_is_pinned_and_in_the_lock():
         assert lock.get(name, ("", None))[1] == version, f"{name}: constraints.txt disagrees"
 
 
+def test_test_only_requirements_are_pinned_in_the_lock_and_kept_off_binder():
+    test_only = pins("tests/requirements.txt")
+    assert test_only and set(test_only).isdisjoint(pins("binder/requirements.txt"))
+    lock = pins("constraints.txt")
+    for name, (_, version) in test_only.items():
+        assert lock.get(name, ("", None))[1] == version, f"{name}: constraints.txt disagrees"
+
+
 def test_binder_python_matches_the_project():
     runtime = (REPO / "binder/runtime.txt").read_text().strip()
     requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]

@@ -1,0 +1,160 @@
+"""The course as a learner meets it: `make lab` serves JupyterLab, a real browser runs the orientation.
+
+Starts JupyterLab with the README's own command (`make lab`, pointed at a copy of the course so
+nothing in the repository is saved over), drives Debian's headless Chromium with Playwright's
+client (no browser download: `.ci/run` installs the `chromium` package), opens the start page,
+runs every cell of a learner's finished orientation notebook, and checks that the outputs and the
+plots appear, that nothing failed, and that nbgrader's Validate button is in the toolbar.
+Screenshots go to test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from autograders.settings import REPO
+from tests.notebooks import reference_answers, submission
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+START = "modules/00_orientation/00_orientation.ipynb"
+# Chromium on a closed network: no background calls home, no sandbox as root (the probe's flags)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, server: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"make lab exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"JupyterLab did not answer at {url} within {timeout_s:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """`make lab` serving a copy of the course, with a learner's finished orientation notebook."""
+    if not Path(CHROMIUM).exists():
+        why = "Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(why)  # CI must run this test, not skip it
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copytree(REPO / "modules" / "00_orientation", root / "modules" / "00_orientation")
+    shutil.copy(REPO / "README.md", root / "README.md")
+    finished = submission("00_orientation", reference_answers("00_orientation"))
+    (root / START).write_text(json.dumps(finished))
+    # no autosave (nothing is written back), and every cell in the page, not only those scrolled to
+    for plugin, values in {"docmanager-extension/plugin": {"autosave": False},
+                           "notebook-extension/tracker": {"windowingMode": "none"},
+                           "apputils-extension/notification": {"fetchNews": "false",
+                                                               "checkForUpdates": False}}.items():
+        folder, name = plugin.split("/")
+        (root / "settings" / "@jupyterlab" / folder).mkdir(parents=True, exist_ok=True)
+        target = root / "settings" / "@jupyterlab" / folder / f"{name}.jupyterlab-settings"
+        target.write_text(json.dumps(values))
+
+    port = _free_port()
+    lab_args = (f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token= "
+                f"--ServerApp.password= --LabApp.user_settings_dir={root}/settings "
+                f"--LabApp.workspaces_dir={root}/workspaces --LabApp.news_url=None "
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
+    log = open(root / "lab.log", "w")
+    command = ["make", "-s", "lab", f"LAB_ROOT={root}", f"LAB_ARGS={lab_args}"]
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the suite's Agg would hide the plots
+    server = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env=env)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/api/status", server, root / "lab.log", timeout_s=120)
+        yield f"http://127.0.0.1:{port}", root
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.goto(lab[0] + "/", wait_until="domcontentloaded")  # where `make lab` opens: the start page
+        yield tab
+        browser.close()
+
+
+def _cells_not_run(tab) -> int:
+    """Code cells whose prompt does not show an execution count yet ("[ ]:" or "[*]:")."""
+    return tab.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+                                 .filter(p => !/\\[\\d+\\]/.test(p.textContent)).length""")
+
+
+def test_the_start_page_opens_the_orientation_notebook(page):
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+    notebook.wait_for(timeout=120_000)
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+    heading = page.locator(".jp-Notebook .jp-MarkdownOutput h1").first
+    heading.wait_for(timeout=30_000)
+    assert "Orientation" in heading.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "01_start_page.png"))
+    assert page.url.endswith("/lab/tree/" + START)  # where `make lab` lands: the orientation notebook
+    tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current")
+    assert "00_orientation.ipynb" in tab.inner_text()
+
+
+def test_the_validate_button_is_in_the_toolbar(page):
+    button = page.locator(".jp-NotebookPanel-toolbar .validate-button")
+    button.first.wait_for(timeout=30_000)
+    assert "Validate" in button.first.inner_text()
+
+
+def test_running_every_cell_shows_outputs_and_plots(page):
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # the kernel has started
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    deadline = time.monotonic() + 240
+    while _cells_not_run(page) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _cells_not_run(page) == 0, "some cells had not run after 4 minutes"
+    outputs = page.locator(".jp-Notebook .jp-OutputArea-output")
+    plots = page.locator(".jp-Notebook .jp-OutputArea-output img")
+    text = "\n".join(outputs.all_inner_texts())
+    page.screenshot(path=str(ARTIFACTS / "02_after_run_all.png"), full_page=True)
+    assert outputs.count() > 15 and plots.count() >= 2, (outputs.count(), plots.count())
+    assert "Traceback" not in text and "NotImplementedError" not in text
+    assert "all visible checks passed" in text
+    page.screenshot(path=str(ARTIFACTS / "02_after_run_all.png"))
+    plots.first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "03_first_plot.png"))
+    plots.last.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "04_last_plot.png"))
