@@ -30,6 +30,7 @@ class Measurement:
     size_bytes: int | None = None      # the model as stored
     latency_ms: float | None = None    # one input, median
     energy_nj: float | None = None     # an estimate per inference, from the module's energy model
+    train_s: float | None = None       # seconds to train (per epoch where the module says so)
     device: str = ""                   # where it was measured, e.g. "cpu (2 cores)"
     measured_on: str = ""              # the date
 
@@ -65,8 +66,8 @@ def load(path: Path | None = None) -> list[Measurement]:
 
 
 def record(module: str, variant: str, *, accuracy: float | None = None, size_bytes: int | None = None,
-           latency_ms: float | None = None, energy_nj: float | None = None, device: str = "",
-           path: Path | None = None) -> Measurement:
+           latency_ms: float | None = None, energy_nj: float | None = None, train_s: float | None = None,
+           device: str = "", path: Path | None = None) -> Measurement:
     """Add (or replace) the record of `variant` in `module`, and save it at once."""
     if module not in COURSE_MODULES:
         raise ValueError(f"unknown module {module!r}; one of {', '.join(COURSE_MODULES)}")
@@ -74,7 +75,8 @@ def record(module: str, variant: str, *, accuracy: float | None = None, size_byt
         raise ValueError("variant must be a non-empty name, e.g. 'int8 (torchao)'")
     entry = Measurement(module, variant.strip(), _check_number("accuracy", accuracy, 0.0, 1.0),
                         _check_number("size_bytes", size_bytes), _check_number("latency_ms", latency_ms),
-                        _check_number("energy_nj", energy_nj), device or f"cpu ({platform.machine()})",
+                        _check_number("energy_nj", energy_nj), _check_number("train_s", train_s),
+                        device or f"cpu ({platform.machine()})",
                         date.today().isoformat())
     path = Path(path or metrics_path())
     kept = [m for m in load(path) if (m.module, m.variant) != (entry.module, entry.variant)]
@@ -96,14 +98,15 @@ def summary(measurements: list[Measurement]) -> str:
     def show(value, fmt):
         return "—" if value is None else format(value, fmt)
 
-    lines = [f"{'module':<16} {'variant':<32} {'acc':>6} {'size (kB)':>10} {'latency (ms)':>12} "
-             f"{'energy (nJ)':>11}  measured on"]
+    lines = [f"{'module':<16} {'variant':<36} {'acc':>6} {'size (kB)':>10} {'latency (ms)':>12} "
+             f"{'energy (nJ)':>11} {'train (s)':>9}  measured on"]
     order = {name: index for index, name in enumerate(COURSE_MODULES)}
     for m in sorted(measurements, key=lambda m: order.get(m.module, len(order))):  # stable: recorded order
         size = None if m.size_bytes is None else m.size_bytes / 1000
-        lines.append(f"{m.module:<16} {m.variant[:32]:<32} {show(m.accuracy, '.3f'):>6} "
+        lines.append(f"{m.module:<16} {m.variant[:36]:<36} {show(m.accuracy, '.3f'):>6} "
                      f"{show(size, ',.1f'):>10} {show(m.latency_ms, '.3f'):>12} "
-                     f"{show(m.energy_nj, ',.1f'):>11}  {m.device}, {m.measured_on}")
+                     f"{show(m.energy_nj, ',.1f'):>11} {show(m.train_s, '.2f'):>9}  "
+                     f"{m.device}, {m.measured_on}")
     missing = not_run(measurements)
     if missing:
         lines.append(f"not run yet: {', '.join(missing)} "

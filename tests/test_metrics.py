@@ -21,9 +21,11 @@ def path(tmp_path, monkeypatch):
 def test_records_survive_a_reload_and_a_rerun_replaces_its_own(path):
     metrics.record("01_edge", "fp32", accuracy=0.97, size_bytes=19_000, latency_ms=0.05, energy_nj=12.5)
     metrics.record("01_edge", "int8", accuracy=0.96, size_bytes=5_000, latency_ms=0.04)
+    metrics.record("03_profiling", "pipeline", accuracy=0.9, train_s=1.5)
     metrics.record("01_edge", "fp32", accuracy=0.975, size_bytes=19_000, latency_ms=0.05)
     got = {m.variant: m for m in metrics.load()}
-    assert set(got) == {"fp32", "int8"} and got["fp32"].accuracy == 0.975 and got["fp32"].energy_nj is None
+    assert set(got) == {"fp32", "int8", "pipeline"} and got["pipeline"].train_s == 1.5
+    assert got["fp32"].accuracy == 0.975 and got["fp32"].energy_nj is None
     assert json.loads(path.read_text())[0]["module"] == "01_edge" and got["int8"].measured_on
 
 
