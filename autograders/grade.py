@@ -210,18 +210,6 @@ def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
         "instructor to grade it again.</p></body></html>")
 
 
-def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(module)}: feedback</title></head><body>"
-        f"<h1>{html.escape(module)}: {html.escape(result.student)}</h1>"
-        f"<p><strong>Score: {result.score:g} / {result.max_score:g}</strong></p>"
-        f"<p>Your submission could not be graded: {html.escape(result.detail)}</p>"
-        "<p>Submit the notebook file (.ipynb) of this module, saved from Jupyter, and ask your "
-        "instructor to grade it again.</p></body></html>")
-
-
 def _merge(scratch: Path, root: Path, module: str, student: str) -> None:
     """Copy one student's automatic grades from a scratch gradebook into the course's."""
     from nbgrader.api import MissingEntry
