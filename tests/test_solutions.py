@@ -61,3 +61,20 @@ def test_anatomy_header_setup_and_closing(module):
     assert f'setup("{module}")' in first_code
     closing = " ".join(source(c) for c in cells[-2:] if c["cell_type"] == "markdown")
     assert "Reflect" in closing or "Where next" in closing
+
+
+FIGURE = re.compile(r"plt\.(subplots|figure|plot|show)\b|show_digits\(|plot_samples\(|tradeoff_figure\("
+                    r"|\.imshow\(")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_figure_is_described_in_text(module):
+    """A demonstration cell that draws is followed by a markdown description, for screen readers."""
+    cells = load(solution_path(module))["cells"]
+    for cell, after in zip(cells, cells[1:] + [None], strict=True):
+        if cell["cell_type"] != "code" or cell["id"] == "setup" or nbgrader_meta(cell):
+            continue
+        if FIGURE.search(source(cell)):
+            described = after is not None and after["cell_type"] == "markdown" and \
+                source(after).lstrip().startswith("*Figure")
+            assert described, f"{cell['id']} draws a figure: add a markdown cell '*Figure: ...*' after it"
