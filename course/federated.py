@@ -314,19 +314,30 @@ class Experiment:
                              "local-epochs": self.local_epochs, "drop-rate": self.drop_rate})
 
 
-def run_experiments(grid: Grid, experiments: dict[str, Experiment], n_clients: int) -> None:
-    """Run each experiment with Flower's strategy on `grid`, recording test accuracy per round."""
-    for experiment in experiments.values():
+def run_experiments(grid: Grid, experiments: dict[str, Experiment], n_clients: int,
+                    progress: bool = False) -> None:
+    """Run each experiment with Flower's strategy on `grid`, recording test accuracy per round.
+
+    With `progress`, one bar counts the rounds of all the experiments.
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(e.rounds for e in experiments.values()), desc="federated rounds", leave=False,
+               disable=not progress)
+    for name, experiment in experiments.items():
         experiment.accuracy.clear()  # a rerun starts afresh
+        bar.set_postfix_str(name)
 
         def evaluate(server_round: int, arrays: ArrayRecord, experiment=experiment) -> MetricRecord:
             if server_round > 0:
                 experiment.accuracy.append(central_accuracy(arrays))
+                bar.update(1)
             return MetricRecord({"accuracy": experiment.accuracy[-1] if experiment.accuracy else 0.0})
 
         experiment.strategy(n_clients).start(
             grid=grid, initial_arrays=ArrayRecord(digit_mlp(HIDDEN, seed=0).state_dict()),
             num_rounds=experiment.rounds, train_config=experiment.train_config(), evaluate_fn=evaluate)
+    bar.close()
 
 
 def _reap_children(exclude: set[int], grace: float = 15.0) -> None:
@@ -342,8 +353,11 @@ def _reap_children(exclude: set[int], grace: float = 15.0) -> None:
 
 
 def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
-             train_handler: Callable = client_train, verbose: bool = False) -> dict[str, Experiment]:
+             train_handler: Callable = client_train, verbose: bool = False,
+             progress: bool = True) -> dict[str, Experiment]:
     """Run `experiments` in one Flower simulation of `n_clients` cars (one Ray worker, 1 CPU).
+
+    A progress bar counts the rounds (`progress=False` hides it).
 
     The ServerApp runs here, in this process, so it fills each experiment's `accuracy`. Flower
     deprecates `run_simulation` in favour of `flwr run`; this is the one place that calls it.
@@ -357,7 +371,7 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_experiments(grid, experiments, n_clients)
+        run_experiments(grid, experiments, n_clients, progress=progress)
 
     ray_dir = tempfile.mkdtemp(prefix="ray-")
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
