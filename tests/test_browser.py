@@ -158,3 +158,14 @@ def test_running_every_cell_shows_outputs_and_plots(page):
     page.screenshot(path=str(ARTIFACTS / "03_first_plot.png"))
     plots.last.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "04_last_plot.png"))
+
+
+def test_stuck_hints_reveal_more_in_steps(page):
+    first = page.locator(".jp-Notebook details").first
+    first.scroll_into_view_if_needed()
+    second = first.locator("details").first
+    assert not second.is_visible()  # closed: only the first summary shows
+    first.locator("summary").first.click()
+    second.wait_for(state="visible", timeout=10_000)
+    assert "Still stuck?" in second.locator("summary").first.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "05_stuck_hint_opened.png"))

@@ -78,3 +78,25 @@ def test_every_figure_is_described_in_text(module):
             described = after is not None and after["cell_type"] == "markdown" and \
                 source(after).lstrip().startswith("*Figure")
             assert described, f"{cell['id']} draws a figure: add a markdown cell '*Figure: ...*' after it"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_exercise_has_a_stuck_hint_in_three_steps(module):
+    cells = load(solution_path(module))["cells"]
+    for cell, after in zip(cells, cells[1:] + [None], strict=True):
+        if cell["cell_type"] == "code" and nbgrader_meta(cell).get("solution"):
+            hint = source(after) if after and after["cell_type"] == "markdown" else ""
+            assert "<b>Stuck?</b>" in hint and hint.count("<details>") == 3 == hint.count("</details>"), (
+                f"{cell['id']}: follow the exercise with a 'Stuck?' hint that reveals more in three steps")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_figure_has_a_title_and_axis_labels(module):
+    for cell in load(solution_path(module))["cells"]:
+        body = source(cell)
+        if cell["cell_type"] != "code" or cell["id"] == "setup" or not FIGURE.search(body):
+            continue
+        titled = re.search(r"set_title|plt\.title|suptitle|title=|tradeoff_figure\(", body)
+        assert titled, f"{cell['id']}: give the figure a title"
+        labelled = re.search(r"xlabel|plot_samples\(|show_digits\(|tradeoff_figure\(", body)  # helpers label
+        assert labelled, f"{cell['id']}: label the axes"
