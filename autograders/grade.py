@@ -276,10 +276,13 @@ class Run:
         """The last run's result for this student, if the same notebook was graded then."""
         if self.regrade or sub.notebook is None or not self._cache(sub.student).exists():
             return None
-        record = json.loads(self._cache(sub.student).read_text())
+        try:
+            record = json.loads(self._cache(sub.student).read_text())
+            result = Result.from_json(record["result"])
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged record: grade again
         same = (record.get("notebook") == _sha256(sub.notebook.read_bytes())
                 and record.get("version") == self.version)
-        result = Result.from_json(record["result"])
         on_disk = result.status != "graded" or (self.root / "autograded" / sub.student / self.module).exists()
         if same and on_disk and result.status in ("graded", "not gradable"):
             result.reused = True
@@ -287,7 +290,7 @@ class Run:
         return None
 
     def remember(self, sub: Submission, result: Result) -> None:
-        self._cache(sub.student).parent.mkdir(exist_ok=True)
+        self._cache(sub.student).parent.mkdir(parents=True, exist_ok=True)
         record = {"notebook": _sha256(sub.notebook.read_bytes()) if sub.notebook else None,
                   "version": self.version, "result": result.to_json()}
         self._cache(sub.student).write_text(json.dumps(record, indent=1))

@@ -64,11 +64,14 @@ class GuardedExecute(Execute):
             cell.source = FRESH_HELPERS + cell.source
         return super().preprocess_cell(cell, resources, index)
 
+    def preprocess(self, nb, resources=None, km=None):
+        self._output_chars: dict[int, int] = {}  # per notebook: one process may grade several
+        return super().preprocess(nb, resources, km)
+
     def output(self, outs, msg, display_id, cell_index):
-        size = _content_chars(msg.get("content", {}))
-        used = self._output_chars.get(cell_index, 0) if hasattr(self, "_output_chars") else 0
-        self._output_chars = {**getattr(self, "_output_chars", {}), cell_index: used + size}
-        if msg.get("msg_type") != "error" and used + size > MAX_CELL_OUTPUT_CHARS:
+        used = self._output_chars.get(cell_index, 0)
+        self._output_chars[cell_index] = used + _content_chars(msg.get("content", {}))
+        if msg.get("msg_type") != "error" and self._output_chars[cell_index] > MAX_CELL_OUTPUT_CHARS:
             if used <= MAX_CELL_OUTPUT_CHARS:  # say so once, then drop the rest
                 outs.append(NotebookNode(output_type="stream", name="stdout", text=(
                     f"\n[the grader cut this cell's output at {MAX_CELL_OUTPUT_CHARS:,} characters]\n")))

@@ -111,3 +111,17 @@ def test_diagnose_names_the_failure():
 def test_unknown_module_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="unknown module 'nope'"):
         grade.grade("nope", tmp_path, tmp_path / "out")
+
+
+def test_a_damaged_record_of_an_earlier_run_means_grading_again(tmp_path):
+    notebook = tmp_path / "ann.ipynb"
+    notebook.write_text(NB)
+    run = grade.Run(tmp_path / "out", MODULE, cell_timeout_s=60, student_timeout_s=60)
+    sub = collect.Submission(student="ann", origin="ann.ipynb", notebook=notebook)
+    kept = grade.Result(student="ann", status="not gradable", detail="no code", max_score=6)
+    run.remember(sub, kept)
+    assert run.kept(sub).detail == "no code" and run.kept(sub).reused  # same bytes: kept
+    notebook.write_text(NB.replace('"1"', '"2"'))
+    assert run.kept(sub) is None  # changed notebook: graded again
+    (tmp_path / "out" / "results" / "ann.json").write_text("{ damaged")
+    assert run.kept(sub) is None
