@@ -104,13 +104,14 @@ def _root_name(node: ast.AST) -> tuple[str | None, list[str]]:
     return (node.id, parts[::-1]) if isinstance(node, ast.Name) else (None, [])
 
 
-def _cell_flags(tree: ast.AST) -> list[str]:
+def _cell_flags(tree: ast.AST, magics: set[int]) -> list[str]:
+    """Every reason to look at this cell; `magics`: ids of the get_ipython() calls %magics became."""
     imported: dict[str, str] = {}  # local name -> what it names, for every import in the cell
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                imported[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else \
-                    alias.name.split(".")[0]
+            for alias in node.names:  # `import a.b` binds `a`; `import a.b as c` binds `c` to a.b
+                local = alias.asname or alias.name.split(".")[0]
+                imported[local] = alias.name if alias.asname else local
         elif isinstance(node, ast.ImportFrom) and node.module:
             for alias in node.names:
                 imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
@@ -131,7 +132,8 @@ def _cell_flags(tree: ast.AST) -> list[str]:
             root, parts = _root_name(node)
             if root == "sys" and parts and ("sys", parts[0]) in RISKY_ATTRIBUTES:
                 flags.append(RISKY_ATTRIBUTES["sys", parts[0]])
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "get_ipython":
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "get_ipython"
+                and id(node) not in magics):
             flags.append("reaches into the IPython kernel (get_ipython)")
 
         targets = []
@@ -149,7 +151,7 @@ def _cell_flags(tree: ast.AST) -> list[str]:
     return flags
 
 
-def _allowed_magics(tree: ast.AST) -> set[int]:
+def _magic_calls(tree: ast.AST) -> set[int]:
     """ids of the get_ipython() calls that %magics turned into: those are not reaching in."""
     allowed = set()
     for node in ast.walk(tree):
@@ -177,11 +179,7 @@ def review_flags(nb, released: dict[str, str] | None = None) -> list[str]:
             tree = ast.parse(_python_of(cell.source))
         except SyntaxError:
             continue  # it fails on its own when it runs
-        allowed = _allowed_magics(tree)
-        flags = _cell_flags(tree)
-        magic_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and id(n) in allowed]
-        for _ in magic_calls:  # each %magic produced one get_ipython() that is fine
-            flags.remove("reaches into the IPython kernel (get_ipython)")
+        flags = _cell_flags(tree, _magic_calls(tree))
         where = meta.get("grade_id") or f"cell {index + 1}"
         found += [f"{where}: {flag}" for flag in dict.fromkeys(flags)]
     return found
