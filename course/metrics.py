@@ -18,7 +18,7 @@ from datetime import date
 from pathlib import Path
 
 COURSE_MODULES = ["00_orientation", "01_edge", "02_snn", "03_profiling", "04_distributed", "05_federated",
-                  "06_reliability"]
+                  "06_reliability", "07_foundation_models"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
@@ -98,12 +98,12 @@ def summary(measurements: list[Measurement]) -> str:
     def show(value, fmt):
         return "—" if value is None else format(value, fmt)
 
-    lines = [f"{'module':<16} {'variant':<36} {'acc':>6} {'size (kB)':>10} {'latency (ms)':>12} "
+    lines = [f"{'module':<20} {'variant':<36} {'acc':>6} {'size (kB)':>10} {'latency (ms)':>12} "
              f"{'energy (nJ)':>11} {'train (s)':>9}  measured on"]
     order = {name: index for index, name in enumerate(COURSE_MODULES)}
     for m in sorted(measurements, key=lambda m: order.get(m.module, len(order))):  # stable: recorded order
         size = None if m.size_bytes is None else m.size_bytes / 1000
-        lines.append(f"{m.module:<16} {m.variant[:36]:<36} {show(m.accuracy, '.3f'):>6} "
+        lines.append(f"{m.module:<20} {m.variant[:36]:<36} {show(m.accuracy, '.3f'):>6} "
                      f"{show(size, ',.1f'):>10} {show(m.latency_ms, '.3f'):>12} "
                      f"{show(m.energy_nj, ',.1f'):>11} {show(m.train_s, '.2f'):>9}  "
                      f"{m.device}, {m.measured_on}")

@@ -1,0 +1,780 @@
+"""Serving a language model, the pieces of 07_foundation_models.
+
+A tiny decoder-only transformer that reads and writes characters, trained on the course's own text
+(committed in ``course/corpus/``, so nothing is downloaded), and the systems that serve it: a key/value
+cache, KV-cache memory arithmetic, a paged block allocator, a batching simulator, a bounded context window
+and tool calls checked like system calls. The notebook's exercises are written against these reference
+versions; the demonstrations fall back on them while an exercise is unanswered.
+
+Regenerate the corpus and the checkpoint (deterministic, about two minutes on 2 cores)::
+
+    python -m course.serving build
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = Path(__file__).resolve().parent / "corpus"
+CORPUS = HERE / "course_text.txt"
+CHECKPOINT = HERE / "tiny_lm.pt"
+
+# ----------------------------------------------------------------------------------------------- text
+
+
+class CharTokenizer:
+    """One token per character; the vocabulary is the characters of the training text, sorted."""
+
+    def __init__(self, chars: Iterable[str]):
+        self.chars = sorted(set(chars))
+        if not self.chars:
+            raise ValueError("a tokenizer needs at least one character")
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted(set(text) - self.index.keys())
+        if unknown:
+            raise ValueError(f"characters the model never saw: {''.join(unknown)!r}; "
+                             f"it knows {self.vocab_size} characters (ASCII letters, digits, punctuation)")
+        return [self.index[c] for c in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+ASCII_FOR = {"·": "-", "—": "-", "–": "-", "→": "->", "←": "<-", "×": "x", "≈": "~", "≤": "<=", "≥": ">=",
+             "’": "'", "‘": "'", "“": '"', "”": '"', "…": "...", "µ": "u", "é": "e", "ö": "o", "ü": "u",
+             "½": "1/2", "✔": "", "✘": "", "°": " deg", "±": "+-", "²": "^2", "√": "sqrt", "∞": "inf"}
+
+
+def to_ascii(text: str) -> str:
+    """The text with common symbols spelled in ASCII and anything else dropped."""
+    text = "".join(ASCII_FOR.get(c, c) for c in text)
+    return "".join(c for c in text if c == "\n" or 32 <= ord(c) < 127)
+
+
+def build_corpus(repo: Path) -> str:
+    """The course's own text: the prose of every solution notebook (not its code, hints or mark schemes),
+    the README, the instructors' guide and the helper package's source (this file left out)."""
+    parts = []
+    for path in sorted((repo / "solutions").glob("*/*.ipynb")):
+        if path.stem.startswith("07"):
+            continue  # this module's own text would change the corpus each time it is edited
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            if cell["cell_type"] != "markdown" or "<details>" in text or "BEGIN MARK SCHEME" in text:
+                continue
+            parts.append(re.sub(r"<[^>]+>", "", text))  # without HTML tags
+    parts += [(repo / name).read_text() for name in ("README.md", "autograders/INSTRUCTORS.md")]
+    parts += [p.read_text() for p in sorted((repo / "course").glob("*.py")) if p.name != "serving.py"]
+    return "\n\n".join(to_ascii(p).strip() for p in parts if p.strip()) + "\n"
+
+
+def load_corpus() -> str:
+    if not CORPUS.exists():
+        raise FileNotFoundError(f"{CORPUS} is missing: reinstall the course, or run "
+                                "`python -m course.serving build`")
+    return CORPUS.read_text()
+
+
+def split_corpus(text: str, every: int = 10, block: int = 2000) -> tuple[str, str]:
+    """Hold out every `every`-th block of `block` characters (prose and code alike); train on the rest."""
+    blocks = [text[i:i + block] for i in range(0, len(text), block)]
+    train = "".join(b for i, b in enumerate(blocks) if i % every != every - 1)
+    held = "".join(b for i, b in enumerate(blocks) if i % every == every - 1)
+    return train, held
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    vocab_size: int
+    context: int = 128
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.1  # while training only
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class KVCache:
+    """The reference key/value cache: per layer, the keys and values of every token seen so far.
+
+    ``update(layer, k, v)`` appends the new tokens' keys and values (batch, heads, new tokens, head_dim)
+    and returns all of them; ``length`` is how many tokens are cached.
+    """
+
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if k.shape != v.shape or k.dim() != 4:
+            raise ValueError(f"keys and values must have the same 4-d shape, got {tuple(k.shape)} and "
+                             f"{tuple(v.shape)}")
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
+        batch, steps, width = x.shape
+        q, k, v = (t.view(batch, steps, self.n_heads, self.head_dim).transpose(1, 2)
+                   for t in self.qkv(x).split(width, dim=2))
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+            if k.shape[2] < steps or k.shape[:2] != q.shape[:2]:
+                raise ValueError(f"the cache returned keys of shape {tuple(k.shape)} for queries of shape "
+                                 f"{tuple(q.shape)}: it must return every cached token, new ones last")
+        past = k.shape[2] - steps  # query i sits at position past + i and sees keys 0 .. past + i
+        mask = torch.arange(k.shape[2], device=x.device)[None, :] <= \
+            (past + torch.arange(steps, device=x.device))[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(batch, steps, width))
+
+
+class Block(nn.Module):
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
+        self.attn = Attention(config)
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, 4 * config.d_model), nn.GELU(),
+                                 nn.Linear(4 * config.d_model, config.d_model))
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache=None, layer: int = 0):
+        x = x + self.drop(self.attn(self.norm1(x), cache, layer))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class TinyLM(nn.Module):
+    """A GPT-style decoder: token and position embeddings, pre-norm blocks, a linear head.
+
+    ``model(ids)`` returns logits (batch, steps, vocab) for ids (batch, steps). With ``cache``, the ids are
+    the *new* tokens only: their positions start after the cached ones, and each layer adds its keys and
+    values to the cache through ``cache.update(layer, k, v)``.
+    """
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        self.tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions = nn.Embedding(config.context, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def forward(self, ids: torch.Tensor, cache=None) -> torch.Tensor:
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be (batch, steps), got shape {tuple(ids.shape)}")
+        start = 0 if cache is None else cache.length
+        if start + ids.shape[1] > self.config.context:
+            raise ValueError(f"{start} cached + {ids.shape[1]} new tokens exceed the model's context of "
+                             f"{self.config.context}")
+        x = self.tokens(ids) + self.positions(torch.arange(start, start + ids.shape[1], device=ids.device))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        return self.head(self.norm(x))
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def batches(ids: torch.Tensor, context: int, batch: int, generator: torch.Generator):
+    starts = torch.randint(0, len(ids) - context - 1, (batch,), generator=generator)
+    x = torch.stack([ids[s:s + context] for s in starts])
+    y = torch.stack([ids[s + 1:s + context + 1] for s in starts])
+    return x, y
+
+
+def train_lm(text: str, steps: int = 1500, batch: int = 32, lr: float = 3e-3, seed: int = 0,
+             config: LMConfig | None = None, tokenizer: CharTokenizer | None = None,
+             log: Callable[[str], None] | None = None):
+    """Train a TinyLM on `text`; returns (model, tokenizer, losses per step)."""
+    torch.manual_seed(seed)
+    tokenizer = tokenizer or CharTokenizer(text)
+    config = config or LMConfig(vocab_size=tokenizer.vocab_size)
+    model = TinyLM(config)
+    ids = torch.tensor(tokenizer.encode(text))
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    losses = []
+    for step in range(steps):
+        x, y = batches(ids, config.context, batch, generator)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if log and (step % 250 == 0 or step == steps - 1):
+            log(f"step {step:5d}  loss {loss.item():.3f}")
+    return model.eval(), tokenizer, losses
+
+
+def save_checkpoint(model: TinyLM, tokenizer: CharTokenizer, losses: list[float], path: Path = CHECKPOINT):
+    state = {key: value.half() for key, value in model.state_dict().items()}  # half the file, same text
+    torch.save({"config": vars(model.config) | {}, "chars": "".join(tokenizer.chars), "state": state,
+                "losses": [round(x, 4) for x in losses]}, path)
+
+
+def load_model(path: Path = CHECKPOINT, device: torch.device | str = "cpu"):
+    """The course's trained TinyLM, its tokenizer and its training losses."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: reinstall the course, or run "
+                                "`python -m course.serving build`")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    tokenizer = CharTokenizer(saved["chars"])
+    model = TinyLM(LMConfig(**saved["config"]))
+    model.load_state_dict({key: value.float() for key, value in saved["state"].items()})
+    return model.to(device).eval(), tokenizer, saved["losses"]
+
+
+@torch.no_grad()
+def evaluate(model: TinyLM, tokenizer: CharTokenizer, text: str, windows: int = 16) -> dict[str, float]:
+    """Mean loss (nats per character) and next-character accuracy over `windows` evenly spaced windows."""
+    ids = torch.tensor(tokenizer.encode(text))
+    context = model.config.context
+    device = next(model.parameters()).device
+    starts = np.linspace(0, len(ids) - context - 1, windows).astype(int)
+    x = torch.stack([ids[s:s + context] for s in starts]).to(device)
+    y = torch.stack([ids[s + 1:s + context + 1] for s in starts]).to(device)
+    logits = model(x)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+    accuracy = (logits.argmax(-1) == y).float().mean().item()
+    return {"loss": loss, "accuracy": accuracy}
+
+
+# ------------------------------------------------------------------------------------------- decoding
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> int:
+    """The next token: the most likely one at temperature 0, else a draw from softmax(logits / T)."""
+    if logits.dim() != 1:
+        raise ValueError(f"logits must be one vector over the vocabulary, got shape {tuple(logits.shape)}")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    logits = logits.detach().float().cpu()
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=0)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _check_room(model: TinyLM, prompt_ids, n_new: int) -> None:
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if n_new < 0:
+        raise ValueError(f"n_new must be >= 0, got {n_new}")
+    if len(prompt_ids) + n_new > model.config.context:
+        raise ValueError(f"{len(prompt_ids)} prompt + {n_new} new tokens exceed the context of "
+                         f"{model.config.context}")
+
+
+@torch.no_grad()
+def generate(model: TinyLM, prompt_ids: list[int], n_new: int, temperature: float = 0.0,
+             seed: int = 0) -> list[int]:
+    """Decode without a cache: every step runs the model over the whole sequence so far."""
+    _check_room(model, prompt_ids, n_new)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    ids = list(prompt_ids)
+    for _ in range(n_new):
+        logits = model(torch.tensor([ids], device=device))[0, -1]
+        ids.append(sample_next(logits, temperature, generator))
+    return ids[len(prompt_ids):]
+
+
+@torch.no_grad()
+def generate_cached(model: TinyLM, prompt_ids: list[int], n_new: int, temperature: float = 0.0,
+                    seed: int = 0, cache=None) -> list[int]:
+    """Decode with a key/value cache: the prompt once (prefill), then one new token per step."""
+    _check_room(model, prompt_ids, n_new)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    cache = KVCache(model.config.n_layers) if cache is None else cache
+    out: list[int] = []
+    logits = model(torch.tensor([list(prompt_ids)], device=device), cache)[0, -1]
+    for step in range(n_new):
+        out.append(sample_next(logits, temperature, generator))
+        if step < n_new - 1:
+            logits = model(torch.tensor([[out[-1]]], device=device), cache)[0, -1]
+    return out
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_per_token(decode: Callable[..., list[int]], model: TinyLM, prompt_ids: list[int], n_new: int,
+                   repeats: int = 3) -> float:
+    """Best-of-`repeats` seconds per generated token."""
+    device = next(model.parameters()).device
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        decode(model, prompt_ids, n_new)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best / max(n_new, 1)
+
+
+@torch.no_grad()
+def step_times(model: TinyLM, lengths: Iterable[int], cached: bool, repeats: int = 9) -> list[float]:
+    """Seconds to produce the token at each sequence length: one new token with a cache of `length - 1`
+    tokens, or the whole `length` tokens again without one. Median of `repeats`."""
+    device = next(model.parameters()).device
+    out = []
+    for length in lengths:
+        ids = torch.randint(0, model.config.vocab_size, (1, length), device=device)
+        samples = []
+        for _ in range(repeats):
+            if cached:
+                cache = KVCache(model.config.n_layers)
+                model(ids[:, :-1], cache)
+            _sync(device)
+            start = time.perf_counter()
+            model(ids[:, -1:], cache) if cached else model(ids)
+            _sync(device)
+            samples.append(time.perf_counter() - start)
+        out.append(float(np.median(samples)))
+    return out
+
+
+# ------------------------------------------------------------------------------- KV-cache arithmetic
+
+#: Published shapes: layers, query heads, key/value heads, head dimension, parameters. Sources: Llama 2 7B's
+#: dimensions are Llama 1's (Touvron et al. 2023a, Table 2) and only Llama 2's 34B and 70B use grouped-query
+#: attention (Touvron et al. 2023b, Table 1); Mistral 7B (Jiang et al. 2023, Table 1); Llama 3 (Meta, "The
+#: Llama 3 Herd of Models", 2024, Table 3); GPT-3 (Brown et al. 2020, Table 2.1: d_model 12288, 96 heads of
+#: 128).
+MODEL_SHAPES = {
+    "Llama 2 7B": {"layers": 32, "q_heads": 32, "kv_heads": 32, "head_dim": 128, "params": 6.7e9},
+    "Llama 2 70B": {"layers": 80, "q_heads": 64, "kv_heads": 8, "head_dim": 128, "params": 69e9},
+    "Mistral 7B": {"layers": 32, "q_heads": 32, "kv_heads": 8, "head_dim": 128, "params": 7.2e9},
+    "Llama 3 8B": {"layers": 32, "q_heads": 32, "kv_heads": 8, "head_dim": 128, "params": 8.0e9},
+    "Llama 3 70B": {"layers": 80, "q_heads": 64, "kv_heads": 8, "head_dim": 128, "params": 70.6e9},
+    "Llama 3 405B": {"layers": 126, "q_heads": 128, "kv_heads": 8, "head_dim": 128, "params": 405e9},
+    "GPT-3 175B": {"layers": 96, "q_heads": 96, "kv_heads": 96, "head_dim": 128, "params": 175e9},
+}
+GIB = 2**30
+
+
+def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_value: float = 2) -> float:
+    """A key and a value vector per KV head per layer: 2 * layers * kv_heads * head_dim * bytes."""
+    for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
+                        ("bytes_per_value", bytes_per_value)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    return 2 * n_layers * n_kv_heads * head_dim * bytes_per_value
+
+
+def concurrent_sequences(memory_bytes: float, weight_bytes: float, tokens_per_sequence: int,
+                         bytes_per_token: float) -> int:
+    """How many sequences of `tokens_per_sequence` fit in what the weights leave of `memory_bytes` (>= 0)."""
+    if memory_bytes <= 0 or weight_bytes < 0 or tokens_per_sequence <= 0 or bytes_per_token <= 0:
+        raise ValueError("memory, tokens and bytes per token must be positive, weights non-negative")
+    return max(0, int((memory_bytes - weight_bytes) // (tokens_per_sequence * bytes_per_token)))
+
+
+# ---------------------------------------------------------------------------------- paged allocation
+
+
+class OutOfBlocks(MemoryError):
+    """No free block is left; nothing was allocated."""
+
+
+class BlockAllocator:
+    """The reference paged KV-cache allocator: fixed-size blocks, a free list, a block table per sequence."""
+
+    def __init__(self, n_blocks: int, block_size: int):
+        if n_blocks <= 0 or block_size <= 0:
+            raise ValueError(f"n_blocks and block_size must be positive, got {n_blocks} and {block_size}")
+        self.n_blocks, self.block_size = n_blocks, block_size
+        self.free_list = list(range(n_blocks - 1, -1, -1))  # pop() hands out block 0 first
+        self.tables: dict[object, list[int]] = {}
+        self.lengths: dict[object, int] = {}
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self.free_list)
+
+    def block_table(self, seq) -> list[int]:
+        return list(self.tables[seq])
+
+    def length(self, seq) -> int:
+        return self.lengths[seq]
+
+    def append(self, seq, n_tokens: int = 1) -> None:
+        if n_tokens < 0:
+            raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+        length = self.lengths.get(seq, 0)
+        table = self.tables.get(seq, [])
+        needed = math.ceil((length + n_tokens) / self.block_size) - len(table)
+        if needed > len(self.free_list):
+            raise OutOfBlocks(f"{seq!r} needs {needed} more blocks, {len(self.free_list)} are free")
+        self.tables[seq] = table + [self.free_list.pop() for _ in range(needed)]
+        self.lengths[seq] = length + n_tokens
+
+    def free(self, seq) -> None:
+        if seq not in self.tables:
+            raise KeyError(f"no sequence {seq!r} holds blocks")
+        self.free_list.extend(reversed(self.tables.pop(seq)))
+        del self.lengths[seq]
+
+
+def paged_waste(lengths: Iterable[int], block_size: int) -> int:
+    """Token slots allocated but unused when each sequence holds whole blocks."""
+    return sum(math.ceil(n / block_size) * block_size - n for n in lengths)
+
+
+def contiguous_waste(lengths: Iterable[int], reserved: int) -> int:
+    """Token slots unused when each sequence reserves `reserved` contiguous slots up front."""
+    return sum(reserved - n for n in lengths)
+
+
+class PagedKVCache:
+    """A KV cache for one sequence whose keys and values live in blocks of a shared pool.
+
+    The pool holds, per layer, ``(n_blocks, heads, block_size, head_dim)`` keys and values. Blocks come
+    from `allocator`; ``update`` writes the new tokens into this sequence's blocks and gathers all of its
+    tokens back, in order, through its block table: what vLLM's PagedAttention kernel does in one step.
+    """
+
+    def __init__(self, pool: dict[str, torch.Tensor], allocator: BlockAllocator, seq):
+        self.pool, self.allocator, self.seq = pool, allocator, seq
+        self.written = 0
+
+    @staticmethod
+    def make_pool(config: LMConfig, n_blocks: int, block_size: int, device="cpu") -> dict[str, torch.Tensor]:
+        shape = (config.n_layers, n_blocks, config.n_heads, block_size, config.head_dim)
+        return {"k": torch.zeros(shape, device=device), "v": torch.zeros(shape, device=device)}
+
+    @property
+    def length(self) -> int:
+        return self.written
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        new = k.shape[2]
+        if layer == 0:
+            self.allocator.append(self.seq, new)
+        table = torch.tensor(self.allocator.block_table(self.seq), device=k.device)
+        size = self.allocator.block_size
+        positions = torch.arange(self.written, self.written + new, device=k.device)
+        blocks, offsets = table[positions // size], positions % size
+        self.pool["k"][layer, blocks, :, offsets] = k[0].transpose(0, 1)
+        self.pool["v"][layer, blocks, :, offsets] = v[0].transpose(0, 1)
+        total = self.written + new
+        if layer == len(self.pool["k"]) - 1:
+            self.written = total
+
+        def gather(kind):  # (blocks, heads, size, dim) -> (1, heads, tokens, dim)
+            pages = self.pool[kind][layer, table]
+            return pages.transpose(0, 1).reshape(1, pages.shape[1], -1, pages.shape[3])[:, :, :total]
+
+        return gather("k"), gather("v")
+
+
+# ------------------------------------------------------------------------------------------ batching
+
+
+@dataclass(frozen=True)
+class Request:
+    rid: int
+    arrival: float      # seconds
+    prompt_len: int     # tokens to prefill
+    output_len: int     # tokens to generate (>= 1)
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds per decoding iteration: base + per_sequence * batch + prefill_per_token * new prompt tokens."""
+
+    base: float
+    per_sequence: float
+    prefill_per_token: float
+
+    def iteration(self, batch: int, prompt_tokens: int = 0) -> float:
+        return self.base + self.per_sequence * batch + self.prefill_per_token * prompt_tokens
+
+
+def request_stream(n: int, rate: float, seed: int = 0, max_len: int = 120) -> list[Request]:
+    """`n` requests arriving as a Poisson process of `rate` per second, with long-tailed lengths."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+    prompts = np.clip(rng.lognormal(3.0, 0.6, n).astype(int), 4, max_len)
+    outputs = np.clip(rng.lognormal(3.0, 0.9, n).astype(int), 1, max_len)
+    return [Request(i, float(a), int(p), int(o))
+            for i, (a, p, o) in enumerate(zip(arrivals, prompts, outputs, strict=True))]
+
+
+def _check_requests(requests: list[Request], max_batch: int) -> list[Request]:
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    for r in requests:
+        if r.output_len < 1 or r.prompt_len < 0 or r.arrival < 0:
+            raise ValueError(f"request {r.rid} needs output_len >= 1, prompt_len >= 0, arrival >= 0: {r}")
+    return sorted(requests, key=lambda r: (r.arrival, r.rid))
+
+
+def simulate_static(requests: list[Request], max_batch: int, cost: StepCost) -> dict[int, float]:
+    """Static batching: take up to `max_batch` waiting requests, run them until the *longest* is done (the
+    finished ones keep their slot, as padding), then take the next batch. Returns finish time per request."""
+    waiting = _check_requests(requests, max_batch)
+    finish: dict[int, float] = {}
+    now = 0.0
+    while waiting:
+        now = max(now, waiting[0].arrival)
+        batch = [r for r in waiting if r.arrival <= now][:max_batch]
+        waiting = [r for r in waiting if r not in batch]
+        for step in range(max(r.output_len for r in batch)):
+            now += cost.iteration(len(batch), sum(r.prompt_len for r in batch) if step == 0 else 0)
+            for r in batch:
+                if r.output_len == step + 1:
+                    finish[r.rid] = now
+    return finish
+
+
+def simulate_continuous(requests: list[Request], max_batch: int, cost: StepCost) -> dict[int, float]:
+    """Continuous batching: before every iteration, admit arrived requests while there is room; a request
+    leaves as soon as its last token is out. Returns finish time per request."""
+    waiting = _check_requests(requests, max_batch)
+    running: dict[int, int] = {}  # rid -> tokens still to generate
+    finish: dict[int, float] = {}
+    now = 0.0
+    while waiting or running:
+        admitted = []
+        while waiting and waiting[0].arrival <= now and len(running) < max_batch:
+            request = waiting.pop(0)
+            running[request.rid] = request.output_len
+            admitted.append(request)
+        if not running:
+            now = waiting[0].arrival
+            continue
+        now += cost.iteration(len(running), sum(r.prompt_len for r in admitted))
+        for rid in list(running):
+            running[rid] -= 1
+            if running[rid] == 0:
+                finish[rid] = now
+                del running[rid]
+    return finish
+
+
+def serving_stats(requests: list[Request], finish: dict[int, float]) -> dict[str, float]:
+    """Throughput (generated tokens per second, first arrival to last finish) and latency percentiles."""
+    if not requests or set(finish) != {r.rid for r in requests}:
+        raise ValueError("need a finish time for every request, and at least one request")
+    latency = np.array([finish[r.rid] - r.arrival for r in requests])
+    span = max(finish.values()) - min(r.arrival for r in requests)
+    return {"throughput": sum(r.output_len for r in requests) / span,
+            "p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99))}
+
+
+@torch.no_grad()
+def measure_step_cost(model: TinyLM, batch_sizes=(1, 2, 4, 8, 16), cached_tokens: int = 48,
+                      repeats: int = 7) -> tuple[StepCost, dict[int, float]]:
+    """Time one cached decoding step for each batch size and a prefill, and fit a StepCost to them."""
+    device = next(model.parameters()).device
+    times = {}
+    for batch in batch_sizes:
+        ids = torch.randint(0, model.config.vocab_size, (batch, cached_tokens + 1), device=device)
+        samples = []
+        for _ in range(repeats):
+            cache = KVCache(model.config.n_layers)
+            model(ids[:, :-1], cache)
+            _sync(device)
+            start = time.perf_counter()
+            model(ids[:, -1:], cache)
+            _sync(device)
+            samples.append(time.perf_counter() - start)
+        times[batch] = float(np.median(samples))
+    slope, intercept = np.polyfit(list(times), list(times.values()), 1)
+    prompt = torch.randint(0, model.config.vocab_size, (1, cached_tokens), device=device)
+    prefill = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        model(prompt)
+        _sync(device)
+        prefill.append(time.perf_counter() - start)
+    per_token = max(float(np.median(prefill)) - times[batch_sizes[0]], 0.0) / cached_tokens
+    return StepCost(max(float(intercept), 0.0), max(float(slope), 0.0), per_token), times
+
+
+# ------------------------------------------------------------------------------------ context, tools
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+@dataclass
+class Turn:
+    tid: int
+    role: str
+    text: str
+
+
+class ContextWindow:
+    """The reference bounded context: turns in order; the oldest unpinned ones page out to an archive."""
+
+    def __init__(self, budget: int, count: Callable[[str], int] = word_count, pinned: int = 1):
+        if budget <= 0:
+            raise ValueError(f"budget must be positive, got {budget}")
+        self.budget, self.count, self.pinned = budget, count, pinned
+        self.resident: list[Turn] = []
+        self.archive: dict[int, Turn] = {}
+        self.next_id = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.count(t.text) for t in self.resident)
+
+    def turns(self) -> list[Turn]:
+        return list(self.resident)
+
+    def _evict(self, keep: set[int]) -> None:
+        while self.tokens > self.budget:
+            victims = [t for t in self.resident if t.tid >= self.pinned and t.tid not in keep]
+            if not victims:
+                raise MemoryError("the pinned and requested turns alone exceed the budget")
+            oldest = min(victims, key=lambda t: t.tid)
+            self.resident.remove(oldest)
+            self.archive[oldest.tid] = oldest
+
+    def add(self, role: str, text: str) -> int:
+        if self.count(text) > self.budget:
+            raise ValueError(f"one turn of {self.count(text)} tokens exceeds the budget of {self.budget}")
+        turn = Turn(self.next_id, role, text)
+        self.next_id += 1
+        self.resident.append(turn)
+        self._evict(keep={turn.tid})
+        return turn.tid
+
+    def recall(self, keyword: str) -> list[int]:
+        """Page archived turns that mention `keyword` back in, in order; older turns page out to make room."""
+        found = sorted(tid for tid, t in self.archive.items() if keyword.lower() in t.text.lower())
+        saved = (list(self.resident), dict(self.archive))
+        for tid in found:
+            self.resident.append(self.archive.pop(tid))
+        self.resident.sort(key=lambda t: t.tid)
+        try:
+            self._evict(keep=set(found))
+        except MemoryError:  # too much to bring back: as it was, nothing lost
+            self.resident, self.archive = saved
+            raise
+        return found
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    fn: Callable[..., object]
+    capability: str  # what a caller must hold, e.g. "read", "net", "write"
+
+
+@dataclass
+class Process:
+    name: str
+    capabilities: frozenset = field(default_factory=frozenset)
+
+
+def syscall(process: Process, tools: dict[str, Tool], name: str, audit: list, **args):
+    """Call tool `name` for `process` only if it holds the tool's capability; log every attempt."""
+    if name not in tools:
+        audit.append((process.name, name, "unknown"))
+        raise LookupError(f"no tool named {name!r}; known: {sorted(tools)}")
+    tool = tools[name]
+    if tool.capability not in process.capabilities:
+        audit.append((process.name, name, "denied"))
+        raise PermissionError(f"{process.name} lacks the {tool.capability!r} capability that {name} needs")
+    try:
+        result = tool.fn(**args)
+    except Exception:
+        audit.append((process.name, name, "failed"))
+        raise
+    audit.append((process.name, name, "allowed"))
+    return result
+
+
+def conversation(seed: int = 0, turns: int = 40) -> list[tuple[str, str]]:
+    """A long scripted chat in which a few facts are stated early and asked about late."""
+    rng = random.Random(seed)
+    facts = [("user", "My project codename is HERON and it ships in May."),
+             ("user", "The cluster has 64 GPUs with 80 GB each."),
+             ("user", "Our budget limit is 12000 euros per month.")]
+    filler = ["Can you explain {0} again in simpler words?", "What does {0} cost on a CPU?",
+              "Show me how {0} changes with the batch size.", "Is {0} deterministic across runs?",
+              "Summarise what we said about {0} so far, with the main numbers."]
+    topics = ["the KV cache", "paged attention", "continuous batching", "quantization", "checkpointing",
+              "pipeline parallelism", "federated averaging", "spiking neurons", "profiling traces"]
+    chat = [("system", "You are a helpful assistant for a systems course.")] + facts
+    while len(chat) < turns:
+        topic = rng.choice(topics)
+        chat.append(("user", rng.choice(filler).format(topic)))
+        chat.append(("assistant", f"About {topic}: " + " ".join(rng.choice(topics).split()[-1]
+                                                                  for _ in range(rng.randint(12, 30))) + "."))
+    return chat[:turns]
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def build(repo: Path, steps: int = 1500) -> None:
+    HERE.mkdir(exist_ok=True)
+    CORPUS.write_text(build_corpus(repo))
+    text = load_corpus()
+    train, held = split_corpus(text)
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    model, tokenizer, losses = train_lm(train, steps=steps, tokenizer=CharTokenizer(text), log=print)
+    print(f"trained in {time.perf_counter() - start:.0f} s; held-out {evaluate(model, tokenizer, held)}")
+    save_checkpoint(model, tokenizer, losses)
+    print(f"{CORPUS}: {CORPUS.stat().st_size} bytes; {CHECKPOINT}: {CHECKPOINT.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["build"]:
+        build(Path(__file__).resolve().parents[1])
+    else:
+        print(__doc__)

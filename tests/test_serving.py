@@ -1,0 +1,216 @@
+"""course/serving.py: the tiny language model and the systems that serve it."""
+
+import math
+
+import pytest
+import torch
+
+from course import serving as s
+
+
+@pytest.fixture(scope="module")
+def lm():
+    model, tokenizer, losses = s.load_model()
+    return model, tokenizer, losses
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return s.TinyLM(s.LMConfig(vocab_size=11, context=32, d_model=16, n_layers=2, n_heads=2)).eval()
+
+
+def test_tokenizer_round_trip_and_a_clear_error_for_unknown_characters():
+    tok = s.CharTokenizer("hello world")
+    assert tok.decode(tok.encode("world hello")) == "world hello"
+    with pytest.raises(ValueError, match="never saw"):
+        tok.encode("héllo")
+    assert s.to_ascii("a · b → c ✔") == "a - b -> c "
+
+
+def test_the_corpus_ships_and_splits_without_overlap():
+    text = s.load_corpus()
+    train, held = s.split_corpus(text)
+    assert len(text) > 100_000 and len(train) + len(held) == len(text)
+    assert 0.08 < len(held) / len(text) < 0.12
+    assert all(32 <= ord(c) < 127 or c == "\n" for c in text)
+
+
+def test_the_shipped_model_learned_the_text(lm):
+    model, tokenizer, losses = lm
+    _, held = s.split_corpus(s.load_corpus())
+    scores = s.evaluate(model, tokenizer, held)
+    # uniform guessing costs log(vocab) ~ 4.5 nats a character
+    assert scores["loss"] < 0.5 * math.log(tokenizer.vocab_size) and scores["accuracy"] > 0.45
+    assert losses[-1] < losses[0] / 2
+
+
+def test_training_lowers_the_loss():
+    _, _, losses = s.train_lm("the cat sat on the mat. " * 40, steps=80, batch=8,
+                              config=s.LMConfig(vocab_size=11, context=16, d_model=16, n_layers=1, n_heads=2))
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_cached_logits_equal_full_logits_and_positions_continue():
+    model = small_model()
+    ids = torch.randint(0, 11, (2, 20))
+    full = model(ids)
+    cache = s.KVCache(model.config.n_layers)
+    parts = [model(ids[:, :7], cache)] + [model(ids[:, i:i + 1], cache) for i in range(7, 20)]
+    assert cache.length == 20
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_the_model_refuses_too_long_input_and_wrong_shapes():
+    model = small_model()
+    with pytest.raises(ValueError, match="exceed"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch, steps"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceed"):
+        s.generate(model, [1, 2, 3], 30)
+
+
+def test_sampling_greedy_and_by_temperature():
+    logits = torch.tensor([0.0, 2.0, 1.0])
+    assert s.sample_next(logits, 0.0) == 1
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.tensor([s.sample_next(logits, 1.0, gen) for _ in range(4000)])
+    freq = torch.bincount(draws, minlength=3).float() / 4000
+    torch.testing.assert_close(freq, torch.softmax(logits, 0), atol=0.03, rtol=0)
+    cold = [s.sample_next(logits, 0.05, gen) for _ in range(200)]
+    assert cold.count(1) > 195
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ValueError):
+            s.sample_next(logits, bad)
+    with pytest.raises(ValueError, match="one vector"):
+        s.sample_next(logits[None], 1.0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_cached_decoding_gives_the_same_tokens(temperature):
+    model = small_model(1)
+    a = s.generate(model, [1, 2, 3], 20, temperature, seed=3)
+    b = s.generate_cached(model, [1, 2, 3], 20, temperature, seed=3)
+    assert a == b and len(a) == 20
+
+
+def test_a_paged_cache_interleaving_sequences_decodes_like_a_contiguous_one():
+    model = small_model(2)
+    alloc = s.BlockAllocator(n_blocks=12, block_size=4)
+    pool = s.PagedKVCache.make_pool(model.config, 12, 4)
+    prompts = {0: [1, 2, 3], 1: [4, 5, 6, 7, 8], 2: [9]}
+    caches = {seq: s.PagedKVCache(pool, alloc, seq) for seq in prompts}
+    logits = {seq: model(torch.tensor([p]), caches[seq])[0, -1] for seq, p in prompts.items()}
+    out = {seq: [] for seq in prompts}
+    for _ in range(6):  # round robin: the three sequences' blocks interleave in the pool
+        for seq in prompts:
+            out[seq].append(int(logits[seq].argmax()))
+            logits[seq] = model(torch.tensor([[out[seq][-1]]]), caches[seq])[0, -1]
+    for seq, prompt in prompts.items():
+        assert out[seq] == s.generate_cached(model, prompt, 6)
+        assert alloc.length(seq) == len(prompt) + 6
+    tables = [alloc.block_table(seq) for seq in prompts]
+    assert len(set(sum(tables, []))) == sum(map(len, tables))  # no block shared
+    assert any(t != list(range(t[0], t[0] + len(t))) for t in tables), "round robin should interleave blocks"
+
+
+def test_kv_cache_arithmetic_for_published_shapes():
+    llama2 = s.MODEL_SHAPES["Llama 2 7B"]
+    assert s.kv_bytes_per_token(llama2["layers"], llama2["kv_heads"], llama2["head_dim"]) == 512 * 1024
+    llama3 = s.MODEL_SHAPES["Llama 3 8B"]
+    assert s.kv_bytes_per_token(llama3["layers"], llama3["kv_heads"], llama3["head_dim"]) == 128 * 1024
+    # 80 GB, 16 GB of weights, 4096-token sequences at 128 KiB a token: 64 GiB-ish / 0.5 GiB
+    assert s.concurrent_sequences(80e9, 16e9, 4096, 128 * 1024) == int(64e9 // (4096 * 128 * 1024))
+    assert s.concurrent_sequences(10e9, 16e9, 4096, 1024) == 0
+    with pytest.raises(ValueError):
+        s.kv_bytes_per_token(0, 8, 128)
+
+
+def test_the_allocator_hands_out_whole_blocks_and_loses_nothing_when_full():
+    alloc = s.BlockAllocator(n_blocks=4, block_size=4)
+    alloc.append("a", 5)
+    assert alloc.length("a") == 5 and len(alloc.block_table("a")) == 2 and alloc.free_blocks == 2
+    alloc.append("b", 4)
+    before = (alloc.block_table("a"), alloc.block_table("b"), alloc.free_blocks)
+    with pytest.raises(s.OutOfBlocks):
+        alloc.append("a", 8)  # would need 2 more blocks, 1 is free
+    assert (alloc.block_table("a"), alloc.block_table("b"), alloc.free_blocks) == before
+    alloc.append("a", 4)  # fills the second block, then one token into a third
+    assert len(alloc.block_table("a")) == 3 and alloc.free_blocks == 0
+    alloc.free("b")
+    assert alloc.free_blocks == 1
+    with pytest.raises(KeyError):
+        alloc.free("b")
+    assert s.paged_waste([5, 8, 1], 4) == 3 + 0 + 3
+    assert s.contiguous_waste([5, 8, 1], 16) == 11 + 8 + 15
+
+
+def test_static_and_continuous_batching_on_a_hand_worked_case():
+    cost = s.StepCost(base=1.0, per_sequence=0.0, prefill_per_token=0.0)
+    reqs = [s.Request(0, 0.0, 4, 3), s.Request(1, 0.0, 4, 1), s.Request(2, 0.5, 4, 1)]
+    assert s.simulate_static(reqs, 2, cost) == {0: 3.0, 1: 1.0, 2: 4.0}
+    assert s.simulate_continuous(reqs, 2, cost) == {0: 3.0, 1: 1.0, 2: 2.0}
+    stats = s.serving_stats(reqs, {0: 3.0, 1: 1.0, 2: 2.0})
+    assert stats["throughput"] == pytest.approx(5 / 3.0) and stats["p50"] == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        s.simulate_continuous([s.Request(0, 0.0, 1, 0)], 2, cost)
+    with pytest.raises(ValueError, match="every request"):
+        s.serving_stats(reqs, {0: 1.0})
+
+
+def test_continuous_batching_beats_static_on_a_long_tailed_stream():
+    reqs = s.request_stream(200, rate=40.0, seed=0)
+    cost = s.StepCost(base=0.004, per_sequence=0.0005, prefill_per_token=0.00002)
+    static = s.serving_stats(reqs, s.simulate_static(reqs, 8, cost))
+    cont = s.serving_stats(reqs, s.simulate_continuous(reqs, 8, cost))
+    assert cont["throughput"] > 1.2 * static["throughput"] and cont["p50"] < static["p50"]
+
+
+def test_measured_step_cost_is_positive_and_grows_with_the_batch():
+    cost, times = s.measure_step_cost(small_model(), batch_sizes=(1, 8), cached_tokens=8, repeats=3)
+    assert set(times) == {1, 8} and all(t > 0 for t in times.values())
+    assert cost.iteration(1) > 0 and cost.prefill_per_token >= 0
+
+
+def test_the_context_window_pages_out_the_oldest_turns_and_recalls_them():
+    window = s.ContextWindow(budget=10)
+    window.add("system", "be brief")          # 2 words, pinned
+    window.add("user", "my code is HERON")    # 4
+    window.add("user", "one two three")       # 3
+    assert window.tokens == 9 and not window.archive
+    window.add("user", "four five six")       # 3: the HERON turn pages out
+    assert [t.tid for t in window.turns()] == [0, 2, 3] and 1 in window.archive
+    assert window.recall("heron") == [1]      # comes back; turn 2, now the oldest, pages out for it
+    assert [t.tid for t in window.turns()] == [0, 1, 3] and window.tokens <= 10
+    with pytest.raises(ValueError, match="exceeds"):
+        window.add("user", "a " * 11)
+    small = s.ContextWindow(budget=5)
+    small.add("system", "x y")
+    small.add("user", "p q r")
+    small.add("user", "s t u")                # pages out "p q r"
+    small.add("user", "v w x")                # pages out "s t u"
+    with pytest.raises(MemoryError):
+        small.recall(" ")                     # both archived turns match: they cannot both fit
+    assert sorted(small.archive) == [1, 2] and [t.tid for t in small.turns()] == [0, 3]
+
+
+def test_a_tool_call_is_checked_like_a_system_call():
+    ran = []
+    tools = {"read": s.Tool("read", lambda path: ran.append(path) or "data", "fs.read"),
+             "boom": s.Tool("boom", lambda: 1 / 0, "fs.read")}
+    audit = []
+    user = s.Process("agent", frozenset({"fs.read"}))
+    guest = s.Process("guest")
+    assert s.syscall(user, tools, "read", audit, path="a.txt") == "data"
+    with pytest.raises(PermissionError):
+        s.syscall(guest, tools, "read", audit, path="secret")
+    with pytest.raises(LookupError):
+        s.syscall(user, tools, "rm", audit)
+    with pytest.raises(ZeroDivisionError):
+        s.syscall(user, tools, "boom", audit)
+    assert ran == ["a.txt"]
+    assert [a[2] for a in audit] == ["allowed", "denied", "unknown", "failed"]
+
+
+def test_the_scripted_conversation_is_deterministic():
+    assert s.conversation(0) == s.conversation(0) and len(s.conversation(0, 30)) == 30
