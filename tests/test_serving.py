@@ -214,3 +214,8 @@ def test_a_tool_call_is_checked_like_a_system_call():
 
 def test_the_scripted_conversation_is_deterministic():
     assert s.conversation(0) == s.conversation(0) and len(s.conversation(0, 30)) == 30
+
+
+def test_a_missing_checkpoint_says_how_to_get_it_back(tmp_path):
+    with pytest.raises(FileNotFoundError, match="course.serving build"):
+        s.load_model(tmp_path / "missing.pt")
