@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course.bench import measure_time
+
 HERE = Path(__file__).resolve().parent / "corpus"
 CORPUS = HERE / "course_text.txt"
 CHECKPOINT = HERE / "tiny_lm.pt"
@@ -347,22 +349,20 @@ def _sync(device) -> None:
 
 def time_per_token(decode: Callable[..., list[int]], model: TinyLM, prompt_ids: list[int], n_new: int,
                    repeats: int = 3) -> float:
-    """Best-of-`repeats` seconds per generated token."""
+    """Best-of-`repeats` seconds per generated token of ``decode(model, prompt_ids, n_new)``."""
     device = next(model.parameters()).device
-    best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        decode(model, prompt_ids, n_new)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best / max(n_new, 1)
+    timing = measure_time(lambda: decode(model, prompt_ids, n_new), repeats=repeats, warmup=0, device=device)
+    return timing.min / max(n_new, 1)
 
 
 @torch.no_grad()
 def step_times(model: TinyLM, lengths: Iterable[int], cached: bool, repeats: int = 9) -> list[float]:
     """Seconds to produce the token at each sequence length: one new token with a cache of `length - 1`
-    tokens, or the whole `length` tokens again without one. Median of `repeats`."""
+    tokens, or the whole `length` tokens again without one. Median of `repeats`.
+
+    Each cached repeat needs a freshly prefilled cache, built outside the timed part, so this times by hand
+    rather than with `course.bench.measure_time`.
+    """
     device = next(model.parameters()).device
     out = []
     for length in lengths:
@@ -630,14 +630,8 @@ def measure_step_cost(model: TinyLM, batch_sizes=(1, 2, 4, 8, 16), cached_tokens
         times[batch] = float(np.median(samples))
     slope, intercept = np.polyfit(list(times), list(times.values()), 1)
     prompt = torch.randint(0, model.config.vocab_size, (1, cached_tokens), device=device)
-    prefill = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        model(prompt)
-        _sync(device)
-        prefill.append(time.perf_counter() - start)
-    per_token = max(float(np.median(prefill)) - times[batch_sizes[0]], 0.0) / cached_tokens
+    prefill = measure_time(lambda: model(prompt), repeats=repeats, warmup=1, device=device).median
+    per_token = max(prefill - times[batch_sizes[0]], 0.0) / cached_tokens
     return StepCost(max(float(intercept), 0.0), max(float(slope), 0.0), per_token), times
 
 
