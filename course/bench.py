@@ -60,7 +60,8 @@ def limit_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _synchronize(device: torch.device | str | None) -> None:
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for the GPU to finish its queued work (CUDA runs asynchronously); nothing on a CPU."""
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -79,12 +80,12 @@ def measure_time(fn: Callable[[], object], repeats: int = 20, warmup: int = 3,
         raise ValueError(f"warmup cannot be negative, got {warmup}")
     for _ in range(warmup):
         fn()
-    _synchronize(device)
+    synchronize(device)
     samples = []
     for _ in range(repeats):
         start = clock()
         fn()
-        _synchronize(device)
+        synchronize(device)
         samples.append(clock() - start)
     return Timing(samples=tuple(samples), warmup=warmup)
 
