@@ -37,7 +37,6 @@ MODEL_SHAPES = {
     "Llama 3 405B": {"layers": 126, "q_heads": 128, "kv_heads": 8, "head_dim": 128, "params": 405e9},
     "GPT-3 175B": {"layers": 96, "q_heads": 96, "kv_heads": 96, "head_dim": 128, "params": 175e9},
 }
-GIB = 2**30
 
 
 def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_value: float = 2) -> float:
@@ -135,6 +134,9 @@ class PagedKVCache:
         return self.written
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if k.shape[0] != 1 or k.shape != v.shape:
+            raise ValueError("a PagedKVCache holds one sequence: keys and values of shape "
+                             f"(1, heads, tokens, head_dim), got {tuple(k.shape)} and {tuple(v.shape)}")
         new = k.shape[2]
         if layer == 0:
             self.allocator.append(self.seq, new)

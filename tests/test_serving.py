@@ -132,3 +132,10 @@ def test_a_tool_call_is_checked_like_a_system_call():
 
 def test_the_scripted_conversation_is_deterministic():
     assert s.conversation(0) == s.conversation(0) and len(s.conversation(0, 30)) == 30
+
+
+def test_a_paged_cache_refuses_a_batch():
+    model = small_model()
+    cache = s.PagedKVCache(s.PagedKVCache.make_pool(model.config, 4, 4), s.BlockAllocator(4, 4), "a")
+    with pytest.raises(ValueError, match="one sequence"):
+        model(torch.zeros(2, 3, dtype=torch.long), cache)
