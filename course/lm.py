@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +251,7 @@ def train_lm(text: str, steps: int = 1500, batch: int = 32, lr: float = 3e-3, se
 
 def save_checkpoint(model: TinyLM, tokenizer: CharTokenizer, losses: list[float], path: Path = CHECKPOINT):
     state = {key: value.half() for key, value in model.state_dict().items()}  # half the file, same text
-    torch.save({"config": vars(model.config) | {}, "chars": "".join(tokenizer.chars), "state": state,
+    torch.save({"config": asdict(model.config), "chars": "".join(tokenizer.chars), "state": state,
                 "losses": [round(x, 4) for x in losses]}, path)
 
 

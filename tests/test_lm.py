@@ -97,3 +97,12 @@ def test_a_missing_checkpoint_says_how_to_get_it_back(tmp_path):
     with pytest.raises(FileNotFoundError, match="course.lm build"):
         lm.load_model(tmp_path / "missing.pt")
 
+
+
+def test_a_saved_checkpoint_loads_back_to_the_same_model(shipped, tmp_path):
+    model, tokenizer, losses = shipped
+    lm.save_checkpoint(model, tokenizer, losses, tmp_path / "copy.pt")
+    again, tokenizer_again, _ = lm.load_model(tmp_path / "copy.pt")
+    ids = torch.tensor([tokenizer.encode("The KV cache")])
+    assert tokenizer_again.chars == tokenizer.chars
+    assert torch.equal(model(ids), again(ids))  # the shipped weights are already 16-bit: nothing is lost
