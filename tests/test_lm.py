@@ -13,11 +13,6 @@ def shipped():
     return lm.load_model()
 
 
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return lm.TinyLM(lm.LMConfig(vocab_size=11, context=32, d_model=16, n_layers=2, n_heads=2)).eval()
-
-
 def test_tokenizer_round_trip_and_a_clear_error_for_unknown_characters():
     tok = lm.CharTokenizer("hello world")
     assert tok.decode(tok.encode("world hello")) == "world hello"
@@ -49,8 +44,8 @@ def test_training_lowers_the_loss():
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
-def test_cached_logits_equal_full_logits_and_positions_continue():
-    model = small_model()
+def test_cached_logits_equal_full_logits_and_positions_continue(small_lm):
+    model = small_lm()
     ids = torch.randint(0, 11, (2, 20))
     full = model(ids)
     cache = lm.KVCache(model.config.n_layers)
@@ -59,8 +54,8 @@ def test_cached_logits_equal_full_logits_and_positions_continue():
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_the_model_refuses_too_long_input_and_wrong_shapes():
-    model = small_model()
+def test_the_model_refuses_too_long_input_and_wrong_shapes(small_lm):
+    model = small_lm()
     with pytest.raises(ValueError, match="exceed"):
         model(torch.zeros(1, 33, dtype=torch.long))
     with pytest.raises(ValueError, match="batch, steps"):
@@ -86,8 +81,8 @@ def test_sampling_greedy_and_by_temperature():
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_cached_decoding_gives_the_same_tokens(temperature):
-    model = small_model(1)
+def test_cached_decoding_gives_the_same_tokens(temperature, small_lm):
+    model = small_lm(1)
     a = lm.generate(model, [1, 2, 3], 20, temperature, seed=3)
     b = lm.generate_cached(model, [1, 2, 3], 20, temperature, seed=3)
     assert a == b and len(a) == 20

@@ -7,13 +7,8 @@ from course import lm
 from course import serving as s
 
 
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return lm.TinyLM(lm.LMConfig(vocab_size=11, context=32, d_model=16, n_layers=2, n_heads=2)).eval()
-
-
-def test_a_paged_cache_interleaving_sequences_decodes_like_a_contiguous_one():
-    model = small_model(2)
+def test_a_paged_cache_interleaving_sequences_decodes_like_a_contiguous_one(small_lm):
+    model = small_lm(2)
     alloc = s.BlockAllocator(n_blocks=12, block_size=4)
     pool = s.PagedKVCache.make_pool(model.config, 12, 4)
     prompts = {0: [1, 2, 3], 1: [4, 5, 6, 7, 8], 2: [9]}
@@ -84,8 +79,8 @@ def test_continuous_batching_beats_static_on_a_long_tailed_stream():
     assert cont["throughput"] > 1.2 * static["throughput"] and cont["p50"] < static["p50"]
 
 
-def test_measured_step_cost_covers_each_batch_size_and_is_positive():
-    cost, times = s.measure_step_cost(small_model(), batch_sizes=(1, 8), cached_tokens=8, repeats=3)
+def test_measured_step_cost_covers_each_batch_size_and_is_positive(small_lm):
+    cost, times = s.measure_step_cost(small_lm(), batch_sizes=(1, 8), cached_tokens=8, repeats=3)
     assert set(times) == {1, 8} and all(t > 0 for t in times.values())
     assert cost.iteration(1) > 0 and cost.prefill_per_token >= 0
 
@@ -134,8 +129,8 @@ def test_the_scripted_conversation_is_deterministic():
     assert s.conversation(0) == s.conversation(0) and len(s.conversation(0, 30)) == 30
 
 
-def test_a_paged_cache_refuses_a_batch():
-    model = small_model()
+def test_a_paged_cache_refuses_a_batch(small_lm):
+    model = small_lm()
     cache = s.PagedKVCache(s.PagedKVCache.make_pool(model.config, 4, 4), s.BlockAllocator(4, 4), "a")
     with pytest.raises(ValueError, match="one sequence"):
         model(torch.zeros(2, 3, dtype=torch.long), cache)
