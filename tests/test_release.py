@@ -93,3 +93,44 @@ def test_every_exercise_has_tests_after_it(module):
         if kind == "S":
             following = "".join(kinds[index + 1:]).lstrip("-")
             assert following.startswith("T"), f"solution cell {cells[index]['id']} has no test after it"
+
+
+def _learner_text(markdown: str) -> str:
+    """What a learner must read of a markdown cell: all of it but a mark scheme, whitespace folded."""
+    markdown = re.sub(r"=== BEGIN MARK SCHEME ===.*?=== END MARK SCHEME ===", "", markdown, flags=re.S)
+    markdown = re.sub(r"### BEGIN SOLUTION.*?### END SOLUTION", "", markdown, flags=re.S)
+    return " ".join(markdown.split())
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_student_copy_shows_every_text_a_learner_needs(module):
+    """nbgrader replaces a whole answer cell with a stub, so a question written inside one vanishes
+    from the student copy. Every markdown text of the source (less mark schemes and solution
+    regions) must reach the release, and every hand-graded answer cell has a visible question above."""
+    student_text = "\n".join(_learner_text(source(c)) for c in load(release_path(module))["cells"]
+                             if c["cell_type"] == "markdown")
+    for cell in load(solution_path(module))["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        needed = _learner_text(source(cell))
+        if nbgrader_meta(cell).get("solution"):
+            assert not needed, (f"{cell['id']}: text inside a hand-graded answer cell never reaches learners; "
+                                "put the question in a markdown cell above it")
+        elif needed:
+            assert needed in student_text, f"{cell['id']}: this text is missing from the student copy"
+    cells = load(release_path(module))["cells"]
+    for index, cell in enumerate(cells):
+        if cell["cell_type"] == "markdown" and nbgrader_meta(cell).get("solution"):
+            before = cells[index - 1]
+            assert before["cell_type"] == "markdown" and not nbgrader_meta(before) and len(_learner_text(source(before))) > 40, (
+                f"{cell['id']}: a hand-graded answer cell needs its question in the markdown cell right above")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_run_all_goes_past_an_unanswered_exercise(module):
+    """JupyterLab's Run All goes on after a cell tagged raises-exception, so a learner who runs a
+    fresh copy top to bottom sees every demo, as the instructors' guide promises; grading and
+    Validate still fail the cell."""
+    for cell in grade_cells(load(release_path(module))):
+        if cell["cell_type"] == "code":
+            assert "raises-exception" in cell["metadata"].get("tags", []), cell["id"]
