@@ -16,6 +16,7 @@ cut off after `timeout` seconds; either way every process the launch started is 
 from __future__ import annotations
 
 import gc
+import linecache
 import os
 import pickle
 import re
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +37,7 @@ import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 120.0
 COLLECTIVE_TIMEOUT_S = 30.0  # a collective that waits longer than this is stuck: raise, don't hang
+MAX_FRAMES = 8  # of a failed rank's traceback, the innermost; library frames are left out
 
 
 class WorkerError(RuntimeError):
@@ -108,7 +111,7 @@ def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, thread
                 f"{shown} ran past its {timeout:.0f} s timeout and was stopped (every process killed). "
                 "A rank waiting for a collective the others never call hangs like this: do all ranks "
                 "call the same collectives in the same order?" + _tail(output))
-        failures = _silent_death(job, output) + _failures(job)
+        failures = _silent_death(job, output) + _failures(job, _notebook_code(fn, args, kwargs))
         if returncode != 0 or (failures and not max_restarts):  # a restarted group may have recovered
             detail = "\n\n".join(failures) if failures else _crash_logs(job, nproc) or _tail(output)
             if failures and failures[0].split(": ", 2)[1] == "NotImplementedError":
@@ -168,10 +171,83 @@ def _kill_tree(proc: subprocess.Popen, psutil) -> None:
     psutil.wait_procs([p for p in tree if p.is_running()], timeout=10)
 
 
-def _failures(job: Path) -> list[str]:
-    """Each failed rank's error, the first to fail first: later ones are usually its echo."""
+def _failures(job: Path, notebook_code: dict | None = None) -> list[str]:
+    """Each failed rank's error with its traceback, the first to fail first: later ones are
+    usually its echo."""
     errors = sorted(job.glob("rank*.err"), key=lambda e: e.stat().st_mtime_ns)
-    return [f"rank {e.stem[4:]}: {e.read_text().rstrip()}" for e in errors]
+    failures = []
+    for error in errors:
+        frames = error.with_suffix(".frames")
+        where = _format_frames(pickle.loads(frames.read_bytes()), notebook_code or {}) if frames.exists() else ""
+        failures.append(f"rank {error.stem[4:]}: {error.read_text().rstrip()}" + (f"\n{where}" if where else ""))
+    return failures
+
+
+def _code_key(code: types.CodeType) -> tuple:
+    return code.co_qualname, code.co_firstlineno, code.co_code
+
+
+def _notebook_code(*roots) -> dict[tuple, str]:
+    """Where each function shipped to the ranks was defined, for the ones defined in a notebook
+    cell: cloudpickle renames their file "<dynamic-code>", and a rank cannot read a cell's
+    source, but this kernel can (IPython keeps every cell in `linecache`)."""
+    found, seen, stack = {}, set(), list(roots)
+    while stack and len(seen) < 10_000:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, types.MethodType):
+            stack.append(obj.__func__)
+        elif hasattr(obj, "func") and hasattr(obj, "keywords"):  # functools.partial
+            stack += [obj.func, obj.args, obj.keywords]
+        elif isinstance(obj, types.FunctionType) and not Path(obj.__code__.co_filename).is_file():
+            codes, names = [obj.__code__], set()
+            while codes:
+                code = codes.pop()
+                found[_code_key(code)] = code.co_filename
+                names.update(code.co_names)
+                codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+            stack += [obj.__globals__[n] for n in names if n in obj.__globals__]
+            stack += [*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+            for cell in obj.__closure__ or ():
+                try:
+                    stack.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+    return found
+
+
+def _format_frames(frames: list[dict], notebook_code: dict) -> str:
+    """A rank's traceback, each frame with its source line; frames of notebook cells found
+    through `notebook_code` and shown as IPython shows them ("Cell In[5], line 3")."""
+    lines = []
+    for frame in frames:
+        filename, line = frame["filename"], frame["line"]
+        if frame["key"] in notebook_code:
+            filename = notebook_code[frame["key"]]
+            line = linecache.getline(filename, frame["lineno"]).strip() or line
+        label = _cell_label(filename) or f'File "{filename}"'
+        lines.append(f"  {label}, line {frame['lineno']}, in {frame['name']}")
+        if line:
+            lines.append(f"    {line}")
+    return "\n".join(lines)
+
+
+def _cell_label(filename: str) -> str | None:
+    """ "Cell In[5]" for a notebook cell's file name, as IPython's own tracebacks say."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        label = shell.compile.format_code_name(filename) if shell is not None else None
+    except (ImportError, AttributeError):
+        return None
+    return " ".join(label) if label else None
 
 
 def _silent_death(job: Path, output: str) -> list[str]:
@@ -234,10 +310,15 @@ def main(job: str) -> int:
         dist.barrier()
         return 0
     except BaseException as exc:  # noqa: BLE001 - report every failure, then exit non-zero
-        frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:]  # [0] is this function
-                  if "site-packages" not in f.filename and "torch/" not in f.filename]
-        where = "".join(traceback.format_list(frames[-3:]))
-        (folder / f"rank{rank}.err").write_text(f"{type(exc).__name__}: {exc}\n{where}")
+        # The frames of the code that raised (not torch's or other libraries'), with what `launch`
+        # needs to show a notebook cell's source: the rank has no copy of the notebook's cells.
+        frames = [{"filename": summary.filename, "lineno": summary.lineno, "name": summary.name,
+                   "line": summary.line, "key": _code_key(frame.f_code)}
+                  for (frame, _), summary in zip(list(traceback.walk_tb(exc.__traceback__))[1:],
+                                                 traceback.extract_tb(exc.__traceback__)[1:], strict=True)
+                  if "site-packages" not in summary.filename and "torch/" not in summary.filename]
+        (folder / f"rank{rank}.frames").write_bytes(pickle.dumps(frames[-MAX_FRAMES:]))
+        (folder / f"rank{rank}.err").write_text(f"{type(exc).__name__}: {exc}")
         return 1
     finally:
         if dist.is_initialized():

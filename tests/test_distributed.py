@@ -1,5 +1,6 @@
 """The torchrun launcher and 04_distributed's references, checked on real process groups."""
 
+import linecache
 import os
 import signal
 import subprocess
@@ -56,6 +57,33 @@ def test_a_failing_rank_is_named_first_and_nothing_survives():
     message = str(failure.value)
     assert message.index("rank 1: ValueError: rank one cannot go on") < message.find("rank 0")
     assert "_fails_on_rank_one" in message
+    assert not _descendants()
+
+
+def test_an_exception_in_notebook_code_shows_its_rank_type_message_and_source_lines():
+    # What IPython does with a cell: compile it under a made-up file name and keep its source in
+    # linecache. cloudpickle ships the function by value and renames that file "<dynamic-code>",
+    # and the rank cannot read the cell, so launch must put the cell's lines back itself.
+    cell = textwrap.dedent("""
+        def lookup(table):
+            return table["missing key"]
+
+        def learner_step():
+            if dist.get_rank() == 1:
+                lookup({})
+            return 0
+    """)
+    filename = "/tmp/ipykernel_0/cell-for-test.py"
+    linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
+    namespace = {"dist": dist}
+    exec(compile(cell, filename, "exec"), namespace)
+    with pytest.raises(WorkerError) as failure:
+        launch(namespace["learner_step"], 2, quiet=True)
+    first = str(failure.value).split("\n\n")[0]
+    assert "rank 1: KeyError: 'missing key'" in first
+    assert f'File "{filename}", line 7, in learner_step\n    lookup({{}})' in first
+    assert f'File "{filename}", line 3, in lookup\n    return table["missing key"]' in first
+    assert "course/launch.py" not in first  # the launcher's own frame is not the learner's business
     assert not _descendants()
 
 
