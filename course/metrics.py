@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import textwrap
 from dataclasses import asdict, dataclass, fields
 from datetime import date
 from pathlib import Path
@@ -93,25 +94,70 @@ def not_run(measurements: list[Measurement]) -> list[str]:
     return [m for m in COURSE_MODULES if m not in done]
 
 
-def summary(measurements: list[Measurement]) -> str:
-    """A table of every record, by module, and a line naming the modules not run yet."""
+WIDTH = 100  # characters: a notebook's output area at its default width
+
+
+def summary(measurements: list[Measurement], width: int = WIDTH) -> str:
+    """A table of every record, by module, and a line naming the modules not run yet.
+
+    Every line fits in `width` characters: each module gets a heading line that says where and when it was
+    measured, its variants sit below it, and a variant name too long for its column gets a line of its own.
+    """
     def show(value, fmt):
         return "—" if value is None else format(value, fmt)
 
-    lines = [f"{'module':<20} {'variant':<36} {'acc':>6} {'size (kB)':>10} {'latency (ms)':>12} "
-             f"{'energy (nJ)':>11} {'train (s)':>9}  measured on"]
+    name_width = 34
+    header = (f"{'module, then its variants':<{name_width}} {'acc':>6} {'size (kB)':>10} {'latency (ms)':>12} "
+              f"{'energy (nJ)':>11} {'train (s)':>9}")
+    lines = [header]
     order = {name: index for index, name in enumerate(COURSE_MODULES)}
-    for m in sorted(measurements, key=lambda m: order.get(m.module, len(order))):  # stable: recorded order
-        size = None if m.size_bytes is None else m.size_bytes / 1000
-        lines.append(f"{m.module:<20} {m.variant[:36]:<36} {show(m.accuracy, '.3f'):>6} "
-                     f"{show(size, ',.1f'):>10} {show(m.latency_ms, '.3f'):>12} "
-                     f"{show(m.energy_nj, ',.1f'):>11} {show(m.train_s, '.2f'):>9}  "
-                     f"{m.device}, {m.measured_on}")
+    ordered = sorted(measurements, key=lambda m: order.get(m.module, len(order)))  # stable: recorded order
+    for module in dict.fromkeys(m.module for m in ordered):
+        rows = [m for m in ordered if m.module == module]
+        where = "; ".join(dict.fromkeys(f"{m.device}, {m.measured_on}" for m in rows))
+        lines.extend(textwrap.wrap(f"{module} (measured on {where})", width, subsequent_indent="    ",
+                                   break_long_words=False, break_on_hyphens=False))
+        for m in rows:
+            size = None if m.size_bytes is None else m.size_bytes / 1000
+            numbers = (f"{show(m.accuracy, '.3f'):>6} {show(size, ',.1f'):>10} {show(m.latency_ms, '.3f'):>12} "
+                       f"{show(m.energy_nj, ',.1f'):>11} {show(m.train_s, '.2f'):>9}")
+            name = f"  {m.variant}"
+            if len(name) > name_width:  # the whole name on its own line, the numbers under it
+                lines.extend(textwrap.wrap(m.variant, width, initial_indent="  ", subsequent_indent="    "))
+                name = ""
+            lines.append(f"{name:<{name_width}} {numbers}")
     missing = not_run(measurements)
     if missing:
-        lines.append(f"not run yet: {', '.join(missing)} "
-                     "(run a module to the end and its results appear here)")
+        lines.extend(textwrap.wrap(f"not run yet: {', '.join(missing)} (run a module to the end and its "
+                                   "results appear here)", width, break_long_words=False, break_on_hyphens=False))
     return "\n".join(lines)
+
+
+def _nice_log_ticks(low: float, high: float) -> tuple[tuple[float, float], list[float]]:
+    """Axis limits and labelled ticks for a log axis over [low, high], at 1-2-5 steps (or decades when wide).
+
+    Matplotlib labels only powers of ten on a log axis, so values that span less than a decade get no
+    labelled tick at all; this picks ticks that always include at least two inside the limits.
+    """
+    low, high = min(low, high), max(low, high)
+    first, last = math.floor(math.log10(low / 1.25)) - 1, math.ceil(math.log10(high * 1.25)) + 1
+    for steps, most in (((1, 1.5, 2, 3, 5, 7), 6), ((1, 2, 5), 9), ((1,), 9)):
+        candidates = [round(m * 10.0 ** e, 12 - e) for e in range(first, last + 1) for m in steps]
+        lo = max(v for v in candidates if v <= low / 1.1)
+        hi = min(v for v in candidates if v >= high * 1.1)
+        ticks = [v for v in candidates if lo <= v <= hi]
+        if len(ticks) <= most:
+            return (lo, hi), ticks
+    return (lo, hi), [v for v in ticks if round(math.log10(v)) % 2 == 0]
+
+
+def _tick_label(value: float, unit: str) -> str:
+    """'0.02' for milliseconds; '20 k', '5 M' for bytes (plain numbers, no 10^x to decode)."""
+    if unit == "bytes":
+        for scale, prefix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+            if value >= scale:
+                return f"{value / scale:g}{prefix}"
+    return f"{value:g}"
 
 
 def tradeoff_figure(measurements: list[Measurement]):
@@ -122,7 +168,7 @@ def tradeoff_figure(measurements: list[Measurement]):
     from course.plots import OKABE_ITO as PALETTE  # colour-blind-safe, one colour per module
 
     panels = [("latency_ms", "latency per input (ms, log scale)"),
-              ("size_bytes", "model size (bytes, log scale)")]
+              ("size_bytes", "model size (bytes: k = 1,000, M = 1,000,000; log scale)")]
     usable = [m for m in measurements if m.accuracy is not None]
     if not usable:
         return None
@@ -135,7 +181,12 @@ def tradeoff_figure(measurements: list[Measurement]):
                            color=PALETTE[index % len(PALETTE)], marker=MARKERS[index % len(MARKERS)],
                            label=module, edgecolors="white", linewidths=0.5)
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # close values: minor labels would overlap
+        values = [getattr(m, field) for m in usable if getattr(m, field)]
+        if values:  # label ticks however narrow the range (a log axis labels only powers of ten)
+            limits, ticks = _nice_log_ticks(min(values), max(values))
+            ax.set_xlim(*limits)
+            ax.set_xticks(ticks, [_tick_label(v, "bytes" if field == "size_bytes" else "ms") for v in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)

@@ -79,3 +79,31 @@ def test_the_figure_plots_every_module_with_titles_and_labels(path):
 
 def test_the_course_modules_are_the_released_ones():
     assert metrics.COURSE_MODULES == settings.modules()
+
+
+@pytest.mark.parametrize("low, high", [(0.0174, 0.0193), (0.02, 0.05), (4_840, 76_840), (5.0, 5.0), (1e2, 1e9)])
+def test_a_log_axis_always_has_labelled_ticks_around_the_data(path, low, high):
+    # A log axis labels only powers of ten: latencies of 0.017-0.019 ms showed no number at all.
+    metrics.record("00_orientation", "low", accuracy=0.9, size_bytes=int(low) + 1, latency_ms=low)
+    metrics.record("00_orientation", "high", accuracy=0.95, size_bytes=int(high) + 1, latency_ms=high)
+    for ax in metrics.tradeoff_figure(metrics.load()).axes:
+        first, last = ax.get_xlim()
+        labelled = [(tick.get_loc(), tick.label1.get_text()) for tick in ax.xaxis.get_major_ticks()
+                    if tick.label1.get_text() and first <= tick.get_loc() <= last]
+        assert len(labelled) >= 2, labelled
+        data = [c.get_offsets()[:, 0] for c in ax.collections]
+        assert first < min(d.min() for d in data) and max(d.max() for d in data) < last
+
+
+def test_the_summary_fits_a_notebook_output_and_keeps_long_names_whole(path):
+    long_name = "int8 weights and activations, torchao dynamic quantization, per-channel scales"
+    metrics.record("01_edge", long_name, accuracy=0.95, size_bytes=5_000, latency_ms=0.05, energy_nj=12.0,
+                   device="cpu, 2 thread(s), onnxruntime 1.23, Intel(R) Xeon(R) Platinum 8370C CPU @ 2.80GHz")
+    metrics.record("07_foundation_models", "TinyLM, decoding with a KV cache", size_bytes=3_300_000,
+                   latency_ms=2.5)
+    text = metrics.summary(metrics.load())
+    assert max(len(line) for line in text.splitlines()) <= metrics.WIDTH
+    assert long_name in " ".join(line.strip() for line in text.splitlines())
+    assert "07_foundation_models (measured on" in text
+    for word in ("06_reliability", "07_foundation_models", "onnxruntime"):  # never cut mid-word
+        assert any(word in line for line in text.splitlines())
