@@ -28,6 +28,7 @@ from tests.notebooks import reference_answers, submission
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 START = "modules/00_orientation/00_orientation.ipynb"
+BLANK = "modules/00_orientation/blank_copy.ipynb"
 # Chromium on a closed network: no background calls home, no sandbox as root (the probe's flags)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -67,21 +68,21 @@ def lab(tmp_path_factory):
     shutil.copy(REPO / "README.md", root / "README.md")
     finished = submission("00_orientation", reference_answers("00_orientation"))
     (root / START).write_text(json.dumps(finished))
+    shutil.copy(REPO / START, root / BLANK)  # the student copy as released: no exercise answered
     # no autosave (nothing is written back), and every cell in the page, not only those scrolled to
     for plugin, values in {"docmanager-extension/plugin": {"autosave": False},
-                           "notebook-extension/tracker": {"windowingMode": "none"},
-                           "apputils-extension/notification": {"fetchNews": "false",
-                                                               "checkForUpdates": False}}.items():
+                           "notebook-extension/tracker": {"windowingMode": "none"}}.items():
         folder, name = plugin.split("/")
         (root / "settings" / "@jupyterlab" / folder).mkdir(parents=True, exist_ok=True)
         target = root / "settings" / "@jupyterlab" / folder / f"{name}.jupyterlab-settings"
         target.write_text(json.dumps(values))
 
     port = _free_port()
+    # No news or update settings here: the course's own (binder/overrides.json, installed by make lab)
+    # must keep Jupyter's "get notified about news?" pop-up away, and a test below looks for it.
     lab_args = (f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token= "
                 f"--ServerApp.password= --LabApp.user_settings_dir={root}/settings "
-                f"--LabApp.workspaces_dir={root}/workspaces --LabApp.news_url=None "
-                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
+                f"--LabApp.workspaces_dir={root}/workspaces")
     log = open(root / "lab.log", "w")
     command = ["make", "-s", "lab", f"LAB_ROOT={root}", f"LAB_ARGS={lab_args}"]
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the suite's Agg would hide the plots
@@ -169,3 +170,30 @@ def test_stuck_hints_reveal_more_in_steps(page):
     second.wait_for(state="visible", timeout=10_000)
     assert "Still stuck?" in second.locator("summary").first.inner_text()
     page.screenshot(path=str(ARTIFACTS / "05_stuck_hint_opened.png"))
+
+
+def test_no_news_pop_up_greets_the_learner(page):
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+    toasts = page.locator(".Toastify__toast")
+    texts = " ".join(toasts.all_inner_texts())
+    assert "news" not in texts.lower(), f"JupyterLab asks about news: {texts!r}"
+
+
+def test_run_all_on_a_blank_copy_reaches_every_demo(lab, page):
+    """A learner's first Run All on the student copy: unanswered test cells fail, and Run All goes on past
+    them (they are tagged raises-exception), so every demo below runs, as the instructors' guide promises."""
+    page.goto(lab[0] + "/lab/tree/" + BLANK, wait_until="domcontentloaded")
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").first.click()
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    deadline = time.monotonic() + 240
+    while _cells_not_run(page) and time.monotonic() < deadline:
+        time.sleep(1)
+    page.screenshot(path=str(ARTIFACTS / "06_blank_copy_run_all.png"))
+    assert _cells_not_run(page) == 0, "Run All stopped before the end of the student copy"
+    text = "\n".join(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").all_inner_texts())
+    assert "NotImplementedError" in text  # the unanswered exercises' test cells say so
+    plots = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output img")
+    assert plots.count() >= 2, "the demos after the exercises drew no plots"  # they ran past the exercises
