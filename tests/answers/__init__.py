@@ -138,7 +138,7 @@ def _error(cell) -> str | None:
 class Session:
     """One kernel holding a module's solution notebook, run top to bottom, for trying answers in."""
 
-    def __init__(self, module: str, cell_timeout_s: int = 300):
+    def __init__(self, module: str, cell_timeout_s: int = 300, all_visible: bool = False):
         import nbformat
         from nbclient import NotebookClient
 
@@ -148,6 +148,7 @@ class Session:
         self.client = NotebookClient(self.nb, timeout=cell_timeout_s, kernel_name="python3", allow_errors=True,
                                      interrupt_on_timeout=True, resources={"metadata": {"path": str(path.parent)}})
         self.exercises = exercises(self.nb)
+        self.all_visible = all_visible  # also try the visible tests on wrong answers not recorded as visible
         self._context = None
 
     def __enter__(self):
@@ -199,7 +200,7 @@ class Session:
                 outcome.failed |= error is not None
                 if error:
                     outcome.messages.append(f"{test.id}: {error}")
-                if answer.kind == "wrong" and error:  # does a learner's copy already show the mistake?
+                if answer.kind == "wrong" and error and (answer.visible or self.all_visible):
                     seen = self._run(FRESH_HELPERS + visible_part(test.source), index)
                     outcome.visible_failed = bool(outcome.visible_failed) or seen is not None
         finally:
@@ -225,10 +226,12 @@ def coverage_gaps(module: str, answers: list[Answer], exercise_ids) -> list[str]
     return gaps
 
 
-def run(module: str, cell: str | None = None, log=None) -> tuple[list[Outcome], list[str]]:
-    """Try every recorded answer of `module` (or of one exercise): the outcomes and the coverage gaps."""
+def run(module: str, cell: str | None = None, log=None, all_visible: bool = False
+        ) -> tuple[list[Outcome], list[str]]:
+    """Try every recorded answer of `module` (or of one exercise): the outcomes and the coverage gaps.
+    With `all_visible`, every failing wrong answer is also tried on the visible tests (slower: for reports)."""
     answers = [a for a in records(module) if cell is None or a.cell == cell]
-    with Session(module) as session:
+    with Session(module, all_visible=all_visible) as session:
         gaps = coverage_gaps(module, answers, [cell] if cell else session.exercises)
         outcomes = []
         for answer in answers:
@@ -257,14 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Try a module's recorded wrong and right answers.")
     parser.add_argument("module")
     parser.add_argument("--cell", help="only the records of this exercise")
+    parser.add_argument("--all-visible", action="store_true",
+                        help="try every failing wrong answer on the visible tests too (how many a learner sees)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    outcomes, gaps = run(args.module, args.cell, log=lambda s: print(s, flush=True))
+    outcomes, gaps = run(args.module, args.cell, log=lambda s: print(s, flush=True), all_visible=args.all_visible)
     problems = [o for o in outcomes if o.problem]
     for gap in gaps:
         print(f"✘ coverage: {gap}")
     wrong = [o for o in outcomes if o.answer.kind == "wrong"]
-    print(f"{len(wrong)} wrong answers ({sum(bool(o.visible_failed) for o in wrong)} caught by visible tests), "
+    seen = "caught by visible tests" if args.all_visible else "recorded visible and caught by them"
+    print(f"{len(wrong)} wrong answers ({sum(bool(o.visible_failed) for o in wrong)} {seen}), "
           f"{len(outcomes) - len(wrong)} right; {len(problems)} problems, {len(gaps)} coverage gaps; "
           f"{time.perf_counter() - start:.0f} s")
     return 1 if problems or gaps else 0
