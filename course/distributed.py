@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -104,17 +104,55 @@ def ring_all_reduce(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     return result, sent
 
 
+COLLECTIVE_CALLS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all",
+                    "all_to_all_single", "all_gather_single", "reduce_scatter_single", "all_gather_into_tensor",
+                    "reduce_scatter_tensor", "gather", "scatter", "all_gather_object", "broadcast_object_list")
+
+
+@contextmanager
+def watch_communication():
+    """Runs on each rank: while inside, count the bytes this rank sends point to point (`send`,
+    `isend`) and list every collective it calls, in a dict yielded to the caller. It wraps the
+    functions of `torch.distributed` (and of `distributed_c10d`, where they live) and puts them back."""
+    from torch.distributed import distributed_c10d as c10d
+
+    seen = {"sent": 0, "collectives": []}
+    originals = {(module, name): getattr(module, name) for module in (dist, c10d)
+                 for name in (*COLLECTIVE_CALLS, "send", "isend") if hasattr(module, name)}
+
+    def wrap(name, original):
+        def watched(tensor=None, *args, **kwargs):
+            if name in ("send", "isend"):
+                seen["sent"] += tensor.numel() * tensor.element_size()
+            else:
+                seen["collectives"].append(name)
+            return original(tensor, *args, **kwargs) if tensor is not None else original(*args, **kwargs)
+        return watched
+
+    try:
+        for (module, name), original in originals.items():
+            setattr(module, name, wrap(name, original))
+        yield seen
+    finally:
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
+
+
 def ring_check(all_reduce_fn, numel: int = 12, dtype=torch.float32, seed: int = 0) -> dict:
-    """Runs on each rank: `all_reduce_fn` against dist.all_reduce on a random tensor."""
+    """Runs on each rank: `all_reduce_fn` against dist.all_reduce on a random tensor; also the bytes
+    it really sent point to point and the collectives it called (a ring uses none)."""
     rank, _ = rank_and_world()
     generator = torch.Generator().manual_seed(seed + rank)
     x = (torch.randn(numel, generator=generator) * 100).to(dtype)
     expected = x.clone()
     dist.all_reduce(expected)
     before = x.clone()
-    result, sent = all_reduce_fn(x)
+    with watch_communication() as seen:
+        result, sent = all_reduce_fn(x)
+    dist.barrier()  # every rank's sends are done before the next test starts
     return {"result": result, "sent": sent, "expected": expected, "bytes": x.numel() * x.element_size(),
-            "input_unchanged": torch.equal(before, x)}
+            "input_unchanged": torch.equal(before, x), "counted_sent": seen["sent"],
+            "collectives": seen["collectives"]}
 
 
 def bytes_sent_by_busiest(design: str, n: int, size: float) -> float:
@@ -272,10 +310,14 @@ def counting_hook(counter: CommCounter, bucket):
     return default_hooks.allreduce_hook(None, bucket)
 
 
-def step_times(steps: int = 30, batch_per_rank: int = 32, hidden=(256, 256),
-               bucket_cap_mb: float = 25.0) -> dict[str, float]:
-    """Runs on each rank: median ms per DDP training step with gradient all-reduce and without it
-    (`no_sync`): the difference is what communication adds. Also all-reduces and bytes per step."""
+def step_times(steps: int = 20, batch_per_rank: int = 32, hidden=(256, 256), bucket_cap_mb: float = 25.0,
+               rounds: int = 2) -> dict[str, float]:
+    """Runs on each rank: ms per DDP training step with the gradient all-reduce and without it
+    (inside `no_sync`). The two are interleaved, batch by batch, in alternating order, so drift
+    (a warming cache, another process waking up) hits both alike; each pair's difference is what
+    communication added to that step. Returns the medians, the median difference and its
+    quartiles (`comm_q1_ms`, `comm_q3_ms`: the middle half of the paired differences), and the
+    all-reduces and bytes per synchronised step."""
     loader, _ = sharded_loader(batch_per_rank)
     model = DDP(digit_mlp(hidden, seed=0), bucket_cap_mb=bucket_cap_mb)
     counter = CommCounter()
@@ -283,25 +325,32 @@ def step_times(steps: int = 30, batch_per_rank: int = 32, hidden=(256, 256),
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     batches = list(itertools.islice(loader, steps))
 
-    def median_ms(sync: bool) -> float:
-        samples = []
-        for x, y in batches:
-            dist.barrier()
-            start = time.perf_counter()
-            with nullcontext() if sync else model.no_sync():
-                optimizer.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            samples.append(time.perf_counter() - start)
-        return 1e3 * sorted(samples)[len(samples) // 2]
+    def one_step(x, y, sync: bool) -> float:
+        dist.barrier()
+        start = time.perf_counter()
+        with nullcontext() if sync else model.no_sync():
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        return 1e3 * (time.perf_counter() - start)
 
-    median_ms(True)  # warm-up: the first steps build the buckets and connections
+    for x, y in batches:  # warm-up: the first steps build the buckets and connections
+        one_step(x, y, sync=True)
     calls, sent = counter.calls, counter.bytes
-    total = median_ms(True)
-    per_step = {"allreduces_per_step": (counter.calls - calls) / len(batches),
-                "bytes_per_step": (counter.bytes - sent) / len(batches)}
-    compute = median_ms(False)
-    return {"step_ms": total, "compute_ms": compute, "comm_ms": max(0.0, total - compute), **per_step}
+    synced, local = [], []
+    for k, (x, y) in enumerate(batches * rounds):
+        if k % 2:
+            local.append(one_step(x, y, sync=False))
+            synced.append(one_step(x, y, sync=True))
+        else:
+            synced.append(one_step(x, y, sync=True))
+            local.append(one_step(x, y, sync=False))
+    differences = torch.tensor(synced) - torch.tensor(local)
+    q1, median, q3 = torch.quantile(differences.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.double))
+    return {"step_ms": float(torch.tensor(synced).median()), "compute_ms": float(torch.tensor(local).median()),
+            "comm_ms": float(median), "comm_q1_ms": float(q1), "comm_q3_ms": float(q3),
+            "pairs": len(synced), "allreduces_per_step": (counter.calls - calls) / len(synced),
+            "bytes_per_step": (counter.bytes - sent) / len(synced)}
 
 
 def throughput(epochs: int = 2, global_batch: int = 256, hidden=(512, 512)) -> dict[str, float]:
@@ -349,6 +398,8 @@ def accumulation_check(accumulate_fn, micro: int = 4, micro_batch: int = 12, lr:
     counter = CommCounter()
     model.register_comm_hook(counter, counting_hook)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with model.no_sync():  # a previous step's gradients, still in .grad: accumulate must start from zero
+        F.cross_entropy(model(x[mine] + 1), y[mine]).backward()
     accumulate_fn(model, optimizer, micro_batches)
     weights = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
     return {"calls": counter.calls, "weights": weights}
@@ -399,6 +450,18 @@ def memory_per_rank(n_params: float, world: int, stage: int) -> float:
     return sum(n_params * b / (world if part in SHARDED[stage] else 1) for part, b in BYTES_PER_PARAM.items())
 
 
+def activation_bytes(layers: int, hidden: int, heads: int, seq: int, micro_batch: int = 1,
+                     attention_scores: bool = True) -> float:
+    """Bytes of activations a GPT-style transformer keeps from forward for backward, in 16-bit, with
+    no recomputation and no tensor or sequence parallelism: s b h (34 + 5 a s / h) per layer
+    (Korthikanti et al., 2022, "Reducing Activation Recomputation in Large Transformer Models",
+    Eq. 1). The 5 a s / h term is the attention scores, their softmax and its dropout mask;
+    kernels that recompute them in backward (FlashAttention) leave 34 s b h. ZeRO does not shard
+    activations: each rank keeps those of its own micro-batch."""
+    per_element = 34 + (5 * heads * seq / hidden if attention_scores else 0)
+    return layers * seq * micro_batch * hidden * per_element
+
+
 def bubble_fraction(stages: int, micro_batches: int) -> float:
     """Idle share of a GPipe schedule: (p - 1) / (m + p - 1) for p stages and m micro-batches."""
     if stages < 1 or micro_batches < 1:
@@ -429,6 +492,14 @@ def fsdp_shards(hidden=(256, 256)) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------- beyond one machine
+
+def torchrun_nodes(nnodes: str) -> tuple[int, int]:
+    """torchrun's `--nnodes` as (minimum, maximum): "2" and "2:2" both mean exactly two nodes;
+    "1:4" is an elastic job of one to four."""
+    from torch.distributed.run import parse_min_max_nnodes
+
+    return parse_min_max_nnodes(str(nnodes))
+
 
 def two_node_commands(host: str, port: int, nproc_per_node: int, script: str) -> list[list[str]]:
     """The torchrun command for each of two nodes meeting at host:port (c10d rendezvous)."""

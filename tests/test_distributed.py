@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import nullcontext
 
 import psutil
 import pytest
@@ -157,6 +158,21 @@ def test_ring_all_reduce_agrees_with_gloo_on_uneven_chunks():
     assert all(torch.equal(r["result"], results[0]["result"]) for r in results)  # bit-identical
     total = 10 * 8
     assert sum(r["sent"] for r in results) == 2 * (3 - 1) * total
+    assert all(r["counted_sent"] == r["sent"] and r["collectives"] == [] for r in results)
+
+
+def _library_all_reduce_claiming_ring_bytes(tensor):
+    result = tensor.detach().clone()
+    dist.all_reduce(result)
+    world = dist.get_world_size()
+    return result, 2 * (world - 1) * tensor.numel() * tensor.element_size() // world
+
+
+def test_ring_check_sees_a_library_all_reduce_that_reports_the_ring_bytes():
+    for r in launch(D.ring_check, 2, _library_all_reduce_claiming_ring_bytes, quiet=True).results:
+        assert torch.allclose(r["result"], r["expected"])  # right answer, wrong mechanism
+        assert r["collectives"] == ["all_reduce"] and r["counted_sent"] == 0
+    assert dist.all_reduce is dist.distributed_c10d.all_reduce  # put back
 
 
 def test_cost_models():
@@ -181,6 +197,19 @@ def test_manual_data_parallel_and_accumulation_equal_one_big_batch():
             torch.testing.assert_close(weights[name], single[name], atol=1e-6, rtol=0)
             torch.testing.assert_close(check["weights"][name], accumulated[name], atol=1e-6, rtol=0)
         assert check["calls"] == 1  # one all-reduce for four micro-batches
+
+
+def _accumulate_without_zero_grad(model, optimizer, micro_batches):
+    for i, (x, y) in enumerate(micro_batches):
+        with model.no_sync() if i < len(micro_batches) - 1 else nullcontext():
+            (torch.nn.functional.cross_entropy(model(x), y) / len(micro_batches)).backward()
+    optimizer.step()
+
+
+def test_accumulation_check_starts_from_stale_gradients():
+    weights = launch(D.accumulation_check, 2, _accumulate_without_zero_grad, quiet=True).results[0]["weights"]
+    expected = D.accumulation_reference(2)
+    assert any((weights[name] - expected[name]).abs().max() > 1e-4 for name in expected)
 
 
 def test_ddp_follows_the_single_process_run_through_sampler_padding():
@@ -221,3 +250,5 @@ def test_two_node_commands_parse_as_torchrun_arguments():
     assert all(p.nnodes == "2" and p.nproc_per_node == "4" and p.rdzv_endpoint == "10.0.0.1:29400"
                and p.training_script == "train.py" for p in parsed)
     assert parsed[0].rdzv_id == parsed[1].rdzv_id
+    assert D.torchrun_nodes(parsed[0].nnodes) == (2, 2)
+    assert D.torchrun_nodes("2:2") == (2, 2) and D.torchrun_nodes("1:4") == (1, 4)
