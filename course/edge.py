@@ -33,14 +33,23 @@ def _quiet_known_noise() -> None:
 _quiet_known_noise()
 
 # Energy per operation at 45 nm, 0.9 V, from M. Horowitz, "Computing's energy problem (and
-# what we can do about it)", ISSCC 2014, Figure 1.1.9. In picojoules.
+# what we can do about it)", ISSCC 2014 keynote, Figure 1.1.9 (also Han et al. 2016, EIE, Table I). In pJ.
+# An int8 multiply-accumulate multiplies in int8 but accumulates in int32 (x86 VNNI, Arm dot-product
+# instructions, ONNX Runtime's MatMulInteger all return int32), so it costs int8_mult + int32_add.
 ENERGY_PJ = {
     "int8_add": 0.03, "int8_mult": 0.2,
     "int32_add": 0.1, "int32_mult": 3.1,
     "fp32_add": 0.9, "fp32_mult": 3.7,
-    "sram_read_32bit_8KB": 5.0,       # 10 pJ per 64-bit read of an 8 KB SRAM, per 32 bits
-    "dram_read_32bit": 640.0,         # 1.3-2.6 nJ per 64-bit DRAM access: the low end, per 32 bits
 }
+
+# Energy of one 64-bit read, by where the weights live (Horowitz, ISSCC 2014, same figure): a small
+# SRAM next to the core, a large on-chip SRAM, or off-chip DRAM (1.3-2.6 nJ: we take the low end).
+# Each row: (largest weight footprint in bytes it holds, name, pJ per 64-bit access).
+WEIGHT_MEMORY = (
+    (8 * 1024, "8 KB SRAM", 10.0),
+    (1024 * 1024, "1 MB SRAM", 100.0),
+    (float("inf"), "DRAM", 1300.0),
+)
 
 
 @dataclass(frozen=True)
@@ -274,14 +283,24 @@ def linear_macs(model: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
 
 
+def weight_memory(size_bytes: float) -> tuple[str, float]:
+    """The smallest memory of `WEIGHT_MEMORY` that holds `size_bytes` of weights: (name, pJ per 64 bits)."""
+    for capacity, name, pj_per_64_bits in WEIGHT_MEMORY:
+        if size_bytes <= capacity:
+            return name, pj_per_64_bits
+    raise ValueError(f"no memory holds {size_bytes} bytes")
+
+
 def energy_per_inference_nj(macs: int, num_weights: int, bits: int) -> float:
-    """Compute (a multiply and an add per MAC) plus weight reads (32-bit SRAM words), in nJ."""
-    ops = {32: ("fp32_mult", "fp32_add"), 8: ("int8_mult", "int8_add")}
+    """Compute (a multiply and an add per MAC) plus reading every weight once from the memory that
+    holds all of them (priced per 64 bits moved), in nJ. int8 products accumulate in int32."""
+    ops = {32: ("fp32_mult", "fp32_add"), 8: ("int8_mult", "int32_add")}
     if bits not in ops:
         raise ValueError(f"bits must be 32 or 8, got {bits}")
     mult, add = ops[bits]
     compute = macs * (ENERGY_PJ[mult] + ENERGY_PJ[add])
-    memory = num_weights * bits / 32 * ENERGY_PJ["sram_read_32bit_8KB"]
+    _, pj_per_64_bits = weight_memory(num_weights * bits / 8)
+    memory = num_weights * bits / 64 * pj_per_64_bits
     return (compute + memory) / 1000.0
 
 

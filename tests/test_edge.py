@@ -158,14 +158,28 @@ def test_distillation_loss_reduces_to_cross_entropy_and_to_zero():
     assert edge.distillation_loss(t, t, y, alpha=1.0).abs() < 1e-6
 
 
-def test_energy_and_choice():
-    assert edge.energy_per_inference_nj(1000, 1000, 32) == pytest.approx((1000 * 4.6 + 1000 * 5.0) / 1000)
-    assert edge.energy_per_inference_nj(1000, 1000, 8) == pytest.approx((1000 * 0.23 + 250 * 5.0) / 1000)
+def test_energy_prices_memory_by_where_the_weights_live():
+    # 1000 fp32 weights = 4000 bytes: an 8 KB SRAM; 500 64-bit reads at 10 pJ
+    assert edge.energy_per_inference_nj(1000, 1000, 32) == pytest.approx((1000 * 4.6 + 500 * 10.0) / 1000)
+    # int8 multiplies accumulate in int32: 0.2 + 0.1 pJ per MAC; 1000 bytes, 125 reads
+    assert edge.energy_per_inference_nj(1000, 1000, 8) == pytest.approx((1000 * 0.3 + 125 * 10.0) / 1000)
+    # 300 000 fp32 weights = 1.2 MB: DRAM; as int8, 300 KB: the 1 MB SRAM
+    assert edge.weight_memory(1.2e6) == ("DRAM", 1300.0)
+    assert edge.weight_memory(300_000) == ("1 MB SRAM", 100.0)
+    assert edge.weight_memory(8 * 1024) == ("8 KB SRAM", 10.0)
+    dram = edge.energy_per_inference_nj(300_000, 300_000, 32)
+    assert dram == pytest.approx((300_000 * 4.6 + 150_000 * 1300.0) / 1000)
+    assert dram > 30 * edge.energy_per_inference_nj(300_000, 300_000, 8)   # memory dominates
     with pytest.raises(ValueError):
         edge.energy_per_inference_nj(1, 1, 4)
+
+
+def test_choose_variant_checks_every_limit():
     budget = edge.Budget(1.0, 1000, 0.9)
     rows = [{"name": "a", "latency_ms": 0.5, "size_bytes": 900, "accuracy": 0.95, "energy_nj": 2.0},
             {"name": "b", "latency_ms": 0.5, "size_bytes": 900, "accuracy": 0.95, "energy_nj": 1.0},
-            {"name": "c", "latency_ms": 5.0, "size_bytes": 9, "accuracy": 0.99, "energy_nj": 0.1}]
+            {"name": "c", "latency_ms": 5.0, "size_bytes": 9, "accuracy": 0.99, "energy_nj": 0.1},
+            {"name": "d", "latency_ms": 0.1, "size_bytes": 5000, "accuracy": 0.99, "energy_nj": 0.1},
+            {"name": "e", "latency_ms": 0.1, "size_bytes": 9, "accuracy": 0.5, "energy_nj": 0.1}]
     assert edge.choose_variant(rows, budget) == "b"
     assert edge.choose_variant(rows[2:], budget) is None
