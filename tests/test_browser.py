@@ -114,8 +114,9 @@ def page(lab):
 
 
 def _cells_not_run(tab) -> int:
-    """Code cells whose prompt does not show an execution count yet ("[ ]:" or "[*]:")."""
-    return tab.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+    """Code cells of the notebook in view whose prompt shows no execution count yet ("[ ]:" or "[*]:")."""
+    return tab.evaluate("""() => [...document.querySelectorAll(
+                                   '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-CodeCell .jp-InputPrompt')]
                                  .filter(p => !/\\[\\d+\\]/.test(p.textContent)).length""")
 
 
