@@ -25,9 +25,12 @@ from course.lm import KVCache, LMConfig, TinyLM
 
 #: Published shapes: layers, query heads, key/value heads, head dimension, parameters. Sources: Llama 2 7B's
 #: dimensions are Llama 1's (Touvron et al. 2023a, Table 2) and only Llama 2's 34B and 70B use grouped-query
-#: attention (Touvron et al. 2023b, Table 1); Mistral 7B (Jiang et al. 2023, Table 1); Llama 3 (Meta, "The
-#: Llama 3 Herd of Models", 2024, Table 3); GPT-3 (Brown et al. 2020, Table 2.1: d_model 12288, 96 heads of
-#: 128).
+#: attention (Touvron et al. 2023b, Table 1); Llama 2 70B's 8 KV heads are in Meta's released params.json
+#: (n_kv_heads 8); Mistral 7B (Jiang et al. 2023, Table 1, and its config.json; a 4,096-token sliding window
+#: caps its cache); Llama 3 (Meta, "The Llama 3 Herd of Models", 2024, Table 3); GPT-3 (Brown et al. 2020,
+#: Table 2.1: d_model 12288, 96 heads of 128). Parameters: the papers' for GPT-3, Llama 2 7B (6.7B) and Llama 3
+#: 405B; the released checkpoints' for Llama 2 70B, Mistral 7B and Llama 3 8B/70B. tests/claims/07_*.md says
+#: how each was checked.
 MODEL_SHAPES = {
     "Llama 2 7B": {"layers": 32, "q_heads": 32, "kv_heads": 32, "head_dim": 128, "params": 6.7e9},
     "Llama 2 70B": {"layers": 80, "q_heads": 64, "kv_heads": 8, "head_dim": 128, "params": 69e9},
@@ -255,7 +258,10 @@ def serving_stats(requests: list[Request], finish: dict[int, float]) -> dict[str
 @torch.no_grad()
 def measure_step_cost(model: TinyLM, batch_sizes=(1, 2, 4, 8, 16), cached_tokens: int = 48,
                       repeats: int = 7) -> tuple[StepCost, dict[int, float]]:
-    """Time one cached decoding step for each batch size and a prefill, and fit a StepCost to them."""
+    """Time one cached decoding step for each batch size and a prefill, and fit a StepCost to them.
+
+    Each time is the fastest of `repeats`: what the step costs when nothing else interferes, which a busy or
+    shared CPU (Binder) disturbs far less than a median."""
     device = next(model.parameters()).device
     times = {}
     for batch in batch_sizes:
@@ -269,10 +275,10 @@ def measure_step_cost(model: TinyLM, batch_sizes=(1, 2, 4, 8, 16), cached_tokens
             model(ids[:, -1:], cache)
             synchronize(device)
             samples.append(time.perf_counter() - start)
-        times[batch] = float(np.median(samples))
+        times[batch] = min(samples)
     slope, intercept = np.polyfit(list(times), list(times.values()), 1)
     prompt = torch.randint(0, model.config.vocab_size, (1, cached_tokens), device=device)
-    prefill = measure_time(lambda: model(prompt), repeats=repeats, warmup=1, device=device).median
+    prefill = measure_time(lambda: model(prompt), repeats=repeats, warmup=1, device=device).min
     per_token = max(prefill - times[batch_sizes[0]], 0.0) / cached_tokens
     return StepCost(max(float(intercept), 0.0), max(float(slope), 0.0), per_token), times
 

@@ -39,6 +39,20 @@ def test_kv_cache_arithmetic_for_published_shapes():
         s.kv_bytes_per_token(0, 8, 128)
 
 
+def test_published_shapes_match_their_audited_sources():
+    # (layers, query heads, KV heads, head dim) as checked for tests/claims/07_foundation_models.md
+    audited = {"GPT-3 175B": (96, 96, 96, 128), "Llama 2 7B": (32, 32, 32, 128), "Llama 2 70B": (80, 64, 8, 128),
+               "Mistral 7B": (32, 32, 8, 128), "Llama 3 8B": (32, 32, 8, 128), "Llama 3 70B": (80, 64, 8, 128),
+               "Llama 3 405B": (126, 128, 8, 128)}
+    assert set(s.MODEL_SHAPES) == set(audited)
+    for name, (layers, q_heads, kv_heads, head_dim) in audited.items():
+        shape = s.MODEL_SHAPES[name]
+        assert (shape["layers"], shape["q_heads"], shape["kv_heads"], shape["head_dim"]) == (
+            layers, q_heads, kv_heads, head_dim), name
+    assert s.kv_bytes_per_token(126, 8, 128) / 1024 == 504  # the notebook's "128 to 504 KiB" for GQA
+    assert s.kv_bytes_per_token(96, 96, 128) / 1024 == 4608
+
+
 def test_the_allocator_hands_out_whole_blocks_and_loses_nothing_when_full():
     alloc = s.BlockAllocator(n_blocks=4, block_size=4)
     alloc.append("a", 5)
