@@ -8,6 +8,7 @@ Taught in 03_profiling. The slow pipeline is correct but wasteful in the ways re
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -20,9 +21,12 @@ from course.data import epoch_orders
 
 UPSCALE = 4  # 8x8 digits become 32x32 images: enough work for a convolution to matter
 
-# Published peak figures, for the roofline's comparison. Dense, without sparsity.
-# NVIDIA H100 SXM5 datasheet (2023): 989 TFLOP/s BF16 tensor core, 67 TFLOP/s FP32, 3.35 TB/s HBM3.
-# Google Cloud TPU v5e documentation (2023): 197 TFLOP/s BF16, 819 GB/s HBM2e per chip.
+# Published peak figures, for the roofline's comparison: dense (no 2:4 sparsity), per chip.
+# NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column: FP32 67 TFLOP/s; BF16 Tensor Core
+# 1,979 TFLOP/s "with sparsity", so 989 dense (the footnote: half without sparsity); GPU memory
+# bandwidth 3.35 TB/s. Ridge points: FP32 67 / 3.35 = 20 FLOP/byte, BF16 989 / 3.35 = 295.
+# Google Cloud TPU v5e documentation, "System architecture" table: 197 TFLOP/s BF16 per chip,
+# HBM2 16 GB at 819 GB/s. Ridge point: 197 / 0.819 = 240 FLOP/byte.
 ACCELERATORS = {
     "NVIDIA H100 SXM (BF16)": (989e12, 3.35e12),
     "NVIDIA H100 SXM (FP32)": (67e12, 3.35e12),
@@ -38,6 +42,33 @@ def benchmark(fn, threads: int = 1, min_run_time: float = 0.2):
 
     timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     return timer.blocked_autorange(min_run_time=min_run_time)
+
+
+def op_table(prof, k: int = 8, sort_by: str = "self_cpu_time_total", width: int = 40) -> str:
+    """A narrow text table of a profile's top-k operators (fits a notebook; key_averages().table
+    has ten wide columns): name, self CPU time, its share, calls and self CPU memory."""
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    memory = any(e.self_cpu_memory_usage for e in events)    # recorded only with profile_memory=True
+    events = sorted(events, key=lambda e: getattr(e, sort_by), reverse=True)[:k]
+    lines = [f"{'operator':<{width}} {'self CPU':>10} {'share':>6} {'calls':>6}" + (f" {'self mem':>9}" if memory else "")]
+    for e in events:
+        name = e.key if len(e.key) <= width else e.key[:width - 3] + "..."
+        lines.append(f"{name:<{width}} {e.self_cpu_time_total / 1e3:>8.2f}ms {e.self_cpu_time_total / total:>6.1%} "
+                     f"{e.count:>6}" + (f" {e.self_cpu_memory_usage / 2**20:>7.2f}MB" if memory else ""))
+    return "\n".join(lines)
+
+
+def interleaved_times(runs: dict, repeats: int = 3) -> dict[str, list[float]]:
+    """Wall seconds of each named zero-argument callable, `repeats` times each, in rounds
+    (a, b, c, a, b, c, ...), so that a slow patch of a busy machine hits every variant alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
 
 
 def top_ops(prof, k: int = 5) -> list[str]:
@@ -131,8 +162,9 @@ def pipeline(model: nn.Module, digits, epochs: int = 2, seed: int = 0, batch_siz
              lr: float = 0.05, fixes: tuple[str, ...] = ()) -> tuple[nn.Module, list[tuple[float, float]]]:
     """Train `epochs` epochs, validating after each; return (model, [(mean loss, val accuracy)]).
 
-    With no `fixes` this is the deliberately slow baseline; each name in FIXES removes one waste.
-    Every variant follows the same batches and updates, so results agree up to float rounding.
+    With no `fixes` this is the deliberately slow baseline; each name in FIXES removes one waste,
+    and any subset may be applied (03_profiling ablates them one at a time). Every variant follows
+    the same batches and updates, so results agree up to float rounding.
     """
     unknown = set(fixes) - set(FIXES)
     if unknown:
@@ -140,28 +172,25 @@ def pipeline(model: nn.Module, digits, epochs: int = 2, seed: int = 0, batch_siz
     train, val = digits.train, digits.val
     dtype = torch.float32 if "float32" in fixes else torch.float64
     model = model.to(dtype)
+    layout = torch.channels_last if "channels_last" in fixes else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    slow_train, slow_val = SlowDigits(train.x, train.y, train.x), SlowDigits(val.x, val.y, train.x)
     if "tensors once" in fixes:
         pixels = train.x.double()
         mean, std = pixels.mean().item(), pixels.std(correction=0).item()
         images, val_images = prepare_images(train.x, mean, std), prepare_images(val.x, mean, std)
-        if "channels_last" in fixes:
-            model = model.to(memory_format=torch.channels_last)
-            images = images.contiguous(memory_format=torch.channels_last)
-            val_images = val_images.contiguous(memory_format=torch.channels_last)
-    slow_train, slow_val = SlowDigits(train.x, train.y, train.x), SlowDigits(val.x, val.y, train.x)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     history = []
     for order in epoch_orders(len(train), epochs, seed):
         model.train()
         if "tensors once" in fixes:
-            batches = ((images[idx].to(dtype), train.y[idx]) for idx in order.split(batch_size))
+            batches = ((images[idx], train.y[idx]) for idx in order.split(batch_size))
         else:
-            loader = DataLoader(slow_train, batch_size, sampler=order.tolist())
-            batches = ((xb.to(dtype), yb) for xb, yb in loader)
+            batches = DataLoader(slow_train, batch_size, sampler=order.tolist())
         losses, total = [], torch.zeros((), dtype=dtype)
         for xb, yb in batches:
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            loss = F.cross_entropy(model(xb.to(dtype).contiguous(memory_format=layout)), yb)
             loss.backward()
             optimizer.step()
             if "no per-step sync" in fixes:
@@ -171,14 +200,18 @@ def pipeline(model: nn.Module, digits, epochs: int = 2, seed: int = 0, batch_siz
         mean_loss = (total / len(order.split(batch_size))).item() if "no per-step sync" in fixes \
             else sum(losses) / len(losses)
         model.eval()
-        if "batched validation" in fixes and "tensors once" in fixes:
+        if "batched validation" in fixes:                # one forward pass, no autograd
+            if "tensors once" not in fixes:                # still built item by item, the slow way
+                val_images = torch.stack([slow_val[i][0] for i in range(len(slow_val))])
             with torch.inference_mode():
-                accuracy = (model(val_images.to(dtype)).argmax(1) == val.y).float().mean().item()
+                batch = val_images.to(dtype).contiguous(memory_format=layout)
+                accuracy = (model(batch).argmax(1) == val.y).float().mean().item()
         else:                                            # one sample at a time, autograd recording
             correct = 0
             for i in range(len(slow_val)):
                 image, label = slow_val[i]
-                correct += int(model(image.to(dtype).unsqueeze(0)).argmax(1).item() == label)
+                image = image.to(dtype).unsqueeze(0).contiguous(memory_format=layout)
+                correct += int(model(image).argmax(1).item() == label)
             accuracy = correct / len(slow_val)
         history.append((mean_loss, accuracy))
     return model, history
