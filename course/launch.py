@@ -114,7 +114,7 @@ def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, thread
         failures = _silent_death(job, output) + _failures(job, _notebook_code(fn, args, kwargs))
         if returncode != 0 or (failures and not max_restarts):  # a restarted group may have recovered
             detail = "\n\n".join(failures) if failures else _crash_logs(job, nproc) or _tail(output)
-            if failures and failures[0].split(": ", 2)[1] == "NotImplementedError":
+            if failures and re.match(r"rank \d+: NotImplementedError\b", failures[0]):
                 # An exercise stub: raise what a local call would, so the learner sees the same error.
                 raise NotImplementedError(f"{shown}: {failures[0]}")
             raise WorkerError(f"{shown} failed (exit code {returncode}).\n{detail}")

@@ -88,6 +88,15 @@ def test_an_exception_in_notebook_code_shows_its_rank_type_message_and_source_li
     assert not _descendants()
 
 
+def _a_stub():
+    raise NotImplementedError
+
+
+def test_an_exercise_stub_on_a_rank_raises_not_implemented_as_a_local_call_would():
+    with pytest.raises(NotImplementedError, match="rank 0: NotImplementedError"):
+        launch(_a_stub, 2, quiet=True)
+
+
 def test_a_stuck_collective_times_out_instead_of_hanging():
     start = time.perf_counter()
     with pytest.raises(WorkerError, match="Timed out"):
