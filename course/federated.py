@@ -10,7 +10,9 @@ from a notebook, with experiment settings and handlers the notebook supplies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import traceback
 import os
 import tempfile
 import time
@@ -158,29 +160,121 @@ def clip_update(state: dict[str, torch.Tensor], reference: dict[str, torch.Tenso
     return {k: reference[k] + delta[k] * scale for k in reference}
 
 
-def pairwise_masks(n_clients: int, shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
-    """Secure aggregation's masks: each pair (i, j), i < j, shares a random tensor that i adds and
-    j subtracts, so every mask looks random but they sum to zero."""
-    masks = [torch.zeros(shape, dtype=torch.float64) for _ in range(n_clients)]
-    for i in range(n_clients):
-        for j in range(i + 1, n_clients):
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + j)
-            shared = torch.randn(shape, generator=generator, dtype=torch.float64)
-            masks[i] += shared
-            masks[j] -= shared
-    return masks
+MODULUS = 2**32  # secure aggregation works on integers modulo R: here R = 2^32
+
+
+def pair_seed(seed: int, u: int, v: int) -> int:
+    """The seed that clients u and v share (in Bonawitz et al. 2017, from a Diffie-Hellman key agreement;
+    here derived from the round's `seed`). Symmetric: pair_seed(s, u, v) == pair_seed(s, v, u)."""
+    u, v = min(u, v), max(u, v)
+    digest = hashlib.sha256(f"secagg:{seed}:{u}:{v}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # a non-negative 63-bit seed for torch.Generator
+
+
+def pair_mask(seed: int, shape: tuple[int, ...], modulus: int = MODULUS) -> torch.Tensor:
+    """The mask a pair's shared seed expands to: integers drawn uniformly from [0, modulus), int64."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, modulus, shape, generator=generator, dtype=torch.int64)
+
+
+def client_mask(u: int, n_clients: int, shape: tuple[int, ...], seeds: Callable[[int, int], int],
+                modulus: int = MODULUS) -> torch.Tensor:
+    """Client u's secure-aggregation mask, from the seeds it shares with each other client only:
+    for every v != u, the pair's mask p_uv = pair_mask(seeds(u, v)) is added when u < v and subtracted
+    when u > v, modulo `modulus`. Over all clients the masks sum to 0 modulo `modulus`."""
+    if not 0 <= u < n_clients:
+        raise ValueError(f"car {u} is not one of the {n_clients} cars")
+    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus
+    return mask
+
+
+def quantize(update: torch.Tensor, scale: float, modulus: int = MODULUS) -> torch.Tensor:
+    """Fixed point: round(update * scale) as an integer modulo `modulus` (negatives wrap around)."""
+    return torch.round(update.double() * scale).to(torch.int64) % modulus
+
+
+def dequantize(total: torch.Tensor, scale: float, modulus: int = MODULUS) -> torch.Tensor:
+    """The inverse of `quantize` for a sum: integers >= modulus/2 stand for negatives."""
+    signed = torch.where(total >= modulus // 2, total - modulus, total)
+    return signed.double() / scale
+
+
+def gaussian_dp_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Epsilon of `rounds` releases of the Gaussian mechanism with noise std = noise_multiplier times the
+    sensitivity, every client in every round (no subsampling), at the given delta.
+
+    Gaussian differential privacy (Dong, Roth and Su, "Gaussian Differential Privacy", JRSS-B 2022):
+    the Gaussian mechanism with noise std sigma * sensitivity is mu-GDP with mu = 1/sigma (their Theorem 1);
+    T such releases compose to mu = sqrt(T)/sigma (their composition theorem for GDP); and mu-GDP is
+    (epsilon, delta)-DP exactly when delta = Phi(-epsilon/mu + mu/2) - e^epsilon Phi(-epsilon/mu - mu/2)
+    (their Corollary 1), solved here for epsilon. Without subsampling this is exact, not a bound.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    if noise_multiplier <= 0:
+        return float("inf")
+    mu = np.sqrt(rounds) / noise_multiplier
+
+    def excess(eps: float) -> float:
+        return norm.cdf(-eps / mu + mu / 2) - np.exp(eps + norm.logcdf(-eps / mu - mu / 2)) - delta
+
+    if excess(0.0) <= 0:
+        return 0.0
+    high = 1.0
+    while excess(high) > 0:
+        high *= 2
+    return float(brentq(excess, 0.0, high, xtol=1e-6))
+
+
+def federate(n_clients: int = 4, rounds: int = 10, partitioning: str = "iid", alpha: float = 0.5,
+             mu: float = 0.0, seed: int = 0, local_epochs: int = 5, lr: float = 0.2,
+             proximal: Callable | None = None) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """FedAvg (FedProx when mu > 0) in this process, every client every round: the loop Flower's strategy
+    runs, without Flower, so several seeds are affordable. `seed` picks the partition, the initial model
+    and the local shuffles. Returns (test accuracy after each round, the final global state dict)."""
+    train, test = load_digit_splits().train, load_digit_splits().test
+    parts = partition(partitioning, n_clients, alpha=alpha, seed=seed)
+    model = digit_mlp(HIDDEN, seed=seed)
+    curve = []
+    for server_round in range(1, rounds + 1):
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        updates = []
+        for part in parts:
+            model.load_state_dict(start)
+            idx = torch.from_numpy(part)
+            local_train(model, train.x[idx], train.y[idx], epochs=local_epochs, lr=lr, mu=mu,
+                        seed=seed * 1000 + server_round, proximal=proximal or proximal_term)
+            updates.append(({k: v.clone() for k, v in model.state_dict().items()}, len(part)))
+        model.load_state_dict(fedavg(updates))
+        curve.append(accuracy(model, test))
+    return curve, model.state_dict()
 
 
 def client_drift(proximal: Callable, mu: float, client: int = 0, alpha: float = 0.1, n_clients: int = 4,
-                 epochs: int = 5, lr: float = 0.2) -> float:
-    """How far one round of local training moves a client from the global model: ||w_k - w_g||."""
+                 epochs: int = 5, lr: float = 0.2, warmup_rounds: int = 3, seed: int = 0) -> float:
+    """How far one round of local training moves a client from the global model, ||w_k - w_g||, where
+    w_g is the global model after `warmup_rounds` rounds of FedAvg on the same Dirichlet(alpha) split
+    (the drift that matters is from a model the fleet has trained, not from a random one)."""
     train = load_digit_splits().train
-    idx = torch.from_numpy(partition("dirichlet", n_clients, alpha)[client])
-    model = digit_mlp(HIDDEN, seed=0)
+    _, start_state = _warm_global(n_clients, alpha, warmup_rounds, seed, epochs, lr)
+    idx = torch.from_numpy(partition("dirichlet", n_clients, alpha, seed=seed)[client])
+    model = digit_mlp(HIDDEN, seed=seed)
+    model.load_state_dict(start_state)
     start = [p.detach().clone() for p in model.parameters()]
-    local_train(model, train.x[idx], train.y[idx], epochs=epochs, lr=lr, mu=mu, proximal=proximal)
+    local_train(model, train.x[idx], train.y[idx], epochs=epochs, lr=lr, mu=mu, seed=warmup_rounds + 1,
+                proximal=proximal)
     moved = sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True))
     return torch.sqrt(moved).item()
+
+
+@functools.lru_cache(maxsize=4)
+def _warm_global(n_clients: int, alpha: float, rounds: int, seed: int, epochs: int, lr: float):
+    return federate(n_clients, rounds, "dirichlet", alpha, seed=seed, local_epochs=epochs, lr=lr)
 
 
 def central_baseline(epochs: int, lr: float = 0.2, seed: int = 0) -> float:
@@ -254,20 +348,62 @@ def client_train(msg: Message, context: Context, proximal: Callable = proximal_t
                        lr=float(config.get("lr", 0.2)),
                        mu=float(config.get("proximal-mu", 0.0)), seed=int(config.get("server-round", 0)),
                        proximal=proximal)
+    # "num-cars" = 1 lets a strategy average uniformly (weighted_by_key="num-cars"), as central DP needs
     reply = RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                        "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)})})
+                        "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y), "num-cars": 1})})
     return Message(reply, reply_to=msg)
 
 
+class ClientCodeError(RuntimeError):
+    """An exception raised by the train handler on a Flower node, carried back with its traceback."""
+
+
+# Starts the reason of a failed reply that is a bug in the handler (not a car that dropped out).
+CLIENT_CODE_ERROR = "exception in the ClientApp's train handler"
+
+
 def make_client_app(train_handler: Callable = client_train) -> ClientApp:
-    """A ClientApp whose train handler is `train_handler(msg, context) -> Message`."""
+    """A ClientApp whose train handler is `train_handler(msg, context) -> Message`.
+
+    Flower turns an exception in a ClientApp into a failed reply and goes on without that node, so a
+    bug in the handler would only show as a model that never learns. This wrapper puts the handler's
+    formatted traceback into the reply's error reason; `run_experiments` raises it on the server side
+    (in the notebook, for `simulate`). A `ClientDroppedOut` passes through as the failure it models.
+    """
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return train_handler(msg, context)
+        try:
+            return train_handler(msg, context)
+        except ClientDroppedOut:
+            raise
+        except Exception as error:
+            raise ClientCodeError(f"{CLIENT_CODE_ERROR} on node {context.node_id} "
+                                  f"(partition-id {context.node_config.get('partition-id')}):\n"
+                                  + traceback.format_exc()) from error
 
     return app
+
+
+class _WatchedGrid:
+    """The strategy's Grid, except that a reply carrying a handler's traceback stops the run with it."""
+
+    def __init__(self, grid: Grid, errors: list[str]):
+        self._grid, self._errors = grid, errors
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *args, **kwargs):
+        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
+        for reply in replies:
+            if reply.has_error() and CLIENT_CODE_ERROR in reply.error.reason:
+                reason = reply.error.reason
+                self._errors.append(reason[reason.index(CLIENT_CODE_ERROR):].rstrip("'>"))
+        if self._errors:
+            raise ClientCodeError(self._errors[0])
+        return replies
 
 
 # ----------------------------------------------------------------- the server side
@@ -296,8 +432,13 @@ class Experiment:
     accuracy: list[float] = field(default_factory=list)  # test accuracy after each round
 
     def strategy(self, n_clients: int):
+        # min_train_nodes: the fewest nodes sampled per round; min_available_nodes: how many must be
+        # connected before a round starts (the strategy waits). Neither is a quorum of replies: a round
+        # averages whatever replies arrive, and keeps the model only when none does.
         common = {"fraction_train": self.fraction_train, "fraction_evaluate": 0.0,
                   "min_train_nodes": self.min_train_nodes, "min_available_nodes": n_clients}
+        if self.noise_multiplier is not None:  # central DP's noise sigma*C/n assumes a uniform average
+            common["weighted_by_key"] = "num-cars"
         if self.proximal_mu > 0:
             strategy = FedProx(proximal_mu=self.proximal_mu, **common)
         else:
@@ -315,11 +456,13 @@ class Experiment:
 
 
 def run_experiments(grid: Grid, experiments: dict[str, Experiment], n_clients: int,
-                    progress: bool = False) -> None:
+                    progress: bool = False, errors: list[str] | None = None) -> None:
     """Run each experiment with Flower's strategy on `grid`, recording test accuracy per round.
 
-    With `progress`, one bar counts the rounds of all the experiments.
+    With `progress`, one bar counts the rounds of all the experiments. A node whose train handler
+    raised stops the run with `ClientCodeError` carrying its traceback (also appended to `errors`).
     """
+    grid = _WatchedGrid(grid, [] if errors is None else errors)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(e.rounds for e in experiments.values()), desc="federated rounds", leave=False,
@@ -369,9 +512,11 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
 
     server = ServerApp()
 
+    errors: list[str] = []
+
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_experiments(grid, experiments, n_clients, progress=progress)
+        run_experiments(grid, experiments, n_clients, progress=progress, errors=errors)
 
     ray_dir = tempfile.mkdtemp(prefix="ray-")
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -388,11 +533,17 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(server_app=server, client_app=make_client_app(train_handler),
                            num_supernodes=n_clients, backend_config=backend)
+    except Exception:
+        if not errors:
+            raise  # else: the handler's own traceback, raised below, says more than Flower's wrapper
     finally:
         flwr_logger.setLevel(level)
         # Ray's shutdown signals its workers but does not wait for them: wait (and reap) here,
         # so the notebook's kernel holds no half-dead Ray process after the call returns.
         _reap_children(exclude=before)
+    if errors:  # Flower logged it (silenced here) and went on: the notebook must see it
+        raise ClientCodeError(f"a car's ClientApp raised an exception, so the run stopped. "
+                              f"Its traceback, from the Flower node:\n\n{errors[0]}") from None
     missing = [name for name, e in experiments.items() if len(e.accuracy) != e.rounds]
     if missing:
         raise RuntimeError(f"the simulation stopped early for {missing}; rerun with verbose=True to see "

@@ -52,10 +52,94 @@ def test_proximal_gradient_and_privacy_pieces():
     reference = {"w": torch.zeros(4)}
     clipped = fl.clip_update({"w": torch.tensor([3.0, 4.0, 0.0, 0.0])}, reference, clip_norm=1.0)
     torch.testing.assert_close(clipped["w"], torch.tensor([0.6, 0.8, 0.0, 0.0]))
-    masks = fl.pairwise_masks(5, (3,), seed=2)
-    torch.testing.assert_close(sum(masks), torch.zeros(3, dtype=torch.float64))
-    assert all(m.abs().sum() > 0 for m in masks)
     assert fl.client_drift(fl.proximal_term, mu=1.0) < fl.client_drift(fl.proximal_term, mu=0.0)
+
+
+def test_secure_aggregation_masks_are_pairwise_uniform_and_cancel():
+    modulus = 2**32
+
+    def seeds_of(u):
+        def seeds(a, b):
+            assert u in (a, b), f"car {u} asked for the seed of pair ({a}, {b})"
+            return fl.pair_seed(5, a, b)
+        return seeds
+
+    masks = [fl.client_mask(u, 5, (1000,), seeds_of(u)) for u in range(5)]
+    assert all(m.dtype == torch.int64 and int(m.min()) >= 0 and int(m.max()) < modulus for m in masks)
+    assert bool((sum(masks) % modulus == 0).all())
+    quarters = torch.bincount(masks[0] // (modulus // 4), minlength=4) / 1000
+    assert bool(((quarters > 0.18) & (quarters < 0.32)).all()), quarters
+    assert fl.pair_seed(5, 1, 3) == fl.pair_seed(5, 3, 1) != fl.pair_seed(6, 1, 3)
+    with pytest.raises(ValueError):
+        fl.client_mask(5, 5, (2,), seeds_of(5))
+    updates = [torch.tensor([-0.5, 0.25, 1e-3]), torch.tensor([0.1, -0.3, 0.0])]
+    scale = 2**16
+    sent = [(fl.quantize(x, scale) + m) % modulus
+            for x, m in zip(updates, [fl.client_mask(u, 2, (3,), seeds_of(u)) for u in range(2)], strict=True)]
+    torch.testing.assert_close(fl.dequantize(sum(sent) % modulus, scale), sum(updates).double(), atol=1 / scale,
+                               rtol=0)
+
+
+def test_gaussian_dp_epsilon_inverts_the_gdp_curve_and_composes():
+    from scipy.stats import norm
+
+    eps = fl.gaussian_dp_epsilon(1.0, 10, 1e-5)
+    mu = np.sqrt(10)
+    delta = norm.cdf(-eps / mu + mu / 2) - np.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+    assert abs(delta - 1e-5) < 1e-8
+    # T rounds at sigma equal one round at sigma / sqrt(T); more noise, smaller epsilon
+    assert abs(fl.gaussian_dp_epsilon(2.0, 4, 1e-5) - fl.gaussian_dp_epsilon(1.0, 1, 1e-5)) < 1e-4
+    assert fl.gaussian_dp_epsilon(3.0, 10, 1e-5) < eps < fl.gaussian_dp_epsilon(0.3, 10, 1e-5)
+    assert fl.gaussian_dp_epsilon(0.0, 10, 1e-5) == float("inf")
+
+
+def test_in_process_federation_learns_on_iid_data():
+    curve, state = fl.federate(n_clients=3, rounds=3, seed=1, local_epochs=3)
+    assert len(curve) == 3 and curve[-1] > 0.85 and curve[-1] > curve[0]
+    assert set(state) == set(digit_mlp(fl.HIDDEN).state_dict())
+
+
+def _buggy_handler():
+    def client_train(msg, context):  # a learner's typo: "local_epochs" for "local-epochs"
+        config = msg.content["config"]
+        return int(config["local_epochs"])
+    return client_train
+
+
+def test_an_exception_in_the_client_handler_carries_its_traceback_to_the_server():
+    from flwr.app import Error, Message
+
+    request = fl.train_request(RecordDict({"arrays": ArrayRecord(digit_mlp(fl.HIDDEN).state_dict()),
+                                           "config": ConfigRecord({"local-epochs": 1})}))
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 4},
+                      state=RecordDict(), run_config={})
+    with pytest.raises(fl.ClientCodeError) as raised:
+        fl.make_client_app(_buggy_handler())(message=request, context=context)
+    assert "Traceback" in str(raised.value) and "KeyError: 'local_epochs'" in str(raised.value)
+    # Flower turns it into a failed reply with this reason (flwr/supernode/runtime/run_clientapp.py)
+    reason = str(type(raised.value)) + ":<'" + str(raised.value) + "'>"
+
+    class Grid:
+        def get_node_ids(self):
+            return [7]
+
+        def send_and_receive(self, messages, timeout=None):
+            return [Message(Error(code=2, reason=reason), reply_to=request)]
+
+    errors = []
+    grid = fl._WatchedGrid(Grid(), errors)
+    assert grid.get_node_ids() == [7]
+    with pytest.raises(fl.ClientCodeError, match="local_epochs"):
+        grid.send_and_receive([])
+    assert len(errors) == 1 and "KeyError" in errors[0]
+    # a planned dropout is an ordinary failed reply: it does not stop the run
+    dropped = fl.ClientDroppedOut("client 0 is out of reach in round 1")
+
+    class DropGrid(Grid):
+        def send_and_receive(self, messages, timeout=None):
+            return [Message(Error(code=2, reason=str(type(dropped)) + ":<'" + str(dropped) + "'>"), reply_to=request)]
+
+    assert len(fl._WatchedGrid(DropGrid(), []).send_and_receive([])) == 1
 
 
 def test_client_handler_replies_with_its_partition_and_weights():
@@ -83,6 +167,12 @@ def test_simulation_learns_and_leaves_no_process():
     runs = fl.simulate({"iid": fl.Experiment(rounds=3), "dropouts": fl.Experiment(rounds=3, drop_rate=0.5)})
     assert runs["iid"].accuracy[-1] > 0.85
     assert len(runs["dropouts"].accuracy) == 3
+    assert not lasting_children()
+
+
+def test_simulation_raises_a_handlers_exception_in_the_calling_process():
+    with pytest.raises(fl.ClientCodeError, match=r"(?s)Traceback.*KeyError: 'local_epochs'"):
+        fl.simulate({"buggy": fl.Experiment(rounds=2)}, train_handler=_buggy_handler(), progress=False)
     assert not lasting_children()
 
 

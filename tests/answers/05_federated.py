@@ -1,0 +1,241 @@
+"""Recorded answers for 05_federated: mistakes learners really make must lose points; other correct answers keep them."""
+from tests.answers import Right, Wrong
+
+ANSWERS = [
+    # ------------------------------------------------------------------ partition
+    Wrong("partition", "splits the IID indices in order, without shuffling", visible=True,
+          replace=[("order = np.random.default_rng(seed).permutation(len(labels))", "order = np.arange(len(labels))")]),
+    Wrong("partition", "draws one set of Dirichlet shares for all classes, so every car gets the same mix",
+          visible=True,
+          replace=[("            shares = rng.dirichlet(np.full(n_clients, alpha))\n", ""),
+                   ("        parts = [[] for _ in range(n_clients)]\n",
+                    "        parts = [[] for _ in range(n_clients)]\n"
+                    "        shares = rng.dirichlet(np.full(n_clients, alpha))\n")]),
+    Wrong("partition", "never redraws, so a car can end up with fewer than min_size samples",
+          replace=[("        if min(len(p) for p in result) >= min_size:\n            return result\n",
+                    "        return result\n")]),
+    Wrong("partition", "an unseeded generator for the Dirichlet draws", visible=True,
+          replace=[("    rng = np.random.default_rng(seed)\n", "    rng = np.random.default_rng()\n")]),
+    Wrong("partition", "cuts at every cumulative share, including the last (off by one)", visible=True,
+          replace=[("enumerate(np.split(idx, (np.cumsum(shares)[:-1] * len(idx))",
+                    "enumerate(np.split(idx, (np.cumsum(shares) * len(idx))")]),
+    Right("partition", "shuffles in place and cuts with a while loop", source='''def iid_partition(labels, n_clients, seed=0):
+    if not 1 <= n_clients <= len(labels):
+        raise ValueError("bad n_clients")
+    order = np.arange(len(labels))
+    np.random.default_rng(seed).shuffle(order)
+    return [np.sort(part) for part in np.array_split(order, n_clients)]
+
+
+def dirichlet_partition(labels, n_clients, alpha, seed=0, min_size=10):
+    labels = np.asarray(labels)
+    if alpha <= 0 or n_clients < 1 or n_clients * min_size > len(labels):
+        raise ValueError("bad arguments")
+    rng = np.random.default_rng(seed)
+    tries = 0
+    while tries < 1000:
+        tries += 1
+        owner = np.empty(len(labels), dtype=int)
+        for cls in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == cls))
+            cuts = (np.cumsum(rng.dirichlet([alpha] * n_clients))[:-1] * len(idx)).astype(int)
+            for client, piece in enumerate(np.split(idx, cuts)):
+                owner[piece] = client
+        parts = [np.flatnonzero(owner == client) for client in range(n_clients)]
+        if min(len(p) for p in parts) >= min_size:
+            return parts
+    raise ValueError("no partition found")
+'''),
+
+    # ------------------------------------------------------------------ fedavg
+    Wrong("fedavg", "averages the clients equally, ignoring their number of examples", visible=True,
+          replace=[("state[key].double() * (n / total)", "state[key].double() / len(updates)")]),
+    Wrong("fedavg", "returns float64 tensors: forgets to convert back to the clients' dtype", visible=True,
+          replace=[(".to(updates[0][0][key].dtype)", "")]),
+    Wrong("fedavg", "integer division of the example counts", visible=True,
+          replace=[("state[key].double() * (n / total)", "state[key].double() * (n // total)")]),
+    Wrong("fedavg", "accumulates into the first client's tensors, changing the clients' updates in place",
+          source='''def fedavg(updates):
+    if not updates:
+        raise ValueError("no updates")
+    total = sum(n for _, n in updates)
+    result = updates[0][0]
+    for key in result:
+        result[key] *= updates[0][1] / total
+        for state, n in updates[1:]:
+            result[key] += state[key] * (n / total)
+    return result
+'''),
+    Wrong("fedavg", "weights by the example counts but forgets to divide by their total", visible=True,
+          replace=[("state[key].double() * (n / total)", "state[key].double() * n")]),
+    Right("fedavg", "stacks each key and weights it with a tensor of shares", source='''def fedavg(updates):
+    if len(updates) == 0:
+        raise ValueError("no updates")
+    counts = torch.tensor([float(n) for _, n in updates], dtype=torch.float64)
+    if counts.sum() <= 0:
+        raise ValueError("no examples")
+    shares = counts / counts.sum()
+    averaged = {}
+    for key, first in updates[0][0].items():
+        stacked = torch.stack([state[key].double() for state, _ in updates])
+        averaged[key] = torch.tensordot(shares, stacked, dims=1).to(first.dtype)
+    return averaged
+'''),
+
+    # ------------------------------------------------------------------ client
+    Wrong("client", "trains a fresh model: forgets to load the global weights", visible=True,
+          replace=[('    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())\n    x, y', "    x, y")]),
+    Wrong("client", "seeds local training with 0 instead of the round number", visible=True,
+          replace=[('0.0)), seed=int(config["server-round"]))\n    content', "0.0)), seed=0)\n    content")]),
+    Wrong("client", "ignores FedProx's proximal-mu from the config",
+          replace=[('\n                           mu=float(config.get("proximal-mu", 0.0))', "\n                           mu=0.0")]),
+    Wrong("client", "reports the whole training set's size as num-examples", visible=True,
+          replace=[('"num-examples": len(y)})})\n    return', '"num-examples": len(train_labels)})})\n    return')]),
+    Wrong("client", "reads config['local_epochs'] for 'local-epochs' (KeyError)", visible=True,
+          replace=[('\n    loss = ref.local_train(model, x, y, epochs=int(config["local-epochs"])',
+                    '\n    loss = ref.local_train(model, x, y, epochs=int(config["local_epochs"])')]),
+    Right("client", "reads the config with get(), counts len(x), builds the reply in steps", source='''def client_train(msg, context):
+    config = msg.content["config"]
+    weights = msg.content["arrays"].to_torch_state_dict()
+    model = digit_mlp(ref.HIDDEN, seed=0)
+    model.load_state_dict(weights)
+    x, y = ref.client_data(context, config)
+    loss = ref.local_train(model, x, y, epochs=int(config.get("local-epochs", 1)), lr=float(config.get("lr", 0.1)),
+                           mu=float(config.get("proximal-mu", 0.0)), seed=int(config.get("server-round", 0)))
+    metrics = MetricRecord({"train_loss": float(loss), "num-examples": int(x.shape[0])})
+    content = RecordDict()
+    content["arrays"] = ArrayRecord(model.state_dict())
+    content["metrics"] = metrics
+    return Message(content, reply_to=msg)
+'''),
+
+    # ------------------------------------------------------------------ fedprox
+    Wrong("fedprox", "forgets the 1/2: mu * ||w - g||^2", visible=True,
+          replace=[("return mu / 2 * sum(", "return mu * sum(")]),
+    Wrong("fedprox", "the norm instead of the squared norm", visible=True,
+          replace=[("((w - g) ** 2).sum()", "(w - g).norm()")]),
+    Wrong("fedprox", "detaches the weights, so the term has no gradient", visible=True,
+          replace=[("((w - g) ** 2).sum()", "((w.detach() - g) ** 2).sum()")]),
+    Wrong("fedprox", "the mean of the squared differences instead of their sum", visible=True,
+          replace=[("((w - g) ** 2).sum()", "((w - g) ** 2).mean()")]),
+    Wrong("fedprox", "returns a float via .item(): no gradient", visible=True,
+          replace=[("for w, g in zip(model.parameters(), global_params))",
+                    "for w, g in zip(model.parameters(), global_params)).item()")]),
+    Right("fedprox", "returns a constant 0 for mu == 0 (local_train adds the term only when mu > 0)",
+          source='''def proximal_term(model, global_params, mu):
+    if mu == 0:
+        return torch.tensor(0.)
+    return mu / 2 * sum(((w - g) ** 2).sum() for w, g in zip(model.parameters(), global_params))
+'''),
+    Right("fedprox", "an explicit loop with torch.sum and pow", source='''def proximal_term(model, global_params, mu):
+    total = 0.0
+    for w, g in zip(model.parameters(), global_params):
+        total = total + torch.sum((w - g).pow(2))
+    return 0.5 * mu * total
+'''),
+
+    # ------------------------------------------------------------------ dropouts
+    Wrong("dropouts", "skips the round when exactly min_replies arrived (<= for <)", visible=True,
+          replace=[("if len(arrived) < max(min_replies, 1):", "if len(arrived) <= max(min_replies, 1):")]),
+    Wrong("dropouts", "reports every car asked, not the replies that arrived, as used", visible=True,
+          replace=[("\n    return fedavg(arrived), len(arrived)", "\n    return fedavg(arrived), len(replies)")]),
+    Wrong("dropouts", "with min_replies=0 and no replies, averages nothing (fedavg of an empty list)",
+          replace=[("if len(arrived) < max(min_replies, 1):", "if len(arrived) < min_replies:")]),
+    Wrong("dropouts", "returns None instead of the old global model on a skipped round", visible=True,
+          replace=[("        return global_state, 0\n", "        return None, 0\n")]),
+    Right("dropouts", "counts the replies in a loop", source='''def fedavg_available(global_state, replies, min_replies):
+    arrived = []
+    for reply in replies:
+        if reply is not None:
+            arrived.append(reply)
+    if not arrived or len(arrived) < min_replies:
+        return global_state, 0
+    return fedavg(arrived), len(arrived)
+'''),
+
+    # ------------------------------------------------------------------ privacy
+    Wrong("privacy", "clips each tensor to the norm separately", visible=True,
+          source='''def clip_update(state, reference, clip_norm):
+    if clip_norm <= 0:
+        raise ValueError("clip_norm must be positive")
+    out = {}
+    for k in reference:
+        delta = state[k] - reference[k]
+        norm = delta.norm().item()
+        out[k] = reference[k] + delta * (min(1.0, clip_norm / norm) if norm > 0 else 1.0)
+    return out
+
+
+def client_mask(u, n_clients, shape, seeds, modulus=2**32):
+    if not 0 <= u < n_clients:
+        raise ValueError("bad car")
+    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus
+    return mask
+'''),
+    Wrong("privacy", "always scales the update to the clip norm, also a small one", visible=True,
+          replace=[("min(1.0, clip_norm / norm)", "clip_norm / norm")]),
+    Wrong("privacy", "clips the weights themselves, not the update from the reference", visible=True,
+          replace=[("delta = {k: state[k] - reference[k] for k in reference}", "delta = {k: state[k] for k in reference}"),
+                   ("return {k: reference[k] + delta[k] * scale for k in reference}",
+                    "return {k: delta[k] * scale for k in reference}")]),
+    Wrong("privacy", "a trusted dealer: random masks with the last one set to cancel, not pairwise", visible=True,
+          replace=[('''    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus
+    return mask''', '''    generator = torch.Generator().manual_seed(0)
+    masks = [torch.randint(0, modulus, shape, generator=generator) for _ in range(n_clients - 1)]
+    masks.append((-sum(masks)) % modulus)
+    return masks[u]''')]),
+    Wrong("privacy", "signs swapped: the larger index adds, the smaller subtracts", visible=True,
+          replace=[("(mask + shared) % modulus if u < v else (mask - shared) % modulus",
+                    "(mask - shared) % modulus if u < v else (mask + shared) % modulus")]),
+    Wrong("privacy", "no reduction modulo R after subtracting: negative values", visible=True,
+          replace=[("(mask - shared) % modulus", "mask - shared")]),
+    Wrong("privacy", "real-valued Gaussian masks (not integers mod R)", visible=True,
+          replace=[('''    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus''', '''    mask = torch.zeros(shape, dtype=torch.float64)
+    for v in range(n_clients):
+        if v != u:
+            generator = torch.Generator().manual_seed(seeds(u, v))
+            shared = torch.randn(shape, generator=generator, dtype=torch.float64)
+            mask = mask + shared if u < v else mask - shared''')]),
+    Wrong("privacy", "builds every car's mask from every pair's seed and picks car u's", visible=True,
+          replace=[('''    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus
+    return mask''', '''    masks = [torch.zeros(shape, dtype=torch.int64) for _ in range(n_clients)]
+    for i in range(n_clients):
+        for j in range(i + 1, n_clients):
+            shared = ref.pair_mask(seeds(i, j), shape, modulus)
+            masks[i] = (masks[i] + shared) % modulus
+            masks[j] = (masks[j] - shared) % modulus
+    return masks[u]''')]),
+    Right("privacy", "adds and subtracts all pair masks, reduces once with torch.remainder", source='''def clip_update(state, reference, clip_norm):
+    if clip_norm <= 0:
+        raise ValueError("clip_norm must be positive")
+    delta = {k: (state[k] - reference[k]).double() for k in reference}
+    norm = float(torch.cat([d.flatten() for d in delta.values()]).norm())
+    factor = clip_norm / norm if norm > clip_norm else 1.0
+    return {k: (reference[k].double() + delta[k] * factor).to(state[k].dtype) for k in reference}
+
+
+def client_mask(u, n_clients, shape, seeds, modulus=2**32):
+    if u < 0 or u >= n_clients:
+        raise ValueError("no such car")
+    plus = sum((ref.pair_mask(seeds(u, v), shape, modulus) for v in range(u + 1, n_clients)),
+               torch.zeros(shape, dtype=torch.int64))
+    minus = sum((ref.pair_mask(seeds(u, v), shape, modulus) for v in range(u)), torch.zeros(shape, dtype=torch.int64))
+    return torch.remainder(plus - minus, modulus)
+'''),
+]
