@@ -1,0 +1,217 @@
+"""Recorded answers for 01_edge: mistakes learners really make must lose points; other correct answers keep them."""
+from tests.answers import Right, Wrong
+
+ANSWERS = [
+    # ------------------------------------------------------------------ transfer
+    Wrong("transfer", "does not freeze the backbone", visible=True,
+          replace=[("    model.requires_grad_(False)\n", "")]),
+    Wrong("transfer", "freezes after making the new head, so the head is frozen too", visible=True,
+          replace=[("    model.requires_grad_(False)\n    old_head = model.net[-1]\n"
+                    "    model.net[-1] = nn.Linear(old_head.in_features, num_classes).to(old_head.weight.device)\n",
+                    "    old_head = model.net[-1]\n"
+                    "    model.net[-1] = nn.Linear(old_head.in_features, num_classes).to(old_head.weight.device)\n"
+                    "    model.requires_grad_(False)\n")]),
+    Wrong("transfer", "appends a layer after the old head instead of replacing it", visible=True,
+          replace=[("    model.net[-1] = nn.Linear(old_head.in_features, num_classes).to(old_head.weight.device)\n",
+                    "    model.net.append(nn.Linear(old_head.out_features, num_classes))\n")]),
+    Wrong("transfer", "sizes the new head by the old head's out_features", visible=True,
+          replace=[("nn.Linear(old_head.in_features, num_classes)", "nn.Linear(old_head.out_features, num_classes)")]),
+    Wrong("transfer", "freezes only the first layer", visible=True,
+          replace=[("    model.requires_grad_(False)\n", "    model.net[0].requires_grad_(False)\n")]),
+    Right("transfer", "a loop over parameters and a head built from net[-1] directly", source='''def transfer(model, num_classes):
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    model.net[-1] = nn.Linear(model.net[-1].in_features, num_classes)
+    return model
+'''),
+
+    # ------------------------------------------------------------------ affine
+    Wrong("affine", "does not widen the range to include 0", visible=True,
+          replace=[("    x_min, x_max = min(float(x_min), 0.0), max(float(x_max), 0.0)\n", "")]),
+    Wrong("affine", "truncates instead of rounding", visible=True,
+          replace=[("torch.round(x / scale)", "(x / scale).trunc()")]),
+    Wrong("affine", "does not clamp, so int8 wraps around", visible=True,
+          replace=[("torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)", "(torch.round(x / scale) + zero_point)")]),
+    Wrong("affine", "dequantize forgets the zero-point", visible=True,
+          replace=[("scale * (q.float() - zero_point)", "scale * q.float()")]),
+    Wrong("affine", "divides by 256 levels instead of 255 steps", visible=True,
+          replace=[("(x_max - x_min) / (qmax - qmin) or 1.0", "(x_max - x_min) / (qmax - qmin + 1) or 1.0")]),
+    Wrong("affine", "dequantizes in int8 arithmetic, which overflows", visible=True,
+          replace=[("scale * (q.float() - zero_point)", "scale * (q - zero_point)")]),
+    Wrong("affine", "divides by zero when the range is empty",
+          replace=[("(x_max - x_min) / (qmax - qmin) or 1.0", "(x_max - x_min) / (qmax - qmin)")]),
+    Right("affine", "clamps with Python max/min and chains tensor methods", replace=[
+        ("zero_point = int(min(max(round(qmin - x_min / scale), qmin), qmax))",
+         "zero_point = max(qmin, min(qmax, int(round(qmin - x_min / scale))))"),
+        ("torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax).to(torch.int8)",
+         "(x / scale).round().add(zero_point).clamp(qmin, qmax).to(torch.int8)"),
+        ("scale * (q.float() - zero_point)", "(q.to(torch.float32) - zero_point) * scale")]),
+
+    # ------------------------------------------------------------------ per_channel
+    Wrong("per_channel", "uses the whole tensor's range for every row", visible=True,
+          replace=[("affine_qparams(row.min().item(), row.max().item())", "affine_qparams(w.min().item(), w.max().item())")]),
+    Wrong("per_channel", "quantizes columns instead of rows", visible=True,
+          replace=[("for row in w:", "for row in w.T:")]),
+    Wrong("per_channel", "returns the dequantized floats instead of int8", visible=True,
+          replace=[("rows.append(quantize(row, scale, zero_point))",
+                    "rows.append(dequantize(quantize(row, scale, zero_point), scale, zero_point))")]),
+    Wrong("per_channel", "returns int32 zero-points",
+          replace=[("torch.tensor(zero_points, dtype=torch.int64)", "torch.tensor(zero_points, dtype=torch.int32)")]),
+    Right("per_channel", "list comprehensions over the rows", source='''def quantize_per_channel(w):
+    params = [affine_qparams(row.min().item(), row.max().item()) for row in w]
+    q = torch.stack([quantize(row, s, z) for row, (s, z) in zip(w, params)])
+    return q, torch.tensor([s for s, _ in params]), torch.tensor([z for _, z in params], dtype=torch.int64)
+'''),
+
+    # ------------------------------------------------------------------ calibrate
+    Wrong("calibrate", "forgets torch.no_grad(): every batch builds an autograd graph", visible=True,
+          replace=[("        with torch.no_grad():\n            for index, (x, _) in enumerate(batches):\n"
+                    "                if index >= num_batches:\n                    break\n                model(x)\n",
+                    "        for index, (x, _) in enumerate(batches):\n            if index >= num_batches:\n"
+                    "                break\n            model(x)\n")]),
+    Wrong("calibrate", "forgets model.eval()", visible=True, replace=[("    model.eval()\n", "")]),
+    Wrong("calibrate", "freezes the parameters instead of using no_grad", visible=True,
+          replace=[("        with torch.no_grad():\n", "        model.requires_grad_(False)\n        if True:\n")]),
+    Wrong("calibrate", "records each layer's output instead of its input", visible=True,
+          replace=[("            def record(_module, inputs, name=name):\n"
+                    "                ranges[name] = max(ranges.get(name, 0.0), inputs[0].detach().abs().max().item())\n"
+                    "            handles.append(module.register_forward_pre_hook(record))\n",
+                    "            def record(_module, inputs, output, name=name):\n"
+                    "                ranges[name] = max(ranges.get(name, 0.0), output.detach().abs().max().item())\n"
+                    "            handles.append(module.register_forward_hook(record))\n")]),
+    Wrong("calibrate", "keeps the last batch's range instead of the running maximum", visible=True,
+          replace=[("ranges[name] = max(ranges.get(name, 0.0), inputs[0].detach().abs().max().item())",
+                    "ranges[name] = inputs[0].detach().abs().max().item()")]),
+    Wrong("calibrate", "ignores num_batches", visible=True,
+          replace=[("                if index >= num_batches:\n                    break\n", "")]),
+    Wrong("calibrate", "binds the layer name late, so every hook writes the last name", visible=True,
+          replace=[("def record(_module, inputs, name=name):", "def record(_module, inputs):")]),
+    Wrong("calibrate", "removes the hooks only when nothing fails (no try/finally)",
+          replace=[("    try:\n        with torch.no_grad():\n            for index, (x, _) in enumerate(batches):\n"
+                    "                if index >= num_batches:\n                    break\n                model(x)\n"
+                    "    finally:\n        for handle in handles:\n            handle.remove()\n",
+                    "    with torch.no_grad():\n        for index, (x, _) in enumerate(batches):\n"
+                    "            if index >= num_batches:\n                break\n            model(x)\n"
+                    "    for handle in handles:\n        handle.remove()\n")]),
+    Right("calibrate", "torch.inference_mode() and itertools.islice", source='''def calibrate(model, batches, num_batches):
+    import itertools
+    ranges, handles = {}, []
+
+    def hook_for(name):
+        def record(_module, inputs):
+            ranges[name] = max(ranges.get(name, 0.0), float(inputs[0].abs().max()))
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            handles.append(module.register_forward_pre_hook(hook_for(name)))
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for x, _ in itertools.islice(batches, num_batches):
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranges
+'''),
+
+    # ------------------------------------------------------------------ prune
+    Wrong("prune", "prunes the model in place instead of a copy", visible=True,
+          replace=[("pruned = copy.deepcopy(model)", "pruned = model")]),
+    Wrong("prune", "prunes biases along with weights", visible=True,
+          replace=[("weights = [m.weight for m in pruned.modules() if isinstance(m, nn.Linear)]",
+                    "weights = list(pruned.parameters())")]),
+    Wrong("prune", "keeps the fraction `amount` instead of removing it", visible=True,
+          replace=[("k = int(amount * flat.numel())", "k = int((1 - amount) * flat.numel())")]),
+    Wrong("prune", "prunes each layer by its own threshold (not global)", source='''def magnitude_prune(model, amount):
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in pruned.modules():
+            if isinstance(m, nn.Linear):
+                flat = m.weight.abs().flatten()
+                k = int(amount * flat.numel())
+                if k > 0:
+                    m.weight[m.weight.abs() <= torch.kthvalue(flat, k).values] = 0.0
+    return pruned
+'''),
+    Wrong("prune", "ranks signed values instead of magnitudes", replace=[
+        ("flat = torch.cat([w.detach().abs().flatten() for w in weights])",
+         "flat = torch.cat([w.detach().flatten() for w in weights])"),
+        ("w[w.abs() <= threshold] = 0.0", "w[w <= threshold] = 0.0")]),
+    Right("prune", "sorts the magnitudes instead of kthvalue", replace=[
+        ("threshold = torch.kthvalue(flat, k).values", "threshold = flat.sort().values[k - 1]")]),
+
+    # ------------------------------------------------------------------ slice_units
+    Wrong("slice_units", "selects columns of layer_in instead of rows", visible=True,
+          replace=[("new_in.weight.copy_(layer_in.weight[keep])", "new_in.weight.copy_(layer_in.weight[:, keep])")]),
+    Wrong("slice_units", "selects rows of layer_out instead of columns", visible=True,
+          replace=[("new_out.weight.copy_(layer_out.weight[:, keep])", "new_out.weight.copy_(layer_out.weight[keep])")]),
+    Wrong("slice_units", "slices layer_out's bias too", visible=True,
+          replace=[("new_out.bias.copy_(layer_out.bias)", "new_out.bias.copy_(layer_out.bias[keep])")]),
+    Wrong("slice_units", "forgets to copy new_in's bias", visible=True,
+          replace=[("        new_in.bias.copy_(layer_in.bias[keep])\n", "")]),
+    Right("slice_units", "index_select and fresh layers filled from data", replace=[
+        ("new_in.weight.copy_(layer_in.weight[keep])", "new_in.weight.copy_(layer_in.weight.index_select(0, keep))"),
+        ("new_out.weight.copy_(layer_out.weight[:, keep])", "new_out.weight.copy_(layer_out.weight.index_select(1, keep))")]),
+
+    # ------------------------------------------------------------------ distill
+    Wrong("distill", "swaps the teacher and student in F.kl_div", visible=True,
+          replace=[("F.kl_div(F.log_softmax(student_logits / T, dim=1), F.softmax(teacher_logits / T, dim=1),",
+                    "F.kl_div(F.log_softmax(teacher_logits / T, dim=1), F.softmax(student_logits / T, dim=1),")]),
+    Wrong("distill", "forgets the T^2 factor", visible=True,
+          replace=[('reduction="batchmean") * T * T', 'reduction="batchmean")')]),
+    Wrong("distill", "uses reduction='mean', which also averages over classes", visible=True,
+          replace=[('reduction="batchmean") * T * T', 'reduction="mean") * T * T')]),
+    Wrong("distill", "swaps alpha and 1 - alpha", visible=True,
+          replace=[("return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)",
+                    "return (1 - alpha) * soft + alpha * F.cross_entropy(student_logits, labels)")]),
+    Wrong("distill", "passes the student's probabilities, not log-probabilities", visible=True,
+          replace=[("F.kl_div(F.log_softmax(student_logits / T, dim=1)", "F.kl_div(F.softmax(student_logits / T, dim=1)")]),
+    Right("distill", "the KL divergence written out", source='''def distillation_loss(student_logits, teacher_logits, labels, T=4.0, alpha=0.7):
+    p = F.softmax(teacher_logits / T, dim=1)
+    log_q = F.log_softmax(student_logits / T, dim=1)
+    soft = (p * (torch.log(p) - log_q)).sum(dim=1).mean() * T ** 2
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+'''),
+
+    # ------------------------------------------------------------------ export
+    Wrong("export", "no dynamic_shapes: the batch size is fixed", visible=True,
+          replace=[("dynamic_shapes=({0: batch},), ", "")]),
+    Wrong("export", "returns the ONNX program instead of the path", visible=True,
+          replace=[("    return path\n", "    return program\n")]),
+    Wrong("export", "never saves the file", visible=True, replace=[("    program.save(str(path))\n", "")]),
+    Wrong("export", "marks the feature dimension as dynamic instead of the batch", visible=True,
+          replace=[("dynamic_shapes=({0: batch},)", "dynamic_shapes=({1: batch},)")]),
+    Right("export", "an unbounded Dim and a Path returned", replace=[
+        ('torch.export.Dim("batch", min=1, max=4096)', 'torch.export.Dim("batch")'),
+        ("    return path\n", "    return Path(path)\n")]),
+
+    # ------------------------------------------------------------------ budget
+    Wrong("budget", "adds int8 products in int8 (they accumulate in int32)", visible=True,
+          replace=[('8: ("int8_mult", "int32_add")', '8: ("int8_mult", "int8_add")')]),
+    Wrong("budget", "picks the memory by the number of weights, not their bytes", visible=True,
+          replace=[("size_bytes = num_weights * bits / 8", "size_bytes = num_weights")]),
+    Wrong("budget", "prices 32-bit words at the 64-bit read energy", visible=True,
+          replace=[("memory = num_weights * bits / 64 * pj_per_read", "memory = num_weights * bits / 32 * pj_per_read")]),
+    Wrong("budget", "prices every weight read as a small-SRAM access, wherever the weights live", visible=True,
+          replace=[("pj_per_read = next(pj for capacity, _name, pj in WEIGHT_MEMORY if size_bytes <= capacity)",
+                    "pj_per_read = WEIGHT_MEMORY[0][2]")]),
+    Wrong("budget", "a strict < at the capacity: exactly 8 KB goes to the large SRAM",
+          replace=[("if size_bytes <= capacity)", "if size_bytes < capacity)")]),
+    Wrong("budget", "forgets to convert pJ to nJ", visible=True,
+          replace=[("return (compute + memory) / 1000.0", "return compute + memory")]),
+    Wrong("budget", "choose_variant filters on latency alone", visible=True,
+          replace=[('budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"])',
+                    'r["latency_ms"] <= budget.max_latency_ms')]),
+    Wrong("budget", "choose_variant ignores the budget", visible=True,
+          replace=[('fitting = [r for r in rows if budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"])]',
+                    "fitting = list(rows)")]),
+    Wrong("budget", "choose_variant takes the most energy", visible=True,
+          replace=[('min(fitting, key=lambda r: r["energy_nj"])', 'max(fitting, key=lambda r: r["energy_nj"])')]),
+    Right("budget", "an explicit loop over the memories and a sort", replace=[
+        ("    pj_per_read = next(pj for capacity, _name, pj in WEIGHT_MEMORY if size_bytes <= capacity)\n",
+         "    for capacity, _name, pj_per_read in WEIGHT_MEMORY:\n        if size_bytes <= capacity:\n            break\n"),
+        ('return min(fitting, key=lambda r: r["energy_nj"])["name"] if fitting else None',
+         'return sorted(fitting, key=lambda r: r["energy_nj"])[0]["name"] if fitting else None')]),
+]
