@@ -132,13 +132,22 @@ class ReluMLP(nn.Module):
 
 
 def balance_weights(ann: ReluMLP, x: torch.Tensor, percentile: float = 99.9) -> list[torch.Tensor]:
-    """Data-based normalisation (Diehl et al. 2015, Rueckauer et al. 2017): scale each layer's
-    weights by lambda_prev / lambda_l, lambda_l = `percentile` of layer l's ReLU outputs on `x`
-    (lambda_0 = 1 for inputs in [0, 1]; the output layer keeps lambda_prev scaling only)."""
+    """Data-based normalisation, the robust variant of Rueckauer et al. 2017 as their SNN toolbox
+    computes it (snntoolbox/conversion/utils.py): lambda_l = `percentile` of layer l's NON-ZERO ReLU
+    outputs on `x` (the toolbox's default is 99.9); each layer's weights are scaled by
+    lambda_{l-1} / lambda_l, with lambda_0 = 1 for inputs in [0, 1], and the output layer, which
+    does not spike, by lambda_{L-1} alone."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile is in percent, in (0, 100]; got {percentile}")
     activations: list[torch.Tensor] = []
     with torch.no_grad():
         ann(x, record=activations)
-    lambdas = [1.0] + [torch.quantile(a.flatten(), percentile / 100).item() for a in activations]
+    lambdas = [1.0]
+    for i, a in enumerate(activations):
+        active = a[a > 0]
+        if active.numel() == 0:
+            raise ValueError(f"hidden layer {i} never activates on these inputs: no scale to measure")
+        lambdas.append(torch.quantile(active, percentile / 100).item())
     weights = []
     for i, layer in enumerate(ann.layers):
         scale = lambdas[i] / lambdas[i + 1] if i + 1 < len(lambdas) else lambdas[i]
@@ -160,6 +169,54 @@ def run_if_network(weights: Sequence[torch.Tensor], x: torch.Tensor, num_steps: 
                 mems[i] = mems[i] - spikes
                 signal = spikes
     return mems[-1] / num_steps
+
+
+def relu_network(weights: Sequence[torch.Tensor], x: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+    """The ReLU network that `weights` compute, as an ANN: the logits of x. With balanced weights
+    (from `balance_weights`) it computes the same function as the original ANN, because ReLU
+    commutes with positive scaling. With `clip`, every hidden ReLU saturates at `clip`: clip=1 is
+    what an integrate-and-fire neuron firing at most once per step computes (02_snn's fault section)."""
+    signal = x
+    for i, w in enumerate(weights):
+        signal = signal @ w.T
+        if i < len(weights) - 1:
+            signal = torch.relu(signal) if clip is None else torch.clamp(signal, 0.0, clip)
+    return signal
+
+
+def label_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose largest logit is the label."""
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of a few runs."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    return t.mean().item(), (t.std().item() if len(t) > 1 else 0.0)
+
+
+def compare_paired(a: Sequence[float], b: Sequence[float], name_a: str, name_b: str,
+                   unit: str = "seeds", negligible: float = 0.0) -> str:
+    """One sentence saying whether runs `b` differ from runs `a` beyond seed-to-seed noise.
+
+    a[i] and b[i] come from the same seed (or the same run: name it with `unit`). The rule is a
+    rough one: the mean of the paired differences b - a against twice its standard error. A
+    difference beyond that but smaller than `negligible` is reported as consistent but small."""
+    if len(a) != len(b) or not a:
+        raise ValueError("compare_paired needs two equally long, non-empty lists of paired runs")
+    diffs = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
+    if len(diffs) == 1:
+        return f"one run only: {name_b} minus {name_a} is {diffs[0]:+.3f}; with no spread, no verdict"
+    mean, std = mean_std(diffs)
+    se = std / len(diffs) ** 0.5
+    spread = f"{mean:+.3f} ± {se:.3f} (standard error over {len(diffs)} {unit})"
+    if abs(mean) <= 2 * se:
+        return f"no clear difference: {name_b} minus {name_a} is {spread}, within two standard errors of 0"
+    if abs(mean) < negligible:
+        return (f"a consistent but small difference: {name_b} minus {name_a} is {spread}, "
+                f"beyond two standard errors but below {negligible:g}")
+    direction = "higher" if mean > 0 else "lower"
+    return f"{name_b} is {direction} than {name_a}: the difference is {spread}, beyond two standard errors"
 
 
 # ----------------------------------------------------------------- operations and energy

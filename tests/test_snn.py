@@ -65,12 +65,51 @@ def test_conversion_tracks_the_ann():
     acts = []
     with torch.no_grad():
         ann(digits.train.x, record=acts)
-    lam = torch.quantile(acts[0].flatten(), 0.999).item()
+    lam = torch.quantile(acts[0][acts[0] > 0], 0.999).item()  # the toolbox's percentile: non-zero values
     assert torch.allclose(weights[0], ann.layers[0].weight / lam)
     assert torch.allclose(weights[1], ann.layers[1].weight * lam)
     out = csnn.run_if_network(weights, digits.test.x, 32)
-    snn_acc = (out.argmax(1) == digits.test.y).float().mean().item()
-    assert snn_acc >= accuracy(ann, digits.test) - 0.03
+    assert csnn.label_accuracy(out, digits.test.y) >= accuracy(ann, digits.test) - 0.03
+    # balanced weights still compute the ANN: ReLU commutes with positive scaling
+    with torch.no_grad():
+        assert torch.allclose(csnn.relu_network(weights, digits.test.x), ann(digits.test.x), atol=1e-4)
+
+
+def test_balance_weights_takes_the_percentile_of_nonzero_activations_and_refuses_silence():
+    probe = csnn.ReluMLP((2, 4, 2))
+    with torch.no_grad():
+        probe.layers[0].weight.copy_(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [0.0, 4.0]]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])       # activations 1, 2, 3, 4 and four zeros
+    assert torch.allclose(csnn.balance_weights(probe, x, 50)[0], probe.layers[0].weight / 2.5)
+    assert torch.allclose(csnn.balance_weights(probe, x, 100)[0], probe.layers[0].weight / 4.0)
+    with pytest.raises(ValueError, match="never activates"):
+        csnn.balance_weights(probe, torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="percent"):
+        csnn.balance_weights(probe, x, 0.999 - 1)
+
+
+def test_clipped_relu_network_is_what_integrate_and_fire_converges_to():
+    torch.manual_seed(0)
+    weights = [torch.randn(6, 4), torch.randn(3, 6)]
+    x = torch.rand(5, 4)
+    hidden = (x @ weights[0].T).clamp(0, 1)
+    assert torch.allclose(csnn.relu_network(weights, x, clip=1.0), hidden @ weights[1].T)
+    assert torch.allclose(csnn.run_if_network(weights, x, 4000), hidden @ weights[1].T, atol=5e-3)
+
+
+def test_compare_paired_reports_from_the_numbers():
+    assert csnn.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert csnn.mean_std([0.5]) == (0.5, 0.0)
+    same = csnn.compare_paired([0.90, 0.91, 0.92], [0.91, 0.90, 0.92], "A", "B")
+    assert same.startswith("no clear difference") and "3 seeds" in same
+    better = csnn.compare_paired([0.90, 0.91, 0.92], [0.95, 0.97, 0.96], "A", "B", unit="runs")
+    assert better.startswith("B is higher than A") and "3 runs" in better
+    assert "lower" in csnn.compare_paired([0.9, 0.8], [0.5, 0.41], "A", "B")
+    small = csnn.compare_paired([0.90, 0.91, 0.92], [0.905, 0.914, 0.926], "A", "B", negligible=0.01)
+    assert small.startswith("a consistent but small difference") and "below 0.01" in small
+    assert csnn.compare_paired([0.9], [0.8], "A", "B").startswith("one run only")
+    with pytest.raises(ValueError):
+        csnn.compare_paired([0.9], [0.8, 0.7], "A", "B")
 
 
 def test_synops_count_input_spikes_times_fan_out():
