@@ -8,7 +8,6 @@ nested in blocks (fixed only after 1.0), so state here is always reset explicitl
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import snntorch as snn
@@ -246,15 +245,3 @@ def dead_neuron_mask(size: int, rate: float, generator: torch.Generator) -> torc
     mask = torch.ones(size)
     mask[torch.randperm(size, generator=generator)[:round(rate * size)]] = 0.0
     return mask
-
-
-def with_dead_hidden(net: nn.Module, mask: torch.Tensor) -> nn.Module:
-    """A copy whose first hidden layer's dead neurons never activate (zeroed incoming weights)."""
-    broken = copy.deepcopy(net)
-    first = next(m for m in broken.modules() if isinstance(m, nn.Linear))
-    with torch.no_grad():
-        first.weight.mul_(mask.unsqueeze(1))
-        if first.bias is not None:
-            first.bias.mul_(mask)
-            first.bias.sub_((1 - mask) * 1e3)  # strongly negative: a dead neuron stays silent
-    return broken
