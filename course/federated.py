@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import traceback
 import os
+import re
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -132,6 +133,10 @@ def flower_fedavg(updates: list[tuple[dict[str, torch.Tensor], int]]) -> dict[st
     try:
         arrays, _ = FedAvg().aggregate_train(1, replies)
     finally:
+        import ray
+
+        if ray.is_initialized():  # Flower shuts Ray down after a run, not when the run failed to start
+            ray.shutdown()
         flwr_logger.setLevel(level)
     return arrays.to_torch_state_dict()
 
@@ -358,8 +363,10 @@ class ClientCodeError(RuntimeError):
     """An exception raised by the train handler on a Flower node, carried back with its traceback."""
 
 
-# Starts the reason of a failed reply that is a bug in the handler (not a car that dropped out).
+# Starts the reason of a failed reply that is a bug in the handler (not a car that dropped out);
+# the traceback follows, up to END_OF_TRACEBACK (Flower and Ray wrap the reason in text of their own).
 CLIENT_CODE_ERROR = "exception in the ClientApp's train handler"
+END_OF_TRACEBACK = "[end of the ClientApp's traceback]"
 
 
 def make_client_app(train_handler: Callable = client_train) -> ClientApp:
@@ -379,9 +386,10 @@ def make_client_app(train_handler: Callable = client_train) -> ClientApp:
         except ClientDroppedOut:
             raise
         except Exception as error:
+            trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             raise ClientCodeError(f"{CLIENT_CODE_ERROR} on node {context.node_id} "
                                   f"(partition-id {context.node_config.get('partition-id')}):\n"
-                                  + traceback.format_exc()) from error
+                                  f"{trace}{END_OF_TRACEBACK}") from error
 
     return app
 
@@ -400,7 +408,12 @@ class _WatchedGrid:
         for reply in replies:
             if reply.has_error() and CLIENT_CODE_ERROR in reply.error.reason:
                 reason = reply.error.reason
-                self._errors.append(reason[reason.index(CLIENT_CODE_ERROR):].rstrip("'>"))
+                start = reason.index(CLIENT_CODE_ERROR)
+                end = reason.find(END_OF_TRACEBACK, start)
+                text = reason[start:end if end >= 0 else None]
+                # Ray's error text replaces the traceback's header with the actor's name, in colour
+                self._errors.append(re.sub(r"(?:\x1b\[[0-9;]*m)?ray::[^\n]*\n", "Traceback (most recent call last):\n",
+                                           text))
         if self._errors:
             raise ClientCodeError(self._errors[0])
         return replies
@@ -495,6 +508,30 @@ def _reap_children(exclude: set[int], grace: float = 15.0) -> None:
             return
 
 
+def _start_ray(init_args: dict, exclude: set[int], attempts: int = 3) -> None:
+    """Start Ray as Flower's Ray backend would (Flower reuses a running Ray and shuts it down after the run).
+
+    Ray gives its raylet a fixed 30 s to register; on a loaded machine that can fail, so try again.
+    """
+    import sys
+
+    import ray
+
+    pythonpath = os.pathsep.join(sys.path)  # what Flower's backend hands its workers
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+            return
+        except Exception:
+            ray.shutdown()
+            _reap_children(exclude=exclude)
+            if attempt == attempts:
+                raise
+
+
 def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
              train_handler: Callable = client_train, verbose: bool = False,
              progress: bool = True) -> dict[str, Experiment]:
@@ -529,6 +566,7 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
         flwr_logger.setLevel(logging.CRITICAL)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:
+        _start_ray(backend["init_args"], exclude=before)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(server_app=server, client_app=make_client_app(train_handler),
@@ -537,6 +575,10 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
         if not errors:
             raise  # else: the handler's own traceback, raised below, says more than Flower's wrapper
     finally:
+        import ray
+
+        if ray.is_initialized():  # Flower shuts Ray down after a run, not when the run failed to start
+            ray.shutdown()
         flwr_logger.setLevel(level)
         # Ray's shutdown signals its workers but does not wait for them: wait (and reap) here,
         # so the notebook's kernel holds no half-dead Ray process after the call returns.
