@@ -167,6 +167,22 @@ def test_an_exception_in_notebook_code_inside_the_trainer_comes_back_with_its_tr
     assert not psutil.Process().children(recursive=True)
 
 
+def test_an_exception_in_a_notebook_elastic_worker_comes_back_with_its_traceback(tmp_path):
+    """The other training processes the notebook starts: a torchrun group with --max-restarts, whose
+    worker (Exercise 5) raises on every attempt; `launch` names the error and the learner's line."""
+    source = ("def elastic_worker(folder, steps, every, crash_at=None):\n"
+              "    checkpoint = {'step': 0}\n"
+              "    return checkpoint['model']  # the learner's bug\n")
+    cell = "/tmp/ipykernel_0/cell-2.py"
+    linecache.cache[cell] = (len(source), None, source.splitlines(True), cell)
+    namespace = {"__name__": "__main__"}
+    exec(compile(source, cell, "exec"), namespace)
+    with pytest.raises(WorkerError) as err:
+        launch(namespace["elastic_worker"], 2, str(tmp_path), 10, 5, None, quiet=True, max_restarts=1)
+    assert "KeyError: 'model'" in str(err.value)
+    assert "return checkpoint['model']  # the learner's bug" in str(err.value)
+
+
 def test_crash_report_passes_other_errors_through(tmp_path):
     with pytest.raises(ValueError), rel.crash_report(tmp_path / "log.txt"):
         raise ValueError("not a training process")
