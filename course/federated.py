@@ -10,6 +10,7 @@ from a notebook, with experiment settings and handlers the notebook supplies.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -246,6 +247,23 @@ def federate(n_clients: int = 4, rounds: int = 10, partitioning: str = "iid", al
     parts = partition(partitioning, n_clients, alpha=alpha, seed=seed)
     model = digit_mlp(HIDDEN, seed=seed)
     curve = []
+    with _one_thread():
+        _federate_rounds(model, parts, train, test, rounds, mu, seed, local_epochs, lr, proximal, curve)
+    return curve, model.state_dict()
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Batches of 32 through a 64-unit MLP: a second thread only adds contention (Ray's workers use one too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _federate_rounds(model, parts, train, test, rounds, mu, seed, local_epochs, lr, proximal, curve) -> None:
     for server_round in range(1, rounds + 1):
         start = {k: v.clone() for k, v in model.state_dict().items()}
         updates = []
@@ -257,7 +275,6 @@ def federate(n_clients: int = 4, rounds: int = 10, partitioning: str = "iid", al
             updates.append(({k: v.clone() for k, v in model.state_dict().items()}, len(part)))
         model.load_state_dict(fedavg(updates))
         curve.append(accuracy(model, test))
-    return curve, model.state_dict()
 
 
 def client_drift(proximal: Callable, mu: float, client: int = 0, alpha: float = 0.1, n_clients: int = 4,
@@ -271,8 +288,9 @@ def client_drift(proximal: Callable, mu: float, client: int = 0, alpha: float = 
     model = digit_mlp(HIDDEN, seed=seed)
     model.load_state_dict(start_state)
     start = [p.detach().clone() for p in model.parameters()]
-    local_train(model, train.x[idx], train.y[idx], epochs=epochs, lr=lr, mu=mu, seed=warmup_rounds + 1,
-                proximal=proximal)
+    with _one_thread():
+        local_train(model, train.x[idx], train.y[idx], epochs=epochs, lr=lr, mu=mu, seed=warmup_rounds + 1,
+                    proximal=proximal)
     moved = sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True))
     return torch.sqrt(moved).item()
 
