@@ -117,21 +117,24 @@ def watch_communication():
     from torch.distributed import distributed_c10d as c10d
 
     seen = {"sent": 0, "collectives": []}
-    originals = {(module, name): getattr(module, name) for module in (dist, c10d)
-                 for name in (*COLLECTIVE_CALLS, "send", "isend") if hasattr(module, name)}
 
     def wrap(name, original):
-        def watched(tensor=None, *args, **kwargs):
+        def watched(*args, **kwargs):
             if name in ("send", "isend"):
+                tensor = args[0] if args else kwargs["tensor"]
                 seen["sent"] += tensor.numel() * tensor.element_size()
             else:
                 seen["collectives"].append(name)
-            return original(tensor, *args, **kwargs) if tensor is not None else original(*args, **kwargs)
+            return original(*args, **kwargs)
         return watched
 
+    originals = {(module, name): getattr(module, name) for module in (dist, c10d)
+                 for name in (*COLLECTIVE_CALLS, "send", "isend") if hasattr(module, name)}
+    # One wrapper per function, the same object in both namespaces: P2POp checks `op in (isend, irecv)`.
+    wrappers = {name: wrap(name, getattr(c10d, name)) for _, name in originals}
     try:
-        for (module, name), original in originals.items():
-            setattr(module, name, wrap(name, original))
+        for module, name in originals:
+            setattr(module, name, wrappers[name])
         yield seen
     finally:
         for (module, name), original in originals.items():
