@@ -261,7 +261,7 @@ def measure_step_cost(model: TinyLM, batch_sizes=(1, 2, 4, 8, 16), cached_tokens
     """Time one cached decoding step for each batch size and a prefill, and fit a StepCost to them.
 
     Each time is the fastest of `repeats`: what the step costs when nothing else interferes, which a busy or
-    shared CPU (Binder) disturbs far less than a median."""
+    shared CPU (Binder) disturbs far less than a median; the line is fitted so that one bad timing cannot tilt it."""
     device = next(model.parameters()).device
     times = {}
     for batch in batch_sizes:
@@ -276,7 +276,11 @@ def measure_step_cost(model: TinyLM, batch_sizes=(1, 2, 4, 8, 16), cached_tokens
             synchronize(device)
             samples.append(time.perf_counter() - start)
         times[batch] = min(samples)
-    slope, intercept = np.polyfit(list(times), list(times.values()), 1)
+    # A line through the timings that one disturbed timing cannot drag (Theil-Sen: the median of the slopes
+    # between every pair of points, then the median intercept), unlike a least-squares fit.
+    points = list(times.items())
+    slope = float(np.median([(t2 - t1) / (b2 - b1) for i, (b1, t1) in enumerate(points) for b2, t2 in points[i + 1:]]))
+    intercept = float(np.median([t - slope * b for b, t in points]))
     prompt = torch.randint(0, model.config.vocab_size, (1, cached_tokens), device=device)
     prefill = measure_time(lambda: model(prompt), repeats=repeats, warmup=1, device=device).min
     per_token = max(prefill - times[batch_sizes[0]], 0.0) / cached_tokens
