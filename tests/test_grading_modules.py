@@ -29,6 +29,20 @@ def recorded(module, kind):
     return chosen
 
 
+def _blank_copy_fails_exactly_at_its_exercises(autograded):
+    """The student copy as released, run by the grader (fast mode): every test cell fails at the stub, so
+    no test passes by accident, and no other cell fails, so demos never need an answer. (This reads the
+    grader's run of the blank copy rather than running every notebook once more.)"""
+    nb = load(autograded)
+    failing = {c["id"]: [o for o in c.get("outputs", []) if o.get("output_type") == "error"] for c in nb["cells"]
+               if c["cell_type"] == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", []))}
+    tests = {c["id"] for c in grade_cells(nb) if c["cell_type"] == "code"}
+    assert set(failing) == tests, f"cells failing on the blank copy: {sorted(failing)}; test cells: {sorted(tests)}"
+    for cell_id, errors in failing.items():
+        assert errors[0]["ename"] == "NotImplementedError", (
+            f"{cell_id} fails with {errors[0]['ename']}: {errors[0].get('evalue')}, not at the stub")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("module", settings.modules())
 def test_reference_blank_wrong_and_right_answers_through_the_grader(module, tmp_path):
@@ -39,7 +53,7 @@ def test_reference_blank_wrong_and_right_answers_through_the_grader(module, tmp_
     # 00_orientation's reference and blank copies are graded by its fuller test (test_autograder.py).
     if module != "00_orientation":
         (folder / "reference.ipynb").write_text(json.dumps(submission(module, reference)))
-        (folder / "blank.ipynb").write_text(json.dumps(submission(module)))
+    (folder / "blank.ipynb").write_text(json.dumps(submission(module)))
     (folder / "wrong.ipynb").write_text(json.dumps(submission(module, {**reference, **wrong})))
     (folder / "right.ipynb").write_text(json.dumps(submission(module, {**reference, **right})))
     results = {r.student: r for r in grade.grade(module, folder, tmp_path / "out")}
@@ -49,12 +63,13 @@ def test_reference_blank_wrong_and_right_answers_through_the_grader(module, tmp_
     manual = sum(nbgrader_meta(c)["points"] for c in cells if c["cell_type"] == "markdown")
     total = sum(nbgrader_meta(c)["points"] for c in cells)
     if module != "00_orientation":
-        ref, blank = results["reference"], results["blank"]
+        ref = results["reference"]
         assert ref.status == "graded" and ref.max_score == total
         assert ref.score == total - manual, ref.cells
         assert ref.manual_pending == manual
         assert (not manual) or "to grade by hand" in ref.detail
-        assert blank.score == 0 and blank.manual_pending == 0
+    assert results["blank"].score == 0 and results["blank"].manual_pending == 0
+    _blank_copy_fails_exactly_at_its_exercises(tmp_path / "out" / "autograded" / "blank" / module / f"{module}.ipynb")
     assert results["right"].status == "graded" and results["right"].score == total - manual, results["right"].cells
 
     import nbformat
