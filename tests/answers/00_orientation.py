@@ -48,6 +48,11 @@ ANSWERS = [
 '''),
 
     # ------------------------------------------------------------------ model_size
+    Wrong("model_size", "counts only trainable parameters (requires_grad), as parameter counters often do",
+          visible=True,
+          replace=[("    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}\n",
+                    "    tensors = {id(t): t for t in [*(p for p in model.parameters() if p.requires_grad),"
+                    " *model.buffers()]}\n")]),
     Wrong("model_size", "counts the parameters but not the buffers", visible=True,
           replace=[("[*model.parameters(), *model.buffers()]", "[*model.parameters()]")]),
     Wrong("model_size", "assumes 4 bytes per value, whatever the dtype", visible=True,
@@ -71,6 +76,8 @@ ANSWERS = [
 '''),
 
     # ------------------------------------------------------------------ train_one_epoch
+    Wrong("train_one_epoch", "puts the model in training mode after the loop instead of before", visible=True,
+          replace=[("    model.train()\n", ""), ("    return total / count\n", "    model.train()\n    return total / count\n")]),
     Wrong("train_one_epoch", "accumulates the loss tensor instead of loss.item()", visible=True,
           replace=[("total += loss.item() * len(y)", "total += loss * len(y)")]),
     Wrong("train_one_epoch", "never calls optimizer.step(), so nothing learns", visible=True,
