@@ -83,6 +83,11 @@ def configure(c, root: Path | str, release_directory: Path | str = "release",
                                            nbg.LimitOutput, nbg.SaveAutoGrades, nbg.AssignLatePenalties,
                                            nbg.CheckCellMetadata]
 
+    # Feedback pages show each test cell's source: without this, nbgrader prints the hidden tests in them
+    # (jupyter/nbgrader#917), and an instructor who returns them gives the hidden tests away.
+    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    c.GenerateFeedback.preprocessors = [nbg.GetGrades, CSSHTMLHeaderPreprocessor, nbg.ClearHiddenTests]
+
     c.IgnorePattern.enabled = True
     c.IgnorePattern.pattern = IGNORE_STDERR_PATTERN
     c.OverwriteCells.add_missing_cells = True  # a deleted test cell comes back and runs

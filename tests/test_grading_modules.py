@@ -71,6 +71,8 @@ def test_reference_blank_wrong_and_right_answers_through_the_grader(module, tmp_
     assert results["blank"].score == 0 and results["blank"].manual_pending == 0
     _blank_copy_fails_exactly_at_its_exercises(tmp_path / "out" / "autograded" / "blank" / module / f"{module}.ipynb")
     assert results["right"].status == "graded" and results["right"].score == total - manual, results["right"].cells
+    page = (tmp_path / "out" / "feedback" / "right" / module / f"{module}.html").read_text()
+    assert "HIDDEN TESTS" not in page, "the feedback page shows the hidden tests"
 
     import nbformat
 
