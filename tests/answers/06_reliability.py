@@ -2,7 +2,7 @@
 answers keep them."""
 from tests.answers import Right, Wrong
 
-BYTES = "        digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())\n"
+BYTES = "        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())\n"
 
 ANSWERS = [
     # ------------------------------------------------------------------ failure arithmetic
@@ -32,6 +32,11 @@ ANSWERS = [
     Wrong("checkpoint", "forgets the data position (epoch, batch_index)", visible=True,
           replace=[('    run.step, run.epoch, run.batch_index = checkpoint["step"], checkpoint["epoch"], '
                     'checkpoint["batch_index"]\n', '    run.step = checkpoint["step"]\n')]),
+    Wrong("checkpoint", "restores the data position but not the step counter (found by a newcomer's review)",
+          visible=True,
+          replace=[('    run.step, run.epoch, run.batch_index = checkpoint["step"], checkpoint["epoch"], '
+                    'checkpoint["batch_index"]\n',
+                    '    run.epoch, run.batch_index = checkpoint["epoch"], checkpoint["batch_index"]\n')]),
     Wrong("checkpoint", "does not restore the NumPy generator", visible=True,
           replace=[('    run.np_rng.bit_generator.state = checkpoint["rng"]["numpy"]\n', "")]),
     Wrong("checkpoint", "forgets the learning-rate scheduler",
@@ -237,6 +242,11 @@ def is_spike(history, loss, window=20, factor=3.0):
     Wrong("checksum", "hashes values rounded to 6 decimals (a low bit flip goes unseen)", visible=True,
           replace=[(BYTES,
                     "        digest.update(str(tensor.detach().round(decimals=6).tolist()).encode())\n")]),
+    Wrong("checksum", "hashes the parameters only: buffers such as batch norm's running mean go unseen",
+          replace=[("    for name, tensor in model.state_dict().items():\n",
+                    "    for name, tensor in model.named_parameters():\n")]),
+    Wrong("checksum", "hashes the bytes without the names",
+          replace=[("        digest.update(name.encode())\n", "")]),
     Wrong("checksum", "hashes names and shapes only", visible=True,
           replace=[(BYTES,
                     "        digest.update(str(tuple(tensor.shape)).encode())\n")]),
