@@ -120,6 +120,17 @@ def _cells_not_run(tab) -> int:
                                  .filter(p => !/\\[\\d+\\]/.test(p.textContent)).length""")
 
 
+def _run_all(tab, timeout_s: float = 240) -> None:
+    """Run → Run All Cells on the notebook in view, once its kernel is idle; wait until every code cell ran."""
+    tab.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # the kernel has started
+    tab.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").first.click()
+    tab.get_by_role("menuitem", name="Run", exact=True).click()
+    tab.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    deadline = time.monotonic() + timeout_s
+    while _cells_not_run(tab) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def test_the_start_page_opens_the_orientation_notebook(page):
     notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
     notebook.wait_for(timeout=120_000)
@@ -140,13 +151,7 @@ def test_the_validate_button_is_in_the_toolbar(page):
 
 
 def test_running_every_cell_shows_outputs_and_plots(page):
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # the kernel has started
-    page.locator(".jp-Notebook .jp-Cell").first.click()
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    deadline = time.monotonic() + 240
-    while _cells_not_run(page) and time.monotonic() < deadline:
-        time.sleep(1)
+    _run_all(page)
     assert _cells_not_run(page) == 0, "some cells had not run after 4 minutes"
     outputs = page.locator(".jp-Notebook .jp-OutputArea-output")
     plots = page.locator(".jp-Notebook .jp-OutputArea-output img")
@@ -185,13 +190,7 @@ def test_run_all_on_a_blank_copy_reaches_every_demo(lab, page):
     them (they are tagged raises-exception), so every demo below runs, as the instructors' guide promises."""
     page.goto(lab[0] + "/lab/tree/" + BLANK, wait_until="domcontentloaded")
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
-    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").first.click()
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    deadline = time.monotonic() + 240
-    while _cells_not_run(page) and time.monotonic() < deadline:
-        time.sleep(1)
+    _run_all(page)
     page.screenshot(path=str(ARTIFACTS / "06_blank_copy_run_all.png"))
     assert _cells_not_run(page) == 0, "Run All stopped before the end of the student copy"
     text = "\n".join(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").all_inner_texts())
