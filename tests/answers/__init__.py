@@ -6,8 +6,8 @@ Each module has ``tests/answers/<module>.py`` with a list ``ANSWERS`` of `Wrong`
 its exercises (an exercise is a solution code cell; its tests are the graded cells that follow it).
 `run` executes the module's solution notebook once, top to bottom, in one kernel under the grader's
 environment (``NBGRADER_EXECUTION=autograde``: fast mode), then for each record: defines the answer,
-re-runs the exercise's test cells as grading does (full, with hidden tests) and as a learner sees them
-(visible tests only), and restores the reference answer. `violations` says what broke a rule:
+re-runs the exercise's test cells as grading does (with hidden tests; a flag at the start of the hidden
+region tells whether a failure came from the visible tests a learner sees), and restores the reference. `violations` says what broke a rule:
 
 - a `Wrong` answer must fail at least one of its exercise's test cells, hidden tests included;
   `visible=True` says the visible tests alone catch it (a learner learns from those);
@@ -31,6 +31,10 @@ from autograders.guard import FRESH_HELPERS
 from tests.notebooks import nbgrader_meta, solution_path
 
 MIN_WRONG = 3
+# Where did a test cell fail: a flag set at the start of its hidden region tells visible from hidden.
+MARK_VISIBLE = "_answers_in_hidden_tests = False\n"
+MARK_HIDDEN = "_answers_in_hidden_tests = True\n"
+CHECK_VISIBLE = "assert _answers_in_hidden_tests, 'the failure came from the visible tests'\n"
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n.*?### END HIDDEN TESTS\n?", re.S)
 
 
@@ -148,7 +152,7 @@ class Session:
         self.client = NotebookClient(self.nb, timeout=cell_timeout_s, kernel_name="python3", allow_errors=True,
                                      interrupt_on_timeout=True, resources={"metadata": {"path": str(path.parent)}})
         self.exercises = exercises(self.nb)
-        self.all_visible = all_visible  # also try the visible tests on wrong answers not recorded as visible
+        self.all_visible = all_visible  # confirm "caught by the visible tests" by rerunning them alone
         self._context = None
 
     def __enter__(self):
@@ -196,13 +200,18 @@ class Session:
                 outcome.messages.append(f"the answer cell itself fails: {problem}")
                 return outcome
             for test in self.tests(answer.cell):
-                error = self._run(FRESH_HELPERS + test.source, index)
+                error = self._run(FRESH_HELPERS + MARK_VISIBLE + test.source.replace(
+                    "### BEGIN HIDDEN TESTS\n", "### BEGIN HIDDEN TESTS\n" + MARK_HIDDEN, 1), index)
                 outcome.failed |= error is not None
                 if error:
                     outcome.messages.append(f"{test.id}: {error}")
-                if answer.kind == "wrong" and error and (answer.visible or self.all_visible):
-                    seen = self._run(FRESH_HELPERS + visible_part(test.source), index)
-                    outcome.visible_failed = bool(outcome.visible_failed) or seen is not None
+                if answer.kind == "wrong" and error:
+                    # The visible tests run first and stop at the first failure: an error raised before the
+                    # hidden region is one the learner's copy shows too. Only `all_visible` reruns to confirm.
+                    in_visible = self._run(CHECK_VISIBLE, index) is not None  # the flag was still False
+                    if self.all_visible:
+                        in_visible = self._run(FRESH_HELPERS + visible_part(test.source), index) is not None
+                    outcome.visible_failed = bool(outcome.visible_failed) or in_visible
         finally:
             restored = self._run(reference, index)
             if restored:
@@ -229,7 +238,7 @@ def coverage_gaps(module: str, answers: list[Answer], exercise_ids) -> list[str]
 def run(module: str, cell: str | None = None, log=None, all_visible: bool = False
         ) -> tuple[list[Outcome], list[str]]:
     """Try every recorded answer of `module` (or of one exercise): the outcomes and the coverage gaps.
-    With `all_visible`, every failing wrong answer is also tried on the visible tests (slower: for reports)."""
+    With `all_visible`, each failing test cell is rerun with its visible tests only, to confirm (slower)."""
     answers = [a for a in records(module) if cell is None or a.cell == cell]
     with Session(module, all_visible=all_visible) as session:
         gaps = coverage_gaps(module, answers, [cell] if cell else session.exercises)
@@ -261,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("module")
     parser.add_argument("--cell", help="only the records of this exercise")
     parser.add_argument("--all-visible", action="store_true",
-                        help="try every failing wrong answer on the visible tests too (how many a learner sees)")
+                        help="confirm by rerunning each failing test cell with its visible tests only (slower)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     outcomes, gaps = run(args.module, args.cell, log=lambda s: print(s, flush=True), all_visible=args.all_visible)
@@ -269,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     for gap in gaps:
         print(f"✘ coverage: {gap}")
     wrong = [o for o in outcomes if o.answer.kind == "wrong"]
-    seen = "caught by visible tests" if args.all_visible else "recorded visible and caught by them"
-    print(f"{len(wrong)} wrong answers ({sum(bool(o.visible_failed) for o in wrong)} {seen}), "
+    print(f"{len(wrong)} wrong answers ({sum(bool(o.visible_failed) for o in wrong)} caught by visible tests), "
           f"{len(outcomes) - len(wrong)} right; {len(problems)} problems, {len(gaps)} coverage gaps; "
           f"{time.perf_counter() - start:.0f} s")
     return 1 if problems or gaps else 0
