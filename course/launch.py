@@ -11,20 +11,30 @@ process in a real ``torch.distributed`` process group; nothing is simulated.
 
 A failure on any rank raises `WorkerError` naming the rank and its exception; a hang is
 cut off after `timeout` seconds; either way every process the launch started is killed.
+
+Starting a rank costs a fresh Python that imports torch (a second or two of CPU), and every
+torchrun job adds its agent. Where that start-up is all that matters (grading, which runs a
+dozen launches), ``set_start_method("fork-server")`` starts one warm Python that has imported
+torch once and forks each rank from it: the same `main` below runs in each rank, in a real gloo
+group initialised from the same environment variables, with the same results, errors and
+clean-up; only torchrun's agent is left out.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import linecache
 import os
 import pickle
 import re
+import select
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import types
@@ -52,6 +62,24 @@ class Launch:
     seconds: float
     command: str
     output: str
+
+
+START_METHODS = ("torchrun", "fork-server")
+_start_method = "torchrun"
+
+
+def set_start_method(method: str) -> None:
+    """How `launch` starts the ranks from now on: ``"torchrun"`` (the default, as taught: one
+    torchrun job per launch, each rank a fresh Python) or ``"fork-server"`` (each rank forked from
+    one warm Python that imported torch once; much cheaper to start, used while grading).
+
+    Launches that need torchrun itself (``max_restarts``, or an ``env`` read at import time such
+    as TORCH_DISTRIBUTED_DEBUG) use torchrun whatever is set. Raises ValueError for another name.
+    """
+    global _start_method
+    if method not in START_METHODS:
+        raise ValueError(f"start method must be one of {START_METHODS}, got {method!r}")
+    _start_method = method
 
 
 def torchrun_command(nproc: int, job: str | os.PathLike, max_restarts: int = 0) -> list[str]:
@@ -100,9 +128,13 @@ def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, thread
                      "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
                      **(env or {})}
         start = time.perf_counter()
-        returncode, output = _run(command, child_env, timeout)
+        if _start_method == "fork-server" and not max_restarts and not env:
+            returncode, output = _fork_server(child_env).run(job, nproc, threads, timeout)
+            shown = f"fork-server --nproc_per_node={nproc} -m course.launch JOB"
+        else:
+            returncode, output = _run(command, child_env, timeout)
+            shown = " ".join(["torchrun", *map(shlex.quote, command[3:-1]), "JOB"])
         seconds = time.perf_counter() - start
-        shown = " ".join(["torchrun", *map(shlex.quote, command[3:-1]), "JOB"])
         printed = _printed(job, nproc)
         if not quiet and printed:
             print(printed)
@@ -144,6 +176,91 @@ def _run(command: list[str], env: dict, timeout: float) -> tuple[int | None, str
         _kill_tree(proc, psutil)
         proc.communicate()
         raise
+
+
+class _ForkServer:
+    """One warm Python (``python -m course.launch --fork-server``) that has imported torch and this
+    course's distributed code, and forks the ranks of each launch from itself.
+
+    It reads one JSON line per launch on its stdin, forks `nproc` ranks that run `main` with
+    torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, ...), kills the
+    others when one fails (as torchrun's agent does), and answers one JSON line with every rank's
+    exit code. It dies with the process that started it (or when its stdin closes).
+    """
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.proc = subprocess.Popen([sys.executable, "-m", "course.launch", "--fork-server"], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True,
+                                     preexec_fn=lambda: _die_with_parent(signal.SIGKILL))
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _read_line(self, deadline: float) -> str | None:
+        """The server's next line, or None at the deadline (or if it died)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 1.0))
+            if ready:
+                line = self.proc.stdout.readline()
+                return line or None
+            if not self.alive():
+                return None
+
+    def run(self, job: Path, nproc: int, threads: int, timeout: float) -> tuple[int | None, str]:
+        """Run the job's ranks; (0 or 1, a torchrun-like summary), or (None, "") past `timeout`."""
+        with self.lock:
+            deadline = time.monotonic() + timeout
+            try:
+                request = {"job": str(job), "nproc": nproc, "threads": threads}
+                self.proc.stdin.write(json.dumps(request) + "\n")
+                self.proc.stdin.flush()
+                line = self._read_line(deadline)
+            except BaseException:
+                self.stop()
+                raise
+            if line is None:  # past the timeout, or the server died: nothing of it may survive
+                self.stop()
+                return None, ""
+            codes = json.loads(line)["codes"]
+        failed = [(rank, code) for rank, code in codes if code != 0]
+        if not failed:
+            return 0, ""
+        rank, code = failed[0]  # the first to fail, as torchrun reports it
+        return 1, f"Root Cause (first observed failure):\n  rank      : {rank}\n  exitcode  : {code}"
+
+    def stop(self) -> None:
+        """Kill the server and every rank it forked."""
+        import psutil
+
+        _kill_tree(self.proc, psutil)
+        self.proc.communicate()
+
+
+_server: _ForkServer | None = None
+
+
+def _fork_server(env: dict) -> _ForkServer:
+    """The running fork server, started (a few seconds) if there is none or the environment changed."""
+    global _server
+    if _server is None or not _server.alive() or _server.env != env:
+        stop_fork_server()
+        _server = _ForkServer(env)
+    return _server
+
+
+def stop_fork_server() -> None:
+    """Stop the fork server of ``set_start_method("fork-server")``, if one runs (a no-op otherwise);
+    the next launch that needs one starts it again."""
+    global _server
+    if _server is not None:
+        server, _server = _server, None
+        server.stop()
 
 
 def _die_with_parent(sig: int) -> None:
@@ -325,5 +442,64 @@ def main(job: str) -> int:
             dist.destroy_process_group()
 
 
+def serve_forks() -> int:
+    """The fork server's loop (see `_ForkServer`): import once, then fork the ranks of each launch."""
+    import socket
+
+    # Imported once here, not in every rank: the payload's unpickler, the course's rank functions,
+    # and torch._dynamo, which an optimizer's first step imports (over a second of CPU per rank).
+    # Nothing is *run* here: a backward pass would start autograd's threads, which a fork loses.
+    import cloudpickle  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
+    import course.distributed  # noqa: F401
+    _die_with_parent(signal.SIGKILL)
+    if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) > 1:
+        raise RuntimeError("the fork server must be single-threaded: a forked rank loses the other threads")
+    for line in sys.stdin:
+        request = json.loads(line)
+        nproc = request["nproc"]
+        with socket.socket() as probe:  # a free port for rank 0's store, as torchrun --standalone picks one
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        gc.freeze()  # what the server holds is left out of the ranks' garbage collections (no copy-on-write)
+        pids = {}
+        for rank in range(nproc):
+            pid = os.fork()
+            if pid == 0:  # a rank
+                code = 1
+                try:
+                    os.environ.update({
+                        "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0",
+                        "ROLE_RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+                        "ROLE_WORLD_SIZE": str(nproc),
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                        "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
+                        "OMP_NUM_THREADS": str(request["threads"])})
+                    code = main(request["job"])
+                finally:
+                    for stream in (sys.stdout, sys.stderr):
+                        try:
+                            stream.flush()
+                        except (OSError, ValueError):
+                            pass
+                    os._exit(code)
+            pids[pid] = rank
+        codes = []
+        while pids:
+            pid, status = os.wait()
+            if pid not in pids:
+                continue
+            codes.append((pids.pop(pid), os.waitstatus_to_exitcode(status)))
+            if codes[-1][1] != 0 and pids:  # one rank failed: stop the others, as torchrun's agent does
+                for other in pids:
+                    os.kill(other, signal.SIGTERM)
+        sys.stdout.write(json.dumps({"codes": codes}) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(serve_forks() if sys.argv[1:] == ["--fork-server"] else main(sys.argv[1]))

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from course import distributed as D
+from course import launch as launcher
 from course.launch import WorkerError, launch
 
 
@@ -38,21 +39,58 @@ def _sleeps():
 
 
 def _descendants():
-    return psutil.Process().children(recursive=True)
+    """Processes this test started that still run, except the fork server, which is meant to stay
+    (its ranks are not): `test_stop_fork_server_leaves_nothing` checks that it goes when asked."""
+    server = launcher._server.proc.pid if launcher._server is not None else None
+    return [p for p in psutil.Process().children(recursive=True) if p.pid != server]
 
 
-def test_launch_returns_each_ranks_value_and_what_it_printed():
+@pytest.fixture(params=launcher.START_METHODS)
+def start_method(request):
+    """Each launcher test runs with both ways of starting the ranks: they must behave alike."""
+    launcher.set_start_method(request.param)
+    yield request.param
+    launcher.set_start_method("torchrun")
+    launcher.stop_fork_server()
+
+
+def test_launch_returns_each_ranks_value_and_what_it_printed(start_method):
     def rank_square():
         print("hello from", dist.get_rank())
-        return dist.get_rank() ** 2, dist.get_world_size()
+        return (dist.get_rank() ** 2, dist.get_world_size(), int(os.environ["RANK"]),
+                int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]), torch.get_num_threads())
 
     run = launch(rank_square, 3, quiet=True)
-    assert run.results == [(0, 3), (1, 3), (4, 3)]
+    assert run.results == [(0, 3, 0, 0, 3, 1), (1, 3, 1, 1, 3, 1), (4, 3, 2, 2, 3, 1)]
     assert "[rank 2] hello from 2" in run.output
-    assert run.command.startswith("torchrun --standalone --nproc_per_node=3")
+    assert run.command.startswith({"torchrun": "torchrun --standalone --nproc_per_node=3",
+                                   "fork-server": "fork-server --nproc_per_node=3"}[start_method])
+    assert launch(rank_square, 2, quiet=True).results[1] == (1, 2, 1, 1, 2, 1)  # again, on another world size
 
 
-def test_a_failing_rank_is_named_first_and_nothing_survives():
+def test_launches_that_need_torchrun_use_it_whatever_the_start_method(start_method):
+    def restart_count():
+        return os.environ["TORCHELASTIC_RESTART_COUNT"]
+
+    assert launch(restart_count, 2, quiet=True, max_restarts=1).command.startswith("torchrun")
+    assert launch(restart_count, 2, quiet=True, env={"TORCH_DISTRIBUTED_DEBUG": "DETAIL"}).command.startswith(
+        "torchrun")
+    with pytest.raises(ValueError, match="start method"):
+        launcher.set_start_method("spawn")
+
+
+def test_stop_fork_server_leaves_nothing():
+    launcher.set_start_method("fork-server")
+    try:
+        assert launch(D.run_collectives, 2, quiet=True).results[1]["all_reduce"].tolist() == [10.0, 12.0]
+        assert len(psutil.Process().children(recursive=True)) == 1  # the server; its ranks are gone
+    finally:
+        launcher.set_start_method("torchrun")
+        launcher.stop_fork_server()
+    assert not psutil.Process().children(recursive=True)
+
+
+def test_a_failing_rank_is_named_first_and_nothing_survives(start_method):
     with pytest.raises(WorkerError) as failure:
         launch(_fails_on_rank_one, 2, quiet=True)
     message = str(failure.value)
@@ -61,7 +99,7 @@ def test_a_failing_rank_is_named_first_and_nothing_survives():
     assert not _descendants()
 
 
-def test_an_exception_in_notebook_code_shows_its_rank_type_message_and_source_lines():
+def test_an_exception_in_notebook_code_shows_its_rank_type_message_and_source_lines(start_method):
     # What IPython does with a cell: compile it under a made-up file name and keep its source in
     # linecache. cloudpickle ships the function by value and renames that file "<dynamic-code>",
     # and the rank cannot read the cell, so launch must put the cell's lines back itself.
@@ -92,12 +130,12 @@ def _a_stub():
     raise NotImplementedError
 
 
-def test_an_exercise_stub_on_a_rank_raises_not_implemented_as_a_local_call_would():
+def test_an_exercise_stub_on_a_rank_raises_not_implemented_as_a_local_call_would(start_method):
     with pytest.raises(NotImplementedError, match=r"rank \d: NotImplementedError"):
         launch(_a_stub, 2, quiet=True)
 
 
-def test_a_stuck_collective_times_out_instead_of_hanging():
+def test_a_stuck_collective_times_out_instead_of_hanging(start_method):
     start = time.perf_counter()
     with pytest.raises(WorkerError, match="Timed out"):
         launch(_waits_for_a_missing_peer, 2, collective_timeout=2, quiet=True)
@@ -105,18 +143,19 @@ def test_a_stuck_collective_times_out_instead_of_hanging():
     assert not _descendants()
 
 
-def test_launch_timeout_kills_every_process():
+def test_launch_timeout_kills_every_process(start_method):
     with pytest.raises(WorkerError, match="timeout"):
         launch(_sleeps, 2, timeout=8, quiet=True)
     assert not _descendants()
 
 
-def test_ranks_die_with_a_killed_kernel(tmp_path):
+def test_ranks_die_with_a_killed_kernel(tmp_path, start_method):
     # A notebook kernel killed mid-launch (a grader's timeout) must not leave ranks behind.
     marker = tmp_path / "started"
     script = textwrap.dedent(f"""
         import pathlib, time
-        from course.launch import launch
+        from course.launch import launch, set_start_method
+        set_start_method({start_method!r})
         def wait():
             pathlib.Path({str(marker)!r}).touch()
             time.sleep(600)
@@ -128,7 +167,7 @@ def test_ranks_die_with_a_killed_kernel(tmp_path):
         time.sleep(0.2)
     assert marker.exists(), "the ranks never started"
     tree = psutil.Process(kernel.pid).children(recursive=True)
-    assert len(tree) >= 3  # torchrun and two ranks
+    assert len(tree) >= 3  # torchrun (or the fork server) and two ranks
     kernel.send_signal(signal.SIGKILL)
     kernel.wait()
     gone, alive = psutil.wait_procs(tree, timeout=30)
@@ -151,7 +190,7 @@ def test_bad_arguments_are_refused_before_anything_starts():
     assert not _descendants()
 
 
-def test_collectives_match_the_predictions_on_three_ranks():
+def test_collectives_match_the_predictions_on_three_ranks(start_method):
     results = launch(D.run_collectives, 3, quiet=True).results
     for rank, got in enumerate(results):
         for name in D.COLLECTIVES:
@@ -221,7 +260,7 @@ def test_accumulation_check_starts_from_stale_gradients():
     assert any((weights[name] - expected[name]).abs().max() > 1e-4 for name in expected)
 
 
-def test_ddp_follows_the_single_process_run_through_sampler_padding():
+def test_ddp_follows_the_single_process_run_through_sampler_padding(start_method):
     world = 3  # 1259 training digits: the sampler pads to 1260 with repeated indices
     losses = launch(D.train_ddp, world, epochs=2, batch_per_rank=32, quiet=True).results
     assert losses[0] == losses[1] == losses[2]
