@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -278,3 +280,16 @@ def test_the_validate_button_passes_a_correct_answer_that_warns(lab_server, note
         finally:
             browser.close()
     assert "Success! Your notebook passes all the tests." in text, text
+
+
+def test_make_lab_and_binder_install_the_course_validate():
+    """`make lab` and Binder's postBuild run the install the server test above runs, and the Lab server
+    (started outside the repository) can import it: autograders is part of the editable install."""
+    makefile = (settings.REPO / "Makefile").read_text()
+    assert re.search(r"^lab: .*\$\(LAB_VALIDATE\)", makefile, re.M)
+    assert "$(BIN)/python -m autograders.validate --sys-prefix" in makefile
+    post = (settings.REPO / "binder" / "postBuild").read_text()
+    assert "\npython -m autograders.validate --sys-prefix\n" in post
+    assert post.index("pip install") < post.index("-m autograders.validate")
+    packages = tomllib.loads((settings.REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert "autograders" in packages
