@@ -42,8 +42,15 @@ LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 $(LAB_OVERRIDES): binder/overrides.json $(STAMP)
 	install -D -m 644 $< $@
 
+# Validate in JupyterLab judges as `make check` and grading do (course settings, stderr ignored):
+# the course serves it in place of nbgrader's (autograders/validate.py); Binder's postBuild runs the same.
+LAB_VALIDATE := $(VENV)/.validate-installed
+$(LAB_VALIDATE): autograders/validate.py $(STAMP)
+	$(BIN)/python -m autograders.validate --sys-prefix
+	touch $@
+
 # Serve the whole repository (so every module shows in the file browser), opening the start page.
-lab: $(STAMP) $(LAB_OVERRIDES)
+lab: $(STAMP) $(LAB_OVERRIDES) $(LAB_VALIDATE)
 	$(BIN)/jupyter lab --ServerApp.root_dir="$(LAB_ROOT)" --LabApp.default_url=/lab/tree/$(START) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
