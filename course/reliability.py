@@ -588,6 +588,44 @@ def elastic_worker(folder: str, steps: int, every: int, crash_at: int | None = N
     return {"attempt": attempt, "resumed_from": resumed_from, "model": run.model.state_dict()}
 
 
+def elastic_cases(worker, cases: dict[str, tuple], books: str) -> dict[str, object]:
+    """Run ``worker(*case)`` for each named case, in order, on this rank; return {name: its result}.
+
+    For ``launch(elastic_cases, 2, worker, cases, books, max_restarts=<cases that crash>)``: several
+    crash-and-restart cases share one torchrun launch, since every restart costs each rank a new process
+    (seconds: torch and its compiler stack are imported again). Each case sees its own attempt number in
+    ``TORCHELASTIC_RESTART_COUNT``: 0 on the attempt it first ran in, 1 after the restart it caused. A case
+    that every rank finished in an earlier attempt is not run again; its result is read back from the
+    folder `books` (pickles, one per case and rank). Raises what the worker raises.
+    """
+    import pickle
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    books = Path(books)
+    finished = {name for name in cases
+                if all((books / f"{name}-rank{r}.pkl").exists() for r in range(world))}
+    dist.barrier()  # every rank decides what to skip before any rank writes a result of this attempt
+    results = {}
+    try:
+        for name, case in cases.items():
+            done = books / f"{name}-rank{rank}.pkl"
+            if name in finished:
+                results[name] = pickle.loads(done.read_bytes())
+                continue
+            began = books / f"{name}-began-rank{rank}"
+            if not began.exists():
+                began.write_text(str(attempt))
+            os.environ["TORCHELASTIC_RESTART_COUNT"] = str(attempt - int(began.read_text()))
+            results[name] = worker(*case)
+            partial = done.with_suffix(".part")  # a rank stopped mid-write leaves no half result
+            partial.write_bytes(pickle.dumps(results[name]))
+            partial.replace(done)
+    finally:
+        os.environ["TORCHELASTIC_RESTART_COUNT"] = str(attempt)
+    return results
+
+
 # ----------------------------------------------------------------- silent errors
 
 def guarded_update(run: TrainingRun, loss: torch.Tensor, max_norm: float = 10.0) -> bool:

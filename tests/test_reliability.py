@@ -177,8 +177,9 @@ def test_an_exception_in_a_notebook_elastic_worker_comes_back_with_its_traceback
     linecache.cache[cell] = (len(source), None, source.splitlines(True), cell)
     namespace = {"__name__": "__main__"}
     exec(compile(source, cell, "exec"), namespace)
-    with pytest.raises(WorkerError) as err:
-        launch(namespace["elastic_worker"], 2, str(tmp_path), 10, 5, None, quiet=True, max_restarts=1)
+    with pytest.raises(WorkerError) as err:  # as the notebook's test calls it: through rel.elastic_cases
+        launch(rel.elastic_cases, 2, namespace["elastic_worker"], {"calm": (str(tmp_path / "a"), 10, 5, None)},
+               str(tmp_path), quiet=True, max_restarts=1)
     assert "KeyError: 'model'" in str(err.value)
     assert "return checkpoint['model']  # the learner's bug" in str(err.value)
 
@@ -189,12 +190,21 @@ def test_crash_report_passes_other_errors_through(tmp_path):
 
 
 def test_torchrun_restarts_a_crashed_group_and_it_resumes_exactly(tmp_path):
-    calm = launch(rel.elastic_worker, 2, str(tmp_path / "a"), 30, 10, None, quiet=True)
-    crashed = launch(rel.elastic_worker, 2, str(tmp_path / "b"), 30, 10, 13, quiet=True, max_restarts=1)
-    assert [r["attempt"] for r in crashed.results] == [1, 1]
-    assert crashed.results[0]["resumed_from"] == 10
-    for key, value in calm.results[0]["model"].items():
-        assert torch.equal(value, crashed.results[1]["model"][key])
+    """Three cases in one launch (as the notebook's test runs them): torchrun restarts the group once per
+    crash, each case sees its own attempt number, and every case ends with the uninterrupted weights."""
+    cases = {"calm": (str(tmp_path / "a"), 30, 10, None), "crashed": (str(tmp_path / "b"), 30, 10, 13),
+             "late": (str(tmp_path / "c"), 30, 5, 22)}
+    (tmp_path / "books").mkdir()
+    job = launch(rel.elastic_cases, 2, rel.elastic_worker, cases, str(tmp_path / "books"), quiet=True,
+                 max_restarts=2)
+    calm, crashed, late = [[rank[name] for rank in job.results] for name in cases]
+    assert [r["attempt"] for r in calm] == [0, 0]
+    assert [r["attempt"] for r in crashed] == [1, 1] and [r["attempt"] for r in late] == [1, 1]
+    assert [r["resumed_from"] for r in (*calm, *crashed, *late)] == [0, 0, 10, 10, 20, 20]
+    for other in (*crashed, *late):
+        for key, value in calm[0]["model"].items():
+            assert torch.equal(value, other["model"][key])
+    assert os.environ.get("TORCHELASTIC_RESTART_COUNT") is None  # the cases' counts stayed inside the ranks
 
 
 def test_a_rank_that_dies_without_a_traceback_is_named_first(tmp_path):

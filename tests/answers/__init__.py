@@ -6,8 +6,8 @@ Each module has ``tests/answers/<module>.py`` with a list ``ANSWERS`` of `Wrong`
 its exercises (an exercise is a solution code cell; its tests are the graded cells that follow it).
 `run` executes the module's solution notebook once, top to bottom, in one kernel under the grader's
 environment (``NBGRADER_EXECUTION=autograde``: fast mode), then for each record: defines the answer,
-re-runs the exercise's test cells as grading does (with hidden tests; a flag at the start of the hidden
-region tells whether a failure came from the visible tests a learner sees), and restores the reference. `violations` says what broke a rule:
+re-runs the exercise's test cells as grading does (with hidden tests; a flag set at the start of each hidden
+region and cleared at its end tells whether a failure came from the visible tests a learner sees), and restores the reference. `violations` says what broke a rule:
 
 - a `Wrong` answer must fail at least one of its exercise's test cells, hidden tests included;
   `visible=True` says the visible tests alone catch it (a learner learns from those);
@@ -201,7 +201,8 @@ class Session:
                 return outcome
             for test in self.tests(answer.cell):
                 error = self._run(FRESH_HELPERS + MARK_VISIBLE + test.source.replace(
-                    "### BEGIN HIDDEN TESTS\n", "### BEGIN HIDDEN TESTS\n" + MARK_HIDDEN, 1), index)
+                    "### BEGIN HIDDEN TESTS\n", "### BEGIN HIDDEN TESTS\n" + MARK_HIDDEN).replace(
+                    "### END HIDDEN TESTS\n", "### END HIDDEN TESTS\n" + MARK_VISIBLE), index)
                 outcome.failed |= error is not None
                 if error:
                     outcome.messages.append(f"{test.id}: {error}")
