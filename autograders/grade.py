@@ -2,12 +2,17 @@
 
     python -m autograders.grade 00_orientation SUBMISSIONS [--out grading/00_orientation] [--jobs N]
 
-SUBMISSIONS is a folder or a .zip export (see `autograders.collect`). Each student is graded by
-its own ``nbgrader autograde`` process in a scratch copy of the course (its own gradebook copy),
-in parallel over the machine's cores; the grader alone then copies the grades into the course's
-gradebook, one student at a time, so parallel runs never write to one database at once. The
-kernel that runs a submission is walled in (`autograders.sandbox`): it cannot see the gradebook,
+SUBMISSIONS is a folder or a .zip export (see `autograders.collect`). Students are graded in
+parallel by long-lived worker processes (`autograders.worker`, one per job), each running nbgrader's
+own Autograde and GenerateFeedback classes in a scratch course of its own (its own gradebook copy),
+one student after another; the grader alone then copies each student's grades into the course's
+gradebook, so parallel runs never write to one database at once. The kernel that runs a submission
+is a fresh process per student, walled in (`autograders.sandbox`): it cannot see the gradebook,
 other submissions or the solutions, write anywhere but its own folder, or reach the network.
+
+How many students at once (`default_jobs`) counts the processes a module's tests start (torchrun's
+ranks, `PROCESSES`), and the cell limits stretch with the load the grader itself puts on the cores
+(`cell_limit`), so an honest notebook does not lose points because its neighbours were busy.
 
 A cell time limit and a whole-notebook limit, and the guards of `autograders.guard`, mean a
 broken or hostile submission (endless loop, memory bomb, dead kernel, edited tests, patched
@@ -24,6 +29,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
+import queue
+import selectors
 import hashlib
 import html
 import json
@@ -57,6 +65,7 @@ sys.path.insert(0, {repo!r})
 from autograders.settings import configure
 configure(get_config(), root={root!r}, cell_timeout_s={timeout})
 c = get_config()
+c.GuardedExecute.cell_timeouts = {cells!r}  # heavy test cells' own limits (grade.py's CELL_TIMEOUTS_S)
 c.Execute.kernel_name = {kernel!r}     # autograders/sandbox.py: walled in, no network, memory and file caps
 c.KernelManager.transport = "ipc"      # the kernel's network namespace cannot reach the grader's TCP
 c.KernelManager.ip = {ipc!r}
@@ -64,10 +73,55 @@ os.makedirs(os.path.dirname(c.KernelManager.ip), exist_ok=True)
 """
 
 
-def default_jobs() -> int:
-    """As many students at once as there are cores, and memory for their kernels."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, int(psutil.virtual_memory().available // MEMORY_PER_JOB)))
+# Modules whose tests start busy processes of their own besides the kernel (torchrun's ranks: 04 launches
+# worlds of up to 3, 06 restarts a world of 2 under its agent; the agent mostly waits). A student's
+# grading then needs that many cores to run at the speed the cell limits assume.
+PROCESSES = {"04_distributed": 3, "06_reliability": 3}
+# Test cells that need more than the cell limit on an idle machine (seconds, before `load_factor`):
+# 06's elastic test runs torchrun three times, a crash and a restart among them.
+CELL_TIMEOUTS_S = {"06_reliability": {"elastic_tests": 120}}
+WORKER_SCRIPT = Path(__file__).with_name("worker.py")  # run by path: its course folder is its cwd
+WORKER_START_TIMEOUT_S = 300  # a Python start and nbgrader's imports, on a busy machine
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def processes(module: str) -> int:
+    """How many busy processes one student's grading runs at once: the kernel, or its torchrun ranks."""
+    return PROCESSES.get(module, 1)
+
+
+def default_jobs(module: str | None = None, n_cores: int | None = None,
+                 available_bytes: float | None = None) -> int:
+    """Students graded at once: as many as the cores hold, counting the processes each student's tests
+    start (`processes`), and memory for their kernels. At least one."""
+    n_cores = n_cores or cores()
+    if available_bytes is None:
+        available_bytes = psutil.virtual_memory().available
+    per_student = processes(module) if module else 1
+    return max(1, min(n_cores // per_student, int(available_bytes // (MEMORY_PER_JOB * per_student))))
+
+
+def load_factor(module: str, jobs: int, n_cores: int | None = None) -> float:
+    """How much slower than alone a cell runs when `jobs` students of `module` share the cores: the
+    busy processes the grader itself starts per core, at least 1."""
+    return max(1.0, jobs * processes(module) / (n_cores or cores()))
+
+
+def cell_limit(cell_timeout_s: int, module: str, jobs: int, n_cores: int | None = None) -> int:
+    """The cell time limit the grading kernel gets: `cell_timeout_s` on an idle machine, stretched by
+    the load the grader puts on it (`load_factor`), so an honest cell never loses its points because
+    the grader ran several students at once."""
+    return math.ceil(cell_timeout_s * load_factor(module, jobs, n_cores))
+
+
+def cell_limits(module: str, jobs: int, n_cores: int | None = None) -> dict[str, int]:
+    """The heavy test cells' own limits (`CELL_TIMEOUTS_S`), stretched like `cell_limit`."""
+    factor = load_factor(module, jobs, n_cores)
+    return {cell: math.ceil(seconds * factor) for cell, seconds in CELL_TIMEOUTS_S.get(module, {}).items()}
 
 
 # ---------------------------------------------------------------- running nbgrader
@@ -87,19 +141,24 @@ def _kill_tree(process: subprocess.Popen) -> None:
     psutil.wait_procs(victims, timeout=10)
 
 
+def _environment(jupyter: Path) -> dict[str, str]:
+    """The environment of nbgrader and the grading kernels it starts (`jupyter`: the kernel spec's folder)."""
+    env = settings.tools_on_path(dict(os.environ))
+    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter), env.get("JUPYTER_PATH")]))
+    # One thread per grading kernel: a busy grading machine cannot oversubscribe its cores
+    # (OpenMP spin-waiting then slows cells tenfold into their time limit), and results do
+    # not depend on how many cores the grader has. course.setup honours OMP_NUM_THREADS.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return env
+
+
 def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
               jupyter: Path | None = None) -> int | None:
     """Run one nbgrader command in `root`, appending to `log`; exit code, None on timeout.
 
     `jupyter` is the folder holding the grading kernel's spec (default: `root`/jupyter).
     """
-    env = settings.tools_on_path(dict(os.environ))
-    jupyter = jupyter or root / "jupyter"
-    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter), env.get("JUPYTER_PATH")]))
-    # One thread per grading kernel: a busy grading machine cannot oversubscribe its cores
-    # (OpenMP spin-waiting then slows cells tenfold into their time limit), and results do
-    # not depend on how many cores the grader has. course.setup honours OMP_NUM_THREADS.
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = _environment(jupyter or root / "jupyter")
     with open(log, "ab") as out:
         out.write(f"$ nbgrader {' '.join(args)}\n".encode())
         out.flush()
@@ -119,9 +178,9 @@ def _ipc_folder(root: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"grade-ipc-{digest}"
 
 
-def _write_config(root: Path, cell_timeout_s: int) -> None:
+def _write_config(root: Path, cell_timeout_s: int, cell_timeouts: dict[str, float] | None = None) -> None:
     (root / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(
-        repo=str(settings.REPO), root=str(root.resolve()), timeout=cell_timeout_s,
+        repo=str(settings.REPO), root=str(root.resolve()), timeout=cell_timeout_s, cells=cell_timeouts or {},
         kernel=sandbox.KERNEL_NAME, ipc=str(_ipc_folder(root) / "k")))
 
 
@@ -251,6 +310,111 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class Worker:
+    """One long-lived `autograders.worker` process and its scratch course: grades students one at a time.
+
+    The scratch course holds a copy of the course's gradebook, taken when the worker starts; each
+    student's grades are copied into the course's gradebook (`_merge`) by the caller. A student who runs
+    past the time limit, or whose grading kills the process, costs only that student: the process and
+    everything it started are killed, and the next student gets a fresh worker in a fresh scratch course.
+    """
+
+    def __init__(self, run: "Run", index: int):
+        self.run, self.index, self.starts = run, index, 0
+        self.process: subprocess.Popen | None = None
+        self.course: Path | None = None
+        self.timed_out = False  # whether the last student ran past the time limit
+        self.ready = False
+
+    def _start(self) -> None:
+        """Start the process in a fresh scratch course; it reads its gradebook only when it grades."""
+        run = self.run
+        self.starts += 1
+        self.ready = False
+        self.course = course = run.root / "work" / f"worker{self.index}-{self.starts}"
+        shutil.rmtree(course, ignore_errors=True)
+        course.mkdir(parents=True)
+        _write_config(course, run.kernel_cell_timeout_s, run.kernel_cell_timeouts)
+        with open(course / "worker.log", "ab") as noise:  # until the worker points its stderr there itself
+            self.process = subprocess.Popen(
+                [sys.executable, str(WORKER_SCRIPT), str(course)], cwd=course,
+                env=_environment(run.root / "jupyter"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=noise, text=True, bufsize=1)
+
+    def _ready(self) -> None:
+        """A started worker, its imports done, and the course's gradebook copied into its course."""
+        if self.process is None or self.process.poll() is not None:
+            self.stop()
+            self._start()
+        if not self.ready:
+            if self._answer(WORKER_START_TIMEOUT_S) is None:
+                log = self.course / "worker.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                self.stop()
+                raise RuntimeError(f"the grading worker did not start: {tail}")
+            self.ready = True
+        if not (self.course / "gradebook.db").exists():
+            with self.run.lock:
+                shutil.copyfile(self.run.root / "gradebook.db", self.course / "gradebook.db")
+
+    def _answer(self, timeout_s: float) -> dict | None:
+        """The worker's next answer line; None when it ran past `timeout_s` (`timed_out` is then set)
+        or ended."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout_s):
+                self.timed_out = True
+                return None
+        line = self.process.stdout.readline()
+        return json.loads(line) if line.strip() else None
+
+    def grade(self, student: str, notebook: Path, log: Path, timeout_s: float) -> dict | None:
+        """Autograde one student and write their feedback page in this worker's course.
+
+        `notebook` is copied into the course's submitted/ folder. The worker's answer
+        (``{"autograded": bool, "feedback": bool}``), or None when the student ran past `timeout_s`
+        (`timed_out`) or the worker died; the worker is then stopped, and the next call starts a new one.
+        """
+        self._ready()
+        module = self.run.module
+        for folder in ("submitted", "autograded", "feedback"):
+            shutil.rmtree(self.course / folder / student, ignore_errors=True)
+        into = self.course / "submitted" / student / module
+        into.mkdir(parents=True)
+        shutil.copyfile(notebook, into / f"{module}.ipynb")
+        self.timed_out = False
+        try:
+            self.process.stdin.write(json.dumps({"module": module, "student": student, "log": str(log)}) + "\n")
+            self.process.stdin.flush()
+            answer = self._answer(timeout_s)
+        except (OSError, ValueError):
+            answer = None
+        if answer is None:
+            self.stop()
+        return answer
+
+    def forget(self, student: str) -> None:
+        """Drop a student's files from this worker's course (the grades are merged by then)."""
+        for folder in ("submitted", "autograded", "feedback"):
+            shutil.rmtree(self.course / folder / student, ignore_errors=True)
+
+    def stop(self) -> None:
+        """End the worker and everything it started, and remove its course."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                _kill_tree(self.process)
+            for stream in (self.process.stdin, self.process.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            self.process.wait()
+            self.process = None
+        if self.course is not None:
+            shutil.rmtree(_ipc_folder(self.course), ignore_errors=True)
+            shutil.rmtree(self.course, ignore_errors=True)
+
+
 @dataclass
 class Run:
     """One grading run: where, what, its limits, and the lock that serialises gradebook writes."""
@@ -259,7 +423,26 @@ class Run:
     cell_timeout_s: int
     student_timeout_s: float
     regrade: bool = False
+    kernel_cell_timeout_s: int = 0  # the limit the kernel gets (`cell_limit`); 0: cell_timeout_s
+    kernel_cell_timeouts: dict[str, int] = field(default_factory=dict)  # heavy cells' (`cell_limits`)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    workers: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+
+    def __post_init__(self):
+        self.kernel_cell_timeout_s = self.kernel_cell_timeout_s or self.cell_timeout_s
+
+    def start_workers(self, jobs: int, early: int | None = None) -> None:
+        """Make `jobs` workers; the first `early` (default all) start now, their imports overlapping
+        `prepare_course`, the others when they first grade. Each reads the gradebook when it first grades."""
+        for index in range(jobs):
+            worker = Worker(self, index)
+            if early is None or index < early:
+                worker._start()
+            self.workers.put(worker)
+
+    def stop_workers(self) -> None:
+        while not self.workers.empty():
+            self.workers.get().stop()
 
     @functools.cached_property
     def version(self) -> str:
@@ -326,47 +509,60 @@ class Run:
         released = nbformat.read(settings.MODULES / module / f"{module}.ipynb", as_version=4)
         result.review = guard.review_flags(notebook, {c.id: c.source for c in released.cells})
 
-        for course in (root, scratch := root / "work" / student):
-            folder = course / "submitted" / student / module
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            shutil.copyfile(sub.notebook, folder / f"{module}.ipynb")
-        with self.lock:
-            shutil.copyfile(root / "gradebook.db", scratch / "gradebook.db")
-        _write_config(scratch, self.cell_timeout_s)
+        folder = root / "submitted" / student / module
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        shutil.copyfile(sub.notebook, folder / f"{module}.ipynb")
         log = root / "logs" / f"{student}.log"
         log.parent.mkdir(exist_ok=True)
         log.write_text("")
+        worker = self.workers.get()
         try:
-            code = _nbgrader(["autograde", module, f"--student={student}", "--force"], scratch, log,
-                             timeout_s=self.student_timeout_s, jupyter=root / "jupyter")
-            scores = _scores(scratch, module, student)
-            if code is None:
+            try:
+                answer = worker.grade(student, folder / f"{module}.ipynb", log, self.student_timeout_s)
+            except RuntimeError as error:  # no worker could start: nothing about this student
+                result.status = "grading failed"
+                return str(error)
+            scores = _scores(worker.course, module, student) if answer else None
+            if answer is None and worker.timed_out:
                 result.status = "timed out"
                 return f"the whole notebook ran past {self.student_timeout_s:g} s and was stopped"
-            if code != 0 or scores is None:
+            if answer is None:
                 result.status = "grading failed"
-                return diagnose(log.read_text(errors="replace"), self.cell_timeout_s)
+                return ("the grading process ended while it ran this notebook (its code may have killed it), "
+                        f"so no test could run; see {log}")
+            if not answer["autograded"] or scores is None:
+                result.status = "grading failed"
+                return diagnose(log.read_text(errors="replace"), self.kernel_cell_timeout_s)
             with self.lock:
-                _merge(scratch, root, module, student)
+                _merge(worker.course, root, module, student)
+                into = root / "feedback" / student / module
+                shutil.rmtree(into, ignore_errors=True)
+                if answer["feedback"]:
+                    shutil.copytree(worker.course / "feedback" / student / module, into)
+            worker.forget(student)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-            shutil.rmtree(_ipc_folder(scratch), ignore_errors=True)
+            self.workers.put(worker)
         result.score, result.max_score, result.cells, result.manual_pending = scores
         result.status = "graded"
         if result.manual_pending:
-            result.detail = f"{result.manual_pending:g} points to grade by hand (formgrader)"
+            result.detail = "; ".join(filter(None, [
+                result.detail, f"{result.manual_pending:g} points to grade by hand (formgrader)"]))
         slow = _timeout_cells(root / "autograded" / student / module / f"{module}.ipynb")
         if slow:
             result.status = "timed out"
+            named = [f"{cell} ({self.kernel_cell_timeouts[cell]} s)" if cell in self.kernel_cell_timeouts
+                     else cell for cell in slow]
             result.detail = "; ".join(filter(None, [
-                f"over the {self.cell_timeout_s} s cell limit: " + ", ".join(slow), result.detail]))
+                f"over the {self.kernel_cell_timeout_s} s cell limit: " + ", ".join(named), result.detail]))
         return None
 
 
 def generate_feedback(root: Path, module: str, results: list[Result]) -> None:
-    """nbgrader's feedback pages for every graded student, in one process."""
-    graded = [r for r in results if r.status in ("graded", "timed out") and r.cells]
+    """nbgrader's feedback pages for the graded students among `results` whose page is missing (the
+    workers write each page right after grading; this is the fallback), in one process."""
+    graded = [r for r in results if r.status in ("graded", "timed out") and r.cells
+              and not (r.feedback and r.feedback.exists())]
     if not graded:
         return
     log = root / "logs" / "feedback.log"
@@ -394,13 +590,18 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     found = collect_submissions(Path(submissions), module, scratch, id_regex)
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
-    prepare_course(out, module, cell_timeout_s)
-    jobs = max(1, min(jobs or default_jobs(), len(found)))
-    print(sandbox.isolation(), flush=True)
-    print(f"grading {len(found)} submissions, {jobs} at a time", flush=True)
-    run = Run(out, module, cell_timeout_s, student_timeout_s, regrade)
+    jobs = max(1, min(jobs or default_jobs(module), len(found)))
+    limit = cell_limit(cell_timeout_s, module, jobs)
+    run = Run(out, module, cell_timeout_s, student_timeout_s, regrade, kernel_cell_timeout_s=limit,
+              kernel_cell_timeouts=cell_limits(module, jobs))
     results: dict[str, Result] = {}
     try:
+        run.start_workers(jobs, early=sum(run.kept(sub) is None for sub in found))
+        prepare_course(out, module, cell_timeout_s)
+        print(sandbox.isolation(), flush=True)
+        print(f"grading {len(found)} submissions, {jobs} at a time; cell limit {limit} s"
+              + (f" ({cell_timeout_s} s, stretched for the load of {jobs} at a time)" if limit != cell_timeout_s
+                 else ""), flush=True)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run.grade_one, sub): sub for sub in found}
             for future in as_completed(futures):
@@ -408,8 +609,10 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
                 took = "unchanged, grades kept" if r.reused else f"{r.seconds:.0f} s"
                 print(f"  {r.student}: {r.score:g} / {r.max_score:g}, {r.status} ({took})", flush=True)
         ordered = [results[sub.student] for sub in found]
+        run.stop_workers()
         generate_feedback(out, module, ordered)
     finally:
+        run.stop_workers()
         shutil.rmtree(_ipc_folder(out), ignore_errors=True)
         shutil.rmtree(out / "work", ignore_errors=True)
     report.write_csv(out / "grades.csv", ordered)

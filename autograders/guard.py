@@ -24,6 +24,7 @@ import ast
 
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
+from traitlets import Dict, Float
 
 MAX_CELL_OUTPUT_CHARS = 100_000
 FRESH_HELPERS = 'import sys; sys.modules.pop("course.checks", None)  # grader: test helpers fresh from disk\n'
@@ -56,7 +57,21 @@ MAGIC_CALLS = {"run_line_magic", "run_cell_magic", "system", "getoutput"}  # wha
 
 
 class GuardedExecute(Execute):
-    """nbgrader's Execute, with test helpers reloaded before each test cell and outputs capped."""
+    """nbgrader's Execute, with test helpers reloaded before each test cell and outputs capped,
+    and per-cell time limits for heavy test cells."""
+
+    cell_timeouts = Dict(value_trait=Float(), help=(
+        "Seconds for the test cells named here (grade id -> limit), where a cell needs more than "
+        "`timeout`; never less than `timeout`. Set by the grader from its own table, not read from "
+        "the submission, whose metadata the student controls.")).tag(config=True)
+
+    def _get_timeout(self, cell):
+        """The cell's limit: `timeout`, or the larger limit `cell_timeouts` names for this test cell."""
+        timeout = super()._get_timeout(cell)
+        grade_id = (cell or {}).get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if timeout is not None and grade_id in self.cell_timeouts:
+            timeout = max(timeout, self.cell_timeouts[grade_id])
+        return timeout
 
     def preprocess_cell(self, cell, resources, index):
         meta = cell.metadata.get("nbgrader", {})
