@@ -4,7 +4,7 @@
 # Others: make release (regenerate modules/), make bench (time every notebook),
 #         make check NB=modules/00_orientation/00_orientation.ipynb (a learner's self-check),
 #         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip [JOBS=2],
-#         make bench-grading (grading throughput, one student at a time and in parallel),
+#         make bench-grading [MODULE=..] [JOBS=..] (grading throughput against plain serial nbgrader),
 #         make binder-box (every notebook in Binder's environment, under 2 GB and one CPU; root)
 
 PYTHON ?= python3
@@ -71,7 +71,7 @@ binder-box: $(STAMP)
 	$(BIN)/python -m tests.binder_box
 
 bench-grading: $(STAMP)
-	$(BIN)/python -m tests.bench_grading
+	$(BIN)/python -m tests.bench_grading $(MODULE) $(if $(JOBS),--jobs $(JOBS)) $(BENCH_ARGS)
 
 check: $(STAMP)
 	@test -n "$(NB)" || { echo "usage: make check NB=modules/00_orientation/00_orientation.ipynb"; exit 2; }

@@ -1,0 +1,102 @@
+"""How many students the grader runs at once, the time each cell gets, and the long-lived grading workers.
+
+An honest grade must not depend on how busy the grader is (issue 18, case 10): the default number of
+jobs counts the processes a module's tests start, and cell limits stretch with the load the grader
+itself puts on the cores. The workers that grade many students in one process must cost a student who
+hangs or kills them only that student.
+"""
+
+import json
+import re
+
+import nbformat
+import pytest
+
+from autograders import grade, guard, settings
+from tests.notebooks import load, reference_answers, solution_path, source, submission
+
+GB = 2**30
+
+
+def test_default_jobs_counts_the_processes_each_students_tests_start():
+    plenty = 64 * GB
+    assert grade.default_jobs("00_orientation", n_cores=2, available_bytes=plenty) == 2
+    # 06's elastic test runs torchrun with two ranks under an agent: one student fills two cores
+    assert grade.default_jobs("06_reliability", n_cores=2, available_bytes=plenty) == 1
+    assert grade.default_jobs("04_distributed", n_cores=2, available_bytes=plenty) == 1
+    assert grade.default_jobs("06_reliability", n_cores=8, available_bytes=plenty) == 2
+    assert grade.default_jobs("00_orientation", n_cores=1, available_bytes=plenty) == 1
+    # memory counts too, and there is always one job
+    assert grade.default_jobs("00_orientation", n_cores=16, available_bytes=5.5 * GB) == 2
+    assert grade.default_jobs("06_reliability", n_cores=16, available_bytes=1 * GB) == 1
+
+
+def test_every_module_whose_tests_start_processes_declares_them():
+    """A module whose code cells launch torchrun (course.launch) must be in grade.PROCESSES, or the
+    default jobs would put two such students on two cores."""
+    for module in settings.modules():
+        code = "\n".join(source(c) for c in load(solution_path(module))["cells"] if c["cell_type"] == "code")
+        starts_ranks = bool(re.search(r"\blaunch\(|torchrun", code))
+        assert starts_ranks == (grade.processes(module) > 1), module
+
+
+def test_cell_limits_stretch_with_the_graders_own_load():
+    assert grade.cell_limit(60, "00_orientation", jobs=2, n_cores=2) == 60  # one kernel per core
+    assert grade.cell_limit(60, "00_orientation", jobs=4, n_cores=2) == 120
+    assert grade.cell_limit(60, "06_reliability", jobs=1, n_cores=2) == 90  # three busy processes, two cores
+    assert grade.cell_limit(60, "06_reliability", jobs=2, n_cores=2) == 180
+    assert grade.cell_limits("06_reliability", jobs=2, n_cores=2) == {"elastic_tests": 360}
+    assert grade.cell_limits("00_orientation", jobs=2, n_cores=2) == {}
+
+
+def test_guarded_execute_gives_named_test_cells_their_own_limit():
+    execute = guard.GuardedExecute(timeout=60, cell_timeouts={"elastic_tests": 200.0})
+    heavy = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {"grade": True, "grade_id": "elastic_tests"}})
+    other = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {"grade": True, "grade_id": "other_tests"}})
+    plain = nbformat.v4.new_code_cell("pass")
+    assert execute._get_timeout(heavy) == 200
+    assert execute._get_timeout(other) == 60
+    assert execute._get_timeout(plain) == 60
+    # never less than the general limit
+    assert guard.GuardedExecute(timeout=300, cell_timeouts={"elastic_tests": 200.0})._get_timeout(heavy) == 300
+
+
+def test_the_graders_course_config_carries_the_limits(tmp_path):
+    grade._write_config(tmp_path, 90, {"elastic_tests": 180})
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(tmp_path)).load_config()
+    assert config.Execute.timeout == 90
+    assert config.GuardedExecute.cell_timeouts == {"elastic_tests": 180}
+
+
+HANG = "import time\nwhile True:\n    time.sleep(1)\n"
+# the kernel's parent is the worker, unless walls (a PID namespace) hide it: then nothing to kill
+KILL_THE_GRADER = "import os, signal\nif os.getppid() > 1:\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+
+
+@pytest.mark.slow
+def test_a_student_who_hangs_or_kills_the_worker_costs_only_that_student(tmp_path):
+    """One worker (jobs=1) grades four students in turn: the one that hangs past the whole-notebook limit
+    and the one whose code kills the grading process each get a clear result, and the honest students
+    after them are graded in full by the worker started in its place."""
+    module = "00_orientation"
+    reference = reference_answers(module)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first = next(iter(reference))
+    notebooks = {"a_honest": reference, "b_hangs": {**reference, first: HANG + reference[first]},
+                 "c_kills": {**reference, first: KILL_THE_GRADER + reference[first]}, "d_honest": reference}
+    for name, answers in notebooks.items():
+        (folder / f"{name}.ipynb").write_text(json.dumps(submission(module, answers)))
+    results = {r.student: r for r in grade.grade(module, folder, tmp_path / "out", cell_timeout_s=600,
+                                                 student_timeout_s=60, jobs=1)}
+    assert results["a_honest"].status == "graded" and results["a_honest"].score == 6
+    assert results["d_honest"].status == "graded" and results["d_honest"].score == 6
+    assert results["b_hangs"].status == "timed out" and "60 s" in results["b_hangs"].detail
+    killed = results["c_kills"]
+    assert (killed.status == "grading failed" and "grading process ended" in killed.detail
+            or killed.status == "graded" and killed.score == 6), killed
+    for name in ("a_honest", "d_honest"):
+        assert (tmp_path / "out" / "feedback" / name / module / f"{module}.html").exists()
+    assert not (tmp_path / "out" / "work").exists(), "the workers' scratch courses are left behind"
