@@ -80,8 +80,10 @@ PROCESSES = {"04_distributed": 3, "06_reliability": 3}
 # Test cells that need more than the cell limit on an idle machine (seconds, before `load_factor`):
 # 06's elastic test runs torchrun three times, a crash and a restart among them.
 CELL_TIMEOUTS_S = {"06_reliability": {"elastic_tests": 120}}
+MAX_STRETCH = 4.0  # cell limits grow with the load up to this factor; the student limit bounds them all
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")  # run by path: its course folder is its cwd
-WORKER_START_TIMEOUT_S = 300  # a Python start and nbgrader's imports, on a busy machine
+WORKER_START_TIMEOUT_S = 300
+SNAPSHOT_EVERY_S = 2  # how often a waiting grader notes the worker's processes (`Worker._answer`)  # a Python start and nbgrader's imports, on a busy machine
 
 
 def cores() -> int:
@@ -105,22 +107,30 @@ def default_jobs(module: str | None = None, n_cores: int | None = None,
     return max(1, min(n_cores // per_student, int(available_bytes // (MEMORY_PER_JOB * per_student))))
 
 
-def load_factor(module: str, jobs: int, n_cores: int | None = None) -> float:
-    """How much slower than alone a cell runs when `jobs` students of `module` share the cores: the
-    busy processes the grader itself starts per core, at least 1."""
-    return max(1.0, jobs * processes(module) / (n_cores or cores()))
+def load_factor(module: str, jobs: int, n_cores: int | None = None, machine_load: float = 0.0) -> float:
+    """How much slower than alone a cell runs when `jobs` students of `module` share the cores: the busy
+    processes the grader itself starts, plus `machine_load` (others' runnable processes, e.g. the load
+    average when the run starts), per core; at least 1, at most `MAX_STRETCH`."""
+    busy = jobs * processes(module) + max(0.0, machine_load)
+    return min(MAX_STRETCH, max(1.0, busy / (n_cores or cores())))
 
 
-def cell_limit(cell_timeout_s: int, module: str, jobs: int, n_cores: int | None = None) -> int:
+def machine_load() -> float:
+    """Runnable processes on this machine before the grader starts: the 1-minute load average."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def cell_limit(cell_timeout_s: int, module: str, jobs: int, n_cores: int | None = None,
+               machine_load: float = 0.0) -> int:
     """The cell time limit the grading kernel gets: `cell_timeout_s` on an idle machine, stretched by
-    the load the grader puts on it (`load_factor`), so an honest cell never loses its points because
-    the grader ran several students at once."""
-    return math.ceil(cell_timeout_s * load_factor(module, jobs, n_cores))
+    the load on it (`load_factor`), so an honest cell never loses its points because the grader ran
+    several students at once or the machine was busy."""
+    return math.ceil(cell_timeout_s * load_factor(module, jobs, n_cores, machine_load))
 
 
-def cell_limits(module: str, jobs: int, n_cores: int | None = None) -> dict[str, int]:
+def cell_limits(module: str, jobs: int, n_cores: int | None = None, machine_load: float = 0.0) -> dict[str, int]:
     """The heavy test cells' own limits (`CELL_TIMEOUTS_S`), stretched like `cell_limit`."""
-    factor = load_factor(module, jobs, n_cores)
+    factor = load_factor(module, jobs, n_cores, machine_load)
     return {cell: math.ceil(seconds * factor) for cell, seconds in CELL_TIMEOUTS_S.get(module, {}).items()}
 
 
@@ -325,6 +335,7 @@ class Worker:
         self.course: Path | None = None
         self.timed_out = False  # whether the last student ran past the time limit
         self.ready = False
+        self.seen: dict[int, psutil.Process] = {}  # the worker's descendants, last noted (`_answer`)
 
     def _start(self) -> None:
         """Start the process in a fresh scratch course; it reads its gradebook only when it grades."""
@@ -359,14 +370,27 @@ class Worker:
 
     def _answer(self, timeout_s: float) -> dict | None:
         """The worker's next answer line; None when it ran past `timeout_s` (`timed_out` is then set)
-        or ended."""
+        or ended. While it waits it notes the worker's descendants (`seen`) every few seconds: a kernel
+        whose code killed the worker is orphaned, and `stop` must still find it."""
+        deadline = time.monotonic() + timeout_s
         with selectors.DefaultSelector() as selector:
             selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout_s):
-                self.timed_out = True
-                return None
+            while not selector.select(max(0.0, min(SNAPSHOT_EVERY_S, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    self.timed_out = True
+                    return None
+                self._note_descendants()
         line = self.process.stdout.readline()
-        return json.loads(line) if line.strip() else None
+        try:
+            return json.loads(line) if line.strip() else None
+        except ValueError:  # a line cut short: the worker died while answering
+            return None
+
+    def _note_descendants(self) -> None:
+        try:
+            self.seen.update({p.pid: p for p in psutil.Process(self.process.pid).children(recursive=True)})
+        except psutil.Error:
+            pass
 
     def grade(self, student: str, notebook: Path, log: Path, timeout_s: float) -> dict | None:
         """Autograde one student and write their feedback page in this worker's course.
@@ -383,6 +407,7 @@ class Worker:
         into.mkdir(parents=True)
         shutil.copyfile(notebook, into / f"{module}.ipynb")
         self.timed_out = False
+        self.seen = {}
         try:
             self.process.stdin.write(json.dumps({"module": module, "student": student, "log": str(log)}) + "\n")
             self.process.stdin.flush()
@@ -399,10 +424,17 @@ class Worker:
             shutil.rmtree(self.course / folder / student, ignore_errors=True)
 
     def stop(self) -> None:
-        """End the worker and everything it started, and remove its course."""
+        """End the worker and everything it started (orphans included), and remove its course."""
         if self.process is not None:
             if self.process.poll() is None:
                 _kill_tree(self.process)
+            for proc in self.seen.values():  # psutil checks each is still the process it noted
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(list(self.seen.values()), timeout=10)
+            self.seen = {}
             for stream in (self.process.stdin, self.process.stdout):
                 try:
                     stream.close()
@@ -591,17 +623,19 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
     jobs = max(1, min(jobs or default_jobs(module), len(found)))
-    limit = cell_limit(cell_timeout_s, module, jobs)
+    busy = machine_load()
+    limit = cell_limit(cell_timeout_s, module, jobs, machine_load=busy)
     run = Run(out, module, cell_timeout_s, student_timeout_s, regrade, kernel_cell_timeout_s=limit,
-              kernel_cell_timeouts=cell_limits(module, jobs))
+              kernel_cell_timeouts=cell_limits(module, jobs, machine_load=busy))
     results: dict[str, Result] = {}
     try:
         run.start_workers(jobs, early=sum(run.kept(sub) is None for sub in found))
         prepare_course(out, module, cell_timeout_s)
         print(sandbox.isolation(), flush=True)
         print(f"grading {len(found)} submissions, {jobs} at a time; cell limit {limit} s"
-              + (f" ({cell_timeout_s} s, stretched for the load of {jobs} at a time)" if limit != cell_timeout_s
-                 else ""), flush=True)
+              + (f" ({cell_timeout_s} s stretched for {jobs} at a time, {processes(module)} busy processes each, "
+                 f"on {cores()} cores with a load average of {busy:.1f})" if limit != cell_timeout_s else ""),
+              flush=True)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run.grade_one, sub): sub for sub in found}
             for future in as_completed(futures):
