@@ -78,7 +78,7 @@ os.makedirs(os.path.dirname(c.KernelManager.ip), exist_ok=True)
 # grading then needs that many cores to run at the speed the cell limits assume.
 PROCESSES = {"04_distributed": 3, "06_reliability": 3}
 # Test cells that need more than the cell limit on an idle machine (seconds, before `load_factor`):
-# 06's elastic test runs torchrun three times, a crash and a restart among them.
+# 06's elastic test runs a torchrun world through a crash and a restart.
 CELL_TIMEOUTS_S = {"06_reliability": {"elastic_tests": 120}}
 MAX_STRETCH = 4.0  # cell limits grow with the load up to this factor; the student limit bounds them all
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")  # run by path: its course folder is its cwd
