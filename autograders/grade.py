@@ -100,6 +100,7 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
     # (OpenMP spin-waiting then slows cells tenfold into their time limit), and results do
     # not depend on how many cores the grader has. course.setup honours OMP_NUM_THREADS.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    mark = env[sandbox.MARK] = os.urandom(8).hex()  # inherited by all the kernel starts: killed after
     with open(log, "ab") as out:
         out.write(f"$ nbgrader {' '.join(args)}\n".encode())
         out.flush()
@@ -110,6 +111,11 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
         except subprocess.TimeoutExpired:
             _kill_tree(process)
             code = None
+        finally:
+            left = sandbox.after_run(mark)
+    if left:
+        with open(log, "a") as out:
+            out.write(f"[grader] killed {left} processes the notebook had left running\n")
     return code
 
 
