@@ -49,8 +49,8 @@ import builtins, sys, types
 TRUSTED = ("IPython", "ipykernel", "matplotlib", "matplotlib_inline", "ipywidgets", "traitlets", "comm",
            "jupyter_client")
 SHELL_HOOKS = ("input_transformer_manager", "input_transformers_post", "ast_transformers", "events",
-               "displayhook", "display_formatter", "display_pub", "display_trap", "builtin_trap", "compile", "InteractiveTB",
-               "SyntaxTB", "kernel")
+               "displayhook", "display_formatter", "display_pub", "display_trap", "builtin_trap", "compile",
+               "InteractiveTB", "SyntaxTB", "kernel")
 SYS_HOOKS = ("excepthook", "displayhook", "breakpointhook", "unraisablehook")
 FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, staticmethod, classmethod, property,
              types.MethodType, types.MethodDescriptorType, types.WrapperDescriptorType)
@@ -134,7 +134,8 @@ def _install():
         for event, cbs in list(events.items()):
             saved_list, items = callbacks.get(event, ([], []))
             extra = [cb for cb in cbs if cb not in items]
-            undone += [f"an event callback added ({event}: {_describe(cb)})" for cb in extra if not _trusted(cb)]
+            undone += [f"an event callback added ({event}: {_describe(cb)})"
+                       for cb in extra if not _trusted(cb)]
             if event in callbacks:
                 saved_list[:] = items + [cb for cb in extra if _trusted(cb)]
                 events[event] = saved_list
@@ -151,7 +152,8 @@ def _install():
             sys.setprofile(profile)
             undone.append("a profile function set (sys.setprofile)")
         for name, value in builtins_saved.items():
-            if (name == "__import__" or not name.startswith("_")) and vars(builtins).get(name, None) is not value:
+            public = name == "__import__" or not name.startswith("_")
+            if public and vars(builtins).get(name, None) is not value:
                 setattr(builtins, name, value)
                 undone.append(f"builtins.{name} replaced")
         sys.modules.pop("course.checks", None)  # the test helpers, fresh from disk

@@ -135,7 +135,8 @@ def isolation() -> str:
               f"{MAX_TASKS} processes and threads")
     if namespaces_available():
         ends = ("everything a kernel starts ends with it (PID namespace)" if pid_namespace_available() else
-                "what a kernel starts is found by its environment and killed after grading (no PID namespace)")
+                "what a kernel starts is found by its environment and killed after grading "
+                "(no PID namespace)")
         return (f"grading kernels: no network (loopback only), read-only file system with private /tmp "
                 f"and home, gradebook and other submissions hidden; {ends}; {limits}")
     return (f"grading kernels: {limits}; NETWORK AND FILES NOT ISOLATED (user namespaces unavailable "
@@ -145,7 +146,8 @@ def isolation() -> str:
 def kernel_argv(memory_bytes: int = MEMORY_BYTES, file_bytes: int = FILE_BYTES,
                 hide: list[str] | tuple = (), max_tasks: int = MAX_TASKS) -> list[str]:
     """The grading kernel's command line (a kernel spec's argv), walled in where the machine allows."""
-    limited = [sys.executable, str(KERNEL_SCRIPT), str(memory_bytes), str(file_bytes), "--tasks", str(max_tasks)]
+    limited = [sys.executable, str(KERNEL_SCRIPT), str(memory_bytes), str(file_bytes),
+               "--tasks", str(max_tasks)]
     if not namespaces_available():
         return [*limited, "-f", "{connection_file}"]
     walls = ["--confine", *(arg for path in hide for arg in ("--hide", str(path)))]

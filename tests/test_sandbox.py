@@ -108,7 +108,8 @@ MARKER = "987654"  # `sleep 987654`: the processes the tests below start, told a
 
 
 def sleepers():
-    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-2:] == ["sleep", MARKER]]
+    return [p for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [])[-2:] == ["sleep", MARKER]]
 
 
 SPAWNER = f"""
@@ -133,7 +134,8 @@ def test_a_kernel_is_pid_1_of_its_own_namespace_interruptible_capped_and_takes_a
     name = sandbox.write_kernelspec(tmp_path / "jupyter", max_tasks=300)
     (tmp_path / "work").mkdir()
     specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "jupyter" / "kernels")])
-    manager = KernelManager(kernel_name=name, transport="ipc", ip=str(tmp_path / "k"), kernel_spec_manager=specs)
+    manager = KernelManager(kernel_name=name, transport="ipc", ip=str(tmp_path / "k"),
+                            kernel_spec_manager=specs)
     manager.start_kernel(cwd=str(tmp_path / "work"))
     client = manager.client()
     client.start_channels()
@@ -154,7 +156,8 @@ def test_a_kernel_is_pid_1_of_its_own_namespace_interruptible_capped_and_takes_a
         assert run("import time; time.sleep(600)") == "error" and printed[-1] == "KeyboardInterrupt"
         assert run(SPAWNER) == "ok"
         capped = printed[-1].split()
-        assert capped[:2] == ["capped", "after"] and 150 <= int(capped[2]) <= 300 and capped[3] == "11", printed
+        assert capped[:2] == ["capped", "after"] and capped[3] == "11", printed  # EAGAIN
+        assert 150 <= int(capped[2]) <= 300, printed
         assert len(sleepers()) == int(capped[2])
     finally:
         client.stop_channels()

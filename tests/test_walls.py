@@ -50,7 +50,8 @@ HOOKS = {  # each kind of kernel hook that turns a test cell into `pass` (or hid
     "event": (PASS_AST + "def _again(*args):\n"
               "    if not any(isinstance(t, _Pass) for t in get_ipython().ast_transformers):\n"
               "        get_ipython().ast_transformers.append(_Pass())\n"
-              "get_ipython().events.register('pre_run_cell', _again)\n", "an event callback added (pre_run_cell"),
+              "get_ipython().events.register('pre_run_cell', _again)\n",
+              "an event callback added (pre_run_cell"),
     "custom": ("get_ipython().set_custom_exc((Exception,), lambda *args, **kwargs: None)\n",
                "a custom exception handler set"),
     "method": ("from IPython.core.interactiveshell import InteractiveShell\n"
@@ -84,7 +85,8 @@ def solution(cell_id):
 
 
 def sleepers():
-    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-2:] == ["sleep", MARKER]]
+    return [p for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [])[-2:] == ["sleep", MARKER]]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,8 @@ def graded(tmp_path_factory):
     ok = reference_answers(MODULE)
     write(export / "ace.ipynb", submission(MODULE, ok))
     write(export / "spawner.ipynb", submission(MODULE, {**ok, "model_size": SPAWN + solution("model_size")}))
-    write(export / "flagged.ipynb", submission(MODULE, {**ok, "model_size": FLAGGED + solution("model_size")}))
+    write(export / "flagged.ipynb",
+          submission(MODULE, {**ok, "model_size": FLAGGED + solution("model_size")}))
     for name, (code, _) in HOOKS.items():
         write(export / f"hook_{name}.ipynb", hooked(code))
     assert sleepers() == []  # nothing of ours is running before
@@ -157,15 +160,17 @@ def test_accepting_releases_that_notebook_only(graded, capsys):
     export, out, _ = graded
     with pytest.raises(SystemExit, match="nobody"):
         grade.main([MODULE, str(export), "--out", str(out), "--accept", "nobody"])
-    assert grade.main([MODULE, str(export), "--out", str(out), "--accept", "flagged", "--cell-timeout", "30"]) == 0
+    command = [MODULE, str(export), "--out", str(out), "--cell-timeout", "30"]
+    assert grade.main([*command, "--accept", "flagged"]) == 0
     assert "flagged: accepted after review" in capsys.readouterr().out
     rows = {r["student"]: r for r in csv.DictReader(open(out / "grades.csv"))}
     assert (rows["flagged"]["status"], rows["flagged"]["score"], rows["flagged"]["provisional_score"]) == (
         "graded", "6", "")
     assert rows["hook_cleanup"]["status"] == report.HELD  # accepting one student releases no other
     # the student hands in a changed notebook: it must be looked at again
-    write(export / "flagged.ipynb", submission(MODULE, {**reference_answers(MODULE),
-                                                         "model_size": FLAGGED + "# v2\n" + solution("model_size")}))
+    changed = FLAGGED + "# v2\n" + solution("model_size")
+    write(export / "flagged.ipynb", submission(MODULE, {**reference_answers(MODULE), "model_size": changed}))
     results = {r.student: r for r in grade.grade(MODULE, export, out, cell_timeout_s=30, jobs=2)}
-    assert results["flagged"].status == report.HELD and "changed since you accepted" in results["flagged"].detail
-    assert results["flagged"].score == FULL
+    flagged = results["flagged"]
+    assert (flagged.status, flagged.score) == (report.HELD, FULL)
+    assert "changed since you accepted" in flagged.detail
