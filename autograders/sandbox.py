@@ -125,7 +125,7 @@ def after_run(mark: str) -> int:
     killed = kill_marked(mark)
     parent = kernel._own_pids_cgroup()
     if parent is not None:
-        kernel._remove_stale_cgroups(parent)
+        kernel.remove_cgroups(parent, mark)
     return killed
 
 

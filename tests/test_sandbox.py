@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autograders import sandbox
+from autograders import kernel, sandbox
 from autograders.settings import REPO
 
 PROBE = """
@@ -125,13 +125,14 @@ except OSError as err:
 """
 
 
-def test_a_kernel_is_pid_1_of_its_own_namespace_interruptible_capped_and_takes_all_with_it(tmp_path):
+def test_a_kernel_is_pid_1_interruptible_capped_and_takes_all_with_it(tmp_path, monkeypatch):
     if not sandbox.pid_namespace_available():
         pytest.skip("no PID namespaces here: the grader kills by environment mark (see the test below)")
     from jupyter_client import KernelManager
     from jupyter_client.kernelspec import KernelSpecManager
 
     name = sandbox.write_kernelspec(tmp_path / "jupyter", max_tasks=300)
+    monkeypatch.setenv(sandbox.MARK, mark := f"test{os.getpid()}")
     (tmp_path / "work").mkdir()
     specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "jupyter" / "kernels")])
     manager = KernelManager(kernel_name=name, transport="ipc", ip=str(tmp_path / "k"),
@@ -164,7 +165,9 @@ def test_a_kernel_is_pid_1_of_its_own_namespace_interruptible_capped_and_takes_a
         manager.shutdown_kernel(now=False)
     psutil.wait_procs(sleepers(), timeout=10)
     assert sleepers() == []
-    sandbox.after_run("none")  # and the kernel's empty control group goes
+    sandbox.after_run(mark)  # and the kernel's empty control group goes
+    parent = kernel._own_pids_cgroup()
+    assert parent is None or not [p for p in os.listdir(parent) if p.startswith(kernel.CGROUP_PREFIX + mark)]
 
 
 def test_without_a_pid_namespace_the_marked_processes_are_found_and_killed():
