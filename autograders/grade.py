@@ -100,6 +100,7 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
     # (OpenMP spin-waiting then slows cells tenfold into their time limit), and results do
     # not depend on how many cores the grader has. course.setup honours OMP_NUM_THREADS.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    mark = env[sandbox.MARK] = os.urandom(8).hex()  # inherited by all the kernel starts: killed after
     with open(log, "ab") as out:
         out.write(f"$ nbgrader {' '.join(args)}\n".encode())
         out.flush()
@@ -110,6 +111,11 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
         except subprocess.TimeoutExpired:
             _kill_tree(process)
             code = None
+        finally:
+            left = sandbox.after_run(mark)
+    if left:
+        with open(log, "a") as out:
+            out.write(f"[grader] killed {left} processes the notebook had left running\n")
     return code
 
 
@@ -356,7 +362,9 @@ class Run:
         result.status = "graded"
         if result.manual_pending:
             result.detail = f"{result.manual_pending:g} points to grade by hand (formgrader)"
-        slow = _timeout_cells(root / "autograded" / student / module / f"{module}.ipynb")
+        graded = root / "autograded" / student / module / f"{module}.ipynb"
+        result.review += guard.runtime_flags(json.loads(graded.read_text()))  # hooks undone in the kernel
+        slow = _timeout_cells(graded)
         if slow:
             result.status = "timed out"
             result.detail = "; ".join(filter(None, [
@@ -383,8 +391,12 @@ def generate_feedback(root: Path, module: str, results: list[Result]) -> None:
 
 def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
           student_timeout_s: float = DEFAULT_STUDENT_TIMEOUT_S, id_regex: str | None = None,
-          jobs: int | None = None, regrade: bool = False) -> list[Result]:
-    """Grade every submission of `module` found in `submissions` into the course folder `out`."""
+          jobs: int | None = None, regrade: bool = False, accept: list[str] | tuple = ()) -> list[Result]:
+    """Grade every submission of `module` found in `submissions` into the course folder `out`.
+
+    A flagged submission's score is held for review (`report.hold_for_review`) unless its notebook
+    was accepted; `accept` names students whose current notebooks the instructor accepts now.
+    """
     if module not in settings.modules():
         raise SystemExit(f"unknown module {module!r}; known: {', '.join(settings.modules())}")
     out = Path(out).resolve()
@@ -394,6 +406,7 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     found = collect_submissions(Path(submissions), module, scratch, id_regex)
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
+    report.check_accept(accept, [sub.student for sub in found])
     prepare_course(out, module, cell_timeout_s)
     jobs = max(1, min(jobs or default_jobs(), len(found)))
     print(sandbox.isolation(), flush=True)
@@ -412,6 +425,9 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     finally:
         shutil.rmtree(_ipc_folder(out), ignore_errors=True)
         shutil.rmtree(out / "work", ignore_errors=True)
+    notebooks = {sub.student: _sha256(sub.notebook.read_bytes()) for sub in found if sub.notebook}
+    for note in report.hold_for_review(ordered, notebooks, out, accept):
+        print(f"  {note}", flush=True)
     report.write_csv(out / "grades.csv", ordered)
     report.write_exercises_csv(out / "exercises.csv", report.exercise_rows(ordered, _points(module)))
     return ordered
@@ -430,11 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-regex", help="regex with a (?P<student>...) group over file names")
     parser.add_argument("--jobs", type=int, help="students graded at once (default: cores, memory allowing)")
     parser.add_argument("--regrade", action="store_true", help="run every notebook, even unchanged ones")
+    parser.add_argument("--accept", action="append", default=[], metavar="STUDENT",
+                        help="after looking at a submission held for review, release its score "
+                             "(this notebook only; repeat for several students)")
     args = parser.parse_args(argv)
     out = args.out or settings.REPO / "grading" / args.module
     start = time.monotonic()
     results = grade(args.module, args.submissions, out, args.cell_timeout, args.student_timeout,
-                    args.id_regex, args.jobs, args.regrade)
+                    args.id_regex, args.jobs, args.regrade, args.accept)
     elapsed = time.monotonic() - start
     print()
     print(report.summary_table(results))

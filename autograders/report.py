@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 @dataclass
 class Result:
     student: str
-    status: str                  # graded | timed out | not gradable | grading failed
+    status: str                  # graded | timed out | held for review | not gradable | grading failed
     detail: str = ""
     score: float = 0.0
     max_score: float = 0.0
@@ -32,17 +33,75 @@ class Result:
         return cls(**data)
 
 
+HELD = "held for review"
+ACCEPTED_FILE = "accepted.json"  # in the grading folder: student -> sha256 of the notebook accepted
+
+
+def check_accept(accept: list[str] | tuple, students: list[str]) -> None:
+    """Refuse, before any grading, to accept a student who has no submission in this run."""
+    unknown = [s for s in accept if s not in students]
+    if unknown:
+        raise SystemExit(f"--accept {', '.join(unknown)}: no submission of that student in this run "
+                         f"(students here: {', '.join(students) or 'none'}); nothing was graded or accepted")
+
+
+def hold_for_review(results: list[Result], notebooks: dict[str, str], folder: Path,
+                    accept: list[str] | tuple = ()) -> list[str]:
+    """Hold every flagged score (review flags) until the instructor accepts that very notebook.
+
+    `notebooks`: student -> sha256 of the notebook graded in this run. A flagged result that was
+    graded (or timed out) gets status `HELD` unless `folder`/`ACCEPTED_FILE` records the same
+    notebook hash for the student; `accept` adds the students named there (their current
+    notebooks) to that record first. A changed notebook must be accepted again. Returns one line
+    per thing the instructor should know (accepted, nothing to accept).
+    """
+    record = Path(folder) / ACCEPTED_FILE
+    try:
+        accepted = json.loads(record.read_text()) if record.exists() else {}
+    except ValueError:
+        raise SystemExit(f"{record} is damaged: fix or delete it (it lists the flagged notebooks you "
+                         "accepted), then run the grader again") from None
+    notes = []
+    for r in results:
+        if r.student in accept:
+            if r.review and r.student in notebooks:
+                accepted[r.student] = notebooks[r.student]
+                notes.append(f"{r.student}: accepted after review (this notebook, sha256 "
+                             f"{notebooks[r.student][:12]}...)")
+            else:
+                notes.append(f"{r.student}: nothing to accept (no review flags on a graded notebook)")
+        if not r.review or r.status not in ("graded", "timed out"):
+            continue
+        if accepted.get(r.student) == notebooks.get(r.student):
+            r.detail = "; ".join(filter(None, [r.detail, "accepted after review"]))
+            continue
+        changed = "the notebook changed since you accepted it; " if r.student in accepted else ""
+        was = "" if r.status == "graded" else f"{r.status}: "
+        r.detail = (f"{changed}{was}{r.detail + '; ' if r.detail else ''}score {r.score:g} not final: "
+                    f"look at the REVIEW lines, then accept with --accept {r.student}")
+        r.status = HELD
+    if accept or record.exists():
+        record.write_text(json.dumps(accepted, indent=1, sort_keys=True))
+    return notes
+
+
 def write_csv(path: Path, results: list[Result]) -> None:
-    """One row per student: total, status and reasons, review flags, and every exercise's points."""
+    """One row per student: total, status and reasons, review flags, and every exercise's points.
+
+    A score held for review is not in `score` (nor `percent`), which is what an LMS import reads
+    as the grade: it is in `provisional_score`, a column no import takes as a grade, until accepted.
+    """
     cell_names = sorted({name for r in results for name in r.cells})
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["student", "score", "max_score", "percent", "manual_pending", "status", "detail",
-                         "review", *cell_names])
+                         "review", "provisional_score", *cell_names])
         for r in results:
             percent = 100.0 * r.score / r.max_score if r.max_score else 0.0
-            writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", f"{percent:.1f}",
-                             f"{r.manual_pending:g}", r.status, r.detail, "; ".join(r.review),
+            held = r.status == HELD
+            writer.writerow([r.student, "" if held else f"{r.score:g}", f"{r.max_score:g}",
+                             "" if held else f"{percent:.1f}", f"{r.manual_pending:g}", r.status, r.detail,
+                             "; ".join(r.review), f"{r.score:g}" if held else "",
                              *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
 
 
@@ -78,6 +137,10 @@ def summary_table(results: list[Result]) -> str:
         lines.append(f"{r.student:<{width}}  {r.score:>5g} / {r.max_score:<3g}  {took:>6}  {status}")
         lines += [f"{'':<{width}}  {'':>11}  {'':>6}  REVIEW {flag}" for flag in r.review]
     scores = [r.score for r in results]
+    held = sum(r.status == HELD for r in results)
+    if held:
+        lines.append(f"{held} held for review: their scores are not in grades.csv's score column until "
+                     "you accept them (--accept STUDENT)")
     if results:
         most = results[0].max_score
         lines.append(f"{'mean':<{width}}  {statistics.fmean(scores):>5.2f} / {most:<3g}")
