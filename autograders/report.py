@@ -21,6 +21,8 @@ class Result:
     feedback: Path | None = None
     seconds: float = 0.0
     reused: bool = False         # unchanged since the last run: its grades were kept
+    name: str = ""               # the student's name as the export wrote it (any script)
+    superseded: list[str] = field(default_factory=list)  # earlier attempts, not graded
 
     def to_json(self) -> dict:
         return {**asdict(self), "feedback": str(self.feedback) if self.feedback else None}
@@ -35,14 +37,15 @@ class Result:
 def write_csv(path: Path, results: list[Result]) -> None:
     """One row per student: total, status and reasons, review flags, and every exercise's points."""
     cell_names = sorted({name for r in results for name in r.cells})
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["student", "score", "max_score", "percent", "manual_pending", "status", "detail",
-                         "review", *cell_names])
+        writer.writerow(["student", "name", "score", "max_score", "percent", "manual_pending", "status",
+                         "detail", "review", "superseded", *cell_names])
         for r in results:
             percent = 100.0 * r.score / r.max_score if r.max_score else 0.0
-            writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", f"{percent:.1f}",
+            writer.writerow([r.student, r.name, f"{r.score:g}", f"{r.max_score:g}", f"{percent:.1f}",
                              f"{r.manual_pending:g}", r.status, r.detail, "; ".join(r.review),
+                             "; ".join(r.superseded),
                              *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
 
 
@@ -77,6 +80,11 @@ def summary_table(results: list[Result]) -> str:
         took = "kept" if r.reused else f"{r.seconds:5.1f}s"
         lines.append(f"{r.student:<{width}}  {r.score:>5g} / {r.max_score:<3g}  {took:>6}  {status}")
         lines += [f"{'':<{width}}  {'':>11}  {'':>6}  REVIEW {flag}" for flag in r.review]
+        if r.name and r.name != r.student:
+            lines.append(f"{'':<{width}}  {'':>11}  {'':>6}  name: {r.name}")
+        if r.superseded:
+            lines.append(f"{'':<{width}}  {'':>11}  {'':>6}  superseded (not graded): "
+                         + ", ".join(r.superseded))
     scores = [r.score for r in results]
     if results:
         most = results[0].max_score
