@@ -498,6 +498,21 @@ def collect_submissions(source: Path, module: str, scratch: Path, id_regex: str 
             raise SystemExit(f"{source}: {problem}")
         source = target
     source = _unwrap(source, module)
+    for level in range(MAX_ZIP_DEPTH):  # an export zipped again (a zip holding only the LMS's zip)
+        entries = [p for p in source.iterdir()
+                   if not _is_junk(p) and (p.is_dir() or p.suffix.lower() in (".ipynb", ".zip"))]
+        if len(entries) != 1 or entries[0].suffix.lower() != ".zip" or entries[0].is_dir():
+            break
+        inner = scratch / f"unpacked-{level + 1}"
+        shutil.rmtree(inner, ignore_errors=True)
+        inner.mkdir(parents=True)
+        if _extract(entries[0], inner, zip_encoding, unpacked) is not None:
+            break
+        inner = _unwrap(inner, module)
+        students = [p for p in inner.iterdir() if not _is_junk(p)]
+        if len(students) < 2 or _looks_like_one_students_folder(inner, module):
+            break  # one student's zip: graded as such below
+        source = inner
     stubs = _release_stubs(module)
 
     attempts: list[_Attempt] = []
