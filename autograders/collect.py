@@ -279,6 +279,8 @@ def _extract(archive: Path, target: Path, encoding: str | None, found: _Unpacked
                     out.unlink(missing_ok=True)  # one damaged (or encrypted) member costs only its student
                     found.problems[out] = f"{parts[-1]} is damaged in the archive ({err}): submit it again"
                     continue
+                if out.suffix.lower() == ".ipynb" and out.stat().st_size > 2**20:
+                    _clear_in_place(out)  # a class of big notebooks never fills the disk with outputs
                 stamp = dt.datetime(*member.date_time).timestamp()
                 os.utime(out, (stamp, stamp))
                 if note:
@@ -299,6 +301,13 @@ def _read_notebook_bytes(data: bytes) -> dict | None:
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return nb if isinstance(nb, dict) and isinstance(nb.get("cells"), list) else None
+
+
+def _clear_in_place(path: Path) -> None:
+    """Rewrite the notebook at `path` without its outputs; leave what is not notebook JSON alone."""
+    nb = _read_notebook_bytes(path.read_bytes())
+    if nb is not None:
+        path.write_text(json.dumps(clear_outputs(nb), ensure_ascii=False), encoding="utf-8")
 
 
 def clear_outputs(nb: dict) -> dict:
@@ -376,6 +385,7 @@ def _candidate(path: Path, label: str, module: str, stubs: dict[str, str], unpac
         return cand
     cand.nb = _read_notebook_bytes(path.read_bytes())
     if cand.nb is not None:
+        clear_outputs(cand.nb)  # a class's outputs never sit in memory at once
         cells = [c for c in cand.nb["cells"] if isinstance(c, dict)]
         keys = {_cell_key(c): _source(c).strip() for c in cells if c.get("cell_type") == "code"}
         mine = {k: v for k, v in keys.items() if k in stubs}

@@ -291,6 +291,7 @@ def test_a_member_over_the_cap_costs_only_its_student(tmp_path, monkeypatch):
     assert sorted(subs) == ["big", "nested", "ok"]
     assert "Clear All Outputs" in subs["big"].problem and "Clear All Outputs" in subs["nested"].problem
     assert subs["ok"].problem is None and answered(subs["ok"])
+    assert (tmp_path / "scratch" / "unpacked" / "ok.ipynb").stat().st_size < 2**20  # outputs never on disk
 
 
 def test_a_lying_header_costs_only_its_member(tmp_path, monkeypatch):
