@@ -389,11 +389,24 @@ def generate_feedback(root: Path, module: str, results: list[Result]) -> None:
             r.detail = (r.detail + "; " if r.detail else "") + f"no feedback page (see {log})"
 
 
+def _describe(result: Result, sub: Submission) -> None:
+    """Add what collecting decided (readable name, superseded attempts, the copy graded) to `result`.
+
+    Done after grading, not stored with a kept grade: a later export may add attempts."""
+    result.name = sub.name
+    result.superseded = list(sub.superseded)
+    if sub.notes:
+        result.detail = "; ".join(filter(None, [result.detail, *sub.notes]))
+
+
 def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
           student_timeout_s: float = DEFAULT_STUDENT_TIMEOUT_S, id_regex: str | None = None,
-          jobs: int | None = None, regrade: bool = False, accept: list[str] | tuple = ()) -> list[Result]:
+          jobs: int | None = None, regrade: bool = False, zip_encoding: str | None = None,
+          accept: list[str] | tuple = ()) -> list[Result]:
     """Grade every submission of `module` found in `submissions` into the course folder `out`.
 
+    One result per student (`collect.collect_submissions`: ids, attempts, copies, cleared outputs);
+    `zip_encoding` is the code page of zips whose file names carry no UTF-8 flag.
     A flagged submission's score is held for review (`report.hold_for_review`) unless its notebook
     was accepted; `accept` names students whose current notebooks the instructor accepts now.
     """
@@ -403,7 +416,7 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     scratch = out / "incoming"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    found = collect_submissions(Path(submissions), module, scratch, id_regex)
+    found = collect_submissions(Path(submissions), module, scratch, id_regex, zip_encoding)
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
     report.check_accept(accept, [sub.student for sub in found])
@@ -417,7 +430,9 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run.grade_one, sub): sub for sub in found}
             for future in as_completed(futures):
-                r = results[futures[future].student] = future.result()
+                sub = futures[future]
+                r = results[sub.student] = future.result()
+                _describe(r, sub)
                 took = "unchanged, grades kept" if r.reused else f"{r.seconds:.0f} s"
                 print(f"  {r.student}: {r.score:g} / {r.max_score:g}, {r.status} ({took})", flush=True)
         ordered = [results[sub.student] for sub in found]
@@ -444,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-timeout", type=float, default=DEFAULT_STUDENT_TIMEOUT_S,
                         help=f"seconds per notebook (default {DEFAULT_STUDENT_TIMEOUT_S})")
     parser.add_argument("--id-regex", help="regex with a (?P<student>...) group over file names")
+    parser.add_argument("--zip-encoding", help="code page of zip file names without the UTF-8 flag "
+                        "(old Windows tools), e.g. cp1251 (Cyrillic), cp936 (Chinese), cp1252")
     parser.add_argument("--jobs", type=int, help="students graded at once (default: cores, memory allowing)")
     parser.add_argument("--regrade", action="store_true", help="run every notebook, even unchanged ones")
     parser.add_argument("--accept", action="append", default=[], metavar="STUDENT",
@@ -453,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or settings.REPO / "grading" / args.module
     start = time.monotonic()
     results = grade(args.module, args.submissions, out, args.cell_timeout, args.student_timeout,
-                    args.id_regex, args.jobs, args.regrade, args.accept)
+                    args.id_regex, args.jobs, args.regrade, args.zip_encoding, args.accept)
     elapsed = time.monotonic() - start
     print()
     print(report.summary_table(results))

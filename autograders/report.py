@@ -22,6 +22,8 @@ class Result:
     feedback: Path | None = None
     seconds: float = 0.0
     reused: bool = False         # unchanged since the last run: its grades were kept
+    name: str = ""               # the student's name as the export wrote it (any script)
+    superseded: list[str] = field(default_factory=list)  # earlier attempts, not graded
 
     def to_json(self) -> dict:
         return {**asdict(self), "feedback": str(self.feedback) if self.feedback else None}
@@ -92,16 +94,16 @@ def write_csv(path: Path, results: list[Result]) -> None:
     as the grade: it is in `provisional_score`, a column no import takes as a grade, until accepted.
     """
     cell_names = sorted({name for r in results for name in r.cells})
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["student", "score", "max_score", "percent", "manual_pending", "status", "detail",
-                         "review", "provisional_score", *cell_names])
+        writer.writerow(["student", "name", "score", "max_score", "percent", "manual_pending", "status",
+                         "detail", "review", "provisional_score", "superseded", *cell_names])
         for r in results:
             percent = 100.0 * r.score / r.max_score if r.max_score else 0.0
             held = r.status == HELD
-            writer.writerow([r.student, "" if held else f"{r.score:g}", f"{r.max_score:g}",
+            writer.writerow([r.student, r.name, "" if held else f"{r.score:g}", f"{r.max_score:g}",
                              "" if held else f"{percent:.1f}", f"{r.manual_pending:g}", r.status, r.detail,
-                             "; ".join(r.review), f"{r.score:g}" if held else "",
+                             "; ".join(r.review), f"{r.score:g}" if held else "", "; ".join(r.superseded),
                              *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
 
 
@@ -136,6 +138,11 @@ def summary_table(results: list[Result]) -> str:
         took = "kept" if r.reused else f"{r.seconds:5.1f}s"
         lines.append(f"{r.student:<{width}}  {r.score:>5g} / {r.max_score:<3g}  {took:>6}  {status}")
         lines += [f"{'':<{width}}  {'':>11}  {'':>6}  REVIEW {flag}" for flag in r.review]
+        if r.name and r.name != r.student:
+            lines.append(f"{'':<{width}}  {'':>11}  {'':>6}  name: {r.name}")
+        if r.superseded:
+            lines.append(f"{'':<{width}}  {'':>11}  {'':>6}  superseded (not graded): "
+                         + ", ".join(r.superseded))
     scores = [r.score for r in results]
     held = sum(r.status == HELD for r in results)
     if held:

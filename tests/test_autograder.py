@@ -289,7 +289,7 @@ def test_command_line_prints_the_summary_and_writes_csv(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "zoe" in printed and "0 / 6" in printed and "not gradable" in printed
     assert "1 submissions in" in printed
-    assert (tmp_path / "out" / "grades.csv").read_text().splitlines()[1].startswith("zoe,0,6,0.0,0,")
+    assert (tmp_path / "out" / "grades.csv").read_text().splitlines()[1].startswith("zoe,zoe,0,6,0.0,0,")
 
 
 def test_a_memory_bomb_costs_only_its_exercise(graded):
