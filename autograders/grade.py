@@ -82,8 +82,8 @@ PROCESSES = {"04_distributed": 3, "06_reliability": 3}
 CELL_TIMEOUTS_S = {"06_reliability": {"elastic_tests": 120}}
 MAX_STRETCH = 4.0  # cell limits grow with the load up to this factor; the student limit bounds them all
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")  # run by path: its course folder is its cwd
-WORKER_START_TIMEOUT_S = 300
-SNAPSHOT_EVERY_S = 2  # how often a waiting grader notes the worker's processes (`Worker._answer`)  # a Python start and nbgrader's imports, on a busy machine
+WORKER_START_TIMEOUT_S = 300  # a Python start and nbgrader's imports, on a busy machine
+SNAPSHOT_EVERY_S = 2  # how often a waiting grader notes the worker's processes (`Worker._answer`)
 
 
 def cores() -> int:
@@ -128,7 +128,8 @@ def cell_limit(cell_timeout_s: int, module: str, jobs: int, n_cores: int | None 
     return math.ceil(cell_timeout_s * load_factor(module, jobs, n_cores, machine_load))
 
 
-def cell_limits(module: str, jobs: int, n_cores: int | None = None, machine_load: float = 0.0) -> dict[str, int]:
+def cell_limits(module: str, jobs: int, n_cores: int | None = None,
+                machine_load: float = 0.0) -> dict[str, int]:
     """The heavy test cells' own limits (`CELL_TIMEOUTS_S`), stretched like `cell_limit`."""
     factor = load_factor(module, jobs, n_cores, machine_load)
     return {cell: math.ceil(seconds * factor) for cell, seconds in CELL_TIMEOUTS_S.get(module, {}).items()}
@@ -169,6 +170,7 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
     `jupyter` is the folder holding the grading kernel's spec (default: `root`/jupyter).
     """
     env = _environment(jupyter or root / "jupyter")
+    mark = env[sandbox.MARK] = os.urandom(8).hex()  # inherited by all the kernel starts: killed after
     with open(log, "ab") as out:
         out.write(f"$ nbgrader {' '.join(args)}\n".encode())
         out.flush()
@@ -179,6 +181,11 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
         except subprocess.TimeoutExpired:
             _kill_tree(process)
             code = None
+        finally:
+            left = sandbox.after_run(mark)
+    if left:
+        with open(log, "a") as out:
+            out.write(f"[grader] killed {left} processes the notebook had left running\n")
     return code
 
 
@@ -346,10 +353,12 @@ class Worker:
         shutil.rmtree(course, ignore_errors=True)
         course.mkdir(parents=True)
         _write_config(course, run.kernel_cell_timeout_s, run.kernel_cell_timeouts)
+        env = _environment(run.root / "jupyter")
+        env.pop(sandbox.MARK, None)  # each student's kernel gets its own (`grade`); never the worker
         with open(course / "worker.log", "ab") as noise:  # until the worker points its stderr there itself
             self.process = subprocess.Popen(
-                [sys.executable, str(WORKER_SCRIPT), str(course)], cwd=course,
-                env=_environment(run.root / "jupyter"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, str(WORKER_SCRIPT), str(course)], cwd=course, env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=noise, text=True, bufsize=1)
 
     def _ready(self) -> None:
@@ -408,14 +417,21 @@ class Worker:
         shutil.copyfile(notebook, into / f"{module}.ipynb")
         self.timed_out = False
         self.seen = {}
+        # the student's kernel and all it starts carry this mark (sandbox.MARK): what is left is killed
+        mark = os.urandom(8).hex()
+        request = {"module": module, "student": student, "log": str(log), "env": {sandbox.MARK: mark}}
         try:
-            self.process.stdin.write(json.dumps({"module": module, "student": student, "log": str(log)}) + "\n")
+            self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
             answer = self._answer(timeout_s)
         except (OSError, ValueError):
             answer = None
         if answer is None:
             self.stop()
+        left = sandbox.after_run(mark)
+        if left:
+            with open(log, "a") as out:
+                out.write(f"[grader] killed {left} processes the notebook had left running\n")
         return answer
 
     def forget(self, student: str) -> None:
@@ -580,7 +596,9 @@ class Run:
         if result.manual_pending:
             result.detail = "; ".join(filter(None, [
                 result.detail, f"{result.manual_pending:g} points to grade by hand (formgrader)"]))
-        slow = _timeout_cells(root / "autograded" / student / module / f"{module}.ipynb")
+        graded = root / "autograded" / student / module / f"{module}.ipynb"
+        result.review += guard.runtime_flags(json.loads(graded.read_text()))  # hooks undone in the kernel
+        slow = _timeout_cells(graded)
         if slow:
             result.status = "timed out"
             named = [f"{cell} ({self.kernel_cell_timeouts[cell]} s)" if cell in self.kernel_cell_timeouts
@@ -609,19 +627,37 @@ def generate_feedback(root: Path, module: str, results: list[Result]) -> None:
             r.detail = (r.detail + "; " if r.detail else "") + f"no feedback page (see {log})"
 
 
+def _describe(result: Result, sub: Submission) -> None:
+    """Add what collecting decided (readable name, superseded attempts, the copy graded) to `result`.
+
+    Done after grading, not stored with a kept grade: a later export may add attempts."""
+    result.name = sub.name
+    result.superseded = list(sub.superseded)
+    if sub.notes:
+        result.detail = "; ".join(filter(None, [result.detail, *sub.notes]))
+
+
 def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
           student_timeout_s: float = DEFAULT_STUDENT_TIMEOUT_S, id_regex: str | None = None,
-          jobs: int | None = None, regrade: bool = False) -> list[Result]:
-    """Grade every submission of `module` found in `submissions` into the course folder `out`."""
+          jobs: int | None = None, regrade: bool = False, zip_encoding: str | None = None,
+          accept: list[str] | tuple = ()) -> list[Result]:
+    """Grade every submission of `module` found in `submissions` into the course folder `out`.
+
+    One result per student (`collect.collect_submissions`: ids, attempts, copies, cleared outputs);
+    `zip_encoding` is the code page of zips whose file names carry no UTF-8 flag.
+    A flagged submission's score is held for review (`report.hold_for_review`) unless its notebook
+    was accepted; `accept` names students whose current notebooks the instructor accepts now.
+    """
     if module not in settings.modules():
         raise SystemExit(f"unknown module {module!r}; known: {', '.join(settings.modules())}")
     out = Path(out).resolve()
     scratch = out / "incoming"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    found = collect_submissions(Path(submissions), module, scratch, id_regex)
+    found = collect_submissions(Path(submissions), module, scratch, id_regex, zip_encoding)
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
+    report.check_accept(accept, [sub.student for sub in found])
     jobs = max(1, min(jobs or default_jobs(module), len(found)))
     busy = machine_load()
     limit = cell_limit(cell_timeout_s, module, jobs, machine_load=busy)
@@ -633,13 +669,16 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
         prepare_course(out, module, cell_timeout_s)
         print(sandbox.isolation(), flush=True)
         print(f"grading {len(found)} submissions, {jobs} at a time; cell limit {limit} s"
-              + (f" ({cell_timeout_s} s stretched for {jobs} at a time, {processes(module)} busy processes each, "
+              + (f" ({cell_timeout_s} s stretched for {jobs} at a time, {processes(module)} busy processes"
+                 " each, "
                  f"on {cores()} cores with a load average of {busy:.1f})" if limit != cell_timeout_s else ""),
               flush=True)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run.grade_one, sub): sub for sub in found}
             for future in as_completed(futures):
-                r = results[futures[future].student] = future.result()
+                sub = futures[future]
+                r = results[sub.student] = future.result()
+                _describe(r, sub)
                 took = "unchanged, grades kept" if r.reused else f"{r.seconds:.0f} s"
                 print(f"  {r.student}: {r.score:g} / {r.max_score:g}, {r.status} ({took})", flush=True)
         ordered = [results[sub.student] for sub in found]
@@ -649,6 +688,9 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
         run.stop_workers()
         shutil.rmtree(_ipc_folder(out), ignore_errors=True)
         shutil.rmtree(out / "work", ignore_errors=True)
+    notebooks = {sub.student: _sha256(sub.notebook.read_bytes()) for sub in found if sub.notebook}
+    for note in report.hold_for_review(ordered, notebooks, out, accept):
+        print(f"  {note}", flush=True)
     report.write_csv(out / "grades.csv", ordered)
     report.write_exercises_csv(out / "exercises.csv", report.exercise_rows(ordered, _points(module)))
     return ordered
@@ -665,13 +707,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-timeout", type=float, default=DEFAULT_STUDENT_TIMEOUT_S,
                         help=f"seconds per notebook (default {DEFAULT_STUDENT_TIMEOUT_S})")
     parser.add_argument("--id-regex", help="regex with a (?P<student>...) group over file names")
+    parser.add_argument("--zip-encoding", help="code page of zip file names without the UTF-8 flag "
+                        "(old Windows tools), e.g. cp1251 (Cyrillic), cp936 (Chinese), cp1252")
     parser.add_argument("--jobs", type=int, help="students graded at once (default: cores, memory allowing)")
     parser.add_argument("--regrade", action="store_true", help="run every notebook, even unchanged ones")
+    parser.add_argument("--accept", action="append", default=[], metavar="STUDENT",
+                        help="after looking at a submission held for review, release its score "
+                             "(this notebook only; repeat for several students)")
     args = parser.parse_args(argv)
     out = args.out or settings.REPO / "grading" / args.module
     start = time.monotonic()
     results = grade(args.module, args.submissions, out, args.cell_timeout, args.student_timeout,
-                    args.id_regex, args.jobs, args.regrade)
+                    args.id_regex, args.jobs, args.regrade, args.zip_encoding, args.accept)
     elapsed = time.monotonic() - start
     print()
     print(report.summary_table(results))

@@ -9,6 +9,14 @@ earlier can reach the tests' helpers, the interpreter and the kernel. Two defenc
   folder, whatever the submission did to the loaded copy; and a cell's output is capped, so a
   print loop can neither fill the grader's memory nor bloat the feedback page. (nbgrader already
   fails a test whose traceback display was switched off: it reads the kernel's reply, not the screen.)
+  Before each test cell it also undoes the kernel hooks that could rewrite or excuse a test (see
+  `KERNEL_SIDE`): input and AST transformers, custom exception handlers, event callbacks, methods
+  patched on the shell or the kernel, sys hooks, trace functions, builtins. A reset sent as cell
+  code would pass through the very input transformers it must remove, so it travels as an
+  execute request's ``user_expressions``, which ipykernel evaluates with ``eval`` after the (empty)
+  cell, past every transformer. What it undid is printed into the test cell's output
+  (`UNDID_PREFIX`), and the grader turns that into a review flag; when the reset does not answer
+  (the kernel's own machinery was patched), the test is not run and scores 0.
 - `review_flags`: a static read of the cells a student wrote, naming code that reaches into the
   grading machinery (changing imported modules, the import system, builtins, the kernel; exec,
   eval, ctypes). No honest answer in this course needs any of it (tests/test_guard.py checks
@@ -21,13 +29,144 @@ still fool in-process tests. The flag makes that visible instead of silently suc
 from __future__ import annotations
 
 import ast
+import secrets
 
+from nbclient.util import ensure_async, run_sync
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Dict, Float
 
 MAX_CELL_OUTPUT_CHARS = 100_000
 FRESH_HELPERS = 'import sys; sys.modules.pop("course.checks", None)  # grader: test helpers fresh from disk\n'
+GUARD_MODULE = "_course_grading_guard"
+UNDID_PREFIX = "[grader] before this test, undid: "
+NO_RESET = "GraderResetError"
+
+# Run once in the grading kernel, before the notebook's first cell: the kernel's hooks as they
+# start, and `reset`, which puts them back. Evaluated through user_expressions, never as a cell.
+KERNEL_SIDE = r'''
+import builtins, sys, types
+
+TRUSTED = ("IPython", "ipykernel", "matplotlib", "matplotlib_inline", "ipywidgets", "traitlets", "comm",
+           "jupyter_client")
+SHELL_HOOKS = ("input_transformer_manager", "input_transformers_post", "ast_transformers", "events",
+               "displayhook", "display_formatter", "display_pub", "display_trap", "builtin_trap", "compile",
+               "InteractiveTB", "SyntaxTB", "kernel")
+SYS_HOOKS = ("excepthook", "displayhook", "breakpointhook", "unraisablehook")
+FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, staticmethod, classmethod, property,
+             types.MethodType, types.MethodDescriptorType, types.WrapperDescriptorType)
+
+
+def _trusted(value):
+    owner = getattr(value, "__func__", value)
+    module = getattr(owner, "__module__", None) or ""
+    return module.split(".")[0] in TRUSTED
+
+
+def _describe(value):
+    return getattr(value, "__qualname__", None) or type(value).__name__
+
+
+def _install():
+    from IPython.core.getipython import get_ipython
+
+    shell = get_ipython()
+    manager = shell.input_transformer_manager
+    objects = {"the IPython shell": shell, "the kernel": getattr(shell, "kernel", None),
+               "the input transformer manager": manager, "the event manager": shell.events}
+    objects = {label: obj for label, obj in objects.items() if obj is not None}
+    classes = {}
+    for obj in objects.values():
+        for cls in type(obj).__mro__:
+            if cls is not object and cls not in classes:
+                classes[cls] = {k: v for k, v in vars(cls).items() if isinstance(v, FUNCTIONS)}
+    instance = {label: set(vars(obj)) for label, obj in objects.items()}
+    shell_hooks = {name: getattr(shell, name) for name in SHELL_HOOKS if hasattr(shell, name)}
+    lists = {"an input transformer (cleanup)": lambda: manager.cleanup_transforms,
+             "an input transformer (line)": lambda: manager.line_transforms,
+             "a token transformer": lambda: manager.token_transformers,
+             "an input transformer (post)": lambda: shell.input_transformers_post,
+             "an AST transformer": lambda: shell.ast_transformers}
+    list_saved = {label: (get(), list(get())) for label, get in lists.items()}
+    events = shell.events.callbacks
+    callbacks = {event: (cbs, list(cbs)) for event, cbs in events.items()}
+    sys_saved = {name: getattr(sys, name) for name in SYS_HOOKS if hasattr(sys, name)}
+    trace, profile = sys.gettrace(), sys.getprofile()
+    builtins_saved = dict(vars(builtins))
+    custom = shell.custom_exceptions
+
+    def reset(nonce):
+        undone = []
+        for cls, saved in classes.items():  # methods patched on a class
+            for name, value in list(vars(cls).items()):
+                if isinstance(value, FUNCTIONS) and saved.get(name) is not value and not _trusted(value):
+                    try:
+                        if name in saved:
+                            setattr(cls, name, saved[name])
+                        else:
+                            delattr(cls, name)
+                        undone.append(f"{cls.__name__}.{name} replaced")
+                    except (AttributeError, TypeError):
+                        undone.append(f"{cls.__name__}.{name} replaced (could not undo)")
+        if shell.custom_exceptions != custom:  # set_custom_exc: a handler that can swallow a failure
+            shell.custom_exceptions = custom
+            undone.append("a custom exception handler set (set_custom_exc)")
+        if "CustomTB" in vars(shell) and "CustomTB" not in instance["the IPython shell"]:
+            del shell.CustomTB
+        for name, value in shell_hooks.items():  # the shell's hook objects swapped
+            if getattr(shell, name, None) is not value:
+                setattr(shell, name, value)
+                undone.append(f"the shell's {name} replaced")
+        for label, obj in objects.items():  # methods patched on one object
+            for name in set(vars(obj)) - instance[label]:
+                value = vars(obj)[name]
+                if callable(value) and hasattr(type(obj), name) and not _trusted(value):
+                    delattr(obj, name)
+                    undone.append(f"{label}'s {name} replaced")
+        for label, (saved_list, items) in list_saved.items():
+            now = lists[label]()
+            for added in [x for x in now if x not in items]:
+                if not _trusted(added):
+                    undone.append(f"{label} added ({_describe(added)})")
+            saved_list[:] = items + [x for x in now if x not in items and _trusted(x)]
+        if shell.events.callbacks is not events:
+            shell.events.callbacks = events
+            undone.append("the event manager's callbacks replaced")
+        for event, cbs in list(events.items()):
+            saved_list, items = callbacks.get(event, ([], []))
+            extra = [cb for cb in cbs if cb not in items]
+            undone += [f"an event callback added ({event}: {_describe(cb)})"
+                       for cb in extra if not _trusted(cb)]
+            if event in callbacks:
+                saved_list[:] = items + [cb for cb in extra if _trusted(cb)]
+                events[event] = saved_list
+            else:
+                events[event] = [cb for cb in extra if _trusted(cb)]
+        for name, value in sys_saved.items():
+            if getattr(sys, name) is not value:
+                setattr(sys, name, value)
+                undone.append(f"sys.{name} replaced")
+        if sys.gettrace() is not trace:
+            sys.settrace(trace)
+            undone.append("a trace function set (sys.settrace)")
+        if sys.getprofile() is not profile:
+            sys.setprofile(profile)
+            undone.append("a profile function set (sys.setprofile)")
+        for name, value in builtins_saved.items():
+            public = name == "__import__" or not name.startswith("_")
+            if public and vars(builtins).get(name, None) is not value:
+                setattr(builtins, name, value)
+                undone.append(f"builtins.{name} replaced")
+        sys.modules.pop("course.checks", None)  # the test helpers, fresh from disk
+        return "\n".join([nonce, *dict.fromkeys(undone)])
+
+    guard = types.ModuleType(GUARD_MODULE)
+    guard.reset = reset
+    sys.modules[GUARD_MODULE] = guard
+
+
+_install()
+'''
 
 RISKY_NAMES = {
     "exec": "runs code built at run time (exec)",
@@ -57,8 +196,8 @@ MAGIC_CALLS = {"run_line_magic", "run_cell_magic", "system", "getoutput"}  # wha
 
 
 class GuardedExecute(Execute):
-    """nbgrader's Execute, with test helpers reloaded before each test cell and outputs capped,
-    and per-cell time limits for heavy test cells."""
+    """nbgrader's Execute, with the kernel's hooks undone and test helpers reloaded before each test
+    cell, and outputs capped (see the module docstring)."""
 
     cell_timeouts = Dict(value_trait=Float(), help=(
         "Seconds for the test cells named here (grade id -> limit), where a cell needs more than "
@@ -73,15 +212,50 @@ class GuardedExecute(Execute):
             timeout = max(timeout, self.cell_timeouts[grade_id])
         return timeout
 
-    def preprocess_cell(self, cell, resources, index):
-        meta = cell.metadata.get("nbgrader", {})
-        if cell.cell_type == "code" and meta.get("grade") and not meta.get("solution"):
-            cell.source = FRESH_HELPERS + cell.source
-        return super().preprocess_cell(cell, resources, index)
-
     def preprocess(self, nb, resources=None, km=None):
         self._output_chars: dict[int, int] = {}  # per notebook: one process may grade several
+        self._baseline = False
         return super().preprocess(nb, resources, km)
+
+    def preprocess_cell(self, cell, resources, index):
+        if not self._baseline:  # before the notebook's first cell: the kernel's hooks as it started
+            self._baseline = True
+            self._ask_kernel(f"exec({KERNEL_SIDE!r}, {{'GUARD_MODULE': {GUARD_MODULE!r}}})", setup=True)
+        meta = cell.metadata.get("nbgrader", {})
+        if not (cell.cell_type == "code" and meta.get("grade") and not meta.get("solution")):
+            return super().preprocess_cell(cell, resources, index)
+        undid = self._ask_kernel(f"__import__('sys').modules[{GUARD_MODULE!r}].reset")
+        cell.source = FRESH_HELPERS + cell.source
+        if undid is None:  # the reset did not answer: this test cannot be trusted to run
+            cell.outputs = [NotebookNode(output_type="error", ename=NO_RESET, evalue=(
+                "the grader could not restore the kernel before this test (its machinery was changed), "
+                "so the test was not run"), traceback=[f"{NO_RESET}: the test was not run"])]
+            return cell, self.resources
+        cell, resources = super().preprocess_cell(cell, resources, index)
+        if undid:
+            cell.outputs.insert(0, NotebookNode(output_type="stream", name="stdout",
+                                                text=UNDID_PREFIX + "; ".join(undid) + "\n"))
+        return cell, resources
+
+    async def _async_ask_kernel(self, function: str, setup: bool = False) -> list[str] | None:
+        """Evaluate `function`(nonce) in the kernel (`setup`: `function` or nonce), past the input
+        transformers: what it reports (lines after the nonce), or None when no answer with the
+        nonce came back."""
+        nonce = secrets.token_hex(8)
+        expression = f"{function} or {nonce!r}" if setup else f"{function}({nonce!r})"
+        try:
+            msg_id = await ensure_async(self.kc.execute(
+                "", silent=True, store_history=False, user_expressions={"grader": expression},
+                allow_stdin=False, stop_on_error=False))
+            reply = await self.async_wait_for_reply(msg_id)
+            value = reply["content"]["user_expressions"]["grader"]
+            text = ast.literal_eval(value["data"]["text/plain"])
+        except Exception:  # no reply, an error in it, or a shape no honest kernel sends
+            return None
+        lines = text.split("\n") if isinstance(text, str) else []
+        return lines[1:] if lines and lines[0] == nonce else None
+
+    _ask_kernel = run_sync(_async_ask_kernel)
 
     def output(self, outs, msg, display_id, cell_index):
         used = self._output_chars.get(cell_index, 0)
@@ -198,3 +372,23 @@ def review_flags(nb, released: dict[str, str] | None = None) -> list[str]:
         where = meta.get("grade_id") or f"cell {index + 1}"
         found += [f"{where}: {flag}" for flag in dict.fromkeys(flags)]
     return found
+
+
+def runtime_flags(nb) -> list[str]:
+    """Review flags from a graded notebook: what `GuardedExecute` had to undo before a test cell,
+    and tests it could not run because the kernel's machinery was changed; empty when none."""
+    found: list[str] = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.get("cell_type") != "code" or not meta.get("grade") or meta.get("solution"):
+            continue
+        where = meta.get("grade_id") or f"cell {index + 1}"
+        for output in cell.get("outputs", []):
+            text = output.get("text", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if output.get("output_type") == "stream" and text.startswith(UNDID_PREFIX):
+                found += [f"before {where}, the grader undid {item.strip()}"
+                          for item in text[len(UNDID_PREFIX):].split(";") if item.strip()]
+            if output.get("output_type") == "error" and output.get("ename") == NO_RESET:
+                found.append(f"{where}: not run, the grader could not restore the kernel before it")
+    return list(dict.fromkeys(found))

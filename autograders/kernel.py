@@ -1,6 +1,7 @@
 """The grading kernel: cap this process, wall it in, then become an ordinary ipykernel.
 
-    python autograders/kernel.py MEMORY_BYTES FILE_BYTES [--confine [--hide PATH]...] -f CONNECTION_FILE
+    python autograders/kernel.py MEMORY_BYTES FILE_BYTES [--tasks N] [--confine [--hide PATH]...] \
+        -f CONNECTION_FILE
 
 Run by path (it imports nothing of the course), from the kernel spec `sandbox.write_kernelspec`
 writes. Limits and walls are inherited by everything the kernel starts (torchrun, ranks, Ray).
@@ -18,6 +19,16 @@ file system:
 
 Last, it enters a second user namespace, which locks all of that: code in the kernel is root
 only there and can neither undo a read-only mount nor lift a cover (mount_namespaces(7), "locked").
+
+``--tasks N`` caps the processes and threads the kernel and everything it starts may hold at once
+(`cap_tasks`): a pids control group where the machine lets this process make one (the only cap
+that also binds a grader running as root), and RLIMIT_NPROC besides.
+
+Under ``unshare --pid --fork --kill-child`` the kernel is PID 1 of its own PID namespace: when it
+exits, or is killed, the kernel kills everything left in that namespace (pid_namespaces(7)), so
+nothing a submission starts outlives its grading. As PID 1 it gets only the signals it has a
+handler for; ipykernel installs Python's SIGINT handler while a cell runs, so an interrupt still
+stops a cell, and orphans it does not reap stay zombies only until the namespace ends.
 """
 
 import ctypes
@@ -27,11 +38,14 @@ import resource
 import runpy
 import signal
 import sys
+import time
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND = 0x1, 0x2, 0x4, 0x1000
 CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
 PRIVATE_SIZES = {"/tmp": "1g", "/dev/shm": "1g", "/var/tmp": "64m"}
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_PREFIX = "grading-kernel-"
 HOME_SIZE = "256m"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -44,6 +58,100 @@ def limit(memory_bytes: int, file_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError, no kill
+
+
+def _own_pids_cgroup() -> str | None:
+    """The folder of this process's pids control group (v1 pids hierarchy, else v2), or None."""
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(","):
+            folder = os.path.join(CGROUP_ROOT, "pids", path.lstrip("/"))
+            return folder if os.path.isdir(folder) else None
+    for line in lines:
+        if line.startswith("0::"):
+            folder = os.path.join(CGROUP_ROOT, line[3:].lstrip("/"))
+            try:
+                if "pids" in open(os.path.join(folder, "cgroup.subtree_control")).read().split():
+                    return folder
+            except OSError:
+                return None
+    return None
+
+
+def remove_cgroups(parent: str, mark: str = "", older_than_s: float = 0) -> None:
+    """Remove the empty groups of ended kernels under `parent` whose names start with `mark` (the
+    grading run's environment mark) and that were made over `older_than_s` ago (a younger one may
+    belong to a kernel still moving in). rmdir refuses a group that still holds a process."""
+    prefix = CGROUP_PREFIX + mark
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        try:
+            if name.startswith(prefix) and time.time() - os.stat(path).st_mtime > older_than_s:
+                os.rmdir(path)
+        except OSError:
+            pass
+
+
+def _join_pids_cgroup(max_tasks: int) -> bool:
+    parent = _own_pids_cgroup()
+    if parent is None:
+        return False
+    try:
+        remove_cgroups(parent, older_than_s=600)  # left by kernels of runs that were killed
+        mark = os.environ.get("COURSE_GRADING_RUN", "")  # sandbox.MARK: the grader removes it after the run
+        group = os.path.join(parent, f"{CGROUP_PREFIX}{mark}-{os.urandom(4).hex()}")
+        os.mkdir(group)
+        with open(os.path.join(group, "pids.max"), "w") as handle:
+            handle.write(str(max_tasks))
+        with open(os.path.join(group, "cgroup.procs"), "w") as handle:
+            handle.write("0")  # this process; everything it starts is born inside
+        return True
+    except OSError:
+        return False
+
+
+def _tasks_of_this_user() -> int:
+    uid, count = os.getuid(), 0
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{entry}/task"))
+        except OSError:
+            pass
+    return count
+
+
+def limit_tasks(max_tasks: int, own_user_namespace: bool) -> bool:
+    """RLIMIT_NPROC for this process and its descendants; whether it binds (never for real root).
+
+    RLIMIT_NPROC counts a user's tasks (processes and threads): per user namespace since Linux
+    5.14 (`own_user_namespace`: this process is alone in a fresh one), so the cap is `max_tasks`;
+    machine-wide before that, or outside a namespace, so the cap is set `max_tasks` above what
+    this user already runs.
+    """
+    release = tuple(int(part) for part in os.uname().release.split(".")[:2] if part.isdigit())
+    fresh = own_user_namespace and release >= (5, 14)
+    nproc = max_tasks if fresh else max_tasks + _tasks_of_this_user()
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    except (ValueError, OSError):
+        return False
+    return os.getuid() != 0 if fresh else os.geteuid() != 0
+
+
+def cap_tasks(max_tasks: int, own_user_namespace: bool = False) -> str:
+    """Cap the processes and threads this process and its descendants hold at once at `max_tasks`.
+
+    A pids control group where this process may make one (it binds root too), and RLIMIT_NPROC
+    (`limit_tasks`). Returns the cap that binds: "cgroup", "rlimit" or "none".
+    """
+    joined = _join_pids_cgroup(max_tasks)
+    limited = limit_tasks(max_tasks, own_user_namespace)
+    return "cgroup" if joined else "rlimit" if limited else "none"
 
 
 def _check(result: int, what: str) -> None:
@@ -123,22 +231,26 @@ def confine(writable: list[str], keep: list[str], hide: list[str]) -> None:
     _enter_locked_namespace()
 
 
-def _options(argv: list[str]) -> tuple[bool, list[str], list[str]]:
-    confined, hide, rest = False, [], []
+def _options(argv: list[str]) -> tuple[bool, list[str], int | None, list[str]]:
+    confined, hide, tasks, rest = False, [], None, []
     items = iter(argv)
     for item in items:
         if item == "--confine":
             confined = True
+        elif item == "--tasks":
+            tasks = int(next(items))
         elif item == "--hide":
             hide.append(next(items))
         else:
             rest.append(item)
-    return confined, hide, rest
+    return confined, hide, tasks, rest
 
 
 def main(argv: list[str]) -> None:
     limit(int(argv[0]), int(argv[1]))
-    confined, hide, rest = _options(argv[2:])
+    confined, hide, tasks, rest = _options(argv[2:])
+    if tasks is not None and not confined:
+        cap_tasks(tasks)
     if confined:
         connection = rest[rest.index("-f") + 1]
         with open(connection) as handle:
@@ -147,7 +259,11 @@ def main(argv: list[str]) -> None:
         sockets = [os.path.dirname(info["ip"])] if info.get("transport") == "ipc" else []
         course = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         keep = [course, sys.prefix, sys.base_prefix, *(p for p in sys.path if p)]
+        if tasks is not None:  # while /sys is writable; the rlimit binds in the locked namespace
+            _join_pids_cgroup(tasks)
         confine(writable=[work, *sockets], keep=keep, hide=hide)
+        if tasks is not None:
+            limit_tasks(tasks, own_user_namespace=True)
         os.chdir(work)  # onto the writable mount, not the read-only one below it
         private = "/tmp/kernel-connection.json"   # the original lies in a folder now hidden
         with open(private, "w") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 @dataclass
 class Result:
     student: str
-    status: str                  # graded | timed out | not gradable | grading failed
+    status: str                  # graded | timed out | held for review | not gradable | grading failed
     detail: str = ""
     score: float = 0.0
     max_score: float = 0.0
@@ -21,6 +22,8 @@ class Result:
     feedback: Path | None = None
     seconds: float = 0.0
     reused: bool = False         # unchanged since the last run: its grades were kept
+    name: str = ""               # the student's name as the export wrote it (any script)
+    superseded: list[str] = field(default_factory=list)  # earlier attempts, not graded
 
     def to_json(self) -> dict:
         return {**asdict(self), "feedback": str(self.feedback) if self.feedback else None}
@@ -32,17 +35,75 @@ class Result:
         return cls(**data)
 
 
+HELD = "held for review"
+ACCEPTED_FILE = "accepted.json"  # in the grading folder: student -> sha256 of the notebook accepted
+
+
+def check_accept(accept: list[str] | tuple, students: list[str]) -> None:
+    """Refuse, before any grading, to accept a student who has no submission in this run."""
+    unknown = [s for s in accept if s not in students]
+    if unknown:
+        raise SystemExit(f"--accept {', '.join(unknown)}: no submission of that student in this run "
+                         f"(students here: {', '.join(students) or 'none'}); nothing was graded or accepted")
+
+
+def hold_for_review(results: list[Result], notebooks: dict[str, str], folder: Path,
+                    accept: list[str] | tuple = ()) -> list[str]:
+    """Hold every flagged score (review flags) until the instructor accepts that very notebook.
+
+    `notebooks`: student -> sha256 of the notebook graded in this run. A flagged result that was
+    graded (or timed out) gets status `HELD` unless `folder`/`ACCEPTED_FILE` records the same
+    notebook hash for the student; `accept` adds the students named there (their current
+    notebooks) to that record first. A changed notebook must be accepted again. Returns one line
+    per thing the instructor should know (accepted, nothing to accept).
+    """
+    record = Path(folder) / ACCEPTED_FILE
+    try:
+        accepted = json.loads(record.read_text()) if record.exists() else {}
+    except ValueError:
+        raise SystemExit(f"{record} is damaged: fix or delete it (it lists the flagged notebooks you "
+                         "accepted), then run the grader again") from None
+    notes = []
+    for r in results:
+        if r.student in accept:
+            if r.review and r.student in notebooks:
+                accepted[r.student] = notebooks[r.student]
+                notes.append(f"{r.student}: accepted after review (this notebook, sha256 "
+                             f"{notebooks[r.student][:12]}...)")
+            else:
+                notes.append(f"{r.student}: nothing to accept (no review flags on a graded notebook)")
+        if not r.review or r.status not in ("graded", "timed out"):
+            continue
+        if accepted.get(r.student) == notebooks.get(r.student):
+            r.detail = "; ".join(filter(None, [r.detail, "accepted after review"]))
+            continue
+        changed = "the notebook changed since you accepted it; " if r.student in accepted else ""
+        was = "" if r.status == "graded" else f"{r.status}: "
+        r.detail = (f"{changed}{was}{r.detail + '; ' if r.detail else ''}score {r.score:g} not final: "
+                    f"look at the REVIEW lines, then accept with --accept {r.student}")
+        r.status = HELD
+    if accept or record.exists():
+        record.write_text(json.dumps(accepted, indent=1, sort_keys=True))
+    return notes
+
+
 def write_csv(path: Path, results: list[Result]) -> None:
-    """One row per student: total, status and reasons, review flags, and every exercise's points."""
+    """One row per student: total, status and reasons, review flags, and every exercise's points.
+
+    A score held for review is not in `score` (nor `percent`), which is what an LMS import reads
+    as the grade: it is in `provisional_score`, a column no import takes as a grade, until accepted.
+    """
     cell_names = sorted({name for r in results for name in r.cells})
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["student", "score", "max_score", "percent", "manual_pending", "status", "detail",
-                         "review", *cell_names])
+        writer.writerow(["student", "name", "score", "max_score", "percent", "manual_pending", "status",
+                         "detail", "review", "provisional_score", "superseded", *cell_names])
         for r in results:
             percent = 100.0 * r.score / r.max_score if r.max_score else 0.0
-            writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", f"{percent:.1f}",
-                             f"{r.manual_pending:g}", r.status, r.detail, "; ".join(r.review),
+            held = r.status == HELD
+            writer.writerow([r.student, r.name, "" if held else f"{r.score:g}", f"{r.max_score:g}",
+                             "" if held else f"{percent:.1f}", f"{r.manual_pending:g}", r.status, r.detail,
+                             "; ".join(r.review), f"{r.score:g}" if held else "", "; ".join(r.superseded),
                              *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
 
 
@@ -77,7 +138,16 @@ def summary_table(results: list[Result]) -> str:
         took = "kept" if r.reused else f"{r.seconds:5.1f}s"
         lines.append(f"{r.student:<{width}}  {r.score:>5g} / {r.max_score:<3g}  {took:>6}  {status}")
         lines += [f"{'':<{width}}  {'':>11}  {'':>6}  REVIEW {flag}" for flag in r.review]
+        if r.name and r.name != r.student:
+            lines.append(f"{'':<{width}}  {'':>11}  {'':>6}  name: {r.name}")
+        if r.superseded:
+            lines.append(f"{'':<{width}}  {'':>11}  {'':>6}  superseded (not graded): "
+                         + ", ".join(r.superseded))
     scores = [r.score for r in results]
+    held = sum(r.status == HELD for r in results)
+    if held:
+        lines.append(f"{held} held for review: their scores are not in grades.csv's score column until "
+                     "you accept them (--accept STUDENT)")
     if results:
         most = results[0].max_score
         lines.append(f"{'mean':<{width}}  {statistics.fmean(scores):>5.2f} / {most:<3g}")

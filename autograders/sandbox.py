@@ -2,7 +2,7 @@
 
 A submission's code runs in an ipykernel started through `kernel_argv`:
 
-    unshare --user --map-root-user --mount --net \
+    unshare --user --map-root-user --mount --net --pid --fork --kill-child --mount-proc \
         sh -c 'ip link set lo up && exec python autograders/kernel.py ...'
 
 - a new network namespace with only loopback: torchrun and gloo still work on 127.0.0.1, nothing
@@ -12,16 +12,25 @@ A submission's code runs in an ipykernel started through `kernel_argv`:
   gives the kernel private /tmp, /dev/shm and home folders, hides the grading folder (gradebook,
   other submissions), ``solutions/`` and ``.git``, and leaves writable only the folder the notebook
   runs in;
+- a new PID namespace, the kernel its PID 1 (``--kill-child``: killing ``unshare`` kills it): when
+  the kernel exits or is killed, everything left in the namespace is killed too, so nothing a
+  submission starts (``Popen(..., start_new_session=True)``, daemons) outlives its grading;
+- a cap of `MAX_TASKS` processes and threads at once (`kernel.cap_tasks`: a pids control group
+  where the machine allows one, else RLIMIT_NPROC), so a fork bomb stops at the cap;
 - caps on each process's allocations (RLIMIT_DATA; unlike RLIMIT_AS it does not count the address
   space torch reserves but never touches) and on the size of any file, and no core dumps.
 
-Where user namespaces are not allowed, only the caps apply; `isolation()` says so, loudly.
+Where user namespaces are not allowed, only the caps apply; `isolation()` says so, loudly. Either
+way the grader sets `MARK` in the environment of each nbgrader run, which every process the
+kernel starts inherits, and `kill_marked` kills what is left after the run (a process that
+clears its own environment escapes this fallback; the PID namespace has no such gap).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +41,10 @@ KERNEL_NAME = "course-grading"
 MEMORY_BYTES = 2 * 2**30      # per process: a module's whole run peaks under 1.5 GB
 FILE_BYTES = 256 * 2**20      # no course exercise writes a file near this
 KERNEL_SCRIPT = Path(__file__).with_name("kernel.py")
+MAX_TASKS = 512              # processes and threads at once: 06's torchrun ranks use under 150
 NAMESPACES = ["unshare", "--user", "--map-root-user", "--mount", "--net"]
+PID_NAMESPACE = ["--pid", "--fork", "--kill-child", "--mount-proc"]
+MARK = "COURSE_GRADING_RUN"   # environment variable: which grading run started a process
 
 # Run inside the namespaces: wall in, then check that the walls hold.
 PROBE = """
@@ -47,13 +59,9 @@ except OSError:
 """
 
 
-@functools.cache
-def namespaces_available() -> bool:
-    """Whether this machine lets the grader build the kernel's walls (user, mount, net namespaces)."""
-    if not (shutil.which("unshare") and shutil.which("ip")):
-        return False
+def _walls_hold(namespaces: list[str]) -> bool:
     probe = PROBE.format(folder=str(KERNEL_SCRIPT.parent))
-    command = [*NAMESPACES, "sh", "-c", 'ip link set lo up && exec "$@"', "probe",
+    command = [*namespaces, "sh", "-c", 'ip link set lo up && exec "$@"', "probe",
                sys.executable, "-c", probe]
     try:
         with tempfile.TemporaryDirectory() as work:
@@ -63,23 +71,87 @@ def namespaces_available() -> bool:
         return False
 
 
+@functools.cache
+def unshare_argv() -> tuple[str, ...] | None:
+    """The `unshare` command that walls a kernel in here: with a PID namespace where the machine
+    allows one, else without; None where user namespaces are not allowed at all."""
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return None
+    for namespaces in ([*NAMESPACES, *PID_NAMESPACE], NAMESPACES):
+        if _walls_hold(namespaces):
+            return tuple(namespaces)
+    return None
+
+
+def namespaces_available() -> bool:
+    """Whether this machine lets the grader build the kernel's walls (user, mount, net namespaces)."""
+    return unshare_argv() is not None
+
+
+def pid_namespace_available() -> bool:
+    """Whether grading kernels run in a PID namespace of their own (see the module docstring)."""
+    return unshare_argv() is not None and "--pid" in unshare_argv()
+
+
+def kill_marked(mark: str, timeout_s: float = 10) -> int:
+    """Kill every process whose environment carries ``MARK=mark``; how many there were.
+
+    The fallback for machines without PID namespaces: what a grading kernel started (in a new
+    session or not) inherited the mark from the nbgrader run that started the kernel.
+    """
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(MARK) == mark:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue  # gone, a zombie, or not ours to read
+    for proc in found:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(found, timeout=timeout_s)
+    return len(found)
+
+
+def after_run(mark: str) -> int:
+    """What the grader does when an nbgrader run ends: kill what its kernels left (`kill_marked`)
+    and remove the empty pids control groups of ended kernels. How many processes were killed."""
+    from autograders import kernel
+
+    killed = kill_marked(mark)
+    parent = kernel._own_pids_cgroup()
+    if parent is not None:
+        kernel.remove_cgroups(parent, mark)
+    return killed
+
+
 def isolation() -> str:
     """One line for the report: what the grading kernel is and is not kept from."""
-    limits = f"memory {MEMORY_BYTES // 2**30} GB per process, files {FILE_BYTES // 2**20} MB"
+    limits = (f"memory {MEMORY_BYTES // 2**30} GB per process, files {FILE_BYTES // 2**20} MB, "
+              f"{MAX_TASKS} processes and threads")
     if namespaces_available():
+        ends = ("everything a kernel starts ends with it (PID namespace)" if pid_namespace_available() else
+                "what a kernel starts is found by its environment and killed after grading "
+                "(no PID namespace)")
         return (f"grading kernels: no network (loopback only), read-only file system with private /tmp "
-                f"and home, gradebook and other submissions hidden; {limits}")
+                f"and home, gradebook and other submissions hidden; {ends}; {limits}")
     return (f"grading kernels: {limits}; NETWORK AND FILES NOT ISOLATED (user namespaces unavailable "
             "here: grade only submissions you trust, or inside a container)")
 
 
 def kernel_argv(memory_bytes: int = MEMORY_BYTES, file_bytes: int = FILE_BYTES,
-                hide: list[str] | tuple = ()) -> list[str]:
-    limited = [sys.executable, str(KERNEL_SCRIPT), str(memory_bytes), str(file_bytes)]
+                hide: list[str] | tuple = (), max_tasks: int = MAX_TASKS) -> list[str]:
+    """The grading kernel's command line (a kernel spec's argv), walled in where the machine allows."""
+    limited = [sys.executable, str(KERNEL_SCRIPT), str(memory_bytes), str(file_bytes),
+               "--tasks", str(max_tasks)]
     if not namespaces_available():
         return [*limited, "-f", "{connection_file}"]
     walls = ["--confine", *(arg for path in hide for arg in ("--hide", str(path)))]
-    return [*NAMESPACES, "sh", "-c", 'ip link set lo up && exec "$@"', "sandbox", *limited, *walls,
+    return [*unshare_argv(), "sh", "-c", 'ip link set lo up && exec "$@"', "sandbox", *limited, *walls,
             "-f", "{connection_file}"]
 
 

@@ -4,7 +4,8 @@
 
 COURSE is a scratch nbgrader course that `grade.py` prepared (its nbgrader_config.py, a copy of the
 gradebook, the walled-in kernel on JUPYTER_PATH). The worker reads one JSON request a line on stdin,
-``{"module": ..., "student": ..., "log": path}``, runs nbgrader's ``Autograde`` converter on
+``{"module": ..., "student": ..., "log": path, "env": {...}}`` (variables for that student's
+kernel), runs nbgrader's ``Autograde`` converter on
 COURSE/submitted/<student>/<module>, then ``GenerateFeedback`` for that student, and answers one JSON
 line ``{"student": ..., "autograded": bool, "feedback": bool}``. nbgrader's log for that student goes
 to the request's log file; anything else the process prints goes to COURSE/worker.log, never into
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     answers.write(json.dumps({"ready": os.getpid()}) + "\n")
     for line in sys.stdin:
         request = json.loads(line)
+        os.environ.update(request.get("env", {}))  # inherited by this student's kernel (grade.py's mark)
         handler = logging.FileHandler(request["log"], encoding="utf-8")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         log.addHandler(handler)

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", nargs="?", default="00_orientation")
     parser.add_argument("--students", type=int, default=6)
-    parser.add_argument("--jobs", type=int, help="students at once (default: the grader's default on these cores)")
+    parser.add_argument("--jobs", type=int,
+                        help="students at once (default: the grader's default on these cores)")
     parser.add_argument("--cores", type=int, default=2, help="cores to run on (default 2)")
     parser.add_argument("--cell-timeout", type=int, default=60)
     parser.add_argument("--no-baseline", action="store_true", help="skip plain nbgrader")
@@ -104,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         took, cpu, scores = {}, {}, {}
         if not args.no_baseline:
             start, used_cpu = time.monotonic(), cpu_seconds()
-            scores["plain"] = plain_nbgrader(args.module, base / "in", names, base / "plain", args.cell_timeout)
+            scores["plain"] = plain_nbgrader(args.module, base / "in", names, base / "plain",
+                                             args.cell_timeout)
             took["plain"], cpu["plain"] = time.monotonic() - start, cpu_seconds() - used_cpu
-            print(f"{tag}: plain serial nbgrader {took['plain']:.0f} s, {took['plain'] / args.students:.1f} s "
+            print(f"{tag}: plain serial nbgrader {took['plain']:.0f} s, "
+                  f"{took['plain'] / args.students:.1f} s "
                   f"per submission, CPU {cpu['plain'] / args.students:.1f} s per submission "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         start, used_cpu = time.monotonic(), cpu_seconds()
-        results = grade.grade(args.module, base / "in", base / "ours", cell_timeout_s=args.cell_timeout, jobs=jobs)
+        results = grade.grade(args.module, base / "in", base / "ours", cell_timeout_s=args.cell_timeout,
+                              jobs=jobs)
         took["ours"], cpu["ours"] = time.monotonic() - start, cpu_seconds() - used_cpu
         scores["ours"] = {r.student: r.score for r in results}
         print(f"{tag}: the course's grader, {jobs} at a time, walls on: {took['ours']:.0f} s, "

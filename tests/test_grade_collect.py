@@ -1,6 +1,7 @@
 """How the grader finds one notebook per student in what an instructor downloads."""
 
 import json
+import os
 import zipfile
 
 import pytest
@@ -31,17 +32,20 @@ def test_files_folders_and_zips_each_make_one_student(tmp_path):
     assert sorted(subs) == ["ann", "bob", "cat"]
     assert all(s.problem is None for s in subs.values())
     assert subs["bob"].notebook.name == f"{MODULE}.ipynb"
-    assert subs["cat"].notebook.read_text() == NB
+    assert json.loads(subs["cat"].notebook.read_text()) == json.loads(NB)
 
 
-def test_ambiguous_or_empty_folders_are_reported_not_guessed(tmp_path):
+def test_several_notebooks_in_a_folder_are_chosen_by_name_and_time_and_named(tmp_path):
     src = tmp_path / "in"
     (src / "dan").mkdir(parents=True)
     (src / "eve").mkdir()
     (src / "dan" / "a.ipynb").write_text(NB)
     (src / "dan" / "b.ipynb").write_text(NB)
+    os.utime(src / "dan" / "a.ipynb", (2e9, 2e9))  # a is newer
+    os.utime(src / "dan" / "b.ipynb", (1e9, 1e9))
     subs = by_student(collect.collect_submissions(src, MODULE, tmp_path / "scratch"))
-    assert "cannot tell which" in subs["dan"].problem
+    assert subs["dan"].problem is None and subs["dan"].notebook.name == "a.ipynb"
+    assert any("not graded: dan/b.ipynb" in note for note in subs["dan"].notes)
     assert "no notebook" in subs["eve"].problem
 
 
@@ -59,17 +63,17 @@ def test_lms_export_zip_with_id_regex_and_unsafe_members(tmp_path):
     assert not list(tmp_path.rglob("escaped.ipynb"))
 
 
-def test_student_ids_are_made_safe_and_duplicates_flagged(tmp_path):
+def test_student_ids_are_made_safe_and_one_students_files_are_one_student(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     (src / "José Ñ; rm -rf.ipynb").write_text(NB)
     (src / "kim.ipynb").write_text(NB)
     (src / "kim.zip").write_bytes(b"")
-    subs = collect.collect_submissions(src, MODULE, tmp_path / "scratch")
-    ids = [s.student for s in subs]
-    assert "Jos_____rm_-rf" in ids
-    problems = [s.problem for s in subs if s.student == "kim"]
-    assert any(p and "same student id" in p for p in problems)
+    subs = by_student(collect.collect_submissions(src, MODULE, tmp_path / "scratch"))
+    assert sorted(subs) == ["José_Ñ_rm_-rf", "kim"]
+    assert subs["José_Ñ_rm_-rf"].name == "José Ñ; rm -rf"
+    kim = subs["kim"]  # the readable notebook is graded, the broken zip named
+    assert kim.problem is None and kim.notebook.name == "kim.ipynb" and kim.superseded == ["kim.zip"]
 
 
 def test_bad_and_oversized_archives_are_clear_problems(tmp_path, monkeypatch):
@@ -78,7 +82,7 @@ def test_bad_and_oversized_archives_are_clear_problems(tmp_path, monkeypatch):
     (src / "liz.zip").write_bytes(b"PK\x03\x04 broken")
     with zipfile.ZipFile(src / "max.zip", "w") as zf:
         zf.writestr("a.ipynb", NB * 100)
-    monkeypatch.setattr(collect, "MAX_ARCHIVE_BYTES", 1000)
+    monkeypatch.setattr(collect, "MAX_MEMBER_BYTES", 1000)
     subs = by_student(collect.collect_submissions(src, MODULE, tmp_path / "scratch"))
     assert "not a readable zip" in subs["liz"].problem
     assert "unpacks to more than" in subs["max"].problem

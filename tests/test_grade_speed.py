@@ -50,19 +50,23 @@ def test_cell_limits_stretch_with_the_graders_own_load():
     assert grade.cell_limits("00_orientation", jobs=2, n_cores=2) == {}
     # a machine already busy stretches them too, up to MAX_STRETCH
     assert grade.cell_limit(60, "00_orientation", jobs=2, n_cores=2, machine_load=2) == 120
-    assert grade.cell_limit(60, "00_orientation", jobs=2, n_cores=2, machine_load=50) == 60 * grade.MAX_STRETCH
+    most = 60 * grade.MAX_STRETCH
+    assert grade.cell_limit(60, "00_orientation", jobs=2, n_cores=2, machine_load=50) == most
 
 
 def test_guarded_execute_gives_named_test_cells_their_own_limit():
     execute = guard.GuardedExecute(timeout=60, cell_timeouts={"elastic_tests": 200.0})
-    heavy = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {"grade": True, "grade_id": "elastic_tests"}})
-    other = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {"grade": True, "grade_id": "other_tests"}})
+    def test_cell(grade_id):
+        return nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {"grade": True, "grade_id": grade_id}})
+
+    heavy, other = test_cell("elastic_tests"), test_cell("other_tests")
     plain = nbformat.v4.new_code_cell("pass")
     assert execute._get_timeout(heavy) == 200
     assert execute._get_timeout(other) == 60
     assert execute._get_timeout(plain) == 60
     # never less than the general limit
-    assert guard.GuardedExecute(timeout=300, cell_timeouts={"elastic_tests": 200.0})._get_timeout(heavy) == 300
+    generous = guard.GuardedExecute(timeout=300, cell_timeouts={"elastic_tests": 200.0})
+    assert generous._get_timeout(heavy) == 300
 
 
 def test_the_graders_course_config_carries_the_limits(tmp_path):

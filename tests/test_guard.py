@@ -54,3 +54,16 @@ def test_unchanged_released_cells_and_test_cells_are_not_read():
     nb = nbformat.v4.new_notebook(cells=[cell, test])
     assert guard.review_flags(nb, {cell.id: cell.source}) == []
     assert len(guard.review_flags(nb)) == 1  # the plain cell, once it differs from the release
+
+
+def test_what_the_grader_undid_in_the_kernel_becomes_a_review_flag():
+    test = {"grade": True, "solution": False, "grade_id": "t_tests"}
+    outputs = [{"output_type": "stream", "name": "stdout",
+                "text": guard.UNDID_PREFIX + "an AST transformer added (P); sys.excepthook replaced\n"},
+               {"output_type": "error", "ename": guard.NO_RESET, "evalue": "", "traceback": []}]
+    nb = {"cells": [{"cell_type": "code", "metadata": {"nbgrader": test}, "outputs": outputs, "source": ""},
+                    {"cell_type": "code", "metadata": {}, "outputs": outputs[:1], "source": ""}]}  # not a test
+    assert guard.runtime_flags(nb) == [
+        "before t_tests, the grader undid an AST transformer added (P)",
+        "before t_tests, the grader undid sys.excepthook replaced",
+        "t_tests: not run, the grader could not restore the kernel before it"]

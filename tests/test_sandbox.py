@@ -1,14 +1,17 @@
 """autograders/sandbox.py and kernel.py: the grading kernel's limits, checked in real processes."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
-from autograders import sandbox
+from autograders import kernel, sandbox
 from autograders.settings import REPO
 
 PROBE = """
@@ -39,14 +42,16 @@ def test_limits_stop_a_memory_bomb_and_a_huge_file_but_not_torch(tmp_path):
 
 
 def test_the_kernel_spec_runs_the_limited_kernel(tmp_path):
-    name = sandbox.write_kernelspec(tmp_path, memory_bytes=123, file_bytes=456, hide=["/x/y"])
+    name = sandbox.write_kernelspec(tmp_path, memory_bytes=123, file_bytes=456, hide=["/x/y"], max_tasks=78)
     argv = json.loads((tmp_path / "kernels" / name / "kernel.json").read_text())["argv"]
     start = argv.index(sys.executable)
-    assert argv[start:start + 4] == [sys.executable, str(REPO / "autograders" / "kernel.py"), "123", "456"]
+    assert argv[start:start + 6] == [sys.executable, str(REPO / "autograders" / "kernel.py"), "123", "456",
+                                     "--tasks", "78"]
     assert argv[-2:] == ["-f", "{connection_file}"]
     walled = sandbox.namespaces_available()
     assert (argv[0] == "unshare") == walled
-    assert (argv[start + 4:-2] == ["--confine", "--hide", "/x/y"]) == walled
+    assert ("--pid" in argv) == sandbox.pid_namespace_available()
+    assert (argv[start + 6:-2] == ["--confine", "--hide", "/x/y"]) == walled
     assert ("NOT ISOLATED" in sandbox.isolation()) != walled
 
 
@@ -87,7 +92,7 @@ def test_the_walls_hold_in_a_real_process(tmp_path):
     private = Path("/tmp") / f"{tmp_path.name}-private"
     script = WALLS.format(folder=str(REPO / "autograders"), repo=str(REPO), hidden=str(hidden),
                           port=server.getsockname()[1], private=str(private))
-    command = [*sandbox.NAMESPACES, "sh", "-c", 'ip link set lo up && exec "$@"', "walls",
+    command = [*sandbox.unshare_argv(), "sh", "-c", 'ip link set lo up && exec "$@"', "walls",
                sys.executable, "-c", script]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=work)
@@ -97,3 +102,80 @@ def test_the_walls_hold_in_a_real_process(tmp_path):
                                        "undo walls no", "reach grader no", "torch 3"], out.stderr[-2000:]
     assert (work / "mine.txt").read_text() == "ok"   # the notebook's own folder is really written
     assert not private.exists() and (hidden / "secret.txt").read_text() == "grades"  # /tmp was its own
+
+
+MARKER = "987654"  # `sleep 987654`: the processes the tests below start, told apart from any other
+
+
+def sleepers():
+    return [p for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [])[-2:] == ["sleep", MARKER]]
+
+
+SPAWNER = f"""
+import subprocess
+ps = [subprocess.Popen(["sleep", "{MARKER}"], start_new_session=True) for _ in range(150)]
+more = []
+try:
+    while len(more) < 5000:
+        more.append(subprocess.Popen(["sleep", "{MARKER}"], start_new_session=True))
+    print("not capped")
+except OSError as err:
+    print("capped after", len(ps) + len(more), err.errno)
+"""
+
+
+def test_a_kernel_is_pid_1_interruptible_capped_and_takes_all_with_it(tmp_path, monkeypatch):
+    if not sandbox.pid_namespace_available():
+        pytest.skip("no PID namespaces here: the grader kills by environment mark (see the test below)")
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = sandbox.write_kernelspec(tmp_path / "jupyter", max_tasks=300)
+    monkeypatch.setenv(sandbox.MARK, mark := f"test{os.getpid()}")
+    (tmp_path / "work").mkdir()
+    specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "jupyter" / "kernels")])
+    manager = KernelManager(kernel_name=name, transport="ipc", ip=str(tmp_path / "k"),
+                            kernel_spec_manager=specs)
+    manager.start_kernel(cwd=str(tmp_path / "work"))
+    client = manager.client()
+    client.start_channels()
+    printed = []
+
+    def hook(msg):
+        if msg["msg_type"] in ("stream", "error"):
+            printed.append(msg["content"].get("text") or msg["content"].get("ename"))
+
+    def run(code):
+        return client.execute_interactive(code, timeout=120, output_hook=hook)["content"]["status"]
+
+    try:
+        client.wait_for_ready(timeout=120)
+        assert run("import os; print(os.getpid())") == "ok" and printed[-1].strip() == "1"
+        interrupt = threading.Timer(3, manager.interrupt_kernel)
+        interrupt.start()
+        assert run("import time; time.sleep(600)") == "error" and printed[-1] == "KeyboardInterrupt"
+        assert run(SPAWNER) == "ok"
+        capped = printed[-1].split()
+        assert capped[:2] == ["capped", "after"] and capped[3] == "11", printed  # EAGAIN
+        assert 150 <= int(capped[2]) <= 300, printed
+        assert len(sleepers()) == int(capped[2])
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+    psutil.wait_procs(sleepers(), timeout=10)
+    assert sleepers() == []
+    sandbox.after_run(mark)  # and the kernel's empty control group goes
+    parent = kernel._own_pids_cgroup()
+    assert parent is None or not [p for p in os.listdir(parent) if p.startswith(kernel.CGROUP_PREFIX + mark)]
+
+
+def test_without_a_pid_namespace_the_marked_processes_are_found_and_killed():
+    mark = "test-" + str(threading.get_ident())
+    env = {**os.environ, sandbox.MARK: mark}
+    starter = (f"import subprocess\nfor _ in range(5): subprocess.Popen(['sleep', '{MARKER}'], "
+               "start_new_session=True)")
+    subprocess.run([sys.executable, "-c", starter], env=env, check=True, timeout=60)
+    assert len(sleepers()) == 5  # orphans in sessions of their own: no process tree leads to them
+    assert sandbox.kill_marked(mark) == 5
+    assert sleepers() == []
