@@ -115,11 +115,6 @@ def load_factor(module: str, jobs: int, n_cores: int | None = None, machine_load
     return min(MAX_STRETCH, max(1.0, busy / (n_cores or cores())))
 
 
-def machine_load() -> float:
-    """Runnable processes on this machine before the grader starts: the 1-minute load average."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-
-
 def cell_limit(cell_timeout_s: int, module: str, jobs: int, n_cores: int | None = None,
                machine_load: float = 0.0) -> int:
     """The cell time limit the grading kernel gets: `cell_timeout_s` on an idle machine, stretched by
@@ -659,10 +654,11 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
         raise SystemExit(f"no submissions found in {submissions}")
     report.check_accept(accept, [sub.student for sub in found])
     jobs = max(1, min(jobs or default_jobs(module), len(found)))
-    busy = machine_load()
-    limit = cell_limit(cell_timeout_s, module, jobs, machine_load=busy)
+    # limits stretched for the grader's own load only: the same run on the same machine gets the same
+    # limits, so a rerun reports what the first run did (others' load is not the grader's to know)
+    limit = cell_limit(cell_timeout_s, module, jobs)
     run = Run(out, module, cell_timeout_s, student_timeout_s, regrade, kernel_cell_timeout_s=limit,
-              kernel_cell_timeouts=cell_limits(module, jobs, machine_load=busy))
+              kernel_cell_timeouts=cell_limits(module, jobs))
     results: dict[str, Result] = {}
     try:
         run.start_workers(jobs, early=sum(run.kept(sub) is None for sub in found))
@@ -671,7 +667,7 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
         print(f"grading {len(found)} submissions, {jobs} at a time; cell limit {limit} s"
               + (f" ({cell_timeout_s} s stretched for {jobs} at a time, {processes(module)} busy processes"
                  " each, "
-                 f"on {cores()} cores with a load average of {busy:.1f})" if limit != cell_timeout_s else ""),
+                 f"on {cores()} cores)" if limit != cell_timeout_s else ""),
               flush=True)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run.grade_one, sub): sub for sub in found}
