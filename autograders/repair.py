@@ -94,12 +94,17 @@ def prepare(path: Path | str, module: str) -> tuple[NotebookNode, list[str]]:
     Returns a new nbformat 4.5 notebook (cells matched back to the release, its nbgrader metadata
     and cell ids restored, split answers and duplicated tests resolved, deleted graded cells put
     back) and one short sentence per mend, empty when the notebook needed none. The file itself
-    is not changed. Raises what ``nbformat.read`` raises for a file that is not a notebook.
+    is not changed. Raises what ``nbformat.read`` raises for a file that is not a notebook; one
+    whose cells cannot be matched (malformed cells) comes back as read, with a note saying so.
     """
     with warnings.catch_warnings():  # nbformat 4.0-4.4 has no cell ids: mend gives them theirs
         warnings.simplefilter("ignore", MissingIDFieldWarning)
         nb = nbformat.read(str(path), as_version=4)
-    return mend(nb, release_notebook(module))
+    try:
+        return mend(nb, release_notebook(module))
+    except Exception as err:  # noqa: BLE001 - a malformed cell: grade the file as handed in, and say so
+        return nb, [f"its cells could not be matched to the course notebook ({type(err).__name__}: "
+                    f"{str(err)[:100]}): graded as handed in"]
 
 
 def mend(nb: NotebookNode, release: NotebookNode) -> tuple[NotebookNode, list[str]]:

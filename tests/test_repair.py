@@ -93,10 +93,10 @@ def test_course_notebooks_need_no_mending(module):
 
 
 @pytest.mark.parametrize("module", settings.modules())
-@pytest.mark.parametrize("minor", [0, 4])
-def test_every_cell_is_rematched_when_metadata_and_ids_are_stripped(module, minor):
+@pytest.mark.parametrize("minor, blank", [(0, False), (4, False), (4, True)])
+def test_every_cell_is_rematched_when_metadata_and_ids_are_stripped(module, minor, blank):
     """Colab or a converter: no nbgrader metadata, no ids; answers found where their stubs sat."""
-    answered = reference(module)
+    answered = submission(module) if blank else reference(module)
     nb, notes = prepared(strip_ids(strip_metadata(copy.deepcopy(answered)), minor), module)
     assert graded_cells(nb) == graded_cells(load(release_path(module)))
     assert [c.source for c in nb.cells] == ["".join(c["source"]) for c in answered["cells"]]
@@ -182,6 +182,16 @@ def test_review_does_not_flag_unchanged_course_cells_without_ids():
     assert any("exec" in line for line in guard.review_flags(edited, released))  # changed: read
 
 
+def test_malformed_cells_are_graded_as_handed_in_with_a_note(tmp_path):
+    nb = reference()
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "id": "no-source", "outputs": []})
+    path = tmp_path / "odd.ipynb"
+    path.write_text(json.dumps(nb))
+    out, notes = repair.prepare(path, MODULE)
+    assert len(out.cells) == len(nb["cells"])
+    assert len(notes) == 1 and "graded as handed in" in notes[0]
+
+
 def test_module_of_a_renamed_copy_is_found_by_content(tmp_path):
     copy_path = tmp_path / "Copy of notebook (1).ipynb"
     copy_path.write_text(json.dumps(strip_ids(reference())))
@@ -253,6 +263,7 @@ def test_deleted_exercise_scores_zero_and_the_others_full(graded):
 def test_check_agrees_with_the_grade(graded, name):
     """`make check` runs what grading runs: the points it counts as passed are the grade."""
     folder, results = graded
-    outcome = check.run(folder / f"{name}.ipynb")
+    outcome, notes = check.run_with_notes(folder / f"{name}.ipynb")
     assert sum(r.points for r in outcome if r.outcome == "passed") == results[name].score
+    assert notes and all(note in results[name].detail for note in notes)  # and says what was mended
     assert {r.name: r.points for r in outcome} == grade._points(MODULE)
