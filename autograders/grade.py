@@ -41,7 +41,7 @@ from pathlib import Path
 
 import psutil
 
-from autograders import guard, report, sandbox, settings
+from autograders import guard, repair, report, sandbox, settings
 from autograders.collect import Submission, collect_submissions, notebook_problem
 from autograders.report import Result
 
@@ -328,15 +328,18 @@ class Run:
         import nbformat
 
         root, module, student = self.root, self.module, sub.student
-        notebook = nbformat.read(sub.notebook, as_version=4)
-        released = nbformat.read(settings.MODULES / module / f"{module}.ipynb", as_version=4)
+        # autograders/repair.py: split or copied answers, stripped metadata, missing ids, deleted cells
+        notebook, notes = repair.prepare(sub.notebook, module)
+        released = repair.release_notebook(module)
         result.review = guard.review_flags(notebook, {c.id: c.source for c in released.cells})
 
         for course in (root, scratch := root / "work" / student):
             folder = course / "submitted" / student / module
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            shutil.copyfile(sub.notebook, folder / f"{module}.ipynb")
+            nbformat.write(notebook, folder / f"{module}.ipynb")
+        if notes:  # what the learner handed in, byte for byte, next to what was graded
+            shutil.copyfile(sub.notebook, root / "submitted" / student / module / f"{module}.ipynb.submitted")
         with self.lock:
             shutil.copyfile(root / "gradebook.db", scratch / "gradebook.db")
         _write_config(scratch, self.cell_timeout_s)
@@ -352,7 +355,7 @@ class Run:
                 return f"the whole notebook ran past {self.student_timeout_s:g} s and was stopped"
             if code != 0 or scores is None:
                 result.status = "grading failed"
-                return diagnose(log.read_text(errors="replace"), self.cell_timeout_s)
+                return "; ".join([diagnose(log.read_text(errors="replace"), self.cell_timeout_s), *notes])
             with self.lock:
                 _merge(scratch, root, module, student)
         finally:
@@ -369,6 +372,7 @@ class Run:
             result.status = "timed out"
             result.detail = "; ".join(filter(None, [
                 f"over the {self.cell_timeout_s} s cell limit: " + ", ".join(slow), result.detail]))
+        result.detail = "; ".join(filter(None, [result.detail, *notes]))
         return None
 
 
