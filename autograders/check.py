@@ -4,7 +4,9 @@
     make check NB=modules/00_orientation/00_orientation.ipynb
 
 Runs a copy of the notebook top to bottom in a fresh kernel, as grading will (fast mode, the
-course's time limit per cell), and lists every test cell: passed, failed with the check's own
+course's time limit per cell, and the notebook mended as grading mends it: answers split over
+several cells, metadata or cell ids an editor dropped, deleted exercises; see
+`autograders.repair`), and lists every test cell: passed, failed with the check's own
 message, or not answered yet. Your file is never changed. A student copy holds only the
 visible tests; grading adds hidden ones that check the same behaviour on other inputs, so
 passing here is necessary, not sufficient. Exit status: 0 when every test passes, 1 otherwise,
@@ -48,12 +50,31 @@ def _outcome(cell) -> tuple[str, str]:
     return "failed", " | ".join(line.strip() for line in message.splitlines() if line.strip())[:400]
 
 
-def run(path: Path, cell_timeout_s: int = settings.DEFAULT_CELL_TIMEOUT_S) -> list[TestResult]:
-    """Execute a copy of the notebook at `path`; the outcome of each of its test cells."""
+def run(path: Path, cell_timeout_s: int = settings.DEFAULT_CELL_TIMEOUT_S,
+        module: str | None = None) -> list[TestResult]:
+    """Execute a copy of the notebook at `path`; the outcome of each of its test cells.
+
+    The copy is the one grading runs (`autograders.repair.prepare`: split answers, stripped
+    metadata, missing ids and deleted cells mended as grading mends them), so a learner whose
+    editor did any of that sees the grade they will get. `module` defaults to the one the file
+    belongs to by name or content. Raises ValueError for a notebook with no test cells.
+    """
+    return run_with_notes(path, cell_timeout_s, module)[0]
+
+
+def run_with_notes(path: Path, cell_timeout_s: int = settings.DEFAULT_CELL_TIMEOUT_S,
+                   module: str | None = None) -> tuple[list[TestResult], list[str]]:
+    """`run`, and the sentences saying what was mended before running (empty when nothing was)."""
     import nbformat
     from nbclient import NotebookClient
 
-    nb = nbformat.read(path, as_version=4)
+    from autograders import repair
+
+    module = module or repair.module_of(path)
+    if module is None:  # not a course notebook by name or content: run it as it is
+        nb, notes = nbformat.read(path, as_version=4), []
+    else:
+        nb, notes = repair.prepare(path, module)
     tests = [c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")
              and not c.metadata.get("nbgrader", {}).get("solution")]
     if not tests:
@@ -63,7 +84,7 @@ def run(path: Path, cell_timeout_s: int = settings.DEFAULT_CELL_TIMEOUT_S) -> li
                             interrupt_on_timeout=True, resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     return [TestResult(c.metadata.nbgrader["grade_id"], float(c.metadata.nbgrader.get("points", 0)),
-                       *_outcome(c)) for c in tests]
+                       *_outcome(c)) for c in tests], notes
 
 
 def table(results: list[TestResult]) -> str:
@@ -90,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"Running {args.notebook} in a fresh kernel (your file is not changed) ...", flush=True)
     try:
-        results = run(path, args.cell_timeout)
+        results, notes = run_with_notes(path, args.cell_timeout)
     except Exception as err:  # noqa: BLE001 - unreadable JSON, no kernel, a dead kernel: say it, plainly
         reason = f"{type(err).__name__}: {str(err).strip()[:300]}"
         print(f"cannot check {args.notebook}: {reason}", file=sys.stderr)
         return 2
+    if notes:
+        print("Mended as grading will mend it:\n" + "\n".join(f"  - {note}" for note in notes))
     print(table(results))
     hidden = "" if "solutions" in path.parts else " Grading adds hidden tests of the same behaviour."
     print("Written answers are graded by your instructor." + hidden)

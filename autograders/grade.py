@@ -49,7 +49,7 @@ from pathlib import Path
 
 import psutil
 
-from autograders import guard, report, sandbox, settings
+from autograders import guard, repair, report, sandbox, settings
 from autograders.collect import Submission, collect_submissions, notebook_problem
 from autograders.report import Result
 
@@ -548,14 +548,17 @@ class Run:
         import nbformat
 
         root, module, student = self.root, self.module, sub.student
-        notebook = nbformat.read(sub.notebook, as_version=4)
-        released = nbformat.read(settings.MODULES / module / f"{module}.ipynb", as_version=4)
+        # autograders/repair.py: split or copied answers, stripped metadata, missing ids, deleted cells
+        notebook, notes = repair.prepare(sub.notebook, module)
+        released = repair.release_notebook(module)
         result.review = guard.review_flags(notebook, {c.id: c.source for c in released.cells})
 
         folder = root / "submitted" / student / module
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        shutil.copyfile(sub.notebook, folder / f"{module}.ipynb")
+        nbformat.write(notebook, folder / f"{module}.ipynb")  # the worker grades this copy
+        if notes:  # what the learner handed in, byte for byte, next to what was graded
+            shutil.copyfile(sub.notebook, folder / f"{module}.ipynb.submitted")
         log = root / "logs" / f"{student}.log"
         log.parent.mkdir(exist_ok=True)
         log.write_text("")
@@ -572,11 +575,13 @@ class Run:
                 return f"the whole notebook ran past {self.student_timeout_s:g} s and was stopped"
             if answer is None:
                 result.status = "grading failed"
-                return ("the grading process ended while it ran this notebook (its code may have killed it), "
-                        f"so no test could run; see {log}")
+                return "; ".join([
+                    "the grading process ended while it ran this notebook (its code may have killed it), "
+                    f"so no test could run; see {log}", *notes])
             if not answer["autograded"] or scores is None:
                 result.status = "grading failed"
-                return diagnose(log.read_text(errors="replace"), self.kernel_cell_timeout_s)
+                why = diagnose(log.read_text(errors="replace"), self.kernel_cell_timeout_s)
+                return "; ".join([why, *notes])
             with self.lock:
                 _merge(worker.course, root, module, student)
                 into = root / "feedback" / student / module
@@ -600,6 +605,7 @@ class Run:
                      else cell for cell in slow]
             result.detail = "; ".join(filter(None, [
                 f"over the {self.kernel_cell_timeout_s} s cell limit: " + ", ".join(named), result.detail]))
+        result.detail = "; ".join(filter(None, [result.detail, *notes]))
         return None
 
 

@@ -350,19 +350,28 @@ def _magic_calls(tree: ast.AST) -> set[int]:
     return allowed
 
 
+def _same(source: str) -> str:
+    """A cell's source as compared with the course's: line endings and trailing blanks ignored."""
+    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines).strip()
+
+
 def review_flags(nb, released: dict[str, str] | None = None) -> list[str]:
     """Reasons for an instructor to look at the code of this submission; empty when none.
 
     Reads the code cells the student wrote or changed: every one except the tests (grading
-    restores those) and cells whose source is as `released` (cell id -> source) has it.
+    restores those) and the course's own cells, unchanged: a cell whose source is as `released`
+    (cell id -> source) has it, by its id or, where an editor dropped or renewed the ids (VS Code,
+    nbformat 4.0-4.4 from Colab), by its source alone (line endings and trailing blanks aside).
     """
     released = released or {}
+    course_sources = {_same(source) for source in released.values()}
     found: list[str] = []
     for index, cell in enumerate(nb.cells):
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if cell.get("cell_type") != "code" or (meta.get("grade") and not meta.get("solution")):
             continue
-        if cell.get("id") in released and released[cell.get("id")] == cell.source:
+        if released.get(cell.get("id")) == cell.source or _same(cell.source) in course_sources:
             continue
         try:
             tree = ast.parse(_python_of(cell.source))
