@@ -490,9 +490,11 @@ class Run:
     @functools.cached_property
     def version(self) -> str:
         """What a kept grade depends on besides the notebook: the module source, the course helpers
-        the tests call, and the cell limit."""
+        the tests call, the grader's own code (how a notebook is mended, run and walled in), and
+        the cell limit."""
         files = [settings.SOLUTIONS / self.module / f"{self.module}.ipynb",
-                 *sorted((settings.REPO / "course").glob("*.py"))]
+                 *sorted((settings.REPO / "course").glob("*.py")),
+                 *sorted((settings.REPO / "autograders").glob("*.py"))]
         return _sha256(b"".join(f.read_bytes() for f in files) + f"{self.cell_timeout_s}".encode())
 
     def _cache(self, student: str) -> Path:
