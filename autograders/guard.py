@@ -70,6 +70,9 @@ def _trusted(value):
         return True
     owner = getattr(owner, "__self__", owner) if not hasattr(owner, "__code__") else owner
     code = getattr(owner, "__code__", None) or getattr(getattr(type(owner), "__call__", None), "__code__", None)
+    if code is None and not isinstance(owner, type):  # an object (an import finder): where its class lives
+        source = getattr(sys.modules.get(getattr(type(owner), "__module__", "")), "__file__", None)
+        return bool(source) and source.startswith(INSTALLED)
     return bool(code) and code.co_filename.startswith(INSTALLED)
 
 
@@ -101,6 +104,9 @@ def _install():
     events = shell.events.callbacks
     callbacks = {event: (cbs, list(cbs)) for event, cbs in events.items()}
     sys_saved = {name: getattr(sys, name) for name in SYS_HOOKS if hasattr(sys, name)}
+    # the import system: a finder or path hook added here could hand the tests doctored helpers
+    import_lists = {"meta_path": (sys.meta_path, list(sys.meta_path)),
+                    "path_hooks": (sys.path_hooks, list(sys.path_hooks))}
     trace, profile = sys.gettrace(), sys.getprofile()
     builtins_saved = dict(vars(builtins))
     custom = shell.custom_exceptions
@@ -152,6 +158,16 @@ def _install():
                 events[event] = saved_list
             else:
                 events[event] = [cb for cb in extra if _trusted(cb)]
+        for name, (saved_list, items) in import_lists.items():
+            now = getattr(sys, name)
+            if now is not saved_list:
+                undone.append(f"sys.{name} replaced")
+            added = [x for x in now if x not in items]
+            undone += [f"an import hook added (sys.{name}: {_describe(x)})" for x in added if not _trusted(x)]
+            if now is not saved_list or len(added) != len(now) - len(items) or any(not _trusted(x) for x in added):
+                saved_list[:] = items + [x for x in added if _trusted(x)]
+                setattr(sys, name, saved_list)
+                sys.path_importer_cache.clear()
         for name, value in sys_saved.items():
             if getattr(sys, name) is not value:
                 setattr(sys, name, value)
@@ -200,6 +216,9 @@ RISKY_ATTRIBUTES = {
     ("sys", "settrace"): "traces the interpreter (sys.settrace)",
     ("sys", "setprofile"): "traces the interpreter (sys.setprofile)",
     ("sys", "_getframe"): "reaches into running frames (sys._getframe)",
+    ("sys", "meta_path"): "changes the import system (sys.meta_path)",
+    ("sys", "path_hooks"): "changes the import system (sys.path_hooks)",
+    ("sys", "path_importer_cache"): "changes the import system (sys.path_importer_cache)",
 }
 SAFE_MODULES = ("IPython.display",)  # showing results is what notebooks are for
 MAGIC_CALLS = {"run_line_magic", "run_cell_magic", "system", "getoutput"}  # what %magics become

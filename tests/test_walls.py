@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from autograders import grade, report, sandbox
+from tests.test_grading_modules import recorded
 from tests.notebooks import load, reference_answers, solution_path, source, submission
 
 MODULE = "00_orientation"
@@ -63,6 +64,27 @@ HOOKS = {  # each kind of kernel hook that turns a test cell into `pass` (or hid
                 "get_ipython().user_expressions = lambda expressions: {}\n",
                 "not run, the grader could not restore the kernel"),
 }
+# An import finder that hands every test a `course.checks` whose failures do nothing (from a newcomer's
+# review): with wrong answers everywhere, it must score 0, named and held.
+IMPORTER = """import sys, importlib.util
+class _Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name != "course.checks":
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            module._fail = lambda *args, **kwargs: None
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, _Finder())
+sys.modules.pop("course.checks", None)
+"""
 # flagged (gc), but an honest score: what an instructor accepts after a look
 FLAGGED = "import gc\n"
 
@@ -101,6 +123,10 @@ def graded(tmp_path_factory):
           submission(MODULE, {**ok, "model_size": FLAGGED + solution("model_size")}))
     for name, (code, _) in HOOKS.items():
         write(export / f"hook_{name}.ipynb", hooked(code))
+    wrong = recorded(MODULE, "wrong")
+    write(export / "importer.ipynb", submission(MODULE, {**wrong, "setup": IMPORTER + source(
+        next(c for c in load(solution_path(MODULE))["cells"] if c["id"] == "setup"))}))
+    write(export / "wrong.ipynb", submission(MODULE, wrong))
     assert sleepers() == []  # nothing of ours is running before
     results = grade.grade(MODULE, export, out, cell_timeout_s=30, student_timeout_s=300, jobs=2)
     return export, out, {r.student: r for r in results}
@@ -142,6 +168,10 @@ def test_a_kernel_hook_cannot_turn_the_tests_into_pass(graded, kind):
     assert any(HOOKS[kind][1] in flag for flag in result.review), result.review
 
 
+def ace_page(results):
+    return results["ace"].feedback.read_text(encoding="utf-8")
+
+
 def test_a_flagged_score_is_held_and_not_exported_as_final(graded):
     _, out, results = graded
     flagged = results["flagged"]
@@ -152,6 +182,9 @@ def test_a_flagged_score_is_held_and_not_exported_as_final(graded):
     assert (rows["flagged"]["score"], rows["flagged"]["percent"], rows["flagged"]["provisional_score"]) == (
         "", "", "6")
     assert (rows["ace"]["score"], rows["ace"]["provisional_score"]) == ("6", "")
+    assert rows["flagged"]["median_time_tests"] == "" and rows["ace"]["median_time_tests"] == "2"
+    page = flagged.feedback.read_text(encoding="utf-8")
+    assert "Your score is provisional" in page and "provisional" not in ace_page(results)
     assert rows["hook_cleanup"]["score"] == "" and rows["hook_cleanup"]["status"] == report.HELD
     assert "held for review" in report.summary_table(list(results.values()))
 
@@ -174,3 +207,13 @@ def test_accepting_releases_that_notebook_only(graded, capsys):
     flagged = results["flagged"]
     assert (flagged.status, flagged.score) == (report.HELD, FULL)
     assert "changed since you accepted" in flagged.detail
+
+
+def test_an_import_hook_cannot_doctor_the_test_helpers(graded):
+    """Wrong answers with a finder that disarms `course.checks`: as low as the same wrong answers alone."""
+    results = graded[2]
+    importer, plain = results["importer"], results["wrong"]
+    assert plain.score < FULL and importer.score == plain.score, (importer.cells, plain.cells)
+    assert importer.status == report.HELD
+    assert any("import hook added (sys.meta_path" in flag for flag in importer.review), importer.review
+    assert any("changes the import system (sys.meta_path)" in flag for flag in importer.review)  # read, too
