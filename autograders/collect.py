@@ -45,18 +45,24 @@ CLEAR_OUTPUTS = "Clear All Outputs (Edit menu in JupyterLab), save, and submit a
 # upload number: larger is later) and `file` (the student's own file name).
 LMS_PATTERNS: dict[str, re.Pattern] = {
     # Blackboard "all attempts": <assignment>_<username>_attempt_2026-05-01-10-22-33[_<file>]
-    "blackboard": re.compile(r"^(?:.*_)?(?P<student>[^_]+)_attempt_"
+    # (the key is all before "_attempt_": usernames may hold underscores; the export's common
+    # assignment prefix is taken off the id in `collect_submissions`)
+    "blackboard": re.compile(r"^(?P<student>.+?)_attempt_"
                              r"(?P<stamp>\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})(?:_(?P<file>.+))?$"),
     # Moodle: <Full Name>_<participant id>_assignsubmission_file_[<file>] (a folder or a file)
     "moodle": re.compile(r"^(?P<name>.+?)_(?P<student>\d+)_assignsubmission_[a-z]+_?(?P<file>.*)$"),
     # Brightspace (D2L): <sub id>-<sub id> - <First Last> - May 1, 2026 1022 AM - <file>
-    "brightspace": re.compile(r"^\d+-\d+ - (?P<student>.+?) - "
+    # (keyed on the first number and the name: two people may share a name; same names are reported)
+    "brightspace": re.compile(r"^(?P<key>\d+)-\d+ - (?P<student>.+?) - "
                               r"(?P<stamp>[A-Z][a-z]{2} \d{1,2}, \d{4} \d{3,4} [AP]M) - (?P<file>.+)$"),
     # Canvas: <sortable name>_[LATE_]<user id>_<attachment id>_<file>, "-1", "-2" on resubmissions
-    "canvas": re.compile(r"^(?P<name>[^_].*?)_(?:LATE_|late_)?(?P<student>\d+)_(?P<seq>\d+)_(?P<file>.+)$"),
+    # (the sortable name is letters only, as Canvas writes it, so "maria_garcia_2026_05_01" is not Canvas;
+    # the key holds the name and the id: two names never merge on a number alone)
+    "canvas": re.compile(r"^(?P<key>(?P<name>[^\W\d_]+))_(?:LATE_|late_)?(?P<student>\d+)_(?P<seq>\d+)_(?P<file>.+)$"),
 }
 STAMP_FORMATS = ("%Y-%m-%d-%H-%M-%S", "%b %d, %Y %I%M %p", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
-                 "%Y%m%d%H%M%S", "%Y-%m-%d_%H-%M-%S", "%Y-%m-%d")
+                 "%Y%m%d%H%M%S", "%Y-%m-%d_%H-%M-%S", "%Y-%m-%d", "%Y%m%dT%H%M%S", "%d %B %Y", "%d %b %Y",
+                 "%B %d, %Y", "%b %d, %Y", "%d %B %Y %H:%M", "%Y-%m-%d-%H%M%S", "%Y-%m-%d %H%M")
 
 
 @dataclass
@@ -122,8 +128,18 @@ def _stem(name: str) -> str:
 
 
 def _stamp(text: str) -> str | None:
-    """A time stamp in one of `STAMP_FORMATS` as sortable ISO text, or None."""
+    """A time stamp as sortable ISO text in UTC (ISO 8601 with any offset, "Z" or fractional seconds,
+    or one of `STAMP_FORMATS`, taken as UTC), or None. Day-first or month-first dates such as
+    05-10-2026 are ambiguous and are not read."""
     text = text.strip()
+    try:
+        when = dt.datetime.fromisoformat(text.replace("_", " ")) if len(text) >= 10 else None
+    except ValueError:
+        when = None
+    if when is not None:
+        if when.tzinfo is not None:
+            when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return when.isoformat()
     for fmt in STAMP_FORMATS:
         try:
             return dt.datetime.strptime(text, fmt).isoformat()
@@ -137,6 +153,8 @@ class _Identity:
     key: str                     # who: entries with one key are one student's attempts
     name: str                    # readable name
     stamp: str = ""              # ISO time from the name, "" when none
+    stamp_text: str = ""         # the time stamp as written, read or not
+    shown: str = ""              # what the id is made from ("" : the key)
     seq: tuple = ()              # upload order from the name (Canvas), () when none
 
 
@@ -151,14 +169,15 @@ def identify(entry_name: str, id_regex: str | None = None) -> _Identity:
         if not groups.get("student"):
             continue
         student = groups["student"].strip()
-        stamp = _stamp(groups.get("stamp") or "") or ""
+        stamp_text = groups.get("stamp") or ""
+        stamp = _stamp(stamp_text) or ""
         seq: tuple = ()
         attempt = groups.get("attempt")
         if attempt:
             if attempt.isdigit():
                 seq = (int(attempt),)
             else:
-                stamp = _stamp(attempt) or stamp
+                stamp_text, stamp = attempt, _stamp(attempt) or stamp
         if groups.get("seq"):
             # Canvas appends -1, -2 to a resubmitted file of the same name; attachment ids grow
             dash = re.search(r"-(\d+)$", _stem(groups.get("file") or ""))
@@ -167,13 +186,18 @@ def identify(entry_name: str, id_regex: str | None = None) -> _Identity:
         if id_regex and index == 0 and not (stamp or seq):
             lms = identify(entry_name)  # an instructor's regex without an attempt group: the LMS's order
             stamp, seq = lms.stamp, lms.seq
-        return _Identity(key=student, name=readable, stamp=stamp, seq=seq)
+            dash = re.search(r"-(\d+)$", stem)
+            if not (stamp or seq) and dash:  # Canvas's "-1", "-2" on a resubmitted file of the same name
+                seq = (int(dash.group(1)),)
+        key = f"{groups['key']} {student}" if groups.get("key") else student
+        return _Identity(key=key, name=readable, stamp=stamp, seq=seq, stamp_text=stamp_text, shown=student)
     return _Identity(key=stem, name=stem)
 
 
-def _unique_ids(keys: list[str]) -> dict[str, str]:
-    """A safe id per distinct key; keys whose safe ids collide (also by case) get a hash suffix each."""
-    safe = {key: safe_id(key) for key in keys}
+def _unique_ids(shown: dict[str, str]) -> dict[str, str]:
+    """A safe id per student key, made from its `shown` text; keys whose ids collide (also by case, or
+    two keys shown alike) get a suffix each from the key's hash: a collision never merges two keys."""
+    safe = {key: safe_id(text) for key, text in shown.items()}
     by_folded: dict[str, list[str]] = {}
     for key, sid in safe.items():
         by_folded.setdefault(sid.casefold(), []).append(key)
@@ -544,19 +568,47 @@ def collect_submissions(source: Path, module: str, scratch: Path, id_regex: str 
     by_key: dict[str, list[_Attempt]] = {}
     for attempt in attempts:
         by_key.setdefault(attempt.who.key, []).append(attempt)
-    ids = _unique_ids(list(by_key))
+    blackboard = [key for key, group in by_key.items() if LMS_PATTERNS["blackboard"].search(group[0].entry.name)]
+    shown = {key: group[0].who.shown or key for key, group in by_key.items()}
+    common = os.path.commonprefix(blackboard)[:os.path.commonprefix(blackboard).rfind("_") + 1]
+    if len(blackboard) == 1:
+        common = blackboard[0][:blackboard[0].rfind("_") + 1]  # one student: the username is the last part
+    shown.update({key: key[len(common):] or key for key in blackboard})  # the assignment's name off
+    for key in blackboard:
+        for attempt in by_key[key]:
+            attempt.who.name = shown[key]
+    ids = _unique_ids(shown)
     submissions = [_choose(ids[key], group, module, scratch) for key, group in by_key.items()]
+    by_name: dict[str, list[Submission]] = {}
+    for sub in submissions:
+        by_name.setdefault(unicodedata.normalize("NFC", sub.name).casefold(), []).append(sub)
+    for same in (group for group in by_name.values() if len(group) > 1):
+        for sub in same:
+            others = ", ".join(o.origin for o in same if o is not sub)
+            sub.notes.append(f"another submission has the same name ({others}) under another id: graded "
+                             "apart; if they are one student's attempts, keep the later")
     return sorted(submissions, key=lambda s: s.student)
+
+
+def _answered(count: int) -> str:
+    return f"{count} exercise{'' if count == 1 else 's'} answered"
 
 
 def _choose(student: str, attempts: list[_Attempt], module: str, scratch: Path) -> Submission:
     """The one notebook to grade of one student's attempts, and notes on what was passed over."""
+    unread = [a.entry.name for a in attempts if a.who.stamp_text and not a.who.stamp]
+    if len(attempts) > 1 and not all(a.who.stamp for a in attempts):
+        for a in attempts:  # a stamp read in some names only cannot order them: upload order, file time
+            a.who.stamp = ""
     attempts = sorted(attempts, key=lambda a: a.order)
     with_work = [a for a in attempts if any(c.problem is None for c in a.candidates)]
     chosen = (with_work or attempts)[-1]
     sub = Submission(student=student, origin=chosen.entry.name, name=chosen.who.name)
     sub.superseded = [a.entry.name for a in attempts if a is not chosen and (a.candidates or a.problems)]
     notes = sub.notes
+    if unread and len(attempts) > 1:
+        notes.append(f"time stamp not understood in {', '.join(unread)}: attempts ordered by upload order "
+                     "and file time instead (check which attempt is the latest)")
     later = [a for a in attempts if a.order > chosen.order and a is not chosen]
     for a in later:
         why = "; ".join([c.problem for c in a.candidates if c.problem] + a.problems) or "no notebook in it"
@@ -580,8 +632,8 @@ def _choose(student: str, attempts: list[_Attempt], module: str, scratch: Path) 
                 return f"{c.label} (the untouched release)"
             if not c.ours:
                 return f"{c.label} (not this module's)"
-            return f"{c.label} ({c.answered} exercises answered)"
-        notes.append(f"graded {best.label} ({best.answered} exercises answered); not graded: "
+            return f"{c.label} ({_answered(c.answered)})"
+        notes.append(f"graded {best.label} ({_answered(best.answered)}); not graded: "
                      + ", ".join(what(c) for c in reversed(others)))
     elif best.ours and best.answered == 0 and best.nb is not None:
         notes.append("no exercise answered: the notebook is the release as handed out")

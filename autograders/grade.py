@@ -608,6 +608,7 @@ class Run:
             result.detail = "; ".join(filter(None, [
                 f"over the {self.kernel_cell_timeout_s} s cell limit: " + ", ".join(named), result.detail]))
         result.detail = "; ".join(filter(None, [result.detail, *notes]))
+        result.notes = list(notes)
         return None
 
 
@@ -638,6 +639,7 @@ def _describe(result: Result, sub: Submission) -> None:
     result.superseded = list(sub.superseded)
     if sub.notes:
         result.detail = "; ".join(filter(None, [result.detail, *sub.notes]))
+        result.notes = list(dict.fromkeys([*result.notes, *sub.notes]))
 
 
 def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
@@ -684,7 +686,8 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
                 r = results[sub.student] = future.result()
                 _describe(r, sub)
                 took = "unchanged, grades kept" if r.reused else f"{r.seconds:.0f} s"
-                print(f"  {r.student}: {r.score:g} / {r.max_score:g}, {r.status} ({took})", flush=True)
+                status = f"{r.status}, flagged: held for review" if r.review else r.status
+                print(f"  {r.student}: {r.score:g} / {r.max_score:g}, {status} ({took})", flush=True)
         ordered = [results[sub.student] for sub in found]
         run.stop_workers()
         generate_feedback(out, module, ordered)
@@ -695,6 +698,8 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     notebooks = {sub.student: _sha256(sub.notebook.read_bytes()) for sub in found if sub.notebook}
     for note in report.hold_for_review(ordered, notebooks, out, accept):
         print(f"  {note}", flush=True)
+    for r in ordered:
+        report.annotate_feedback(r)
     report.write_csv(out / "grades.csv", ordered)
     report.write_exercises_csv(out / "exercises.csv", report.exercise_rows(ordered, _points(module)))
     return ordered

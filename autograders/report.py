@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ class Result:
     reused: bool = False         # unchanged since the last run: its grades were kept
     name: str = ""               # the student's name as the export wrote it (any script)
     superseded: list[str] = field(default_factory=list)  # earlier attempts, not graded
+    notes: list[str] = field(default_factory=list)  # what the grader mended or chose, for the student too
 
     def to_json(self) -> dict:
         return {**asdict(self), "feedback": str(self.feedback) if self.feedback else None}
@@ -104,7 +106,8 @@ def write_csv(path: Path, results: list[Result]) -> None:
             writer.writerow([r.student, r.name, "" if held else f"{r.score:g}", f"{r.max_score:g}",
                              "" if held else f"{percent:.1f}", f"{r.manual_pending:g}", r.status, r.detail,
                              "; ".join(r.review), f"{r.score:g}" if held else "", "; ".join(r.superseded),
-                             *(f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
+                             # a held score's parts are as provisional as its total
+                             *("" if held else f"{r.cells.get(n, 0.0):g}" for n in cell_names)])
 
 
 def exercise_rows(results: list[Result], points: dict[str, float]) -> list[dict]:
@@ -162,3 +165,33 @@ def exercise_table(rows: list[dict]) -> str:
         lines.append(f"{row['exercise']:<{width}}  {row['mean']:>6.2f} / {row['points']:<3g}  "
                      f"{row['full']:>5}  {row['zero']:>5}")
     return "\n".join(lines)
+
+
+NOTES_START, NOTES_END = "<!-- grader notes -->", "<!-- end of grader notes -->"
+
+
+def annotate_feedback(result: Result) -> None:
+    """Tell the student, at the top of their nbgrader feedback page, what the grader mended or chose
+    (split cells joined, the copy graded, superseded attempts) and whether the score is provisional
+    (held for review). Rewritten, not added twice, on every run."""
+    page = result.feedback
+    if page is None or not page.exists():
+        return
+    text = page.read_text(encoding="utf-8", errors="replace")
+    if NOTES_START in text:
+        text = text[:text.index(NOTES_START)] + text[text.index(NOTES_END) + len(NOTES_END):]
+    items = []
+    if result.status == HELD:
+        items.append("<strong>Your score is provisional:</strong> your instructor looks at this submission "
+                     "before the score is final.")
+    items += [html.escape(note) for note in result.notes]
+    if result.superseded:
+        items.append("Graded: your latest attempt. Earlier attempts, not graded: "
+                     + html.escape(", ".join(result.superseded)))
+    if items and "<body" in text:
+        at = text.index(">", text.index("<body")) + 1
+        block = (f"{NOTES_START}<section style='border:1px solid #999;padding:0.5em 1em;margin:1em'>"
+                 f"<h2>Notes from the grader</h2><ul>{''.join(f'<li>{item}</li>' for item in items)}</ul>"
+                 f"</section>{NOTES_END}")
+        text = text[:at] + block + text[at:]
+    page.write_text(text, encoding="utf-8")

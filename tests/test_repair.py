@@ -6,6 +6,7 @@ honest scores through the real grader, and `make check` (check.run) must agree w
 """
 
 import copy
+import html
 import json
 import warnings
 
@@ -248,6 +249,8 @@ def test_odd_submission_gets_its_honest_grade(graded, name):
     assert (result.status, result.score, result.max_score) == ("graded", expected, FULL), result.detail
     assert words in result.detail
     assert result.review == []
+    page = result.feedback.read_text(encoding="utf-8")  # the student reads what was mended, too
+    assert words in html.unescape(page) and page.count("Notes from the grader") == 1
 
 
 @pytest.mark.slow
