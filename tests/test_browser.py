@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,6 +23,7 @@ import pytest
 
 from autograders.settings import REPO
 from tests.notebooks import reference_answers, submission
+from tests.processes import stop_session
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -92,11 +92,7 @@ def lab(tmp_path_factory):
         _wait_for(f"http://127.0.0.1:{port}/api/status", server, root / "lab.log", timeout_s=120)
         yield f"http://127.0.0.1:{port}", root
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_session(server)
         log.close()
 
 

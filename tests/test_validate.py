@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from tests.notebooks import (
     source,
     submission,
 )
+from tests.processes import stop_session
 
 pytestmark = pytest.mark.slow
 
@@ -174,11 +174,7 @@ def lab_server(notebooks, tmp_path_factory):
                 time.sleep(0.5)
         yield url, root, log_path
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_session(server)
 
 
 def validate_button(url: str, root: Path, path: Path, log_path: Path) -> dict[str, bool]:
