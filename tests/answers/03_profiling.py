@@ -165,4 +165,38 @@ def bound(intensity, peak_flops, bandwidth):
         history.append((torch.stack(losses).mean().item(), (predictions == digits.val.y).float().mean().item()))
     return model, history
 '''),
+
+    # ------------------------------------------------------------------ accel_latency
+    Wrong("accel_latency", "pays the fixed copy cost once, forgetting that the result is copied back", visible=True,
+          replace=[("transfers = 2 * copy_fixed + ", "transfers = copy_fixed + ")]),
+    Wrong("accel_latency", "one launch for the whole model instead of one per kernel", visible=True,
+          replace=[("return transfers + kernels * launch + flops / peak_flops",
+                    "return transfers + launch + flops / peak_flops")]),
+    Wrong("accel_latency", "takes PCIe's both-directions figure: the bytes cross at twice the one-way bandwidth",
+          visible=True,
+          replace=[("(bytes_in + bytes_out) / pcie", "(bytes_in + bytes_out) / (2 * pcie)")]),
+    Wrong("accel_latency", "moves only the input over PCIe: the output's bytes never come back",
+          replace=[("(bytes_in + bytes_out) / pcie", "bytes_in / pcie")]),
+    Right("accel_latency", "each term named, keyword arguments in another order", source='''def gpu_latency(bytes_in, bytes_out, kernels, flops, pcie=64e9, copy_fixed=5e-6, launch=5e-6, peak_flops=67e12):
+    copy_in = copy_fixed + bytes_in / pcie
+    copy_back = copy_fixed + bytes_out / pcie
+    launches = launch * kernels
+    arithmetic = flops / peak_flops
+    return sum([copy_in, launches, arithmetic, copy_back])
+'''),
+
+    # ------------------------------------------------------------------ energy
+    Wrong("energy", "ignores the wrap-around: a negative energy after the counter restarts", visible=True,
+          replace=[("    if delta < 0:\n        delta += max_range_uj\n", "")]),
+    Wrong("energy", "returns microjoules, not joules", visible=True,
+          replace=[("return delta / 1e6", "return delta")]),
+    Wrong("energy", "takes the absolute difference, so a wrap counts the wrong way round", visible=True,
+          replace=[("    delta = after_uj - before_uj\n    if delta < 0:\n        delta += max_range_uj\n",
+                    "    delta = abs(after_uj - before_uj)\n")]),
+    Wrong("energy", "reads the counters into float32 tensors: a 2.6e11 uJ reading loses tens of millijoules",
+          replace=[("    delta = after_uj - before_uj\n",
+                    "    delta = float(torch.tensor(after_uj, dtype=torch.float32) - torch.tensor(before_uj, dtype=torch.float32))\n")]),
+    Right("energy", "the modulo of the range does the wrap", source='''def energy_joules(before_uj, after_uj, max_range_uj):
+    return (after_uj - before_uj) % max_range_uj / 1_000_000
+'''),
 ]
