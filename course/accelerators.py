@@ -93,7 +93,8 @@ def workload(model: nn.Module, example: torch.Tensor) -> tuple[float, int]:
     Identity are views: no kernel)."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(example)
-    leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, (nn.Flatten, nn.Identity))]
+    views = (nn.Flatten, nn.Identity)
+    leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, views)]
     return float(counter.get_total_flops()), len(leaves)
 
 
