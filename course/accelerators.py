@@ -47,8 +47,8 @@ OFFERS = [
 # Host-to-device link, from the NVIDIA H100 Tensor Core GPU datasheet (SXM column, "Interconnect":
 # "PCIe Gen5: 128GB/s"): that figure adds both directions, so one direction gets 64 GB/s at most.
 PCIE_GEN5_X16 = 64e9               # bytes/s, one direction, theoretical
-# Fixed cost of one kernel launch from the host: about 4-6 us per launch measured with a synchronising
-# loop (susun-blog.com, "pegainfer (3): From Launch Overhead to CUDA Graph", RTX 5070 Ti, CUDA 13.0).
+# Fixed cost of one kernel launch from the host: about 4-6 us per launch, as reported
+# for a consumer GPU (susun-blog.com, "pegainfer (3): From Launch Overhead to CUDA Graph", RTX 5070 Ti, CUDA 13.0).
 LAUNCH_S = 5e-6
 # Fixed cost of one small host-device copy (driver call, DMA set-up): an ASSUMPTION of the same order as a
 # launch, not a cited figure; on a GPU the notebook measures it.
