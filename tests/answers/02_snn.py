@@ -215,4 +215,100 @@ ANSWERS = [
     bits[chosen] ^= np.uint32(1 << bit)
     return torch.from_numpy(values)
 '''),
+    # ------------------------------------------------------------------ Exercise 8: delta_encode
+    Wrong("delta", "compares every frame with the first frame, not with the previous one",
+          replace=[("previous = torch.cat([torch.zeros_like(frames[:1]), frames[:-1]])",
+                    "previous = torch.cat([torch.zeros_like(frames[:1]), frames[:1].expand_as(frames[1:])])")],
+          visible=True),
+    Wrong("delta", "forgets the OFF events: only brightening pixels fire",
+          replace=[("return (change >= threshold).float() - (change <= -threshold).float()",
+                    "return (change >= threshold).float()")], visible=True),
+    Wrong("delta", "uses the size of the change, so falls fire ON events too: the polarity is lost",
+          replace=[("return (change >= threshold).float() - (change <= -threshold).float()",
+                    "return (change.abs() >= threshold).float()")], visible=True),
+    Wrong("delta", "strict comparisons: a change of exactly the threshold makes no event",
+          replace=[("return (change >= threshold).float() - (change <= -threshold).float()",
+                    "return (change > threshold).float() - (change < -threshold).float()")], visible=True),
+    Wrong("delta", "repeats the first frame before it (spikegen.delta's padding=True): no events at switch-on",
+          replace=[("previous = torch.cat([torch.zeros_like(frames[:1]), frames[:-1]])",
+                    "previous = torch.cat([frames[:1], frames[:-1]])")], visible=True),
+    Wrong("delta", "compares with the NEXT frame: the events come one frame early and with the wrong sign",
+          replace=[("previous = torch.cat([torch.zeros_like(frames[:1]), frames[:-1]])",
+                    "previous = torch.cat([frames[1:], torch.zeros_like(frames[:1])])")], visible=True),
+    Right("delta", "a loop over time that keeps the previous frame, and torch.sign",
+          source='''def delta_encode(frames, threshold):
+    previous = torch.zeros_like(frames[0])
+    out = []
+    for frame in frames:
+        change = frame - previous
+        out.append(torch.sign(change) * (change.abs() >= threshold).float())
+        previous = frame
+    return torch.stack(out)
+'''),
+    Right("delta", "torch.diff with a zero frame prepended, and torch.where",
+          source='''def delta_encode(frames, threshold):
+    change = torch.diff(frames, dim=0, prepend=torch.zeros_like(frames[:1]))
+    return torch.where(change >= threshold, 1.0, torch.where(change <= -threshold, -1.0, 0.0))
+'''),
+
+    # ------------------------------------------------------------------ Exercise 9: fgsm
+    Wrong("fgsm", "steps against the gradient (x - eps * sign): that lowers the loss",
+          replace=[("x.detach() + eps * grad.sign()", "x.detach() - eps * grad.sign()")], visible=True),
+    Wrong("fgsm", "steps by eps times the raw gradient, not its sign",
+          replace=[("x.detach() + eps * grad.sign()", "x.detach() + eps * grad")], visible=True),
+    Wrong("fgsm", "attacks the model's prediction instead of the true label",
+          replace=[("    loss = F.cross_entropy(model(x_adv), y)\n    (grad,)",
+                    "    loss = F.cross_entropy(model(x_adv), model(x_adv).argmax(1))\n    (grad,)")], visible=True),
+    Wrong("fgsm", "forgets to clamp to the pixel range [0, 1]",
+          replace=[("return (x.detach() + eps * grad.sign()).clamp(0, 1)", "return x.detach() + eps * grad.sign()")],
+          visible=True),
+    Wrong("fgsm", "loss.backward() leaves gradients on the model's parameters",
+          source='''def fgsm(model, x, y, eps):
+    model.eval()
+    x_adv = x.detach().clone().requires_grad_(True)
+    F.cross_entropy(model(x_adv), y).backward()
+    return (x + eps * x_adv.grad.sign()).clamp(0, 1).detach()
+''', visible=True),
+    Wrong("fgsm", "attacks the model in whatever mode it is in (dropout still on)",
+          replace=[("    model.eval()\n", "")]),
+    Right("fgsm", "loss.backward() and then model.zero_grad(), with torch.clip",
+          source='''def fgsm(model, x, y, eps):
+    model.eval()
+    x_adv = x.clone().detach()
+    x_adv.requires_grad = True
+    loss = F.cross_entropy(model(x_adv), y)
+    loss.backward()
+    model.zero_grad()
+    with torch.no_grad():
+        return torch.clip(x + eps * torch.sign(x_adv.grad), 0.0, 1.0)
+'''),
+
+    # ------------------------------------------------------------------ Exercise 10: pgd
+    Wrong("pgd", "projects around the previous iterate, not the clean image: the image drifts steps * alpha away",
+          source='''def pgd(model, x, y, eps, alpha, steps):
+    x_adv = x.detach().clone()
+    for _ in range(steps):
+        previous = x_adv
+        x_adv = fgsm(model, x_adv, y, alpha)
+        x_adv = torch.minimum(torch.maximum(x_adv, previous - eps), previous + eps)
+    return x_adv
+''', visible=True),
+    Wrong("pgd", "each step has size eps instead of alpha",
+          replace=[("        x_adv = fgsm(model, x_adv, y, alpha)\n", "        x_adv = fgsm(model, x_adv, y, eps)\n")], visible=True),
+    Wrong("pgd", "restarts every step from the clean image: one FGSM step of alpha, repeated",
+          replace=[("        x_adv = fgsm(model, x_adv, y, alpha)\n", "        x_adv = fgsm(model, x, y, alpha)\n")], visible=True),
+    Wrong("pgd", "stops one step early: range(steps - 1)",
+          replace=[("for _ in range(steps):", "for _ in range(steps - 1):")], visible=True),
+    Right("pgd", "gradients by hand, the ball as a clamp of the perturbation",
+          source='''def pgd(model, x, y, eps, alpha, steps):
+    model.eval()
+    delta = torch.zeros_like(x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        grad = torch.autograd.grad(loss, delta)[0]
+        delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+        delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()
+'''),
 ]
