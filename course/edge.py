@@ -54,15 +54,22 @@ WEIGHT_MEMORY = (
 
 @dataclass(frozen=True)
 class Budget:
-    """What the in-cabin touchpad chip allows one digit classifier."""
+    """What the in-cabin touchpad chip allows one digit classifier.
+
+    Flash holds the weights (the deployed artifact), RAM the activations while a sample runs through the
+    model (peak, batch of one): the two memories MCUNet budgets separately (Lin et al., NeurIPS 2020).
+    max_ram_bytes None means no RAM limit; admits() without ram_bytes does not check RAM.
+    """
 
     max_latency_ms: float   # batch of one, median
-    max_size_bytes: int     # the deployed artifact
+    max_size_bytes: int     # the deployed artifact (flash)
     min_accuracy: float     # on the test split
+    max_ram_bytes: int | None = None   # peak activation memory, batch of one (RAM)
 
-    def admits(self, latency_ms: float, size_bytes: int, acc: float) -> bool:
+    def admits(self, latency_ms: float, size_bytes: int, acc: float, ram_bytes: int | None = None) -> bool:
+        fits_ram = self.max_ram_bytes is None or ram_bytes is None or ram_bytes <= self.max_ram_bytes
         return (latency_ms <= self.max_latency_ms and size_bytes <= self.max_size_bytes
-                and acc >= self.min_accuracy)
+                and acc >= self.min_accuracy and fits_ram)
 
 
 # ----------------------------------------------------------------- transfer learning
@@ -305,9 +312,38 @@ def energy_per_inference_nj(macs: int, num_weights: int, bits: int) -> float:
 
 
 def choose_variant(rows: list[dict], budget: Budget) -> str | None:
-    """Name of the row inside every limit of `budget` with the least energy; None if none fits."""
-    fitting = [r for r in rows if budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"])]
+    """Name of the row inside every limit of `budget` (latency, flash, accuracy and RAM: each row's
+    "ram_bytes") with the least energy; None if none fits."""
+    fitting = [r for r in rows
+               if budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"], r.get("ram_bytes"))]
     return min(fitting, key=lambda r: r["energy_nj"])["name"] if fitting else None
+
+
+def peak_activation_bytes(model: nn.Module, example: torch.Tensor, bits: int = 32) -> int:
+    """Peak activation memory (bytes) of one forward pass of `example`, counted as MCUNet counts it: the
+    largest sum of one layer's input and output activations, each element stored at `bits` bits.
+
+    Layers are the weight layers (nn.Linear, nn.Conv1d/2d); the activation functions after them are fused into
+    them by the runtimes (LiteRT's FULLY_CONNECTED with RELU, ONNX Runtime's fusions), so they add no buffer.
+    Taught in 01_edge ("The whole memory budget"); the int8 version of a .tflite file is
+    `course.litert.peak_activation_bytes`.
+    """
+    sizes: list[int] = []
+
+    def record(_module, inputs, output):
+        sizes.append(inputs[0].numel() + output.numel())
+
+    handles = [m.register_forward_hook(record) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not sizes:
+        raise ValueError("the model has no nn.Linear or nn.Conv layer to count")
+    return max(sizes) * bits // 8
 
 
 def pareto_front(rows: list[dict], minimize: tuple[str, ...] = ("latency_ms", "size_bytes"),

@@ -183,3 +183,25 @@ def test_choose_variant_checks_every_limit():
             {"name": "e", "latency_ms": 0.1, "size_bytes": 9, "accuracy": 0.5, "energy_nj": 0.1}]
     assert edge.choose_variant(rows, budget) == "b"
     assert edge.choose_variant(rows[2:], budget) is None
+
+
+def test_budget_ram_limit_is_checked_only_when_both_sides_give_one():
+    budget = edge.Budget(1.0, 1000, 0.9, max_ram_bytes=2048)
+    assert budget.admits(1.0, 1000, 0.9, 2048)
+    assert not budget.admits(1.0, 1000, 0.9, 2049)
+    assert budget.admits(1.0, 1000, 0.9)                      # no RAM figure: not checked
+    assert edge.Budget(1.0, 1000, 0.9).admits(1.0, 1000, 0.9, 10 ** 9)   # no RAM limit
+    rows = [{"name": "hungry", "latency_ms": 0.1, "size_bytes": 10, "accuracy": 0.95, "ram_bytes": 4096,
+             "energy_nj": 0.1},
+            {"name": "lean", "latency_ms": 0.1, "size_bytes": 10, "accuracy": 0.95, "ram_bytes": 96, "energy_nj": 1.0}]
+    assert edge.choose_variant(rows, budget) == "lean"
+
+
+def test_peak_activation_bytes_is_the_largest_input_plus_output():
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    x = torch.zeros(1, 64)
+    assert edge.peak_activation_bytes(model, x) == (512 + 512) * 4
+    assert edge.peak_activation_bytes(model, x, bits=8) == 1024
+    assert edge.peak_activation_bytes(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), x) == 96 * 4
+    with pytest.raises(ValueError):
+        edge.peak_activation_bytes(nn.ReLU(), x)

@@ -187,6 +187,80 @@ ANSWERS = [
         ('torch.export.Dim("batch", min=1, max=4096)', 'torch.export.Dim("batch")'),
         ("    return path\n", "    return Path(path)\n")]),
 
+    # ------------------------------------------------------------------ fixed_point (integer-only inference)
+    Wrong("fixed_point", "rounds with torch.round in floating point (halves to even, not up)", visible=True,
+          replace=[("    return (acc * m0 + (torch.ones_like(n) << (n - 1))) >> n\n",
+                    "    return torch.round(acc.double() * m0.double() / 2.0 ** n.double()).to(torch.int64)\n")]),
+    Wrong("fixed_point", "shifts without adding the rounding term (floors)", visible=True,
+          replace=[("(acc * m0 + (torch.ones_like(n) << (n - 1))) >> n", "(acc * m0) >> n")]),
+    Wrong("fixed_point", "divides toward zero instead of shifting (negatives round up)", visible=True,
+          replace=[("    return (acc * m0 + (torch.ones_like(n) << (n - 1))) >> n\n",
+                    "    return torch.div(acc * m0 + (torch.ones_like(n) << (n - 1)), 2 ** n, rounding_mode='trunc')\n")]),
+    Wrong("fixed_point", "multiplies in int32, which overflows for large accumulators", visible=True,
+          replace=[("    acc, m0, n = (torch.as_tensor(v, dtype=torch.int64) for v in (acc, m0, n))\n",
+                    "    acc, m0, n = (torch.as_tensor(v, dtype=torch.int32) for v in (acc, m0, n))\n")]),
+    Wrong("fixed_point", "m0 from the multiplier itself, not the frexp mantissa", visible=True,
+          replace=[("    m0 = round(q * (1 << 31))\n", "    m0 = round(real_multiplier * (1 << 31))\n")]),
+    Wrong("fixed_point", "n = 31 + e instead of 31 - e", visible=True,
+          replace=[("    return int(m0), 31 - exponent\n", "    return int(m0), 31 + exponent\n")]),
+    Wrong("fixed_point", "forgets the case where m0 rounds up to 2**31",
+          replace=[("    if m0 == 1 << 31:\n        m0, exponent = m0 // 2, exponent + 1\n", "")]),
+    Right("fixed_point", "m0 and n by a loop that doubles M, and a rounding helper in integer arithmetic",
+          source='''def quantize_multiplier(real_multiplier):
+    if not 0.0 < real_multiplier < 1.0:
+        raise ValueError("the multiplier must lie in (0, 1)")
+    n = 31
+    while real_multiplier < 0.5:
+        real_multiplier *= 2.0
+        n += 1
+    m0 = int(round(real_multiplier * 2 ** 31))
+    if m0 == 2 ** 31:
+        m0 //= 2
+        n -= 1
+    return m0, n
+
+
+def requantize(acc, m0, n):
+    acc = torch.as_tensor(acc).long()
+    m0 = torch.as_tensor(m0).long()
+    n = torch.as_tensor(n).long()
+    half = torch.pow(torch.tensor(2, dtype=torch.int64), n - 1)
+    return torch.floor_divide(acc * m0 + half, torch.pow(torch.tensor(2, dtype=torch.int64), n))
+'''),
+
+    # ------------------------------------------------------------------ int8_linear
+    Wrong("int8_linear", "multiplies in int8, so the sums wrap around", visible=True,
+          replace=[("    acc = (x_q.to(torch.int64) - x_zero_point) @ w_q.to(torch.int64).T + bias_q.to(torch.int64)\n",
+                    "    acc = ((x_q - x_zero_point) @ w_q.T).to(torch.int64) + bias_q.to(torch.int64)\n")]),
+    Wrong("int8_linear", "forgets the input zero-point", visible=True,
+          replace=[("(x_q.to(torch.int64) - x_zero_point) @", "x_q.to(torch.int64) @")]),
+    Wrong("int8_linear", "adds the zero-point to the input instead of subtracting it", visible=True,
+          replace=[("(x_q.to(torch.int64) - x_zero_point) @", "(x_q.to(torch.int64) + x_zero_point) @")]),
+    Wrong("int8_linear", "the fused ReLU clamps at 0 instead of the output zero-point", visible=True,
+          replace=[("    low = max(-128, y_zero_point) if relu else -128\n", "    low = 0 if relu else -128\n")]),
+    Wrong("int8_linear", "adds the output zero-point before requantizing", visible=True,
+          replace=[("(requantize(acc, m0, n) + y_zero_point)", "requantize(acc + y_zero_point, m0, n)")]),
+    Wrong("int8_linear", "adds the float-scale bias after requantizing (bias on the output's scale)", visible=True,
+          replace=[("    acc = (x_q.to(torch.int64) - x_zero_point) @ w_q.to(torch.int64).T + bias_q.to(torch.int64)\n",
+                    "    acc = (x_q.to(torch.int64) - x_zero_point) @ w_q.to(torch.int64).T\n"),
+                   ("(requantize(acc, m0, n) + y_zero_point)", "(requantize(acc, m0, n) + bias_q.to(torch.int64) + y_zero_point)")]),
+    Wrong("int8_linear", "quantize_bias divides by the weight scale only",
+          replace=[("    scales = w_scales.to(torch.float64) * float(x_scale)\n", "    scales = w_scales.to(torch.float64)\n")]),
+    Wrong("int8_linear", "requantizes in floating point (s_x * s_w / s_y as a float) instead of the runtime's integers",
+          replace=[("(requantize(acc, m0, n) + y_zero_point)",
+                    "(torch.round(acc.double() * m0.double() / 2.0 ** n.double()).long() + y_zero_point)")]),
+    Right("int8_linear", "int32 accumulation with torch.matmul and torch.clamp with a computed floor", source='''def quantize_bias(bias, w_scales, x_scale):
+    q = (bias.double() / (w_scales.double() * x_scale)).round()
+    return torch.clamp(q, -2147483648, 2147483647).int()
+
+
+def int8_linear(x_q, x_zero_point, w_q, bias_q, m0, n, y_zero_point, relu=False):
+    acc = torch.matmul(x_q.int() - x_zero_point, w_q.int().t()) + bias_q.int()
+    y = requantize(acc, m0, n) + y_zero_point
+    floor = y_zero_point if relu and y_zero_point > -128 else -128
+    return torch.clamp(y, floor, 127).to(torch.int8)
+'''),
+
     # ------------------------------------------------------------------ budget
     Wrong("budget", "adds int8 products in int8 (they accumulate in int32)", visible=True,
           replace=[('8: ("int8_mult", "int32_add")', '8: ("int8_mult", "int8_add")')]),
@@ -202,11 +276,17 @@ ANSWERS = [
     Wrong("budget", "forgets to convert pJ to nJ", visible=True,
           replace=[("return (compute + memory) / 1000.0", "return compute + memory")]),
     Wrong("budget", "choose_variant filters on latency alone", visible=True,
-          replace=[('budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"])',
+          replace=[('budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"], r["ram_bytes"])',
                     'r["latency_ms"] <= budget.max_latency_ms')]),
     Wrong("budget", "choose_variant ignores the budget", visible=True,
-          replace=[('fitting = [r for r in rows if budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"])]',
+          replace=[('fitting = [r for r in rows if budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"], r["ram_bytes"])]',
                     "fitting = list(rows)")]),
+    Wrong("budget", "choose_variant ignores the RAM limit (the weights fit flash, so it must fit)", visible=True,
+          replace=[('budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"], r["ram_bytes"])',
+                    'budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"])')]),
+    Wrong("budget", "choose_variant compares the RAM peak with the flash limit", visible=True,
+          replace=[('budget.admits(r["latency_ms"], r["size_bytes"], r["accuracy"], r["ram_bytes"])',
+                    'budget.admits(r["latency_ms"], max(r["size_bytes"], r["ram_bytes"]), r["accuracy"])')]),
     Wrong("budget", "choose_variant takes the most energy", visible=True,
           replace=[('min(fitting, key=lambda r: r["energy_nj"])', 'max(fitting, key=lambda r: r["energy_nj"])')]),
     Right("budget", "an explicit loop over the memories and a sort", replace=[
