@@ -61,9 +61,7 @@ def trainable_copy(model: nn.Module, mode: str) -> nn.Module:
         last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         last.requires_grad_(True)
     elif mode == "bias only":
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
-                parameter.requires_grad_(True)
+        bias_only(model)
     else:
         raise ValueError(f"mode must be 'last layer', 'bias only' or 'all', got {mode!r}")
     return model
@@ -102,10 +100,26 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return sum(seen.values())
 
 
+def bias_only(model: nn.Module) -> nn.Module:
+    """Freeze every parameter of `model` except the biases (which are made trainable); returns `model`,
+    changed in place. The reference for 01_edge's Exercise 1b."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.endswith("bias"))
+    return model
+
+
+def training_bytes(model: nn.Module, optimizer_slots: int = 2) -> dict[str, int]:
+    """{"gradients", "optimizer"}: bytes that training holds beyond the weights, a gradient and `optimizer_slots`
+    state tensors (Adam 2, SGD with momentum 1, plain SGD 0) per trainable parameter, in its own dtype; each
+    parameter counted once. The reference for 01_edge's Exercise 1b."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {"gradients": trainable, "optimizer": optimizer_slots * trainable}
+
+
 def training_step_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer_slots: int = 2) -> StepMemory:
     """What one training step of `model` on the batch (x, y) holds: every weight, a gradient per trainable
     parameter, `optimizer_slots` state tensors per trainable parameter (Adam keeps 2: the running mean and
     variance of the gradient) and the activations autograd saves (`saved_activation_bytes`)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return StepMemory(weights, trainable, optimizer_slots * trainable, saved_activation_bytes(model, x, y))
+    extra = training_bytes(model, optimizer_slots)
+    return StepMemory(weights, extra["gradients"], extra["optimizer"], saved_activation_bytes(model, x, y))

@@ -52,3 +52,16 @@ def test_training_step_memory_counts_gradients_optimizer_and_saved_inputs():
     assert bias_only.gradients == 3 * 4
     assert bias_only.saved_activations < memory.saved_activations   # x is no longer needed
     assert memory.total == memory.weights + memory.gradients + memory.optimizer + memory.saved_activations
+
+
+def test_bias_only_unfreezes_biases_and_freezes_the_rest_in_place():
+    model = digit_mlp(hidden=(8,)).requires_grad_(False)
+    assert personalise.bias_only(model) is model
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == ["net.0.bias", "net.2.bias"]
+
+
+def test_training_bytes_counts_trainable_parameters_in_their_dtype():
+    layer = nn.Linear(3, 2).half()
+    assert personalise.training_bytes(layer, optimizer_slots=1) == {"gradients": 8 * 2, "optimizer": 8 * 2}
+    layer.weight.requires_grad_(False)
+    assert personalise.training_bytes(layer, optimizer_slots=0) == {"gradients": 2 * 2, "optimizer": 0}

@@ -163,6 +163,36 @@ ANSWERS = [
     return clipped + (x_hat - clipped).detach()
 '''),
 
+    # ------------------------------------------------------------------ personal_memory (issue 19 item 6)
+    Wrong("personal_memory", "freezes the weights but leaves frozen biases frozen", visible=True,
+          replace=[("        parameter.requires_grad_(name.endswith(\"bias\"))\n",
+                    "        if not name.endswith(\"bias\"):\n            parameter.requires_grad_(False)\n")]),
+    Wrong("personal_memory", "trains the weights and freezes the biases (the test inverted)", visible=True,
+          replace=[("parameter.requires_grad_(name.endswith(\"bias\"))", "parameter.requires_grad_(name.endswith(\"weight\"))")]),
+    Wrong("personal_memory", "counts the frozen parameters too", visible=True,
+          replace=[("for p in model.parameters() if p.requires_grad)", "for p in model.parameters())")]),
+    Wrong("personal_memory", "counts numbers instead of bytes", visible=True,
+          replace=[("sum(p.numel() * p.element_size() for p", "sum(p.numel() for p")]),
+    Wrong("personal_memory", "assumes 4 bytes per number whatever the dtype",
+          replace=[("sum(p.numel() * p.element_size() for p", "sum(p.numel() * 4 for p")]),
+    Wrong("personal_memory", "always counts Adam's two slots", visible=True,
+          replace=[("\"optimizer\": optimizer_slots * trainable", "\"optimizer\": 2 * trainable")]),
+    Wrong("personal_memory", "counts the biases by name instead of what requires a gradient", visible=True,
+          replace=[("sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)",
+                    "sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.endswith(\"bias\"))")]),
+    Right("personal_memory", "freezes everything first, then unfreezes the biases; counts with nbytes", source='''def bias_only(model):
+    model.requires_grad_(False)
+    for module in model.modules():
+        if getattr(module, "bias", None) is not None:
+            module.bias.requires_grad_(True)
+    return model
+
+
+def training_bytes(model, optimizer_slots=2):
+    grads = sum(p.nbytes for p in model.parameters() if p.requires_grad)
+    return dict(gradients=grads, optimizer=grads * optimizer_slots)
+'''),
+
     # ------------------------------------------------------------------ prune
     Wrong("prune", "prunes the model in place instead of a copy", visible=True,
           replace=[("pruned = copy.deepcopy(model)", "pruned = model")]),
