@@ -116,6 +116,83 @@ ANSWERS = [
     return ranges
 '''),
 
+    # ------------------------------------------------------------------ fake_quant (QAT, issue 19 item 3)
+    Wrong("fake_quant", "the plain straight-through trick: the gradient also flows through clipped values",
+          visible=True,
+          replace=[("    return x_hat.detach() + (x - x.detach()) * inside\n", "    return x + (x_hat - x).detach()\n")]),
+    Wrong("fake_quant", "returns the rounded values, so torch.round's zero gradient stops all learning", visible=True,
+          replace=[("    return x_hat.detach() + (x - x.detach()) * inside\n", "    return x_hat\n")]),
+    Wrong("fake_quant", "detaches the whole output, so no gradient reaches x", visible=True,
+          replace=[("    return x_hat.detach() + (x - x.detach()) * inside\n", "    return x_hat.detach()\n")]),
+    Wrong("fake_quant", "forgets the clamp: values outside the range are not saturated", visible=True,
+          replace=[("(torch.clamp(q, qmin, qmax) - zero_point) * scale", "(q - zero_point) * scale")]),
+    Wrong("fake_quant", "dequantizes without subtracting the zero-point", visible=True,
+          replace=[("(torch.clamp(q, qmin, qmax) - zero_point) * scale", "torch.clamp(q, qmin, qmax) * scale")]),
+    Wrong("fake_quant", "truncates instead of rounding", visible=True,
+          replace=[("q = torch.round(x / scale) + zero_point", "q = torch.trunc(x / scale) + zero_point")]),
+    Wrong("fake_quant", "returns the integers q instead of the dequantized floats", visible=True,
+          replace=[("    return x_hat.detach() + (x - x.detach()) * inside\n",
+                    "    return torch.clamp(q, qmin, qmax).detach() + (x - x.detach()) * inside\n")]),
+    Wrong("fake_quant", "computes the mask after clamping, so every value counts as inside", visible=True,
+          replace=[("    q = torch.round(x / scale) + zero_point\n    inside = (q >= qmin) & (q <= qmax)\n"
+                    "    x_hat = (torch.clamp(q, qmin, qmax) - zero_point) * scale\n",
+                    "    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)\n"
+                    "    inside = (q >= qmin) & (q <= qmax)\n    x_hat = (q - zero_point) * scale\n")]),
+    Wrong("fake_quant", "decides the mask from the scaled value before adding the zero-point",
+          replace=[("    inside = (q >= qmin) & (q <= qmax)\n",
+                    "    inside = (torch.round(x / scale) >= qmin) & (torch.round(x / scale) <= qmax)\n")]),
+    Right("fake_quant", "a torch.autograd.Function with the mask saved for backward", source='''def fake_quantize(x, scale, zero_point, qmin, qmax):
+    class FakeQuant(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            q = torch.round(x / scale) + zero_point
+            ctx.save_for_backward((q >= qmin) & (q <= qmax))
+            return (q.clamp(qmin, qmax) - zero_point) * scale
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (inside,) = ctx.saved_tensors
+            return grad_output * inside
+
+    return FakeQuant.apply(x)
+'''),
+    Right("fake_quant", "clamps x to the representable range and detaches the rounding error", source='''def fake_quantize(x, scale, zero_point, qmin, qmax):
+    low, high = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+    clipped = torch.minimum(torch.maximum(x, torch.as_tensor(low)), torch.as_tensor(high))
+    x_hat = (torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
+    return clipped + (x_hat - clipped).detach()
+'''),
+
+    # ------------------------------------------------------------------ personal_memory (issue 19 item 6)
+    Wrong("personal_memory", "freezes the weights but leaves frozen biases frozen", visible=True,
+          replace=[("        parameter.requires_grad_(name.endswith(\"bias\"))\n",
+                    "        if not name.endswith(\"bias\"):\n            parameter.requires_grad_(False)\n")]),
+    Wrong("personal_memory", "trains the weights and freezes the biases (the test inverted)", visible=True,
+          replace=[("parameter.requires_grad_(name.endswith(\"bias\"))", "parameter.requires_grad_(name.endswith(\"weight\"))")]),
+    Wrong("personal_memory", "counts the frozen parameters too", visible=True,
+          replace=[("for p in model.parameters() if p.requires_grad)", "for p in model.parameters())")]),
+    Wrong("personal_memory", "counts numbers instead of bytes", visible=True,
+          replace=[("sum(p.numel() * p.element_size() for p", "sum(p.numel() for p")]),
+    Wrong("personal_memory", "assumes 4 bytes per number whatever the dtype",
+          replace=[("sum(p.numel() * p.element_size() for p", "sum(p.numel() * 4 for p")]),
+    Wrong("personal_memory", "always counts Adam's two slots", visible=True,
+          replace=[("\"optimizer\": optimizer_slots * trainable", "\"optimizer\": 2 * trainable")]),
+    Wrong("personal_memory", "counts the biases by name instead of what requires a gradient", visible=True,
+          replace=[("sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)",
+                    "sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.endswith(\"bias\"))")]),
+    Right("personal_memory", "freezes everything first, then unfreezes the biases; counts with nbytes", source='''def bias_only(model):
+    model.requires_grad_(False)
+    for module in model.modules():
+        if getattr(module, "bias", None) is not None:
+            module.bias.requires_grad_(True)
+    return model
+
+
+def training_bytes(model, optimizer_slots=2):
+    grads = sum(p.nbytes for p in model.parameters() if p.requires_grad)
+    return dict(gradients=grads, optimizer=grads * optimizer_slots)
+'''),
+
     # ------------------------------------------------------------------ prune
     Wrong("prune", "prunes the model in place instead of a copy", visible=True,
           replace=[("pruned = copy.deepcopy(model)", "pruned = model")]),
