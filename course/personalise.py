@@ -102,7 +102,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
 
 def bias_only(model: nn.Module) -> nn.Module:
     """Freeze every parameter of `model` except the biases (which are made trainable); returns `model`,
-    changed in place. The reference for 01_edge's Exercise 1b."""
+    changed in place. The reference for 01_edge's Exercise 2."""
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.endswith("bias"))
     return model
@@ -111,7 +111,7 @@ def bias_only(model: nn.Module) -> nn.Module:
 def training_bytes(model: nn.Module, optimizer_slots: int = 2) -> dict[str, int]:
     """{"gradients", "optimizer"}: bytes that training holds beyond the weights, a gradient and `optimizer_slots`
     state tensors (Adam 2, SGD with momentum 1, plain SGD 0) per trainable parameter, in its own dtype; each
-    parameter counted once. The reference for 01_edge's Exercise 1b."""
+    parameter counted once. The reference for 01_edge's Exercise 2."""
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return {"gradients": trainable, "optimizer": optimizer_slots * trainable}
 

@@ -1,6 +1,6 @@
 """Quantization-aware training (QAT): fake quantization with a straight-through estimator.
 
-Taught in 01_edge ("Exercise 3b: fake quantization" and "When post-training quantization breaks"). The
+Taught in 01_edge ("Exercise 5: fake quantization" and "When post-training quantization breaks"). The
 forward pass rounds and clamps to the integer grid and returns to floats; the backward pass lets the gradient
 through unchanged where the value was inside the grid and stops it where the value was clipped (the
 straight-through estimator of Bengio, Léonard and Courville 2013, as used for QAT by Jacob et al. 2018,
