@@ -99,11 +99,22 @@ def workload(model: nn.Module, example: torch.Tensor) -> tuple[float, int]:
 
 
 def break_even_batch(batches: list[int], cpu_seconds: list[float], gpu_seconds: list[float]) -> int | None:
-    """The smallest batch size at which the accelerator's time is below the CPU's, or None if it never is."""
-    for batch, cpu, gpu in sorted(zip(batches, cpu_seconds, gpu_seconds)):
-        if gpu < cpu:
-            return batch
-    return None
+    """The smallest batch size from which the accelerator's time is below the CPU's at every larger batch
+    measured, or None if it is not faster at the largest one.
+
+    Taught in 03_profiling. Asking for the accelerator to stay ahead, rather than to be ahead once, keeps one
+    noisy CPU timing (a batch that happened to be slow) from moving the break-even point.
+    Raises ValueError when the three lists differ in length.
+    """
+    if not len(batches) == len(cpu_seconds) == len(gpu_seconds):
+        raise ValueError(f"batches, cpu_seconds and gpu_seconds differ in length: "
+                         f"{len(batches)}, {len(cpu_seconds)}, {len(gpu_seconds)}")
+    found = None
+    for batch, cpu, gpu in sorted(zip(batches, cpu_seconds, gpu_seconds), reverse=True):
+        if gpu >= cpu:
+            break
+        found = batch
+    return found
 
 
 # ----------------------------------------------------------------- energy
@@ -125,16 +136,22 @@ def read_rapl(root: str | Path = "/sys/class/powercap") -> dict[str, tuple[int, 
     Containers and VMs often hide /sys/class/powercap, and since the PLATYPUS power side channel (Intel
     advisory INTEL-SA-00389, CVE-2020-8694, November 2020) Linux lets only root read energy_uj, so an empty
     answer is common and not an error.
+
+    Many Intel laptops expose the same package twice, through the MSR interface (``intel-rapl:0``) and the MMIO
+    one (``intel-rapl-mmio:0``), both named ``package-0``: an MMIO zone whose name an MSR zone already has is
+    left out, so that summing the package zones counts each package once.
     """
-    zones = {}
+    found = []
     for zone in sorted(Path(root).glob("*")):
         try:
             name = (zone / "name").read_text().strip()
-            zones[f"{zone.name} ({name})"] = (int((zone / "energy_uj").read_text()),
-                                              int((zone / "max_energy_range_uj").read_text()))
+            found.append((zone.name, name, (int((zone / "energy_uj").read_text()),
+                                            int((zone / "max_energy_range_uj").read_text()))))
         except (OSError, ValueError):
             continue
-    return zones
+    msr_names = {name for folder, name, _ in found if "mmio" not in folder}
+    return {f"{folder} ({name})": values for folder, name, values in found
+            if "mmio" not in folder or name not in msr_names}
 
 
 def nvml_energy_j(device: int = 0) -> float | None:

@@ -123,10 +123,15 @@ def predict(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
 
 
 def latency(path: str | os.PathLike, x: torch.Tensor, repeats: int = 100, warmup: int = 10) -> Timing:
-    """Time of one `invoke` for the input `x` (batch len(x)) on one thread, XNNPACK as deployed."""
+    """Time of one whole call for the input `x` (batch len(x)) on one thread, XNNPACK as deployed.
+
+    Timed as 01_edge times ONNX Runtime's `session.run`: float input in, float output out, so an int8 model's
+    input quantization and output dequantization count (ONNX Runtime's int8 graph does them inside).
+    Timing `invoke` alone would flatter LiteRT by leaving out the copies in and out.
+    """
     interp = interpreter(path, batch=len(x))
-    interp.set_tensor(interp.get_input_details()[0]["index"], _to_input(interp, x))
-    return measure_time(interp.invoke, repeats=repeats, warmup=warmup)
+    x = x.detach().cpu().float()
+    return measure_time(lambda: run(interp, x), repeats=repeats, warmup=warmup)
 
 
 # ----------------------------------------------------------------- looking inside

@@ -29,6 +29,11 @@ def test_break_even_batch():
     assert acc.break_even_batch([1, 2, 4], [1.0, 2.0, 4.0], [3.0, 2.5, 3.0]) == 4
     assert acc.break_even_batch([4, 1, 2], [4.0, 1.0, 2.0], [3.0, 3.0, 3.0]) == 4   # unsorted input
     assert acc.break_even_batch([1, 2], [1.0, 1.0], [2.0, 2.0]) is None
+    # one slow CPU sample at batch 32 must not move the point: the GPU is behind again at 64
+    batches = [16, 32, 64, 128]
+    assert acc.break_even_batch(batches, [1.0, 9.0, 3.0, 8.0], [2.0, 2.5, 3.5, 4.0]) == 128
+    with pytest.raises(ValueError, match="differ in length"):
+        acc.break_even_batch([1, 2], [1.0], [1.0, 2.0])
 
 
 def test_perf_per_dollar():
@@ -56,6 +61,17 @@ def test_read_rapl_reads_zones_and_skips_unreadable(tmp_path):
     (hidden / "name").write_text("psys\n")              # no energy_uj: as when only root may read it
     assert acc.read_rapl(tmp_path) == {"intel-rapl:0 (package-0)": (12345, 262143328850)}
     assert acc.read_rapl(tmp_path / "absent") == {}
+
+
+def test_read_rapl_counts_a_package_seen_through_msr_and_mmio_once(tmp_path):
+    for folder, name in [("intel-rapl:0", "package-0"), ("intel-rapl-mmio:0", "package-0"),
+                         ("intel-rapl-mmio:1", "package-1"), ("intel-rapl:0:0", "core")]:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "name").write_text(name + "\n")
+        (tmp_path / folder / "energy_uj").write_text("7\n")
+        (tmp_path / folder / "max_energy_range_uj").write_text("100\n")
+    assert sorted(acc.read_rapl(tmp_path)) == ["intel-rapl-mmio:1 (package-1)", "intel-rapl:0 (package-0)",
+                                               "intel-rapl:0:0 (core)"]
 
 
 def test_nvml_energy_is_none_without_a_gpu():

@@ -269,6 +269,8 @@ ANSWERS = [
     F.cross_entropy(model(x_adv), y).backward()
     return (x + eps * x_adv.grad.sign()).clamp(0, 1).detach()
 ''', visible=True),
+    Wrong("fgsm", "F.nll_loss on raw logits: only the true class's logit moves the image (a newcomer's answer)",
+          replace=[("    loss = F.cross_entropy(model(x_adv), y)\n", "    loss = F.nll_loss(model(x_adv), y)\n")], visible=True),
     Wrong("fgsm", "attacks the model in whatever mode it is in (dropout still on)",
           replace=[("    model.eval()\n", "")]),
     Right("fgsm", "loss.backward() and then model.zero_grad(), with torch.clip",
