@@ -34,7 +34,11 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     a misclassified input is pushed towards its wrong class, which it already has). The model is put
     in eval mode (dropout off, batch-norm statistics fixed: the deployed behaviour) and its
     parameters receive no gradient (torch.autograd.grad, not loss.backward()). Returns a detached
-    tensor of x's shape."""
+    tensor of x's shape. Raises ValueError for a negative eps or labels that do not match the batch."""
+    if eps < 0:
+        raise ValueError(f"eps is a distance and cannot be negative, got {eps}")
+    if y.shape != x.shape[:1]:
+        raise ValueError(f"y must hold one label per input: x is {tuple(x.shape)}, y is {tuple(y.shape)}")
     model.eval()
     x_adv = x.detach().clone().requires_grad_(True)
     loss = F.cross_entropy(model(x_adv), y)
@@ -47,7 +51,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     """Projected gradient descent on the loss (ascent, really): `steps` FGSM steps of size `alpha`,
     each followed by a projection back into the L-infinity ball of radius `eps` around the CLEAN x
     (not around the previous iterate, which lets the image drift steps * alpha away) and into
-    [low, high]. Starts at x (no random start; see the module docstring)."""
+    [low, high]. Starts at x (no random start; see the module docstring).
+    Raises ValueError for a negative eps or alpha, or a negative number of steps."""
+    if eps < 0 or alpha < 0 or steps < 0:
+        raise ValueError(f"eps, alpha and steps cannot be negative, got {eps}, {alpha}, {steps}")
     x = x.detach()
     x_adv = x.clone()
     for _ in range(steps):
@@ -122,8 +129,8 @@ class Squeezed(nn.Module):
 
 def reduce_bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Round [0, 1] pixels to 2**bits levels: round(x * (2**bits - 1)) / (2**bits - 1)."""
-    if bits < 1:
-        raise ValueError(f"bits must be at least 1, got {bits}")
+    if not isinstance(bits, int) or bits < 1:
+        raise ValueError(f"bits must be a whole number of at least 1, got {bits!r}")
     levels = 2 ** bits - 1
     return torch.round(x * levels) / levels
 

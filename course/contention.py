@@ -133,8 +133,10 @@ def latency_samples(fn: Callable[[], object], count: int, max_seconds: float, wa
 def tail_summary(samples_s: np.ndarray, budget_s: float) -> dict:
     """p50, p99 and max in ms (NumPy's linear interpolation between order statistics), the fraction of calls
     over `budget_s`, and the number of samples. A p99 from n samples rests on about n/100 of them: with fewer
-    than a few hundred it is little more than the maximum."""
-    ms = np.asarray(samples_s) * 1e3
+    than a few hundred it is little more than the maximum. Raises ValueError when there are no samples."""
+    ms = np.asarray(samples_s, dtype=float) * 1e3
+    if ms.size == 0:
+        raise ValueError("no latency samples to summarise: measure at least one call")
     return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "max_ms": float(ms.max()), "miss_rate": float((ms > budget_s * 1e3).mean())}
 

@@ -231,8 +231,14 @@ def requantize(acc: torch.Tensor, m0, n) -> torch.Tensor:
     per output channel), n >= 1. (acc * m0 + 2**(n - 1)) >> n in 64-bit integers, with an arithmetic shift
     (floor), so halves round up: TFLite's MultiplyByQuantizedMultiplier when built with TFLITE_SINGLE_ROUNDING
     (tensorflow/lite/kernels/internal/common.cc), which LiteRT 2.3.0 is. Returns int64.
+    Raises TypeError for floating-point inputs and ValueError for a shift below 1.
     """
+    for name, value in (("acc", acc), ("m0", m0), ("n", n)):
+        if torch.as_tensor(value).is_floating_point():
+            raise TypeError(f"requantize takes integers only; {name} is {torch.as_tensor(value).dtype}")
     acc, m0, n = (torch.as_tensor(v, dtype=torch.int64) for v in (acc, m0, n))
+    if bool((n < 1).any()):
+        raise ValueError(f"every shift n must be at least 1 (M = m0 / 2**n < 1), got {n.min().item()}")
     return (acc * m0 + (torch.ones_like(n) << (n - 1))) >> n
 
 
@@ -274,8 +280,11 @@ def int8_linear(x_q: torch.Tensor, x_zero_point: int, w_q: torch.Tensor, bias_q:
     bias_q (out,) int32 at scale w_scale * x_scale; m0, n (out,) the fixed-point form of each channel's
     M = x_scale * w_scale / y_scale (`multipliers`). acc = (x_q - x_zero_point) @ w_q.T + bias_q (int32 values);
     y = requantize(acc, m0, n) + y_zero_point, clamped to [-128, 127], or to [y_zero_point, 127] when a ReLU is
-    fused (real 0 is the integer y_zero_point). Returns (B, out) int8.
+    fused (real 0 is the integer y_zero_point). Returns (B, out) int8. Raises TypeError for other dtypes.
     """
+    for name, tensor, dtype in (("x_q", x_q, torch.int8), ("w_q", w_q, torch.int8), ("bias_q", bias_q, torch.int32)):
+        if tensor.dtype != dtype:
+            raise TypeError(f"int8_linear: {name} must be {dtype}, got {tensor.dtype}")
     acc = (x_q.to(torch.int64) - x_zero_point) @ w_q.to(torch.int64).T + bias_q.to(torch.int64)
     low = max(INT8_MIN, y_zero_point) if relu else INT8_MIN
     return (requantize(acc, m0, n) + y_zero_point).clamp(low, INT8_MAX).to(torch.int8)

@@ -111,7 +111,9 @@ def bias_only(model: nn.Module) -> nn.Module:
 def training_bytes(model: nn.Module, optimizer_slots: int = 2) -> dict[str, int]:
     """{"gradients", "optimizer"}: bytes that training holds beyond the weights, a gradient and `optimizer_slots`
     state tensors (Adam 2, SGD with momentum 1, plain SGD 0) per trainable parameter, in its own dtype; each
-    parameter counted once. The reference for 01_edge's Exercise 2."""
+    parameter counted once. The reference for 01_edge's Exercise 2. Raises ValueError for negative slots."""
+    if optimizer_slots < 0:
+        raise ValueError(f"optimizer_slots counts state tensors per parameter and cannot be negative, got {optimizer_slots}")
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return {"gradients": trainable, "optimizer": optimizer_slots * trainable}
 

@@ -26,7 +26,12 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> t
     x ≈ scale * (q - zero_point). Forward: q = clamp(round(x / scale) + zero_point, qmin, qmax).
     Backward: the gradient passes unchanged where round(x / scale) + zero_point lies inside [qmin, qmax]
     and is zero where it was clipped, as in torch.fake_quantize_per_tensor_affine. Same shape as x.
+    Raises ValueError for a scale that is not positive or for qmin > qmax.
     """
+    if qmin > qmax:
+        raise ValueError(f"qmin ({qmin}) must not exceed qmax ({qmax})")
+    if not bool((torch.as_tensor(scale) > 0).all()):
+        raise ValueError("every scale must be positive (a zero scale divides by zero)")
     q = torch.round(x / scale) + zero_point
     inside = (q >= qmin) & (q <= qmax)
     x_hat = (torch.clamp(q, qmin, qmax) - zero_point) * scale

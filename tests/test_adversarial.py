@@ -106,3 +106,32 @@ def test_drawn_and_moved_scene():
     assert torch.equal(scene[7, :, :8], image.reshape(8, 8)) and torch.equal(scene[8], scene[15])
     assert torch.equal(scene[-1][:, 4:], image.reshape(8, 8))
     assert adv.delta_encode(scene, 0.01)[8:16].abs().sum() == 0
+
+
+def test_bad_input_gets_a_clear_error():
+    from course import contention, litert, personalise, qat
+
+    model, x, y = nn.Linear(3, 2), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="negative"):
+        adv.fgsm(model, x, y, -0.1)
+    with pytest.raises(ValueError, match="one label per input"):
+        adv.fgsm(model, x, torch.zeros(3, dtype=torch.long), 0.1)
+    with pytest.raises(ValueError, match="negative"):
+        adv.pgd(model, x, y, -0.1, 0.01, 3)
+    with pytest.raises(ValueError, match="whole number"):
+        adv.reduce_bit_depth(x, 1.5)
+    with pytest.raises(ValueError, match="qmin"):
+        qat.fake_quantize(x, 0.1, 0, 7, -8)
+    with pytest.raises(ValueError, match="positive"):
+        qat.fake_quantize(x, 0.0, 0, -8, 7)
+    with pytest.raises(ValueError, match="negative"):
+        personalise.training_bytes(model, -1)
+    with pytest.raises(ValueError, match="no latency samples"):
+        contention.tail_summary([], 1e-3)
+    with pytest.raises(TypeError, match="integers only"):
+        litert.requantize(torch.tensor([1.7]), 1 << 30, 31)
+    with pytest.raises(ValueError, match="at least 1"):
+        litert.requantize(torch.tensor([3]), 1 << 30, 0)
+    with pytest.raises(TypeError, match="x_q must be torch.int8"):
+        litert.int8_linear(torch.zeros(1, 2), 0, torch.zeros(1, 2, dtype=torch.int8), torch.zeros(1, dtype=torch.int32),
+                           torch.tensor([1 << 30]), torch.tensor([31]), 0)
