@@ -68,6 +68,7 @@ def convert_int8(model: nn.Module, example: torch.Tensor, representative: torch.
         for batch in representative.split(128):
             observed(batch)
     quantized = move_exported_model_to_eval(quantize_pt2e.convert_pt2e(observed, fold_quantize=False))
+    quantized.training = False   # what litert-torch checks; an exported module's .eval() is not the way to say it
     litert_torch.convert(quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(path))
     return Path(path)
 
