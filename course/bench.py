@@ -68,11 +68,12 @@ def synchronize(device: torch.device | str | None) -> None:
 
 def measure_time(fn: Callable[[], object], repeats: int = 20, warmup: int = 3,
                  device: torch.device | str | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> Timing:
+                 clock: Callable[[], float] = time.perf_counter, max_seconds: float | None = None) -> Timing:
     """Call `fn` `warmup` times untimed, then time `repeats` calls one by one.
 
     On CUDA, kernels run asynchronously: pass `device` so the clock is read only after
-    the GPU has finished.
+    the GPU has finished. With `max_seconds`, timing stops early after the first call that ends
+    past that budget (at least one call is timed), so a slow machine cannot stretch a cell.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -82,11 +83,15 @@ def measure_time(fn: Callable[[], object], repeats: int = 20, warmup: int = 3,
         fn()
     synchronize(device)
     samples = []
+    stop = None if max_seconds is None else clock() + max_seconds
     for _ in range(repeats):
         start = clock()
         fn()
         synchronize(device)
-        samples.append(clock() - start)
+        end = clock()
+        samples.append(end - start)
+        if stop is not None and end > stop:
+            break
     return Timing(samples=tuple(samples), warmup=warmup)
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from course.bench import measure_time
+
 WORKLOADS = ("driver monitoring", "voice")
 READY = "ready"
 
@@ -115,19 +117,9 @@ def background_models(workloads: Sequence[str] = WORKLOADS, cores: set[int] | No
 
 def latency_samples(fn: Callable[[], object], count: int, max_seconds: float, warmup: int = 20,
                     clock: Callable[[], float] = time.perf_counter) -> np.ndarray:
-    """Seconds taken by each of up to `count` calls of `fn`, stopping early after `max_seconds`."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    stop = clock() + max_seconds
-    while len(samples) < count:
-        start = clock()
-        fn()
-        end = clock()
-        samples.append(end - start)
-        if end > stop:
-            break
-    return np.asarray(samples)
+    """Seconds taken by each of up to `count` calls of `fn`, stopping early after `max_seconds`
+    (`course.bench.measure_time`'s samples, as an array for percentiles)."""
+    return np.asarray(measure_time(fn, repeats=count, warmup=warmup, clock=clock, max_seconds=max_seconds).samples)
 
 
 def tail_summary(samples_s: np.ndarray, budget_s: float) -> dict:
