@@ -195,27 +195,6 @@ ANSWERS = [
     optimizer.step()
 '''),
 
-    # ------------------------------------------------------------------ sharding
-    Wrong("sharding", "stage 1 already shards the gradients (stages off by one)", visible=True,
-          replace=[("gradients = 2 * n_params / (world if stage >= 2 else 1)",
-                    "gradients = 2 * n_params / (world if stage >= 1 else 1)")]),
-    Wrong("sharding", "Adam state of 8 bytes: forgets the fp32 master weights", visible=True,
-          replace=[("optimizer = 12 * n_params", "optimizer = 8 * n_params")]),
-    Wrong("sharding", "bubble (p - 1) / m", visible=True,
-          replace=[("return (stages - 1) / (micro_batches + stages - 1)", "return (stages - 1) / micro_batches")]),
-    Wrong("sharding", "no check for a world below 1",
-          replace=[('    if world < 1:\n        raise ValueError(f"world must be at least 1, got {world}")\n', "")]),
-    Wrong("sharding", "stage 3 shards only the weights and optimizer state", visible=True,
-          replace=[("gradients = 2 * n_params / (world if stage >= 2 else 1)",
-                    "gradients = 2 * n_params / (world if stage == 2 else 1)")]),
-    Right("sharding", "bytes per part and a count of sharded parts", replace=[(
-        '''    optimizer = 12 * n_params / (world if stage >= 1 else 1)
-    gradients = 2 * n_params / (world if stage >= 2 else 1)
-    weights = 2 * n_params / (world if stage >= 3 else 1)
-    return weights + gradients + optimizer''',
-        '''    parts = [12, 2, 2]  # optimizer, gradients, weights: sharded in this order
-    return n_params * (sum(parts[:stage]) / world + sum(parts[stage:]))''')]),
-
     # ------------------------------------------------------------------ commands
     Wrong("commands", "a different --rdzv_id on each node", visible=True, source='''def two_node_commands(host, port, nproc_per_node, script):
     return [["torchrun", "--nnodes=2", f"--nproc_per_node={nproc_per_node}", "--rdzv_backend=c10d",
