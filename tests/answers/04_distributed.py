@@ -195,6 +195,44 @@ ANSWERS = [
     optimizer.step()
 '''),
 
+    # ------------------------------------------------------------------ scaling
+    Wrong("scaling", "weak scaling read like strong: efficiency divided by the growth in ranks", visible=True,
+          replace=[('(ratio, ratio / grow) if mode == "strong" else (grow * ratio, ratio)', "(ratio, ratio / grow)")]),
+    Wrong("scaling", "speed-up upside down: T(w) / T(w0)", visible=True,
+          replace=[("ratio = step_seconds[base] / seconds", "ratio = seconds / step_seconds[base]")]),
+    Wrong("scaling", "efficiency equal to the speed-up (never divided by the ranks)", visible=True,
+          replace=[('(ratio, ratio / grow) if mode == "strong"', '(ratio, ratio) if mode == "strong"')]),
+    Wrong("scaling", "weak speed-up without the growth in work: just T(w0) / T(w)", visible=True,
+          replace=[('else (grow * ratio, ratio)', "else (ratio, ratio)")]),
+    Wrong("scaling", "assumes the baseline is 1 rank (a cluster's baseline is often one node)",
+          replace=[("    base = min(step_seconds)\n", "    base = 1\n")]),
+    Wrong("scaling", "takes the first key as the baseline, not the smallest world",
+          replace=[("    base = min(step_seconds)\n", "    base = next(iter(step_seconds))\n")]),
+    Wrong("scaling", "an unknown mode is treated as weak scaling instead of raising", visible=True,
+          replace=[("""    if mode not in ("strong", "weak"):
+        raise ValueError(f"mode must be 'strong' or 'weak', got {mode!r}")
+""", "")]),
+    Right("scaling", "closed forms per mode, sorted worlds, a dict comprehension", source='''def scaling_efficiency(step_seconds, mode):
+    worlds = sorted(step_seconds)
+    w0, t0 = worlds[0], step_seconds[worlds[0]]
+    if mode == "strong":
+        return {w: (t0 / step_seconds[w], t0 * w0 / (step_seconds[w] * w)) for w in worlds}
+    if mode == "weak":
+        return {w: (w * t0 / (w0 * step_seconds[w]), t0 / step_seconds[w]) for w in worlds}
+    raise ValueError(mode)
+'''),
+    Right("scaling", "throughput first: samples per second relative to the baseline", source='''def scaling_efficiency(step_seconds, mode):
+    if mode not in ("strong", "weak"):
+        raise ValueError(f"unknown mode {mode}")
+    base = min(step_seconds)
+    out = {}
+    for world in step_seconds:
+        work = 1 if mode == "strong" else world / base  # samples per step, relative to the baseline's
+        speed_up = work * step_seconds[base] / step_seconds[world]
+        out[world] = (speed_up, speed_up * base / world)
+    return out
+'''),
+
     # ------------------------------------------------------------------ commands
     Wrong("commands", "a different --rdzv_id on each node", visible=True, source='''def two_node_commands(host, port, nproc_per_node, script):
     return [["torchrun", "--nnodes=2", f"--nproc_per_node={nproc_per_node}", "--rdzv_backend=c10d",
