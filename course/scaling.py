@@ -296,3 +296,37 @@ def precision_table(seeds=(0, 1, 2), epochs: int = 3, names=tuple(PRECISIONS)) -
     for all of them). {"runs": [...], "reduction_error": {...}}."""
     return {"runs": [precision_run(name, seed=seed, epochs=epochs) for name in names for seed in seeds],
             "reduction_error": reduction_error()}
+
+
+def hook_check(hook, hidden=(32,), global_batch: int = 48, bucket_cap_mb: float = 25.0) -> dict:
+    """Runs on each rank: one backward pass of a DDP digit MLP with the communication hook `hook` registered
+    (the global batch split evenly over the ranks). Returns what the hook handed to `dist.all_reduce` (calls,
+    bytes, dtypes), the gradients it left in `.grad`, and the whole batch's fp32 gradients computed by this
+    process alone: the average DDP must produce, all of the second of two identical steps (from the second
+    step on, a small `bucket_cap_mb` makes several buckets)."""
+    from course.distributed import global_batches
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if global_batch % world:
+        raise ValueError(f"the global batch {global_batch} must divide by the {world} ranks")
+    (x, y), = global_batches(1, global_batch)
+
+    def checked(state, bucket):  # DDP crashes on a hook that returns anything but a Future: say so instead
+        result = hook(state, bucket)
+        if not isinstance(result, torch._C.Future):  # what get_future() returns; torch.futures.Future subclasses it
+            raise TypeError("a communication hook must return a torch.futures.Future, e.g. "
+                            f"dist.all_reduce(t, async_op=True).get_future(); got {type(result).__name__}")
+        return result
+
+    model = DDP(digit_mlp(hidden, seed=0), bucket_cap_mb=bucket_cap_mb)
+    model.register_comm_hook(None, checked)
+    for step in range(2):  # DDP sizes its buckets by bucket_cap_mb from the second step on
+        model.zero_grad()
+        with count_all_reduce() as wire:
+            F.cross_entropy(model(x.chunk(world)[rank]), y.chunk(world)[rank]).backward()
+    single = digit_mlp(hidden, seed=0)
+    F.cross_entropy(single(x), y).backward()
+    return {"calls": wire["calls"], "bytes": wire["bytes"], "dtypes": sorted(wire["dtypes"]),
+            "fp32_bytes": sum(p.numel() * 4 for p in single.parameters()),
+            "grads": [p.grad.detach().clone() for p in model.parameters()],
+            "expected": [p.grad.detach().clone() for p in single.parameters()]}

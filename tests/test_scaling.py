@@ -120,3 +120,29 @@ def test_count_all_reduce_outside_a_group_leaves_all_reduce_as_it_was():
         assert dist.all_reduce is not before
     assert dist.all_reduce is before and seen == {"calls": 0, "bytes": 0, "dtypes": set()}
     assert torch.finfo(torch.bfloat16).smallest_normal == torch.finfo(torch.float32).smallest_normal
+
+
+def _bf16_hook(process_group, bucket):
+    import torch.distributed as dist
+
+    buffer = bucket.buffer()
+    compressed = buffer.div(dist.get_world_size()).to(torch.bfloat16)
+    return dist.all_reduce(compressed, async_op=True).get_future().then(lambda fut: buffer.copy_(fut.value()[0]))
+
+
+def _no_future_hook(process_group, bucket):
+    return None
+
+
+@pytest.mark.slow
+def test_hook_check_counts_a_bf16_hook_and_names_a_hook_that_returns_no_future():
+    from course.launch import WorkerError
+
+    ranks = launch(scaling.hook_check, 2, _bf16_hook, quiet=True).results
+    for r in ranks:
+        assert r["dtypes"] == ["bfloat16"] and r["bytes"] == r["fp32_bytes"] // 2 and r["calls"] == 1
+        for got, want in zip(r["grads"], r["expected"], strict=True):
+            assert got.dtype == torch.float32
+            assert ((got - want).norm() / want.norm()).item() < 2e-2
+    with pytest.raises(WorkerError, match="must return a torch.futures.Future"):
+        launch(scaling.hook_check, 2, _no_future_hook, quiet=True)

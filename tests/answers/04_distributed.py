@@ -195,6 +195,41 @@ ANSWERS = [
     optimizer.step()
 '''),
 
+    # ------------------------------------------------------------------ bf16_hook
+    Wrong("bf16_hook", "sums the gradients: no division by the world size", visible=True,
+          replace=[("buffer.div(dist.get_world_size()).to(torch.bfloat16)", "buffer.to(torch.bfloat16)")]),
+    Wrong("bf16_hook", "all-reduces the fp32 buffer: nothing compressed", visible=True,
+          replace=[("buffer.div(dist.get_world_size()).to(torch.bfloat16)", "buffer.div(dist.get_world_size())")]),
+    Wrong("bf16_hook", "rounds to bf16 and back before the all-reduce: bf16's error, fp32's bytes", visible=True,
+          replace=[("buffer.div(dist.get_world_size()).to(torch.bfloat16)",
+                    "buffer.div(dist.get_world_size()).to(torch.bfloat16).float()")]),
+    Wrong("bf16_hook", "float16 instead of bfloat16", visible=True,
+          replace=[("buffer.div(dist.get_world_size()).to(torch.bfloat16)",
+                    "buffer.div(dist.get_world_size()).to(torch.float16)")]),
+    Wrong("bf16_hook", "divides by a hard-coded 2: fits the visible 2 ranks only",
+          replace=[("buffer.div(dist.get_world_size())", "buffer.div(2)")]),
+    Wrong("bf16_hook", "blocking all-reduce copied into the buffer, returns nothing", visible=True,
+          source='''def bf16_hook(process_group, bucket):
+    buffer = bucket.buffer()
+    compressed = buffer.div(dist.get_world_size()).to(torch.bfloat16)
+    dist.all_reduce(compressed)
+    buffer.copy_(compressed)
+'''),
+    Right("bf16_hook", "ReduceOp.AVG, and the bf16 sum returned for DDP to copy into the fp32 gradients",
+          source='''def bf16_hook(process_group, bucket):
+    compressed = bucket.buffer().to(torch.bfloat16)
+    work = dist.all_reduce(compressed, op=dist.ReduceOp.AVG, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+'''),
+    Right("bf16_hook", "blocking all-reduce, then an already completed future", source='''def bf16_hook(process_group, bucket):
+    buffer = bucket.buffer()
+    compressed = (buffer / dist.get_world_size()).bfloat16()
+    dist.all_reduce(compressed)
+    done = torch.futures.Future()
+    done.set_result(buffer.copy_(compressed))
+    return done
+'''),
+
     # ------------------------------------------------------------------ scaling
     Wrong("scaling", "weak scaling read like strong: efficiency divided by the growth in ranks", visible=True,
           replace=[('(ratio, ratio / grow) if mode == "strong" else (grow * ratio, ratio)', "(ratio, ratio / grow)")]),
