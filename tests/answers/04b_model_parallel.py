@@ -25,6 +25,32 @@ ANSWERS = [
 
 
     # ------------------------------------------------------------------ fsdp (section 2)
+    Wrong("fsdp", "only the root is sharded: one group of every parameter, all gathered at once", visible=True,
+          replace=[("""    for layer in model.net:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+""", "")]),
+    Wrong("fsdp", "the layers are sharded but the root is forgotten", visible=True,
+          replace=[("    fully_shard(model, mesh=mesh)\n", "")]),
+    Wrong("fsdp", "the optimizer is built before fully_shard: it holds the replaced parameters", visible=True,
+          replace=[("    optimizer = torch.optim.Adam(model.parameters(), lr=lr)\n", ""),
+                   ("    mesh = init_device_mesh(", "    optimizer = torch.optim.Adam(model.parameters(), lr=lr)\n"
+                                                   "    mesh = init_device_mesh(")]),
+    Wrong("fsdp", "each rank returns its own loss, not averaged over the ranks", visible=True,
+          replace=[("        dist.all_reduce(mean, op=dist.ReduceOp.AVG)\n", "")]),
+    Wrong("fsdp", "every rank trains on the whole batch (FSDP taken for model parallelism only)", visible=True,
+          replace=[("model(x.chunk(world)[rank]), y.chunk(world)[rank])", "model(x), y)")]),
+    Wrong("fsdp", "the root is sharded before its layers (top-down)", visible=True,
+          replace=[("    fully_shard(model, mesh=mesh)\n", ""),
+                   ("    for layer in model.net:", "    fully_shard(model, mesh=mesh)\n    for layer in model.net:")]),
+    Right("fsdp", "rows dealt out strided, x[rank::world]: another equal share of the same batch",
+          replace=[("model(x.chunk(world)[rank]), y.chunk(world)[rank])", "model(x[rank::world]), y[rank::world])")]),
+    Right("fsdp", "no explicit mesh: on a machine without a GPU fully_shard's default is the CPU mesh",
+          replace=[("            fully_shard(layer, mesh=mesh)", "            fully_shard(layer)"),
+                   ("    fully_shard(model, mesh=mesh)", "    fully_shard(model)")]),
+    Right("fsdp", "the loss summed over the ranks, then divided by the world size",
+          replace=[("        dist.all_reduce(mean, op=dist.ReduceOp.AVG)\n",
+                    "        dist.all_reduce(mean)\n        mean /= world\n")]),
 
     # ------------------------------------------------------------------ tensor parallelism (section 3)
 
