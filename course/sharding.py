@@ -235,13 +235,14 @@ def _train_step(model, optimizer, x, y) -> tuple[float, float]:
     return time.perf_counter() - start, held
 
 
-def fsdp_measurements(folder: str, hidden=(512, 512, 512, 512), steps: int = 6, batch: int = 64) -> dict:
+def fsdp_measurements(folder: str, hidden=(512, 512, 512, 512), steps: int = 3, batch: int = 64,
+                      repeats: int = 3) -> dict:
     """Runs on each rank: everything section 2 of 04b measures, in one launch.
 
     - ``state``: bytes of weights, gradients and Adam state this rank holds after a step, under DDP
       (whole copies) and under FSDP2 (shards), and the model's parameter count;
     - ``reshard``: for reshard_after_forward True and False, parameter bytes held between forward and
-      backward, and the median seconds per step over `steps` steps;
+      backward, and `repeats` medians of seconds per step over `steps` steps (the two settings alternating);
     - ``gathered``: the most parameter bytes held at once during forward (read as each Linear starts),
       sharded per layer then root, against the root alone;
     - ``checkpoint``: the FSDP model's outputs on a probe batch after training, then saved with
@@ -261,15 +262,17 @@ def fsdp_measurements(folder: str, hidden=(512, 512, 512, 512), steps: int = 6, 
     result["state"] = {"DDP": training_state_bytes(ddp, ddp_optimizer)}
     del ddp, ddp_optimizer
 
-    result["reshard"] = {}
-    for reshard in (True, False):
-        model, optimizer = _fsdp_model(hidden, reshard_after_forward=reshard)
-        runs = [_train_step(model, optimizer, x, y) for x, y in batches]
-        if reshard:
-            result["state"]["FSDP"] = training_state_bytes(model, optimizer)
-            kept = model, optimizer
-        result["reshard"][reshard] = {"held_bytes": runs[-1][1],
-                                      "seconds": statistics.median(s for s, _ in runs[1:])}
+    models = {reshard: _fsdp_model(hidden, reshard_after_forward=reshard) for reshard in (True, False)}
+    for reshard, (model, optimizer) in models.items():  # a first step each: lazy initialisation, Adam's state
+        _train_step(model, optimizer, *batches[0])
+    result["state"]["FSDP"] = training_state_bytes(*models[True])
+    result["reshard"] = {reshard: {"held_bytes": _train_step(*models[reshard], *batches[0])[1], "seconds": []}
+                         for reshard in models}
+    for _ in range(repeats):  # alternating, so a busy moment of the machine hits both alike
+        for reshard, (model, optimizer) in models.items():
+            times = [_train_step(model, optimizer, x, y)[0] for x, y in batches[1:]]
+            result["reshard"][reshard]["seconds"].append(statistics.median(times))
+    kept = models[True]
 
     result["gathered"] = {}
     for name, per_layer in (("each Linear, then the root", True), ("the root only", False)):
