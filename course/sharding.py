@@ -54,7 +54,8 @@ def activation_memory(layers: int, hidden: int, heads: int, seq: int, micro_batc
     return layers * seq * micro_batch * hidden * per_sbh
 
 
-def state_bytes_per_rank(n_params: float, world: int, stage: int, bytes_per_param: dict | None = None) -> float:
+def state_bytes_per_rank(n_params: float, world: int, stage: int,
+                         bytes_per_param: dict | None = None) -> float:
     """Bytes of weights, gradients and optimizer state per rank under ZeRO `stage`, for any bytes per
     parameter (default: fp32 Adam, `FP32_ADAM_BYTES`, 4 + 4 + 8). With the course's mixed-precision
     split (2 + 2 + 12) it is `course.distributed.memory_per_rank`. Raises ValueError like it."""
@@ -106,8 +107,8 @@ def checkpointing_cost(layers: int = 4, width: int = 128, batch: int = 256, step
                        repeats: int = 3, seed: int = 0) -> dict[str, dict]:
     """Activation checkpointing on `mlp_blocks`, without and with: saved-activation bytes, the loss (equal:
     recomputation changes no number), and CPU seconds per training step (forward + backward; process time
-    on one torch thread, so other programs on the machine do not count; `repeats` medians of `steps` steps each,
-    the two alternating)."""
+    on one torch thread, so other programs on the machine do not count; `repeats` medians of `steps` steps
+    each, the two alternating)."""
     blocks = mlp_blocks(layers, width, seed)
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(batch, width, generator=g), torch.randint(0, 10, (batch,), generator=g)
@@ -149,7 +150,8 @@ def local_bytes(tensors) -> int:
 def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """Runs on each rank: bytes this rank holds of weights, gradients and optimizer state (Adam's moments;
     its one-element step counters left out)."""
-    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor) and t.dim() > 0]
+    state = [t for s in optimizer.state.values() for t in s.values()
+             if isinstance(t, torch.Tensor) and t.dim() > 0]
     return {"weights": local_bytes(model.parameters()),
             "gradients": local_bytes(p.grad for p in model.parameters()),
             "optimizer": local_bytes(state)}
@@ -215,7 +217,8 @@ def held_parameter_bytes(model: nn.Module, shard_bytes: int) -> int:
     """Runs on each rank: parameter bytes alive now: this rank's shards (`shard_bytes`, counted once right
     after sharding; FSDP keeps them all the time), plus the whole of each parameter it has all-gathered and
     not yet freed (such a parameter shows as a plain tensor instead of a DTensor)."""
-    return shard_bytes + sum(p.numel() * p.element_size() for p in model.parameters() if not hasattr(p, "to_local"))
+    gathered = [p for p in model.parameters() if not hasattr(p, "to_local")]
+    return shard_bytes + sum(p.numel() * p.element_size() for p in gathered)
 
 
 def _fsdp_model(hidden, reshard_after_forward=True, layers=True) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -279,7 +282,8 @@ def fsdp_measurements(folder: str, hidden=(512, 512, 512, 512), steps: int = 3, 
         model, _ = _fsdp_model(hidden, layers=per_layer)
         peaks = []
         for layer in linears(model):  # registered after fully_shard's hook: runs once the layer is gathered
-            layer.register_forward_pre_hook(lambda *_: peaks.append(held_parameter_bytes(model, model.shard_bytes)))
+            layer.register_forward_pre_hook(
+                lambda *_: peaks.append(held_parameter_bytes(model, model.shard_bytes)))
         model(rank_slice(batches[0][0])).sum().backward()
         result["gathered"][name] = max(peaks)
     result["full_bytes"] = result["state"]["DDP"]["weights"]

@@ -1,5 +1,5 @@
-"""course/sharding.py (04b_model_parallel, sections 1-2): activation arithmetic, activation checkpointing measured,
-FSDP2 on real gloo ranks, and a DCP checkpoint saved on 2 ranks and loaded on 1 and on 4."""
+"""course/sharding.py (04b_model_parallel, sections 1-2): activation arithmetic, activation checkpointing
+measured, FSDP2 on real gloo ranks, and a DCP checkpoint saved on 2 ranks and loaded on 1 and on 4."""
 
 import pytest
 import torch
@@ -61,8 +61,8 @@ def test_checkpointing_keeps_only_block_inputs_and_changes_no_number():
     grads = [p.grad.clone() for p in blocks.parameters()]
     blocks.zero_grad()
     kept, loss2 = S.saved_activation_bytes(blocks, x, y, recompute=True)
-    # each block keeps its input and its 4x hidden layer, or with a checkpoint its input only; the head's input,
-    # the softmax and the targets are kept either way
+    # each block keeps its input and its 4x hidden layer, or with a checkpoint its input only; the head's
+    # input, the softmax and the targets are kept either way
     assert stored - kept == layers * batch * 4 * width * 4
     head = batch * width * 4 + batch * 10 * 4 + batch * 8
     assert layers * batch * width * 4 + head <= kept < layers * batch * width * 4 + head + 64
