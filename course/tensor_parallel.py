@@ -63,8 +63,8 @@ def f(x: torch.Tensor) -> torch.Tensor:
 
 
 def g(x: torch.Tensor) -> torch.Tensor:
-    """Megatron's g, where the region ends: the sum over ranks of `x` (one all-reduce), as a new tensor; in the
-    backward pass the gradient passes through unchanged."""
+    """Megatron's g, where the region ends: the sum over ranks of `x` (one all-reduce), as a new tensor;
+    in the backward pass the gradient passes through unchanged."""
     return _SumOverRanks.apply(x)
 
 
@@ -73,8 +73,11 @@ def g(x: torch.Tensor) -> torch.Tensor:
 def mlp_weights(d: int = 6, hidden: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """(w1, b1, w2, b2) of a d -> hidden -> d MLP, as `nn.Linear` lays them out, the same on every rank."""
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(hidden, d, generator=generator) / d ** 0.5, torch.randn(hidden, generator=generator) * 0.1,
-            torch.randn(d, hidden, generator=generator) / hidden ** 0.5, torch.randn(d, generator=generator) * 0.1)
+    w1 = torch.randn(hidden, d, generator=generator) / d ** 0.5
+    b1 = torch.randn(hidden, generator=generator) * 0.1
+    w2 = torch.randn(d, hidden, generator=generator) / hidden ** 0.5
+    b2 = torch.randn(d, generator=generator) * 0.1
+    return w1, b1, w2, b2
 
 
 def mlp_forward(x: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
@@ -203,20 +206,20 @@ def compare_with_pytorch(shard_fn, forward_fn, d: int = 64, hidden: int = 256, b
         y_torch = model(x_torch)
     with CommDebugMode() as seen_backward:
         y_torch.sum().backward()
-    w1_grad_torch = model[0].weight.grad.full_tensor()  # gathers the shards: a collective of its own, not counted
+    w1_grad_torch = model[0].weight.grad.full_tensor()  # gathers the shards (a collective, not counted above)
 
     ddp = DDP(mlp_module(d, hidden, seed))
     counter = CommCounter()
     ddp.register_comm_hook(counter, counting_hook)
     ddp(x).sum().backward()
 
-    start = rank * (hidden // world)
+    mine = slice(rank * (hidden // world), (rank + 1) * (hidden // world))
     w1_grad_single = single[0].weight.grad
     return {
         "hand_vs_single": (y_hand - y_single).abs().max().item(),
         "torch_vs_single": (y_torch - y_single).abs().max().item(),
         "hand_vs_torch": (y_hand - y_torch).abs().max().item(),
-        "w1_grad_hand_vs_single": (shards["w1"].grad - w1_grad_single[start:start + hidden // world]).abs().max().item(),
+        "w1_grad_hand_vs_single": (shards["w1"].grad - w1_grad_single[mine]).abs().max().item(),
         "w1_grad_torch_vs_single": (w1_grad_torch - w1_grad_single).abs().max().item(),
         "x_grad_torch_vs_single": (x_torch.grad - x_single.grad).abs().max().item(),
         "placements": placements,
