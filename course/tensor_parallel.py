@@ -232,8 +232,11 @@ def compare_with_pytorch(shard_fn, forward_fn, d: int = 64, hidden: int = 256, b
     }
 
 
-def tp_bytes_per_layer(tokens: int, width: int, bytes_per_value: int = 2) -> int:
-    """Bytes each rank all-reduces per transformer layer for one micro-batch of `tokens` tokens of `width`:
-    Megatron's 2 all-reduces forward + 2 backward (Shoeybi et al., 2019, Section 3 and Figure 4), each of
-    the layer's activations, tokens x width values."""
-    return 4 * tokens * width * bytes_per_value
+def tp_bytes_per_layer(tokens: int, width: int, ranks: int, bytes_per_value: int = 2) -> float:
+    """Bytes each of `ranks` tensor-parallel devices sends per transformer layer for one micro-batch of
+    `tokens` tokens (batch x sequence) of `width`: 8 b s h (t - 1) / t values (Narayanan et al., 2021,
+    Section 3.2), i.e. 2 all-reduces forward and 2 backward of the layer's b s h activations (Shoeybi et al.,
+    2019, Figure 4), each sending 2 (t - 1) / t of the tensor per device in a ring."""
+    if ranks < 1:
+        raise ValueError(f"ranks must be at least 1, got {ranks}")
+    return 8 * tokens * width * (ranks - 1) / ranks * bytes_per_value

@@ -37,8 +37,13 @@ def test_mlp_module_holds_the_same_weights():
     torch.testing.assert_close(tp.mlp_module(6, 8, seed=2)(x), tp.mlp_forward(x, *tp.mlp_weights(6, 8, seed=2)))
 
 
-def test_tp_bytes_per_layer_counts_four_all_reduces_of_the_activations():
-    assert tp.tp_bytes_per_layer(tokens=2048, width=4096, bytes_per_value=2) == 4 * 2048 * 4096 * 2
+def test_tp_bytes_per_layer_is_four_ring_all_reduces_of_the_activations():
+    tokens, width = 2048, 4096
+    ring = 2 * (8 - 1) / 8 * tokens * width * 2  # one all-reduce of b s h 16-bit values on 8 ranks, per device
+    assert tp.tp_bytes_per_layer(tokens, width, ranks=8) == pytest.approx(4 * ring)
+    assert tp.tp_bytes_per_layer(tokens, width, ranks=1) == 0  # one rank sends nothing
+    with pytest.raises(ValueError):
+        tp.tp_bytes_per_layer(tokens, width, ranks=0)
 
 
 def _bias_on_every_rank(x, shards):
