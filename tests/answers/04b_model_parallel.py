@@ -56,6 +56,42 @@ ANSWERS = [
                     "        dist.all_reduce(mean)\n        mean /= world\n")]),
 
     # ------------------------------------------------------------------ tensor parallelism (section 3)
+    Wrong("tensor_parallel", "b2 added on every rank before the sum, so the output carries it world times",
+          visible=True, replace=[('    return tp.g(partial) + shards["b2"]\n    ### END',
+                                  '    return tp.g(partial + shards["b2"])\n    ### END')]),
+    Wrong("tensor_parallel", "second layer split by rows as well (w2[mine]): both layers 'column parallel'",
+          visible=True, replace=[('"w2": w2[:, mine]', '"w2": w2[mine]')]),
+    Wrong("tensor_parallel", "all-reduce after the first layer too, 'sync everything' as in data parallelism",
+          visible=True, replace=[('    hidden = F.gelu(F.linear(x, shards["w1"], shards["b1"]))',
+                                  '    hidden = F.gelu(tp.g(F.linear(x, shards["w1"], shards["b1"])))')]),
+    Wrong("tensor_parallel", "all-reduce after the first layer instead of the second", visible=True,
+          replace=[('    hidden = F.gelu(F.linear(x, shards["w1"], shards["b1"]))',
+                    '    hidden = F.gelu(tp.g(F.linear(x, shards["w1"], shards["b1"])))'),
+                   ('    return tp.g(partial) + shards["b2"]\n    ### END',
+                    '    return partial + shards["b2"]\n    ### END')]),
+    Wrong("tensor_parallel", "shards of the wrong dimension: w1 cut by its columns (the input features)",
+          visible=True, replace=[('"w1": w1[mine]', '"w1": w1[:, mine]')]),
+    Wrong("tensor_parallel", "no f: the input's gradient is only this rank's share of it", visible=True,
+          replace=[("    x = tp.f(x)\n", "")]),
+    Wrong("tensor_parallel", "torch.distributed.nn's differentiable all_reduce as g: its backward all-reduces"
+          " the gradient again, multiplying it by the world size", visible=True,
+          replace=[('    return tp.g(partial) + shards["b2"]\n    ### END',
+                    '    from torch.distributed.nn.functional import all_reduce\n'
+                    '    return all_reduce(partial) + shards["b2"]\n    ### END')]),
+    Wrong("tensor_parallel", "assumes two ranks: n = hidden // 2",
+          replace=[("    n = hidden // world\n", "    n = hidden // 2\n")]),
+    Right("tensor_parallel", "torch.chunk along the split dimension",
+          replace=[('    return {"w1": w1[mine], "b1": b1[mine], "w2": w2[:, mine], "b2": b2}',
+                    '    return {"w1": w1.chunk(world, dim=0)[rank], "b1": b1.chunk(world)[rank],\n'
+                    '            "w2": w2.chunk(world, dim=1)[rank], "b2": b2}')]),
+    Right("tensor_parallel", "Tensor.narrow instead of a slice",
+          replace=[('    return {"w1": w1[mine], "b1": b1[mine], "w2": w2[:, mine], "b2": b2}',
+                    '    start = rank * n\n'
+                    '    return {"w1": w1.narrow(0, start, n), "b1": b1.narrow(0, start, n),\n'
+                    '            "w2": w2.narrow(1, start, n), "b2": b2}')]),
+    Right("tensor_parallel", "in-place dist.all_reduce for g (autograd sees no op: identity backward)",
+          replace=[('    return tp.g(partial) + shards["b2"]\n    ### END',
+                    '    dist.all_reduce(partial)\n    return partial + shards["b2"]\n    ### END')]),
 
     # ------------------------------------------------------------------ pipeline (section 4)
 
