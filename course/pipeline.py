@@ -15,7 +15,10 @@ micro-batches' activations in flight instead of m.
 from __future__ import annotations
 
 import copy
+import math
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -75,6 +78,33 @@ def max_in_flight(actions: list[tuple[str, int]]) -> int:
         held += 1 if kind == "F" else -1
         peak = max(peak, held)
     return peak
+
+
+def cpu_budget() -> int:
+    """Processors this process may keep busy at once: its cores (affinity), capped by its control group's CPU
+    quota (cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``; Binder caps a session at 1 CPU this way while
+    the machine shows many cores). With fewer than p processors, p pipeline stages cannot all compute at once,
+    and each stage idles at least 1 - processors / p of the time, whatever the schedule."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2
+            quota, _, period = _read(f"/sys/fs/cgroup{path}/cpu.max").partition(" ")
+        elif "cpu" in controllers.split(","):
+            folder = f"/sys/fs/cgroup/{controllers}{path}"
+            quota, period = _read(f"{folder}/cpu.cfs_quota_us"), _read(f"{folder}/cpu.cfs_period_us")
+        else:
+            continue
+        if quota.strip().lstrip("-").isdigit() and int(quota) > 0 and period.strip().isdigit():
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return cores
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 # ----------------------------------------------------------------- the model and its stages

@@ -96,3 +96,20 @@ def test_bubble_sweep_times_every_setting(fork_server):
             assert r["stage"] == stage and len(r["step_s"]) == len(r["compute_s"]) == 2
             assert all(0 < c <= s for c, s in zip(r["compute_s"], r["step_s"], strict=True))
             assert [(kind, i) for kind, i, _, _ in r["timeline"]] == r["order"]
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"/proc/self/cgroup": "0::/box", "/sys/fs/cgroup/box/cpu.max": "100000 100000"}, 1),  # v2, Binder's 1 CPU
+    ({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "max 100000"}, None),  # v2, no quota
+    ({"/proc/self/cgroup": "4:cpu,cpuacct:/box\n2:memory:/box",
+      "/sys/fs/cgroup/cpu,cpuacct/box/cpu.cfs_quota_us": "150000",
+      "/sys/fs/cgroup/cpu,cpuacct/box/cpu.cfs_period_us": "100000"}, 2),  # v1, 1.5 CPUs: 2 can run at once
+    ({"/proc/self/cgroup": "4:cpu,cpuacct:/", "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1",
+      "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000"}, None),  # v1, no quota
+])
+def test_cpu_budget_reads_the_control_groups_quota(monkeypatch, files, expected):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(pp, "_read", lambda path: files.get(path, ""))
+    assert pp.cpu_budget() == (16 if expected is None else expected)
