@@ -312,7 +312,8 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
     """Runs on each rank (one rank per stage): for each schedule and micro-batch count, one untimed warm-up
     step, then `repeats` timed steps of the same global `batch`; one group, one model, for the whole sweep.
 
-    For each step: `step_s` (wall time of schedule.step, after a barrier so all stages start together) and
+    For each step: `step_s` (wall time from a barrier before schedule.step to a barrier after it: the whole
+    pipeline's step, the same on every stage; a stage's own step() returns as soon as its own work is done) and
     `compute_s` (time inside the stage's forward and backward calls); idle = 1 - compute / step is the time
     spent waiting for the neighbours (and sending to them). A last untimed step per setting counts the
     activations saved for backward (`StageMeter`). 1F1B with fewer micro-batches than stages is skipped
@@ -337,6 +338,7 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
                 meter.reset()
                 start = time.perf_counter()
                 _step(pipe, rank, stages, x, y)
+                dist.barrier()  # the step ends when the last stage is done, for every stage
                 step_s.append(time.perf_counter() - start)
                 compute_s.append(meter.compute_s)
             timeline = [(kind, i, t0 - start, t1 - start) for kind, i, t0, t1 in meter.events]  # the last step
