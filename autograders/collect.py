@@ -358,7 +358,7 @@ def _release_stubs(module: str) -> dict[str, str]:
     """The released answer cells of `module` (grade id or cell id -> stub source), {} if none."""
     from autograders import settings
 
-    path = settings.MODULES / module / f"{module}.ipynb"
+    path = settings.release_notebook(module)
     try:
         nb = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -63,7 +63,7 @@ import os
 import sys
 sys.path.insert(0, {repo!r})
 from autograders.settings import configure
-configure(get_config(), root={root!r}, cell_timeout_s={timeout})
+configure(get_config(), root={root!r}, cell_timeout_s={timeout}, source_directory={source!r})
 c = get_config()
 c.GuardedExecute.cell_timeouts = {cells!r}  # heavy test cells' own limits (grade.py's CELL_TIMEOUTS_S)
 c.Execute.kernel_name = {kernel!r}     # autograders/sandbox.py: walled in, no network, memory and file caps
@@ -74,9 +74,9 @@ os.makedirs(os.path.dirname(c.KernelManager.ip), exist_ok=True)
 
 
 # Modules whose tests start busy processes of their own besides the kernel (torchrun's ranks: 04 launches
-# worlds of up to 3, 06 restarts a world of 2 under its agent; the agent mostly waits). A student's
-# grading then needs that many cores to run at the speed the cell limits assume.
-PROCESSES = {"04_distributed": 3, "06_reliability": 3}
+# worlds of up to 3, 04b of up to 4, 06 restarts a world of 2 under its agent; the agent mostly waits).
+# A student's grading then needs that many cores to run at the speed the cell limits assume.
+PROCESSES = {"04_distributed": 3, "04b_model_parallel": 5, "06_reliability": 3}
 # Test cells that need more than the cell limit on an idle machine (seconds, before `load_factor`):
 # 06's elastic test runs a torchrun world through a crash and a restart.
 CELL_TIMEOUTS_S = {"06_reliability": {"elastic_tests": 120}}
@@ -193,6 +193,7 @@ def _ipc_folder(root: Path) -> Path:
 def _write_config(root: Path, cell_timeout_s: int, cell_timeouts: dict[str, float] | None = None) -> None:
     (root / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(
         repo=str(settings.REPO), root=str(root.resolve()), timeout=cell_timeout_s, cells=cell_timeouts or {},
+        source=str(root.resolve() / "source"),
         kernel=sandbox.KERNEL_NAME, ipc=str(_ipc_folder(root) / "k")))
 
 
@@ -204,6 +205,14 @@ def prepare_course(root: Path, module: str, cell_timeout_s: int) -> None:
     hidden = [root, settings.SOLUTIONS, settings.REPO / ".git", settings.REPO / "grading"]
     sandbox.write_kernelspec(root / "jupyter", hide=[str(p) for p in hidden])
     _write_config(root, cell_timeout_s)
+    # nbgrader grades an assignment: a folder of the source. This course's source for the module is
+    # a folder named as the module that holds its notebook alone (and the files beside it), so a
+    # module folder that holds two notebooks is graded one notebook at a time.
+    source = root / "source" / module
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.copytree(settings.solution_notebook(module).parent, source,
+                    ignore=lambda _, names: [n for n in names if n.endswith(".ipynb") and n != f"{module}.ipynb"
+                                             or n == ".ipynb_checkpoints"])
     log = root / "generate.log"
     log.write_text("")
     if _nbgrader(["generate_assignment", module, "--force"], root, log, timeout_s=600) != 0:
@@ -264,7 +273,7 @@ def _max_score(root: Path, module: str) -> float:
 
 def _points(module: str) -> dict[str, float]:
     """Every automatically graded cell of the module and its points, in notebook order."""
-    nb = json.loads((settings.SOLUTIONS / module / f"{module}.ipynb").read_text())
+    nb = json.loads(settings.solution_notebook(module).read_text())
     meta = [c["metadata"].get("nbgrader", {}) for c in nb["cells"] if c["cell_type"] == "code"]
     return {m["grade_id"]: float(m["points"]) for m in meta if m.get("grade")}
 
@@ -492,7 +501,7 @@ class Run:
         """What a kept grade depends on besides the notebook: the module source, the course helpers
         the tests call, the grader's own code (how a notebook is mended, run and walled in), and
         the cell limit."""
-        files = [settings.SOLUTIONS / self.module / f"{self.module}.ipynb",
+        files = [settings.solution_notebook(self.module),
                  *sorted((settings.REPO / "course").glob("*.py")),
                  *sorted((settings.REPO / "autograders").glob("*.py"))]
         return _sha256(b"".join(f.read_bytes() for f in files) + f"{self.cell_timeout_s}".encode())

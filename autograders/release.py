@@ -2,6 +2,7 @@
 
     python -m autograders.release            # every module
     python -m autograders.release 00_orientation
+    python -m autograders.release 04b_model_parallel   # its folder, 04_distributed/, both notebooks
 
 nbgrader's generate_assignment replaces each ``### BEGIN SOLUTION`` region with a stub,
 deletes hidden tests, clears outputs, locks test cells and records their checksums.
@@ -22,8 +23,16 @@ from autograders import settings
 
 
 def generate(module: str, release_dir: Path = settings.MODULES) -> Path:
-    """Write the student version of `module` to ``release_dir/module`` and return that folder."""
-    if module not in settings.modules():
+    """Write the student version of `module`'s folder to ``release_dir/<folder>`` and return that folder.
+
+    `module` is a module id or a module folder; nbgrader releases a whole folder, so every notebook of
+    the folder is released (``04_distributed`` and ``04b_model_parallel`` together).
+    """
+    if module in settings.folders():
+        folder = module
+    elif module in settings.modules():
+        folder = settings.folder(module)
+    else:
         raise SystemExit(f"unknown module {module!r}; known: {', '.join(settings.modules())}")
     from nbgrader.apps import NbGraderAPI  # slow import: only when used
 
@@ -32,20 +41,23 @@ def generate(module: str, release_dir: Path = settings.MODULES) -> Path:
     with tempfile.TemporaryDirectory() as scratch:  # a throwaway course root and gradebook
         config = Config()
         settings.configure(config, root=scratch, release_directory=Path(release_dir).resolve())
-        result = NbGraderAPI(config=config).generate_assignment(module, force=True, create=True)
+        result = NbGraderAPI(config=config).generate_assignment(folder, force=True, create=True)
     if not result["success"]:
-        raise RuntimeError(f"nbgrader could not generate {module}:\n{result.get('error') or result['log']}")
-    target = Path(release_dir) / module
+        raise RuntimeError(f"nbgrader could not generate {folder}:\n{result.get('error') or result['log']}")
+    target = Path(release_dir) / folder
     shutil.rmtree(target / ".ipynb_checkpoints", ignore_errors=True)
     return target
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("modules", nargs="*", help="module ids (default: all)")
+    parser.add_argument("modules", nargs="*", help="module ids or folders (default: all)")
     args = parser.parse_args(argv)
-    for module in args.modules or settings.modules():
-        print(f"released {generate(module).relative_to(settings.REPO)}")
+    wanted = args.modules or settings.folders()
+    folders = dict.fromkeys(m if m in settings.folders() else settings.folder(m) if m in settings.modules() else m
+                            for m in wanted)  # each folder once, in order
+    for folder in folders:
+        print(f"released {generate(folder).relative_to(settings.REPO)}")
     return 0
 
 

@@ -85,7 +85,7 @@ def _plural(n: int, word: str) -> str:
 
 def release_notebook(module: str) -> NotebookNode:
     """The student release of `module` (``modules/<m>/<m>.ipynb``), read with nbformat."""
-    return nbformat.read(settings.MODULES / module / f"{module}.ipynb", as_version=4)
+    return nbformat.read(settings.release_notebook(module), as_version=4)
 
 
 def prepare(path: Path | str, module: str) -> tuple[NotebookNode, list[str]]:
@@ -285,9 +285,12 @@ def module_of(path: Path | str) -> str | None:
     """
     path = Path(path)
     known = settings.modules()
-    for name in (path.stem, path.parent.name):
-        if name in known:
-            return name
+    if path.stem in known:
+        return path.stem
+    # the folder's name, where the folder holds one notebook (a renamed copy of 04b_model_parallel in
+    # 04_distributed/ is 04b's, and only its cells can tell)
+    if path.parent.name in known and settings.notebooks_in(settings.folder(path.parent.name)) == [path.parent.name]:
+        return path.parent.name
     try:
         nb = json.loads(path.read_text())
         theirs = {_norm("".join(c["source"]) if isinstance(c["source"], list) else c["source"])

@@ -42,27 +42,70 @@ def tools_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def modules() -> list[str]:
-    """The module ids, e.g. ``00_orientation``, in teaching order."""
-    return sorted(p.name for p in SOLUTIONS.iterdir()
-                  if p.is_dir() and (p / f"{p.name}.ipynb").exists())
+    """The module ids in teaching order, one per notebook and named as it (``00_orientation``).
+
+    Each id is released, graded and tested on its own. A module folder that outgrew the 3-minute
+    budget holds two notebooks, both named with the folder's number: ``solutions/04_distributed/``
+    holds ``04_distributed.ipynb`` and ``04b_model_parallel.ipynb``, ids ``04_distributed`` and
+    ``04b_model_parallel``.
+    """
+    return sorted(p.stem for p in SOLUTIONS.glob("*/*.ipynb") if p.stem[:2] == p.parent.name[:2])
+
+
+def folders() -> list[str]:
+    """The module folders of ``solutions/`` (and ``modules/``), in teaching order."""
+    return sorted({folder(module) for module in modules()})
+
+
+def folder(module: str) -> str:
+    """The folder that holds `module`'s notebook: ``04_distributed`` for ``04b_model_parallel``.
+
+    Raises ValueError for an unknown module id.
+    """
+    found = [p.parent.name for p in SOLUTIONS.glob(f"*/{module}.ipynb") if p.stem[:2] == p.parent.name[:2]]
+    if len(found) != 1:
+        raise ValueError(f"unknown module {module!r}; known: {', '.join(modules())}")
+    return found[0]
+
+
+def notebooks_in(folder_name: str) -> list[str]:
+    """The module ids whose notebooks live in `folder_name`."""
+    return [m for m in modules() if folder(m) == folder_name]
+
+
+def solution_notebook(module: str) -> Path:
+    """The instructor notebook of `module`: ``solutions/<folder>/<module>.ipynb``."""
+    return SOLUTIONS / folder(module) / f"{module}.ipynb"
+
+
+def release_notebook(module: str) -> Path:
+    """The student notebook of `module`: ``modules/<folder>/<module>.ipynb``."""
+    return MODULES / folder(module) / f"{module}.ipynb"
 
 
 @functools.cache
 def module_grade_ids(module: str) -> frozenset[str]:
     """The grade ids of a module's tests and graded answers, from its source notebook."""
-    nb = json.loads((SOLUTIONS / module / f"{module}.ipynb").read_text())
+    nb = json.loads(solution_notebook(module).read_text())
     return frozenset(c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"]
                      if c.get("metadata", {}).get("nbgrader", {}).get("grade"))
 
 
 def configure(c, root: Path | str, release_directory: Path | str = "release",
-              cell_timeout_s: int = DEFAULT_CELL_TIMEOUT_S) -> None:
-    """Fill an nbgrader traitlets config `c` for a course folder at `root`."""
+              cell_timeout_s: int = DEFAULT_CELL_TIMEOUT_S, source_directory: Path | str | None = None) -> None:
+    """Fill an nbgrader traitlets config `c` for a course folder at `root`.
+
+    nbgrader's assignments are the folders of `source_directory` (default ``solutions/``, whose folders
+    are the module folders: a release generates every notebook of a folder). A grading folder passes
+    a source folder of its own that holds one module's notebook under the module's id, so that each
+    notebook is graded as an assignment of its own (`grade.prepare_course`).
+    """
     root = Path(root).resolve()
     course = c.CourseDirectory
     course.root = str(root)
     course.course_id = COURSE_ID
-    course.source_directory = str(SOLUTIONS)  # absolute: every course folder reads the one source
+    # absolute: every course folder reads the one source
+    course.source_directory = str(Path(source_directory).resolve() if source_directory else SOLUTIONS)
     course.release_directory = str(release_directory)
     course.db_url = f"sqlite:///{root / 'gradebook.db'}"
     course.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".DS_Store"]

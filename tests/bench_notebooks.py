@@ -56,7 +56,7 @@ class TreeMemorySampler(threading.Thread):
 
 
 def run_notebook(module: str, timeout_s: int = 600) -> tuple[float, int, str]:
-    path = settings.SOLUTIONS / module / f"{module}.ipynb"
+    path = settings.solution_notebook(module)
     nb = nbformat.read(path, as_version=4)
     sampler = TreeMemorySampler()
     sampler.start()

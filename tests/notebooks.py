@@ -6,7 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-from autograders.settings import MODULES, SOLUTIONS
+from autograders import settings
 
 
 def load(path: Path) -> dict:
@@ -14,11 +14,11 @@ def load(path: Path) -> dict:
 
 
 def solution_path(module: str) -> Path:
-    return SOLUTIONS / module / f"{module}.ipynb"
+    return settings.solution_notebook(module)
 
 
 def release_path(module: str) -> Path:
-    return MODULES / module / f"{module}.ipynb"
+    return settings.release_notebook(module)
 
 
 def nbgrader_meta(cell: dict) -> dict:

@@ -508,3 +508,22 @@ def test_a_stamp_that_cannot_be_read_is_said_and_never_ranks_an_attempt_first(tm
                                                "hw-s1-2026-05-01T09:00:00.ipynb": (2026, 5, 1, 0, 0, 0)})
     assert answered(subs["s1"])  # ordered by the files' own times, which the note says
     assert any("time stamp not understood" in note for note in subs["s1"].notes), subs["s1"].notes
+
+
+# ---------------------------------------------------------------- a module folder of two notebooks
+
+@pytest.mark.parametrize("module", ["04_distributed", "04b_model_parallel"])
+def test_a_student_who_hands_in_both_notebooks_of_a_folder_is_graded_on_the_right_one(tmp_path, module):
+    """04_distributed/ holds two notebooks, graded apart. A learner who zips the whole folder (with
+    every exercise of the other notebook answered) is graded on the notebook of the module asked for."""
+    other = next(m for m in ("04_distributed", "04b_model_parallel") if m != module)
+    members = {f"zoe/04_distributed/{m}.ipynb": nb_bytes(submission(m, reference_answers(m)))
+               for m in (module, other)}
+    members["ann/" + f"{other}.ipynb"] = nb_bytes(submission(other, reference_answers(other)))
+    export = tmp_path / "export.zip"
+    write_zip(export, members)
+    subs = {s.student: s for s in collect.collect_submissions(export, module, tmp_path / "scratch")}
+    assert subs["zoe"].notebook.name == f"{module}.ipynb" and not subs["zoe"].problem
+    assert any("not this module's" in n for n in subs["zoe"].notes)
+    problem = collect.notebook_problem(subs["ann"].notebook, module)  # what grading reports for ann
+    assert problem == f"this is module {other}'s notebook, not {module}'s: submit {module}.ipynb"

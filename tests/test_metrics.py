@@ -78,7 +78,7 @@ def test_the_figure_plots_every_module_with_titles_and_labels(path):
 
 
 def test_the_course_modules_are_the_released_ones():
-    assert metrics.COURSE_MODULES == settings.modules()
+    assert metrics.COURSE_MODULES == settings.folders()
 
 
 @pytest.mark.parametrize("low, high", [(0.0174, 0.0193), (0.02, 0.05), (4_840, 76_840), (5.0, 5.0), (1e2, 1e9)])

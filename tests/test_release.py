@@ -16,18 +16,32 @@ from tests.notebooks import (
 )
 
 MODULES = settings.modules()
+FOLDERS = settings.folders()
 
 
 def test_every_solution_has_a_release_and_nothing_else():
     assert MODULES, "no module found in solutions/"
     released = sorted(p.name for p in settings.MODULES.iterdir() if p.is_dir())
-    assert released == MODULES, "run `make release` and commit modules/"
+    assert released == FOLDERS, "run `make release` and commit modules/"
+    for module in MODULES:
+        assert settings.release_notebook(module).is_file(), f"{module} is not released: run `make release`"
 
 
-@pytest.mark.parametrize("module", MODULES)
-def test_committed_release_equals_a_fresh_one(module, tmp_path):
-    fresh = release.generate(module, release_dir=tmp_path)
-    committed = settings.MODULES / module
+def test_a_folder_of_two_notebooks_gives_two_modules_with_their_own_paths():
+    two = [f for f in FOLDERS if len(settings.notebooks_in(f)) > 1]
+    for folder in two:
+        for module in settings.notebooks_in(folder):
+            assert settings.folder(module) == folder
+            assert settings.solution_notebook(module) == settings.SOLUTIONS / folder / f"{module}.ipynb"
+    with pytest.raises(ValueError, match="unknown module"):
+        settings.folder("99_nowhere")
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_committed_release_equals_a_fresh_one(folder, tmp_path):
+    fresh = release.generate(folder, release_dir=tmp_path)
+    module = folder
+    committed = settings.MODULES / folder
     fresh_files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
     committed_files = sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
     assert fresh_files == committed_files, "modules/ is stale: run `make release`"
@@ -38,7 +52,7 @@ def test_committed_release_equals_a_fresh_one(module, tmp_path):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_release_holds_no_solution_and_no_hidden_test(module):
-    text = "".join(p.read_text(errors="replace") for p in (settings.MODULES / module).rglob("*")
+    text = "".join(p.read_text(errors="replace") for p in release_path(module).parent.rglob("*")
                    if p.is_file())
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS",
                    "BEGIN MARK SCHEME"):

@@ -270,3 +270,26 @@ def test_check_agrees_with_the_grade(graded, name):
     assert sum(r.points for r in outcome if r.outcome == "passed") == results[name].score
     assert notes and all(note in results[name].detail for note in notes)  # and says what was mended
     assert {r.name: r.points for r in outcome} == grade._points(MODULE)
+
+
+def test_a_renamed_copy_in_a_folder_of_two_notebooks_is_found_by_content(tmp_path):
+    """04_distributed/ holds two notebooks: its folder's name cannot say which one a renamed copy is."""
+    folder = tmp_path / "04_distributed"
+    folder.mkdir()
+    for module in settings.notebooks_in("04_distributed"):
+        copy_path = folder / f"{module}-Copy1.ipynb"
+        copy_path.write_text(release_path(module).read_text())
+        assert repair.module_of(copy_path) == module
+
+
+def test_the_notebooks_of_one_folder_share_no_cell_id_or_grade_id():
+    """A submission is matched to its notebook by grade ids and cell ids: two notebooks of one folder
+    that shared one would each claim the other's copies."""
+    for folder in settings.folders():
+        seen: dict[str, str] = {}
+        for module in settings.notebooks_in(folder):
+            nb = load(solution_path(module))
+            keys = {c["id"] for c in nb["cells"]} | settings.module_grade_ids(module)
+            clash = {k: seen[k] for k in keys if k in seen}
+            assert not clash, f"{module} shares ids with another notebook of {folder}: {clash}"
+            seen.update(dict.fromkeys(keys, module))
