@@ -312,11 +312,11 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
     """Runs on each rank (one rank per stage): for each schedule and micro-batch count, one untimed warm-up
     step, then `repeats` timed steps of the same global `batch`; one group, one model, for the whole sweep.
 
+    The warm-up step also counts the activations saved for backward (`StageMeter`).
     For each step: `step_s` (wall time from a barrier before schedule.step to a barrier after it: the whole
     pipeline's step, the same on every stage; a stage's own step() returns as soon as its own work is done) and
     `compute_s` (time inside the stage's forward and backward calls); idle = 1 - compute / step is the time
-    spent waiting for the neighbours (and sending to them). A last untimed step per setting counts the
-    activations saved for backward (`StageMeter`). 1F1B with fewer micro-batches than stages is skipped
+    spent waiting for the neighbours (and sending to them). 1F1B with fewer micro-batches than stages is skipped
     (torch refuses it). Returns one dict per setting: schedule, m, stage, step_s, compute_s (lists),
     peak_bytes, order, and the last timed step's `timeline` [(kind, micro-batch, start, end)] in seconds from
     `start` (that step's start on this rank, `time.perf_counter`).
@@ -331,7 +331,11 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
             if name == "1F1B" and m < stages:
                 continue
             pipe = make_schedule(name, stage, m)
-            _step(pipe, rank, stages, x, y)  # warm-up: shapes, buffers, first-call costs
+            meter.count_memory = True  # the untimed warm-up (shapes, buffers, first calls) counts activations
+            meter.reset()
+            _step(pipe, rank, stages, x, y)
+            meter.count_memory = False
+            peak_bytes, order = meter.peak_bytes, list(meter.order)
             step_s, compute_s = [], []
             for _ in range(repeats):
                 dist.barrier()
@@ -342,13 +346,9 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
                 step_s.append(time.perf_counter() - start)
                 compute_s.append(meter.compute_s)
             timeline = [(kind, i, t0 - start, t1 - start) for kind, i, t0, t1 in meter.events]  # the last step
-            meter.count_memory = True
-            meter.reset()
-            _step(pipe, rank, stages, x, y)
-            meter.count_memory = False
             stage.submod.zero_grad()
             rows.append({"schedule": name, "m": m, "stage": rank, "step_s": step_s, "compute_s": compute_s,
-                         "peak_bytes": meter.peak_bytes, "order": list(meter.order), "start": start,
+                         "peak_bytes": peak_bytes, "order": order, "start": start,
                          "timeline": timeline})
     return rows
 
