@@ -113,3 +113,29 @@ def test_cpu_budget_reads_the_control_groups_quota(monkeypatch, files, expected)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.setattr(pp, "_read", lambda path: files.get(path, ""))
     assert pp.cpu_budget() == (16 if expected is None else expected)
+
+
+def _traced_pipeline_loss():
+    import torch.distributed as dist
+    from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
+    from torch.nn import functional as F
+
+    model = nn.Sequential(*pp.pipeline_mlp(1, width=32, layers=4)[0])  # indices 0..10; "4" starts the 3rd Linear
+    x, y = pp.digit_batch(32)
+    pipe = pipeline(model, mb_args=(x[:8],), split_spec={"4": SplitPoint.BEGINNING})
+    schedule = ScheduleGPipe(pipe.build_stage(dist.get_rank(), torch.device("cpu")), 4, loss_fn=F.cross_entropy)
+    losses = []
+    if dist.get_rank() == 0:
+        schedule.step(x)
+    else:
+        schedule.step(target=y, losses=losses)
+    return pipe.num_stages, losses, F.cross_entropy(model(x), y)
+
+
+@pytest.mark.slow
+def test_torchs_tracing_frontend_also_runs_on_gloo(fork_server):
+    """The notebook cuts the model by hand; `pipeline` + `SplitPoint` (torch.export tracing) runs here as well."""
+    ranks = launch(_traced_pipeline_loss, 2, quiet=True).results
+    stages, losses, whole = ranks[1]
+    assert stages == 2 and ranks[0][1] == [] and len(losses) == 4
+    assert torch.stack(losses).mean().item() == pytest.approx(whole.item(), abs=1e-5)
