@@ -144,7 +144,8 @@ def digit_batch(size: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 class StageMeter:
     """Wraps a `PipelineStage`'s forward_one_chunk and backward_one_chunk (the compute the schedule runs) to
     record their order, their start and end times (`time.perf_counter`, one clock for every process of
-    the machine, so the ranks' timelines line up), and the bytes of activations autograd saves for backward.
+    the machine, so the ranks' timelines line up), the processor time they used (`time.thread_time`: a rank
+    that waits for a busy processor inside a call does not count the wait), and the bytes of activations autograd saves for backward.
 
     Activations are counted with `torch.autograd.graph.saved_tensors_hooks`: each tensor saved during a
     forward (parameters left out, each tensor once however often it is saved) is counted from then until autograd releases it after
@@ -159,19 +160,19 @@ class StageMeter:
         forward, backward = stage.forward_one_chunk, stage.backward_one_chunk
 
         def timed_forward(chunk, *args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             if self.count_memory:
                 with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
                     out = forward(chunk, *args, **kwargs)
             else:
                 out = forward(chunk, *args, **kwargs)
-            self._record("F", chunk, start)
+            self._record("F", chunk, start, cpu)
             return out
 
         def timed_backward(chunk, *args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             out = backward(chunk, *args, **kwargs)
-            self._record("B", chunk, start)
+            self._record("B", chunk, start, cpu)
             return out
 
         stage.forward_one_chunk, stage.backward_one_chunk = timed_forward, timed_backward
@@ -179,12 +180,14 @@ class StageMeter:
     def reset(self) -> None:
         self.order: list[tuple[str, int]] = []
         self.events: list[tuple[str, int, float, float]] = []  # (kind, micro-batch, start, end), perf_counter s
-        self.compute_s = 0.0
+        self.compute_s = 0.0  # wall time inside forward and backward calls
+        self.cpu_s = 0.0  # processor time of this thread inside them (autograd runs a CPU backward here too)
         self.held: dict[tuple, list[int]] = {}  # (address, bytes) -> [bytes, number of saves alive]
         self.held_bytes = self.peak_bytes = 0
 
-    def _record(self, kind: str, chunk: int, start: float) -> None:
+    def _record(self, kind: str, chunk: int, start: float, cpu: float) -> None:
         end = time.perf_counter()
+        self.cpu_s += time.thread_time() - cpu
         self.order.append((kind, chunk))
         self.events.append((kind, chunk, start, end))
         self.compute_s += end - start
@@ -315,9 +318,10 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
     The warm-up step also counts the activations saved for backward (`StageMeter`).
     For each step: `step_s` (wall time from a barrier before schedule.step to a barrier after it: the whole
     pipeline's step, the same on every stage; a stage's own step() returns as soon as its own work is done) and
-    `compute_s` (time inside the stage's forward and backward calls); idle = 1 - compute / step is the time
-    spent waiting for the neighbours (and sending to them). 1F1B with fewer micro-batches than stages is skipped
-    (torch refuses it). Returns one dict per setting: schedule, m, stage, step_s, compute_s (lists),
+    `compute_s` (wall time inside the stage's forward and backward calls) and `cpu_s` (processor time used
+    inside them); idle = 1 - cpu / step is the share of the step the stage did not compute: waiting for its
+    neighbours, sending to them, and (on a shared machine) waiting for a processor. 1F1B with fewer micro-batches than stages is skipped
+    (torch refuses it). Returns one dict per setting: schedule, m, stage, step_s, compute_s, cpu_s (lists),
     peak_bytes, order, and the last timed step's `timeline` [(kind, micro-batch, start, end)] in seconds from
     `start` (that step's start on this rank, `time.perf_counter`).
     """
@@ -336,7 +340,7 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
             _step(pipe, rank, stages, x, y)
             meter.count_memory = False
             peak_bytes, order = meter.peak_bytes, list(meter.order)
-            step_s, compute_s = [], []
+            step_s, compute_s, cpu_s = [], [], []
             for _ in range(repeats):
                 dist.barrier()
                 meter.reset()
@@ -345,10 +349,11 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
                 dist.barrier()  # the step ends when the last stage is done, for every stage
                 step_s.append(time.perf_counter() - start)
                 compute_s.append(meter.compute_s)
+                cpu_s.append(meter.cpu_s)
             timeline = [(kind, i, t0 - start, t1 - start) for kind, i, t0, t1 in meter.events]  # the last step
             stage.submod.zero_grad()
             rows.append({"schedule": name, "m": m, "stage": rank, "step_s": step_s, "compute_s": compute_s,
-                         "peak_bytes": peak_bytes, "order": order, "start": start,
+                         "cpu_s": cpu_s, "peak_bytes": peak_bytes, "order": order, "start": start,
                          "timeline": timeline})
     return rows
 

@@ -93,8 +93,9 @@ def test_bubble_sweep_times_every_setting(fork_server):
     for stage, mine in enumerate(rows):
         assert [(r["schedule"], r["m"]) for r in mine] == [("GPipe", 1), ("GPipe", 2), ("1F1B", 2)]
         for r in mine:
-            assert r["stage"] == stage and len(r["step_s"]) == len(r["compute_s"]) == 2
+            assert r["stage"] == stage and len(r["step_s"]) == len(r["compute_s"]) == len(r["cpu_s"]) == 2
             assert all(0 < c <= s for c, s in zip(r["compute_s"], r["step_s"], strict=True))
+            assert all(0 < c <= w * 1.05 for c, w in zip(r["cpu_s"], r["compute_s"], strict=True))
             assert [(kind, i) for kind, i, _, _ in r["timeline"]] == r["order"]
 
 
