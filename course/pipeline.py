@@ -61,7 +61,7 @@ def schedule_1f1b(stage: int, stages: int, micro_batches: int) -> list[tuple[str
     """
     _check(stage, stages, micro_batches)
     if micro_batches < stages:
-        raise ValueError(f"1F1B needs at least as many micro-batches as stages, got {micro_batches} < {stages}")
+        raise ValueError(f"1F1B needs micro_batches >= stages, got {micro_batches} < {stages}")
     warmup = stages - 1 - stage
     actions = [("F", i) for i in range(warmup)]
     for i in range(micro_batches - warmup):
@@ -133,7 +133,7 @@ def pipeline_mlp(stages: int, width: int = 256, layers: int = 4, seed: int = 0) 
 
 
 def digit_batch(size: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`size` training digits (x of shape (size, 64), labels y of shape (size,)), from `offset` on, wrapping."""
+    """`size` training digits from `offset` on, wrapping: x of shape (size, 64), labels y of shape (size,)."""
     train = load_digit_splits().train
     index = (torch.arange(size) + offset) % len(train.y)
     return train.x[index], train.y[index]
@@ -144,12 +144,13 @@ def digit_batch(size: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 class StageMeter:
     """Wraps a `PipelineStage`'s forward_one_chunk and backward_one_chunk (the compute the schedule runs) to
     record their order, their start and end times (`time.perf_counter`, one clock for every process of
-    the machine, so the ranks' timelines line up), the processor time they used (`time.thread_time`: a rank
-    that waits for a busy processor inside a call does not count the wait), and the bytes of activations autograd saves for backward.
+    the machine, so the ranks' timelines line up), the processor time they used (`time.thread_time`: a
+    rank that waits for a busy processor inside a call does not count the wait), and the bytes of
+    activations autograd saves for backward.
 
     Activations are counted with `torch.autograd.graph.saved_tensors_hooks`: each tensor saved during a
-    forward (parameters left out, each tensor once however often it is saved) is counted from then until autograd releases it after
-    that micro-batch's backward. `peak_bytes` is the most held at once.
+    forward (parameters left out, each tensor once however often it is saved) is counted from then until
+    autograd releases it after that micro-batch's backward. `peak_bytes` is the most held at once.
     """
 
     def __init__(self, stage, count_memory: bool = False):
@@ -179,7 +180,7 @@ class StageMeter:
 
     def reset(self) -> None:
         self.order: list[tuple[str, int]] = []
-        self.events: list[tuple[str, int, float, float]] = []  # (kind, micro-batch, start, end), perf_counter s
+        self.events: list[tuple[str, int, float, float]] = []  # (kind, micro-batch, start s, end s)
         self.compute_s = 0.0  # wall time inside forward and backward calls
         self.cpu_s = 0.0  # processor time of this thread inside them (autograd runs a CPU backward here too)
         self.held: dict[tuple, list[int]] = {}  # (address, bytes) -> [bytes, number of saves alive]
@@ -259,7 +260,7 @@ def _step(schedule, stage_index: int, stages: int, x: torch.Tensor, y: torch.Ten
     target batch_size (4)"). ValueError here says so first.
     """
     if len(x) % schedule._n_microbatches:
-        raise ValueError(f"a batch of {len(x)} does not split into {schedule._n_microbatches} equal micro-batches")
+        raise ValueError(f"a batch of {len(x)} does not split into {schedule._n_microbatches} equal parts")
     losses: list = []
     if stage_index == 0:
         schedule.step(x, target=y if stages == 1 else None, losses=losses if stages == 1 else None)
@@ -315,15 +316,15 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
     """Runs on each rank (one rank per stage): for each schedule and micro-batch count, one untimed warm-up
     step, then `repeats` timed steps of the same global `batch`; one group, one model, for the whole sweep.
 
-    The warm-up step also counts the activations saved for backward (`StageMeter`).
-    For each step: `step_s` (wall time from a barrier before schedule.step to a barrier after it: the whole
-    pipeline's step, the same on every stage; a stage's own step() returns as soon as its own work is done) and
-    `compute_s` (wall time inside the stage's forward and backward calls) and `cpu_s` (processor time used
-    inside them); idle = 1 - cpu / step is the share of the step the stage did not compute: waiting for its
-    neighbours, sending to them, and (on a shared machine) waiting for a processor. 1F1B with fewer micro-batches than stages is skipped
-    (torch refuses it). Returns one dict per setting: schedule, m, stage, step_s, compute_s, cpu_s (lists),
-    peak_bytes, order, and the last timed step's `timeline` [(kind, micro-batch, start, end)] in seconds from
-    `start` (that step's start on this rank, `time.perf_counter`).
+    The warm-up step also counts the activations saved for backward (`StageMeter`). For each timed step:
+    `step_s` (wall time from a barrier before schedule.step to a barrier after it: the whole pipeline's step,
+    the same on every stage; a stage's own step() returns as soon as its own work is done), `compute_s` (wall
+    time inside the stage's forward and backward calls) and `cpu_s` (processor time used inside them);
+    idle = 1 - cpu / step is the share of the step the stage did not compute: waiting for its neighbours,
+    sending to them, and (on a shared machine) waiting for a processor. 1F1B with fewer micro-batches than
+    stages is skipped (torch refuses it). Returns one dict per setting: schedule, m, stage, step_s,
+    compute_s, cpu_s (lists), peak_bytes, order, and the last timed step's `timeline` [(kind, micro-batch,
+    start, end)] in seconds from `start` (that step's start on this rank, `time.perf_counter`).
     """
     rank, stages = dist.get_rank(), dist.get_world_size()
     _, stage, _ = build_stage(stages, width, layers, whole=False)
@@ -350,7 +351,7 @@ def bubble_sweep(micro_batches=(1, 2, 4, 8), schedules=SCHEDULES, repeats: int =
                 step_s.append(time.perf_counter() - start)
                 compute_s.append(meter.compute_s)
                 cpu_s.append(meter.cpu_s)
-            timeline = [(kind, i, t0 - start, t1 - start) for kind, i, t0, t1 in meter.events]  # the last step
+            timeline = [(kind, i, t0 - start, t1 - start) for kind, i, t0, t1 in meter.events]  # last step
             stage.submod.zero_grad()
             rows.append({"schedule": name, "m": m, "stage": rank, "step_s": step_s, "compute_s": compute_s,
                          "cpu_s": cpu_s, "peak_bytes": peak_bytes, "order": order, "start": start,
@@ -387,7 +388,8 @@ def activation_peaks(micro_batches: int = 8, batch: int = 256, width: int = 256,
     meter = StageMeter(stage, count_memory=True)
     x, y = digit_batch(batch)
     out = {}
-    for name, m, rows in (*((name, micro_batches, batch) for name in SCHEDULES), ("one", 1, batch // micro_batches)):
+    settings = [(name, micro_batches, batch) for name in SCHEDULES] + [("one", 1, batch // micro_batches)]
+    for name, m, rows in settings:
         meter.reset()
         _step(make_schedule("GPipe" if name == "one" else name, stage, m), rank, stages, x[:rows], y[:rows])
         out[name] = {"peak_bytes": meter.peak_bytes, "order": list(meter.order)}

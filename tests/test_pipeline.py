@@ -1,5 +1,5 @@
-"""Pipeline parallelism (course/pipeline.py, taught in 04b_model_parallel section 4): the schedules as lists of
-actions against torch's real schedules, and the pipelined step against one device, on real gloo ranks."""
+"""Pipeline parallelism (course/pipeline.py, taught in 04b_model_parallel section 4): the schedules as lists
+of actions against torch's real schedules, and the pipelined step against one device, on real gloo ranks."""
 
 import pytest
 import torch
@@ -100,7 +100,7 @@ def test_bubble_sweep_times_every_setting(fork_server):
 
 
 @pytest.mark.parametrize("files, expected", [
-    ({"/proc/self/cgroup": "0::/box", "/sys/fs/cgroup/box/cpu.max": "100000 100000"}, 1),  # v2, Binder's 1 CPU
+    ({"/proc/self/cgroup": "0::/box", "/sys/fs/cgroup/box/cpu.max": "100000 100000"}, 1),  # v2, 1 CPU
     ({"/proc/self/cgroup": "0::/", "/sys/fs/cgroup/cpu.max": "max 100000"}, None),  # v2, no quota
     ({"/proc/self/cgroup": "4:cpu,cpuacct:/box\n2:memory:/box",
       "/sys/fs/cgroup/cpu,cpuacct/box/cpu.cfs_quota_us": "150000",
@@ -121,10 +121,11 @@ def _traced_pipeline_loss():
     from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
     from torch.nn import functional as F
 
-    model = nn.Sequential(*pp.pipeline_mlp(1, width=32, layers=4)[0])  # indices 0..10; "4" starts the 3rd Linear
+    model = nn.Sequential(*pp.pipeline_mlp(1, width=32, layers=4)[0])  # "4": the third Linear
     x, y = pp.digit_batch(32)
     pipe = pipeline(model, mb_args=(x[:8],), split_spec={"4": SplitPoint.BEGINNING})
-    schedule = ScheduleGPipe(pipe.build_stage(dist.get_rank(), torch.device("cpu")), 4, loss_fn=F.cross_entropy)
+    stage = pipe.build_stage(dist.get_rank(), torch.device("cpu"))
+    schedule = ScheduleGPipe(stage, 4, loss_fn=F.cross_entropy)
     losses = []
     if dist.get_rank() == 0:
         schedule.step(x)
@@ -135,7 +136,7 @@ def _traced_pipeline_loss():
 
 @pytest.mark.slow
 def test_torchs_tracing_frontend_also_runs_on_gloo(fork_server):
-    """The notebook cuts the model by hand; `pipeline` + `SplitPoint` (torch.export tracing) runs here as well."""
+    """The notebook cuts the model by hand; `pipeline` + `SplitPoint` (torch.export tracing) runs too."""
     ranks = launch(_traced_pipeline_loss, 2, quiet=True).results
     stages, losses, whole = ranks[1]
     assert stages == 2 and ranks[0][1] == [] and len(losses) == 4
