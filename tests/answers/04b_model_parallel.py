@@ -94,5 +94,75 @@ ANSWERS = [
                     '    dist.all_reduce(partial)\n    return partial + shards["b2"]\n    ### END')]),
 
     # ------------------------------------------------------------------ pipeline (section 4)
+    Wrong("schedule_1f1b", "warm-up of stages - stage forwards, then forward before backward: one "
+          "micro-batch too many in flight", visible=True,
+          replace=[("warmup = stages - 1 - stage", "warmup = stages - stage")]),
+    Wrong("schedule_1f1b", "warm-up counted from the wrong end: stage s warms up with s forwards",
+          visible=True, replace=[("warmup = stages - 1 - stage", "warmup = stage")]),
+    Wrong("schedule_1f1b", "GPipe's order: every forward, then every backward", visible=True,
+          replace=[('    for i in range(micro_batches - warmup):\n'
+                    '        actions += [("F", warmup + i), ("B", i)]\n'
+                    '    actions += [("B", i) for i in range(micro_batches - warmup, micro_batches)]\n',
+                    '    actions = [("F", i) for i in range(micro_batches)]\n'
+                    '    actions += [("B", i) for i in range(micro_batches)]\n')]),
+    Wrong("schedule_1f1b", "steady state runs the backward before its forward (B then F)", visible=True,
+          replace=[('actions += [("F", warmup + i), ("B", i)]', 'actions += [("B", i), ("F", warmup + i)]')]),
+    Wrong("schedule_1f1b", "cool-down stops one backward short", visible=True,
+          replace=[("for i in range(micro_batches - warmup, micro_batches)]",
+                    "for i in range(micro_batches - warmup, micro_batches - 1)]")]),
+    Wrong("schedule_1f1b", "max_in_flight counts every forward and never subtracts at a backward",
+          visible=True, replace=[('held += 1 if kind == "F" else -1', 'held += 1 if kind == "F" else 0')]),
+    Wrong("schedule_1f1b", "max_in_flight returns the count at the end, not the peak", visible=True,
+          replace=[("    return peak\n", "    return held\n")]),
+    Wrong("schedule_1f1b", "no ValueError for fewer micro-batches than stages", visible=True,
+          replace=[("    if micro_batches < stages:\n        raise ValueError(f\"1F1B needs micro_batches >= "
+                    "stages, got {micro_batches} < {stages}\")\n", "")]),
+    Wrong("schedule_1f1b", "no check that the stage is in 0..stages-1",
+          replace=[("    if not 0 <= stage < stages:\n"
+                    "        raise ValueError(f\"stage must be in 0..{stages - 1}, got {stage}\")\n", "")]),
+    Right("schedule_1f1b", "torch's own loop: warm-up of stages - stage forwards, then backward-forward "
+          "pairs; max_in_flight with itertools.accumulate",
+          source='''def schedule_1f1b(stage, stages, micro_batches):
+    if stage < 0 or stage >= stages:
+        raise ValueError("stage out of range")
+    if micro_batches < stages:
+        raise ValueError("1F1B needs micro_batches >= stages")
+    warmup = stages - stage
+    actions = [("F", i) for i in range(warmup)]
+    forward, backward = warmup, 0
+    while forward < micro_batches:
+        actions.append(("B", backward))
+        backward += 1
+        actions.append(("F", forward))
+        forward += 1
+    actions += [("B", i) for i in range(backward, micro_batches)]
+    return actions
+
+
+def max_in_flight(actions):
+    from itertools import accumulate
+    return max(accumulate(1 if kind == "F" else -1 for kind, _ in actions), default=0)
+'''),
+    Right("schedule_1f1b", "a greedy rule (forward while fewer than stages - stage are held), lists, "
+          "not tuples", source='''def schedule_1f1b(stage, stages, micro_batches):
+    if not 0 <= stage < stages or micro_batches < stages:
+        raise ValueError("bad stage or too few micro-batches")
+    limit, forward, backward, actions = stages - stage, 0, 0, []
+    while backward < micro_batches:
+        if forward < micro_batches and forward - backward < limit:
+            actions.append(["F", forward])
+            forward += 1
+        else:
+            actions.append(["B", backward])
+            backward += 1
+    return actions
+
+
+def max_in_flight(actions):
+    held = [0]
+    for kind, _ in actions:
+        held.append(held[-1] + (kind == "F") - (kind == "B"))
+    return max(held)
+'''),
 
 ]
