@@ -39,9 +39,9 @@ GPUS_PER_NODE = 8
 # ----------------------------------------------------------------- reading a scaling run
 
 def scaling_efficiency(step_seconds: dict[int, float], mode: str) -> dict[int, tuple[float, float]]:
-    """{world: (speed-up, efficiency)} from {world: seconds per training step}, relative to the smallest world.
+    """{world: (speed-up, efficiency)} from {world: seconds per training step}, against the smallest world w0.
 
-    Strong scaling (same global batch at every size): speed-up = T(w0) / T(w); efficiency = speed-up / (w / w0).
+    Strong scaling (same global batch at every size): speed-up = T(w0) / T(w); efficiency = speed-up / (w/w0).
     Weak scaling (same batch per rank, so w / w0 times the samples per step): speed-up = (w / w0) T(w0) / T(w)
     (the scaled speed-up of Gustafson's law); efficiency = T(w0) / T(w). Ideal: speed-up w / w0, efficiency 1.
     Raises ValueError for an unknown mode, an empty dict, or a time that is not positive.
@@ -122,8 +122,8 @@ def paired_step_times(batch_per_rank: int, pairs: int = 24, hidden=(512, 512), w
             (synced if sync else local).append(one_step(x, y, sync))
     quantiles = torch.tensor([0.25, 0.5, 0.75], dtype=torch.double)
     step_q = torch.quantile(torch.tensor(synced, dtype=torch.double), quantiles)
-    comm_q = torch.quantile(torch.tensor(synced, dtype=torch.double) - torch.tensor(local, dtype=torch.double),
-                            quantiles)
+    added = torch.tensor(synced, dtype=torch.double) - torch.tensor(local, dtype=torch.double)
+    comm_q = torch.quantile(added, quantiles)
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"batch_per_rank": batch_per_rank, "pairs": pairs,
             "step_ms": float(step_q[1]), "step_q1_ms": float(step_q[0]), "step_q3_ms": float(step_q[2]),
@@ -141,14 +141,16 @@ def scaling_point(global_batch: int = 256, batch_per_rank: int = 64, pairs: int 
     if global_batch % world:
         raise ValueError(f"the global batch {global_batch} must divide by the {world} ranks")
     strong = paired_step_times(global_batch // world, pairs, hidden)
-    weak = strong if global_batch // world == batch_per_rank else paired_step_times(batch_per_rank, pairs, hidden)
+    same = global_batch // world == batch_per_rank
+    weak = strong if same else paired_step_times(batch_per_rank, pairs, hidden)
     return {"strong": strong, "weak": weak}
 
 
 # ----------------------------------------------------------------- predictions for real clusters
 
 def hierarchical_all_reduce_time(n_gpus: int, size: float, gpus_per_node: int = GPUS_PER_NODE,
-                                 intra=(2e-6, NVLINK4_BYTES_PER_S), inter=(1e-5, IB_NDR_BYTES_PER_S)) -> float:
+                                 intra=(2e-6, NVLINK4_BYTES_PER_S),
+                                 inter=(1e-5, IB_NDR_BYTES_PER_S)) -> float:
     """Seconds to all-reduce `size` bytes over n_gpus GPUs in nodes of `gpus_per_node`, by the ring's
     alpha-beta model (`ring_time`, Exercise 3) at each level: a ring inside each node over NVLink
     (reduce-scatter and all-gather: every GPU ends with the sum), with, between its two halves, a ring
@@ -175,7 +177,8 @@ def flat_ring_time(n_gpus: int, size: float, gpus_per_node: int = GPUS_PER_NODE,
 
 def predicted_scaling(n_gpus: list[int], params: float = 7e9, grad_bytes_per_param: int = 2,
                       tokens_per_step: float | None = 2**22, tokens_per_gpu: float | None = None,
-                      sustained_flops: float = 0.4 * 989e12, all_reduce=hierarchical_all_reduce_time) -> list[dict]:
+                      sustained_flops: float = 0.4 * 989e12,
+                      all_reduce=hierarchical_all_reduce_time) -> list[dict]:
     """Predicted data-parallel step of a `params`-parameter transformer on each GPU count: compute
     = 6 params tokens / sustained FLOP/s per GPU (the 6N FLOPs per token of forward + backward, Kaplan
     et al. 2020), communication = `all_reduce` of the gradients; with no overlap (they add) and with
@@ -260,7 +263,8 @@ def precision_run(name: str, seed: int = 0, epochs: int = 3, batch_per_rank: int
                 dtypes = {"weights": str(next(model.parameters()).dtype).replace("torch.", ""),
                           "activations": str(logits.dtype).replace("torch.", ""),
                           "gradients": str(next(model.parameters()).grad.dtype).replace("torch.", "")}
-            dtypes["wire"] = ", ".join(sorted(wire["dtypes"] | set(dtypes.get("wire", "").split(", ")) - {""}))
+            seen = set(dtypes.get("wire", "").split(", ")) - {""}
+            dtypes["wire"] = ", ".join(sorted(wire["dtypes"] | seen))
     test = load_digit_splits().test
     with torch.no_grad():
         logits = model.module(test.x)
@@ -287,7 +291,8 @@ def reduction_error(numel: int = 100_000, scales=(1e-3, 1e-8)) -> dict[float, di
         for dtype in (torch.bfloat16, torch.float16):
             wire = (grad / world).to(dtype)
             dist.all_reduce(wire)
-            out[scale][str(dtype).replace("torch.", "")] = ((wire.float() - exact).norm() / exact.norm()).item()
+            error = (wire.float() - exact).norm() / exact.norm()
+            out[scale][str(dtype).replace("torch.", "")] = error.item()
     return out
 
 
@@ -313,7 +318,7 @@ def hook_check(hook, hidden=(32,), global_batch: int = 48, bucket_cap_mb: float 
 
     def checked(state, bucket):  # DDP crashes on a hook that returns anything but a Future: say so instead
         result = hook(state, bucket)
-        if not isinstance(result, torch._C.Future):  # what get_future() returns; torch.futures.Future subclasses it
+        if not isinstance(result, torch._C.Future):  # get_future()'s type; torch.futures.Future subclasses it
             raise TypeError("a communication hook must return a torch.futures.Future, e.g. "
                             f"dist.all_reduce(t, async_op=True).get_future(); got {type(result).__name__}")
         return result

@@ -1,5 +1,5 @@
-"""course/scaling.py: speed-up and efficiency, the cluster predictions, and (on real gloo ranks) the byte counts
-of the compression hooks and the scaling measurement."""
+"""course/scaling.py: speed-up and efficiency, the cluster predictions, and (on real gloo ranks) the byte
+counts of the compression hooks, the hook check and the scaling measurement."""
 
 import math
 
@@ -45,9 +45,11 @@ def test_link_speeds_are_per_direction():
 def test_hierarchical_all_reduce_is_the_node_ring_plus_the_ring_of_shards_across_nodes():
     size = 14e9
     intra, inter = (2e-6, 450e9), (1e-5, 50e9)
-    assert scaling.hierarchical_all_reduce_time(8, size, intra=intra, inter=inter) == ring_time(8, size, *intra)
+    one_node = scaling.hierarchical_all_reduce_time(8, size, intra=intra, inter=inter)
+    assert one_node == ring_time(8, size, *intra)
     expected = ring_time(8, size, *intra) + ring_time(16, size / 8, *inter)
-    assert scaling.hierarchical_all_reduce_time(128, size, intra=intra, inter=inter) == pytest.approx(expected)
+    sixteen_nodes = scaling.hierarchical_all_reduce_time(128, size, intra=intra, inter=inter)
+    assert sixteen_nodes == pytest.approx(expected)
     # across nodes the flat ring runs at the network's speed for every byte: slower than the hierarchy
     assert scaling.flat_ring_time(128, size) > scaling.hierarchical_all_reduce_time(128, size)
     with pytest.raises(ValueError):
@@ -127,7 +129,8 @@ def _bf16_hook(process_group, bucket):
 
     buffer = bucket.buffer()
     compressed = buffer.div(dist.get_world_size()).to(torch.bfloat16)
-    return dist.all_reduce(compressed, async_op=True).get_future().then(lambda fut: buffer.copy_(fut.value()[0]))
+    future = dist.all_reduce(compressed, async_op=True).get_future()
+    return future.then(lambda fut: buffer.copy_(fut.value()[0]))
 
 
 def _no_future_hook(process_group, bucket):
