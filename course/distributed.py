@@ -356,28 +356,6 @@ def step_times(steps: int = 20, batch_per_rank: int = 32, hidden=(256, 256), buc
             "bytes_per_step": (counter.bytes - sent) / len(synced)}
 
 
-def throughput(epochs: int = 2, global_batch: int = 256, hidden=(512, 512)) -> dict[str, float]:
-    """Runs on each rank: DDP training with a fixed global batch split over the ranks;
-    seconds per epoch and samples per second over all ranks."""
-    _, world = rank_and_world()
-    loader, sampler = sharded_loader(global_batch // world)
-    model = DDP(digit_mlp(hidden, seed=0))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    dist.barrier()
-    start = time.perf_counter()
-    samples = 0
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        for x, y in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            samples += len(y)
-    dist.barrier()
-    seconds = time.perf_counter() - start
-    return {"s_per_epoch": seconds / epochs, "samples_per_s": samples * world / seconds}
-
-
 # ----------------------------------------------------------------- accumulation and no_sync
 
 def accumulate(model: DDP, optimizer: torch.optim.Optimizer, micro_batches) -> None:
@@ -453,48 +431,12 @@ def memory_per_rank(n_params: float, world: int, stage: int) -> float:
     return sum(n_params * b / (world if part in SHARDED[stage] else 1) for part, b in BYTES_PER_PARAM.items())
 
 
-def activation_bytes(layers: int, hidden: int, heads: int, seq: int, micro_batch: int = 1,
-                     attention_scores: bool = True) -> float:
-    """Bytes of activations a GPT-style transformer keeps from forward for backward, in 16-bit, with
-    no recomputation and no tensor or sequence parallelism: s b h (34 + 5 a s / h) per layer
-    (Korthikanti et al., 2022, "Reducing Activation Recomputation in Large Transformer Models",
-    Eq. 1). The 5 a s / h term is the attention scores, their softmax and its dropout mask;
-    kernels that recompute them in backward (FlashAttention) leave 34 s b h. ZeRO does not shard
-    activations: each rank keeps those of its own micro-batch."""
-    per_element = 34 + (5 * heads * seq / hidden if attention_scores else 0)
-    return layers * seq * micro_batch * hidden * per_element
-
-
 def bubble_fraction(stages: int, micro_batches: int) -> float:
     """Idle share of a GPipe schedule: (p - 1) / (m + p - 1) for p stages and m micro-batches."""
     if stages < 1 or micro_batches < 1:
         raise ValueError(f"need stages >= 1 and micro_batches >= 1, got {stages} and {micro_batches}")
     return (stages - 1) / (micro_batches + stages - 1)
 
-
-def fsdp_shards(hidden=(256, 256)) -> dict[str, float]:
-    """Runs on each rank: FSDP2 `fully_shard` on a DigitMLP; bytes of parameters this rank holds
-    against the whole model's, and the loss of one training step (it still trains)."""
-    from torch.distributed.fsdp import fully_shard
-
-    model = digit_mlp(hidden, seed=0)
-    full = sum(p.numel() * p.element_size() for p in model.parameters())
-    for layer in model.net:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
-    local = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    (x, y), = global_batches(1, 64)
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    optimizer.step()
-    state = sum(t.to_local().numel() * t.element_size() for s in optimizer.state.values()
-                for t in s.values() if isinstance(t, torch.Tensor) and t.dim() > 0)
-    return {"full_bytes": full, "local_bytes": local, "adam_state_bytes": state, "loss": loss.item()}
-
-
-# ----------------------------------------------------------------- beyond one machine
 
 def torchrun_nodes(nnodes: str) -> tuple[int, int]:
     """torchrun's `--nnodes` as (minimum, maximum): "2" and "2:2" both mean exactly two nodes;
