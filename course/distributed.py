@@ -141,6 +141,35 @@ def watch_communication():
             setattr(module, name, original)
 
 
+@contextmanager
+def count_all_reduce():
+    """Runs on each rank: while inside, count every `dist.all_reduce` called from Python (what DDP's
+    communication hooks call, and the tensor-parallel layers of 04b): calls, bytes of the tensors handed over
+    (in all, and per call in `sizes`), and their dtypes, in a dict. Collectives that DTensor issues go another
+    way (count those with `torch.distributed.tensor.debug.CommDebugMode`).
+
+    DDP's built-in all-reduce runs in C++ and is not seen: register `default_hooks.allreduce_hook`
+    (the same all-reduce, from Python) to count it. The bytes are the tensor handed to the collective;
+    a ring sends 2 (N-1)/N times that per rank (Exercise 3)."""
+    from torch.distributed import distributed_c10d as c10d
+
+    seen = {"calls": 0, "bytes": 0, "dtypes": set(), "sizes": []}
+    original = c10d.all_reduce
+
+    def counted(tensor, *args, **kwargs):
+        seen["calls"] += 1
+        seen["bytes"] += tensor.numel() * tensor.element_size()
+        seen["sizes"].append(tensor.numel() * tensor.element_size())
+        seen["dtypes"].add(str(tensor.dtype).replace("torch.", ""))
+        return original(tensor, *args, **kwargs)
+
+    dist.all_reduce = c10d.all_reduce = counted
+    try:
+        yield seen
+    finally:
+        dist.all_reduce = c10d.all_reduce = original
+
+
 def ring_check(all_reduce_fn, numel: int = 12, dtype=torch.float32, seed: int = 0) -> dict:
     """Runs on each rank: `all_reduce_fn` against dist.all_reduce on a random tensor; also the bytes
     it really sent point to point and the collectives it called (a ring uses none)."""
@@ -313,6 +342,19 @@ def counting_hook(counter: CommCounter, bucket):
     return default_hooks.allreduce_hook(None, bucket)
 
 
+def timed_step(model: DDP, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               sync: bool) -> float:
+    """Runs on each rank: one DDP training step on (`x`, `y`), in ms from a barrier to the optimizer's step;
+    with `sync` False the backward runs inside `no_sync`, so no gradient is all-reduced."""
+    dist.barrier()
+    start = time.perf_counter()
+    with nullcontext() if sync else model.no_sync():
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    return 1e3 * (time.perf_counter() - start)
+
+
 def step_times(steps: int = 20, batch_per_rank: int = 32, hidden=(256, 256), bucket_cap_mb: float = 25.0,
                rounds: int = 2) -> dict[str, float]:
     """Runs on each rank: ms per DDP training step with the gradient all-reduce and without it
@@ -329,13 +371,7 @@ def step_times(steps: int = 20, batch_per_rank: int = 32, hidden=(256, 256), buc
     batches = list(itertools.islice(loader, steps))
 
     def one_step(x, y, sync: bool) -> float:
-        dist.barrier()
-        start = time.perf_counter()
-        with nullcontext() if sync else model.no_sync():
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        return 1e3 * (time.perf_counter() - start)
+        return timed_step(model, optimizer, x, y, sync)
 
     for x, y in batches:  # warm-up: the first steps build the buckets and connections
         one_step(x, y, sync=True)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -22,7 +21,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from course.data import load_digit_splits
-from course.distributed import ring_time, sharded_loader
+from course.distributed import count_all_reduce, ring_time, sharded_loader, timed_step
 from course.models import digit_mlp
 
 MODES = ("strong", "weak")
@@ -61,32 +60,6 @@ def scaling_efficiency(step_seconds: dict[int, float], mode: str) -> dict[int, t
 
 # ----------------------------------------------------------------- counting what goes on the wire
 
-@contextmanager
-def count_all_reduce():
-    """Runs on each rank: while inside, count every `dist.all_reduce` called from Python (what DDP's
-    communication hooks call): calls, bytes of the tensors handed over, and their dtypes, in a dict.
-
-    DDP's built-in all-reduce runs in C++ and is not seen: register `default_hooks.allreduce_hook`
-    (the same all-reduce, from Python) to count it. The bytes are the tensor handed to the collective;
-    a ring sends 2 (N-1)/N times that per rank (Exercise 3)."""
-    from torch.distributed import distributed_c10d as c10d
-
-    seen = {"calls": 0, "bytes": 0, "dtypes": set()}
-    original = c10d.all_reduce
-
-    def counted(tensor, *args, **kwargs):
-        seen["calls"] += 1
-        seen["bytes"] += tensor.numel() * tensor.element_size()
-        seen["dtypes"].add(str(tensor.dtype).replace("torch.", ""))
-        return original(tensor, *args, **kwargs)
-
-    dist.all_reduce = c10d.all_reduce = counted
-    try:
-        yield seen
-    finally:
-        dist.all_reduce = c10d.all_reduce = original
-
-
 # ----------------------------------------------------------------- strong and weak scaling, measured
 
 def _batches(batch_per_rank: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,13 +78,7 @@ def paired_step_times(batch_per_rank: int, pairs: int = 24, hidden=(512, 512), w
     batches = _batches(batch_per_rank, pairs)
 
     def one_step(x, y, sync: bool) -> float:
-        dist.barrier()
-        start = time.perf_counter()
-        with nullcontext() if sync else model.no_sync():
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        return 1e3 * (time.perf_counter() - start)
+        return timed_step(model, optimizer, x, y, sync)
 
     for x, y in batches[:warmup]:  # the first steps build DDP's buckets and connections
         one_step(x, y, sync=True)

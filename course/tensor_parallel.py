@@ -14,14 +14,12 @@ Functions documented "runs on each rank" expect an initialised process group: st
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from course.distributed import watch_communication
+from course.distributed import count_all_reduce, watch_communication
 
 SHARD_NAMES = ("w1", "b1", "w2", "b2")
 
@@ -107,26 +105,6 @@ def tp_mlp_forward(x: torch.Tensor, shards: dict[str, torch.Tensor]) -> torch.Te
 
 # ----------------------------------------------------------------- checks and counts
 
-@contextmanager
-def count_all_reduces():
-    """Runs on each rank: while inside, record the bytes of every `dist.all_reduce` call (a list yielded to
-    the caller). Collectives DTensor issues go another way (use `CommDebugMode` for those)."""
-    from torch.distributed import distributed_c10d as c10d
-
-    calls: list[int] = []
-    original = c10d.all_reduce
-
-    def counted(tensor, *args, **kwargs):
-        calls.append(tensor.numel() * tensor.element_size())
-        return original(tensor, *args, **kwargs)
-
-    dist.all_reduce = c10d.all_reduce = counted
-    try:
-        yield calls
-    finally:
-        dist.all_reduce = c10d.all_reduce = original
-
-
 def tp_check(shard_fn, forward_fn, d: int = 6, hidden: int = 8, batch: tuple = (5,), seed: int = 0) -> dict:
     """Runs on each rank: the learner's `shard_fn` and `forward_fn` against the single-device MLP on the same
     weights. Returns this rank's shard shapes, output and the whole MLP's, gradients of its shards and of the
@@ -192,9 +170,9 @@ def compare_with_pytorch(shard_fn, forward_fn, d: int = 64, hidden: int = 256, b
 
     weights = mlp_weights(d, hidden, seed)
     shards = {k: v.detach().clone().requires_grad_() for k, v in shard_fn(*weights, rank, world).items()}
-    with count_all_reduces() as hand_forward:
+    with count_all_reduce() as hand_forward:
         y_hand = forward_fn(x.clone().requires_grad_(), shards)
-    with count_all_reduces() as hand_backward:
+    with count_all_reduce() as hand_backward:
         y_hand.sum().backward()
 
     model = parallelize_module(mlp_module(d, hidden, seed), init_device_mesh("cpu", (world,)),
@@ -225,7 +203,7 @@ def compare_with_pytorch(shard_fn, forward_fn, d: int = 64, hidden: int = 256, b
         "placements": placements,
         "torch_forward": {str(k).split(".")[-1]: v for k, v in seen_forward.get_comm_counts().items()},
         "torch_backward": {str(k).split(".")[-1]: v for k, v in seen_backward.get_comm_counts().items()},
-        "hand_forward_bytes": list(hand_forward), "hand_backward_bytes": list(hand_backward),
+        "hand_forward_bytes": hand_forward["sizes"], "hand_backward_bytes": hand_backward["sizes"],
         "ddp_calls": counter.calls, "ddp_bytes": counter.bytes,
         "batch": batch, "activation_bytes": y_single.numel() * y_single.element_size(),
         "param_bytes": sum(p.numel() * p.element_size() for p in single.parameters()),
