@@ -104,70 +104,96 @@ def ring_all_reduce(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     return result, sent
 
 
-COLLECTIVE_CALLS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all",
-                    "all_to_all_single", "all_gather_single", "reduce_scatter_single", "all_gather_into_tensor",
-                    "reduce_scatter_tensor", "gather", "scatter", "all_gather_object", "broadcast_object_list")
+# What every torch.distributed call becomes, however the learner's code reached it (`dist.all_reduce`, or a name
+# imported with `from torch.distributed import all_reduce`, or DDP's communication hook): an operator of c10d's
+# (or of the functional collectives DTensor uses), which a dispatch mode sees. Named here as torch.distributed
+# names the Python calls. Barriers carry no data and are left out.
+C10D_COLLECTIVES = {
+    "allreduce_": "all_reduce", "allreduce_coalesced_": "all_reduce", "broadcast_": "broadcast",
+    "allgather_": "all_gather", "allgather_coalesced_": "all_gather", "_allgather_base_": "all_gather_into_tensor",
+    "allgather_into_tensor_coalesced_": "all_gather_into_tensor", "reduce_scatter_": "reduce_scatter",
+    "_reduce_scatter_base_": "reduce_scatter_tensor", "reduce_scatter_tensor_coalesced_": "reduce_scatter_tensor",
+    "reduce_": "reduce", "gather_": "gather", "scatter_": "scatter", "alltoall_": "all_to_all",
+    "alltoall_base_": "all_to_all_single",
+    # torch.distributed._functional_collectives (DTensor)
+    "all_reduce": "all_reduce", "all_reduce_coalesced": "all_reduce", "all_gather_into_tensor": "all_gather_into_tensor",
+    "reduce_scatter_tensor": "reduce_scatter_tensor", "all_to_all_single": "all_to_all_single",
+}
+C10D_SENDS = {"send"}  # point to point: the bytes a rank sends (isend, send, batch_isend_irecv)
+
+
+def _tensors(args) -> list[torch.Tensor]:
+    """The tensors among an operator's arguments, lists of tensors flattened (c10d passes lists)."""
+    found = []
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            found.append(arg)
+        elif isinstance(arg, (list, tuple)):
+            found += [a for a in arg if isinstance(a, torch.Tensor)]
+    return found
+
+
+@contextmanager
+def _c10d_calls(on_call):
+    """While inside, call `on_call(name, tensors)` for every c10d operator this thread runs: collectives by
+    their torch.distributed name (`C10D_COLLECTIVES`), point-to-point sends as "send". A dispatch mode,
+    so a call is seen whichever Python name reached it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            namespace, _, rest = str(func).partition(".")
+            if namespace in ("c10d", "_c10d_functional"):
+                op = rest.split(".")[0]
+                if op in C10D_SENDS or op in C10D_COLLECTIVES:
+                    on_call("send" if op in C10D_SENDS else C10D_COLLECTIVES[op], _tensors(args))
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        yield
 
 
 @contextmanager
 def watch_communication():
-    """Runs on each rank: while inside, count the bytes this rank sends point to point (`send`,
-    `isend`) and list every collective it calls, in a dict yielded to the caller. It wraps the
-    functions of `torch.distributed` (and of `distributed_c10d`, where they live) and puts them back."""
-    from torch.distributed import distributed_c10d as c10d
-
+    """Runs on each rank: while inside, count the bytes this rank sends point to point (`send`, `isend`,
+    `batch_isend_irecv`) and list every collective it calls (by its torch.distributed name, barriers left out),
+    in a dict ``{"sent": bytes, "collectives": [names]}`` yielded to the caller. It watches c10d's operators
+    on this thread, so a function imported under another name (``from torch.distributed import all_reduce``)
+    is seen too."""
     seen = {"sent": 0, "collectives": []}
 
-    def wrap(name, original):
-        def watched(*args, **kwargs):
-            if name in ("send", "isend"):
-                tensor = args[0] if args else kwargs["tensor"]
-                seen["sent"] += tensor.numel() * tensor.element_size()
-            else:
-                seen["collectives"].append(name)
-            return original(*args, **kwargs)
-        return watched
+    def on_call(name, tensors):
+        if name == "send":
+            seen["sent"] += sum(t.numel() * t.element_size() for t in tensors)
+        else:
+            seen["collectives"].append(name)
 
-    originals = {(module, name): getattr(module, name) for module in (dist, c10d)
-                 for name in (*COLLECTIVE_CALLS, "send", "isend") if hasattr(module, name)}
-    # One wrapper per function, the same object in both namespaces: P2POp checks `op in (isend, irecv)`.
-    wrappers = {name: wrap(name, getattr(c10d, name)) for _, name in originals}
-    try:
-        for module, name in originals:
-            setattr(module, name, wrappers[name])
+    with _c10d_calls(on_call):
         yield seen
-    finally:
-        for (module, name), original in originals.items():
-            setattr(module, name, original)
 
 
 @contextmanager
 def count_all_reduce():
-    """Runs on each rank: while inside, count every `dist.all_reduce` called from Python (what DDP's
-    communication hooks call, and the tensor-parallel layers of 04b): calls, bytes of the tensors handed over
-    (in all, and per call in `sizes`), and their dtypes, in a dict. Collectives that DTensor issues go another
-    way (count those with `torch.distributed.tensor.debug.CommDebugMode`).
+    """Runs on each rank: while inside, count every all-reduce this thread runs (what DDP's communication
+    hooks call, the tensor-parallel layers of 04b, however the function was imported): calls, bytes of the
+    tensors handed over (in all, and per call in `sizes`), and their dtypes, in a dict.
 
-    DDP's built-in all-reduce runs in C++ and is not seen: register `default_hooks.allreduce_hook`
-    (the same all-reduce, from Python) to count it. The bytes are the tensor handed to the collective;
-    a ring sends 2 (N-1)/N times that per rank (Exercise 3)."""
-    from torch.distributed import distributed_c10d as c10d
-
+    DDP's built-in all-reduce runs in C++ and is not seen: register `default_hooks.allreduce_hook` (the same
+    all-reduce, from Python) to count it. The bytes are the tensor handed to the collective; a ring sends 2 (N-1)/N times
+    that per rank (Exercise 3)."""
     seen = {"calls": 0, "bytes": 0, "dtypes": set(), "sizes": []}
-    original = c10d.all_reduce
 
-    def counted(tensor, *args, **kwargs):
+    def on_call(name, tensors):
+        if name != "all_reduce":
+            return
+        size = sum(t.numel() * t.element_size() for t in tensors)
         seen["calls"] += 1
-        seen["bytes"] += tensor.numel() * tensor.element_size()
-        seen["sizes"].append(tensor.numel() * tensor.element_size())
-        seen["dtypes"].add(str(tensor.dtype).replace("torch.", ""))
-        return original(tensor, *args, **kwargs)
+        seen["bytes"] += size
+        seen["sizes"].append(size)
+        seen["dtypes"] |= {str(t.dtype).replace("torch.", "") for t in tensors}
 
-    dist.all_reduce = c10d.all_reduce = counted
-    try:
+    with _c10d_calls(on_call):
         yield seen
-    finally:
-        dist.all_reduce = c10d.all_reduce = original
 
 
 def ring_check(all_reduce_fn, numel: int = 12, dtype=torch.float32, seed: int = 0) -> dict:

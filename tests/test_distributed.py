@@ -294,3 +294,36 @@ def test_two_node_commands_parse_as_torchrun_arguments():
     assert parsed[0].rdzv_id == parsed[1].rdzv_id
     assert D.torchrun_nodes(parsed[0].nnodes) == (2, 2)
     assert D.torchrun_nodes("2:2") == (2, 2) and D.torchrun_nodes("1:4") == (1, 4)
+
+
+def _imported_names():
+    """Runs on each rank: collectives and sends reached through names imported from torch.distributed, as a
+    learner may write them, and DDP's built-in all-reduce, seen by the course's watchers."""
+    from torch.distributed import all_reduce, broadcast, irecv, isend
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank, world = D.rank_and_world()
+    with D.watch_communication() as watched, D.count_all_reduce() as counted:
+        t = torch.ones(6)
+        all_reduce(t)
+        broadcast(t, src=0)
+        dist.barrier()  # carries no data: not listed
+        peer = (rank + 1) % world
+        requests = [isend(torch.ones(5), peer), irecv(torch.empty(5), (rank - 1) % world)]
+        for request in requests:
+            request.wait()
+    with D.count_all_reduce() as ddp_builtin:
+        DistributedDataParallel(torch.nn.Linear(3, 2))(torch.ones(4, 3)).sum().backward()
+    return {"collectives": watched["collectives"], "sent": watched["sent"], "calls": counted["calls"],
+            "bytes": counted["bytes"], "dtypes": counted["dtypes"], "ddp_calls": ddp_builtin["calls"],
+            "ddp_bytes": ddp_builtin["bytes"]}
+
+
+def test_watchers_see_calls_through_imported_names_and_ddp():
+    """A correct answer written with `from torch.distributed import all_reduce` must be seen (it was not,
+    when the watchers replaced torch.distributed's attributes: newcomer's review of issue 20)."""
+    for r in launch(_imported_names, 2, quiet=True).results:
+        assert r["collectives"] == ["all_reduce", "broadcast"]
+        assert r["sent"] == 5 * 4
+        assert r["calls"] == 1 and r["bytes"] == 6 * 4 and r["dtypes"] == {"float32"}
+        assert r["ddp_calls"] == 0  # DDP's built-in all-reduce runs in C++, below the dispatcher: register a hook

@@ -41,6 +41,21 @@ ANSWERS = [
     dist.all_reduce(result)
     return result, 2 * (world - 1) * result.numel() * result.element_size() // world
 '''),
+    Wrong("ring", "the library's all_reduce under an imported name (from torch.distributed import all_reduce)",
+          visible=True, source='''from torch.distributed import all_reduce
+
+
+def ring_all_reduce(tensor):
+    world = dist.get_world_size()
+    result = tensor.detach().clone()
+    all_reduce(result)
+    return result, 2 * (world - 1) * result.numel() * result.element_size() // world
+'''),
+    Right("ring", "isend and recv imported by name (from torch.distributed import isend, recv)", replace=[
+        ("    rank, world = dist.get_rank(), dist.get_world_size()\n",
+         "    from torch.distributed import isend, recv\n    rank, world = dist.get_rank(), dist.get_world_size()\n"),
+        ("request = dist.isend(chunks[send], dst=right)", "request = isend(chunks[send], dst=right)"),
+        ("dist.recv(incoming, src=left)", "recv(incoming, src=left)")]),
     Wrong("ring", "copies instead of adding during reduce-scatter", visible=True,
           replace=[("chunks[receive].add_(incoming)", "chunks[receive].copy_(incoming)")]),
     Wrong("ring", "counts the whole tensor's bytes at every step", visible=True,
@@ -196,6 +211,10 @@ ANSWERS = [
 '''),
 
     # ------------------------------------------------------------------ bf16_hook
+    Right("bf16_hook", "all_reduce imported by name (from torch.distributed import all_reduce)", replace=[
+        ("    buffer = bucket.buffer()\n", "    from torch.distributed import all_reduce\n    buffer = bucket.buffer()\n"),
+        ("future = dist.all_reduce(compressed, async_op=True).get_future()\n    return",
+         "future = all_reduce(compressed, async_op=True).get_future()\n    return")]),
     Wrong("bf16_hook", "sums the gradients: no division by the world size", visible=True,
           replace=[("buffer.div(dist.get_world_size()).to(torch.bfloat16)", "buffer.to(torch.bfloat16)")]),
     Wrong("bf16_hook", "all-reduces the fp32 buffer: nothing compressed", visible=True,
