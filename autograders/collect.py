@@ -601,11 +601,21 @@ def _choose(student: str, attempts: list[_Attempt], module: str, scratch: Path) 
         for a in attempts:  # a stamp read in some names only cannot order them: upload order, file time
             a.who.stamp = ""
     attempts = sorted(attempts, key=lambda a: a.order)
-    with_work = [a for a in attempts if any(c.problem is None for c in a.candidates)]
+    # A learner may upload both notebooks of a module folder (04_distributed and 04b_model_parallel) as two
+    # files of one submission: the LMS lists them as two attempts. One that holds only another module's
+    # notebook is not an attempt at this one, whatever its time.
+    ours = [a for a in attempts if any(c.problem is None and c.ours for c in a.candidates)]
+    foreign = [a for a in attempts if ours and a not in ours and a.candidates
+               and all(c.problem is None and c.nb is not None and not c.ours for c in a.candidates)]
+    attempts = [a for a in attempts if a not in foreign]
+    with_work = ours or [a for a in attempts if any(c.problem is None for c in a.candidates)]
     chosen = (with_work or attempts)[-1]
     sub = Submission(student=student, origin=chosen.entry.name, name=chosen.who.name)
     sub.superseded = [a.entry.name for a in attempts if a is not chosen and (a.candidates or a.problems)]
     notes = sub.notes
+    if foreign:
+        notes.append(f"not graded for {module}: {', '.join(a.entry.name for a in foreign)} (another notebook, "
+                     "not this module's)")
     if unread and len(attempts) > 1:
         notes.append(f"time stamp not understood in {', '.join(unread)}: attempts ordered by upload order "
                      "and file time instead (check which attempt is the latest)")
@@ -622,6 +632,12 @@ def _choose(student: str, attempts: list[_Attempt], module: str, scratch: Path) 
     others = [c for c in ranked[:-1]]
     if best.note:
         notes.append(f"{best.label}: {best.note}")
+    from autograders import settings
+
+    misnamed = [m for m in settings.modules() if m != module and _same_release_name(best.path.name, m)]
+    if best.ours and misnamed:
+        notes.append(f"{best.label} is named as {misnamed[0]}'s notebook but holds {module}'s exercises: "
+                     f"graded as {module}")
     if others:
         def what(c: _Candidate) -> str:
             if c.problem:

@@ -527,3 +527,30 @@ def test_a_student_who_hands_in_both_notebooks_of_a_folder_is_graded_on_the_righ
     assert any("not this module's" in n for n in subs["zoe"].notes)
     problem = collect.notebook_problem(subs["ann"].notebook, module)  # what grading reports for ann
     assert problem == f"this is module {other}'s notebook, not {module}'s: submit {module}.ipynb"
+
+
+@pytest.mark.parametrize("later", ["04_distributed", "04b_model_parallel"])
+def test_both_notebooks_uploaded_as_two_files_of_one_submission_grade_each_module(tmp_path, later):
+    """Canvas lists each file of a submission apart (newcomer's review of issue 20): the file of the other
+    module is not a later attempt at this one, whichever was uploaded last."""
+    first = next(m for m in ("04_distributed", "04b_model_parallel") if m != later)
+    members = {f"doehank_12345_67890_{first}.ipynb": nb_bytes(submission(first, reference_answers(first))),
+               f"doehank_12345_67891_{later}.ipynb": nb_bytes(submission(later, reference_answers(later)))}
+    export = tmp_path / "export.zip"
+    write_zip(export, members)
+    for module in (first, later):
+        (sub,) = collect.collect_submissions(export, module, tmp_path / module)
+        assert sub.notebook.name.endswith(f"{module}.ipynb") and not sub.problem, sub
+        assert collect.notebook_problem(sub.notebook, module) is None
+        assert sub.superseded == []
+        assert any("not this module's" in n for n in sub.notes), sub.notes
+
+
+def test_a_notebook_saved_under_the_other_modules_name_is_graded_with_a_note(tmp_path):
+    members = {"frank/04_distributed.ipynb": nb_bytes(submission("04b_model_parallel",
+                                                                 reference_answers("04b_model_parallel")))}
+    export = tmp_path / "export.zip"
+    write_zip(export, members)
+    (sub,) = collect.collect_submissions(export, "04b_model_parallel", tmp_path / "s")
+    assert not sub.problem
+    assert any("named as 04_distributed's notebook but holds 04b_model_parallel's" in n for n in sub.notes)
