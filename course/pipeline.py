@@ -72,9 +72,12 @@ def schedule_1f1b(stage: int, stages: int, micro_batches: int) -> list[tuple[str
 
 def max_in_flight(actions: list[tuple[str, int]]) -> int:
     """The most micro-batches whose forward has run and whose backward has not, at any point of `actions`:
-    how many micro-batches' activations the stage holds at its peak."""
+    how many micro-batches' activations the stage holds at its peak. Raises ValueError for an action kind
+    other than "F" (forward) or "B" (backward)."""
     held = peak = 0
     for kind, _ in actions:
+        if kind not in ("F", "B"):
+            raise ValueError(f'an action is ("F", i) or ("B", i); got kind {kind!r}')
         held += 1 if kind == "F" else -1
         peak = max(peak, held)
     return peak

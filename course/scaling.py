@@ -43,12 +43,14 @@ def scaling_efficiency(step_seconds: dict[int, float], mode: str) -> dict[int, t
     Strong scaling (same global batch at every size): speed-up = T(w0) / T(w); efficiency = speed-up / (w/w0).
     Weak scaling (same batch per rank, so w / w0 times the samples per step): speed-up = (w / w0) T(w0) / T(w)
     (the scaled speed-up of Gustafson's law); efficiency = T(w0) / T(w). Ideal: speed-up w / w0, efficiency 1.
-    Raises ValueError for an unknown mode, an empty dict, or a time that is not positive.
+    Raises ValueError for an unknown mode, an empty dict, a world below 1, or a time that is not positive.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be 'strong' or 'weak', got {mode!r}")
     if not step_seconds or any(t <= 0 for t in step_seconds.values()):
         raise ValueError(f"need positive seconds per step for at least one world size, got {step_seconds!r}")
+    if any(world < 1 for world in step_seconds):
+        raise ValueError(f"world sizes must be at least 1, got {sorted(step_seconds)}")
     base = min(step_seconds)
     out = {}
     for world, seconds in step_seconds.items():
@@ -115,6 +117,13 @@ def scaling_point(global_batch: int = 256, batch_per_rank: int = 64, pairs: int 
 
 # ----------------------------------------------------------------- predictions for real clusters
 
+def _check_sizes(n_gpus: int, size: float, gpus_per_node: int) -> None:
+    if n_gpus < 1 or gpus_per_node < 1:
+        raise ValueError(f"need n_gpus >= 1 and gpus_per_node >= 1, got {n_gpus} and {gpus_per_node}")
+    if size < 0:
+        raise ValueError(f"size is in bytes and cannot be negative, got {size}")
+
+
 def hierarchical_all_reduce_time(n_gpus: int, size: float, gpus_per_node: int = GPUS_PER_NODE,
                                  intra=(2e-6, NVLINK4_BYTES_PER_S),
                                  inter=(1e-5, IB_NDR_BYTES_PER_S)) -> float:
@@ -127,8 +136,7 @@ def hierarchical_all_reduce_time(n_gpus: int, size: float, gpus_per_node: int = 
     A prediction, not a measurement: NCCL chooses its own algorithms (rings, trees) and rarely reaches
     the links' peak; the latencies are assumptions of the order of microseconds.
     """
-    if n_gpus < 1 or gpus_per_node < 1:
-        raise ValueError(f"need n_gpus >= 1 and gpus_per_node >= 1, got {n_gpus} and {gpus_per_node}")
+    _check_sizes(n_gpus, size, gpus_per_node)
     local = min(n_gpus, gpus_per_node)
     nodes = math.ceil(n_gpus / gpus_per_node)
     return ring_time(local, size, *intra) + ring_time(nodes, size / local, *inter)
@@ -137,7 +145,8 @@ def hierarchical_all_reduce_time(n_gpus: int, size: float, gpus_per_node: int = 
 def flat_ring_time(n_gpus: int, size: float, gpus_per_node: int = GPUS_PER_NODE,
                    intra=(2e-6, NVLINK4_BYTES_PER_S), inter=(1e-5, IB_NDR_BYTES_PER_S)) -> float:
     """Seconds for one ring through all n_gpus GPUs: as soon as it leaves a node, every step waits for
-    the slowest link, the network port (with one node, NVLink)."""
+    the slowest link, the network port (with one node, NVLink). ValueError like the hierarchical time."""
+    _check_sizes(n_gpus, size, gpus_per_node)
     latency, bandwidth = intra if n_gpus <= gpus_per_node else inter
     return ring_time(n_gpus, size, latency, bandwidth)
 
@@ -153,6 +162,8 @@ def predicted_scaling(n_gpus: list[int], params: float = 7e9, grad_bytes_per_par
     weak scaling: give `tokens_per_gpu` instead. Efficiencies are against compute alone (no communication)."""
     if (tokens_per_step is None) == (tokens_per_gpu is None):
         raise ValueError("give exactly one of tokens_per_step (strong scaling) or tokens_per_gpu (weak)")
+    if any(n < 1 for n in n_gpus):
+        raise ValueError(f"GPU counts must be at least 1, got {list(n_gpus)}")
     rows = []
     for n in n_gpus:
         tokens = tokens_per_gpu if tokens_per_gpu is not None else tokens_per_step / n

@@ -58,12 +58,16 @@ def state_bytes_per_rank(n_params: float, world: int, stage: int,
                          bytes_per_param: dict | None = None) -> float:
     """Bytes of weights, gradients and optimizer state per rank under ZeRO `stage`, for any bytes per
     parameter (default: fp32 Adam, `FP32_ADAM_BYTES`, 4 + 4 + 8). With the course's mixed-precision
-    split (2 + 2 + 12) it is `course.distributed.memory_per_rank`. Raises ValueError like it."""
+    split (2 + 2 + 12) it is `course.distributed.memory_per_rank`. Raises ValueError like it,
+    and for a part other than "weights", "gradients", "optimizer"."""
     parts = FP32_ADAM_BYTES if bytes_per_param is None else bytes_per_param
     if stage not in SHARDED:
         raise ValueError(f"stage must be 0 (plain data parallel), 1, 2 or 3; got {stage!r}")
     if world < 1 or n_params < 0:
         raise ValueError(f"need world >= 1 and n_params >= 0, got world={world}, n_params={n_params}")
+    unknown = set(parts) - set(FP32_ADAM_BYTES)
+    if unknown:
+        raise ValueError(f"unknown part(s) {sorted(unknown)}: the parts are {sorted(FP32_ADAM_BYTES)}")
     return sum(n_params * b / (world if part in SHARDED[stage] else 1) for part, b in parts.items())
 
 
@@ -167,22 +171,50 @@ def fsdp_exercise(train_fn, hidden=(512, 512), steps: int = 4, batch: int = 64, 
 
     Builds ``digit_mlp(hidden, seed=0)``, counts the rows each forward pass sees, calls `train_fn` on
     `steps` global batches of `batch` digits, and returns its losses, whether the root and each Linear
-    became an FSDP module, each parameter's local shard shape, the rows seen, and the final weights
-    gathered whole (a collective: every rank calls it)."""
+    became an FSDP module (and whether some FSDP module holds every parameter: model or model.net), each
+    parameter's local shard shape, the rows seen, and the final weights gathered whole (a collective: every rank calls it). Rows are counted only for forwards under grad, so
+    an extra forward under no_grad (accuracy logging) is not counted. ValueError when `batch` does not
+    divide by the world size."""
     from torch.distributed.fsdp import FSDPModule
 
+    world = dist.get_world_size()
+    if batch % world:
+        raise ValueError(f"the global batch {batch} must divide by the {world} ranks")
     model = digit_mlp(hidden, seed=0)
     rows = []
-    model.register_forward_pre_hook(lambda _module, args: rows.append(args[0].shape[0]))
+
+    def count_rows(_module, args):  # training forwards only: an extra one under no_grad (logging) is fine
+        if torch.is_grad_enabled():
+            rows.append(args[0].shape[0])
+
+    model.register_forward_pre_hook(count_rows)
+    n_params = len(list(model.parameters()))
     losses = train_fn(model, global_batches(steps, batch), lr)
     full = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
             for name, p in model.named_parameters()}
     return {"losses": losses,
             "root_sharded": isinstance(model, FSDPModule),
+            # fully_shard(model.net) is a root too: DigitMLP keeps every parameter in .net
+            "root_covers_all": any(isinstance(m, FSDPModule) and len(list(m.parameters())) == n_params
+                                   for m in model.modules()),
             "layers_sharded": [isinstance(m, FSDPModule) for m in linears(model)],
             "local_shapes": {name: tuple((p.to_local() if hasattr(p, "to_local") else p).shape)
                              for name, p in model.named_parameters()},
             "rows_seen": rows, "weights": full}
+
+
+def loss_mismatch_hint(losses: list[float], expected: list[float]) -> str:
+    """The likely causes that fit how FSDP losses differ from one process's (`single_process_adam`), for the
+    exercise's failure message: losses that never move, a first loss that already differs, or losses that
+    start equal and drift apart."""
+    if len(losses) > 1 and max(losses) - min(losses) < 1e-6 * max(1.0, abs(losses[0])):
+        return ("your losses never move: the optimizer updates nothing. Was it built after fully_shard, from "
+                "model.parameters()? Sharding replaces the parameters")
+    if losses and expected and abs(losses[0] - expected[0]) > 1e-4:
+        return ("already the first loss differs, before any update: is it each rank's loss on its own rows "
+                "x.chunk(world)[rank], averaged over the ranks with op=dist.ReduceOp.AVG (not summed)?")
+    return ("the first loss agrees and later ones drift: the updates differ. optimizer.zero_grad() every step "
+            "(else gradients pile up)? Adam with this lr, one step per batch, built after fully_shard?")
 
 
 def single_process_adam(hidden=(512, 512), steps: int = 4, batch: int = 64, lr: float = 1e-2) -> dict:
@@ -303,12 +335,16 @@ def load_checkpoint(folder: str, hidden=(512, 512, 512, 512), fsdp: bool = False
 
     Without `fsdp`: one plain process, no process group (M = 1): DCP reads every rank's file and assembles
     whole tensors. With `fsdp` (runs on each rank): the model is sharded over this launch's ranks first,
-    and each rank reads only the pieces of the files that make up its own shards (M ranks, any M)."""
+    and each rank reads only the pieces of the files that make up its own shards (M ranks, any M).
+    Raises FileNotFoundError, naming the folder, when it does not exist."""
     import warnings
 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no checkpoint folder {folder!r}: fsdp_measurements writes it (and the notebook "
+                                "removes it after loading)")
     model = digit_mlp(hidden, seed=1)
     if fsdp:
         shard_per_layer(model)

@@ -86,13 +86,39 @@ def mlp_forward(x: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
 def shard_mlp(w1, b1, w2, b2, rank: int, world: int) -> dict[str, torch.Tensor]:
     """Rank `rank`'s part of the MLP among `world` ranks: rows ``rank*n:(rank+1)*n`` of w1 and b1, the same
     columns of w2 (n = hidden // world), and all of b2, as a dict with keys "w1", "b1", "w2", "b2".
-    Raises ValueError when the hidden width does not divide by `world`. The reference for the exercise."""
+    Raises ValueError when the hidden width does not divide by `world`, for a world below 1 or a rank outside
+    0..world-1, and when w2 is not (d, hidden) (e.g. transposed). The reference for the exercise."""
     hidden = w1.shape[0]
+    if world < 1:
+        raise ValueError(f"world must be at least 1, got {world}")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in 0..{world - 1}, got {rank}")
+    if w2.dim() != 2 or w2.shape[1] != hidden or b1.shape[0] != hidden or b2.shape[0] != w2.shape[0]:
+        raise ValueError(f"expected w1 (hidden, d), b1 (hidden,), w2 (d, hidden), b2 (d,) as nn.Linear stores "
+                         f"them; got w1 {tuple(w1.shape)}, b1 {tuple(b1.shape)}, w2 {tuple(w2.shape)}, "
+                         f"b2 {tuple(b2.shape)}")
     if hidden % world:
         raise ValueError(f"the hidden width {hidden} does not divide by {world} ranks")
     n = hidden // world
     part = slice(rank * n, (rank + 1) * n)
     return {"w1": w1[part], "b1": b1[part], "w2": w2[:, part], "b2": b2}
+
+
+def grad_hint(name: str, got: torch.Tensor, expected: torch.Tensor, world: int) -> str:
+    """The likely causes that fit how one rank's gradient of its shard `name` differs from the single-device
+    slice, for the exercise's failure message: zero (the parameter took no part on this rank), `world` times
+    too large (an all-reduce in g's backward), or otherwise wrong."""
+    scale = expected.abs().max().item()
+    if got.shape != expected.shape:
+        return f"the shard has shape {tuple(got.shape)}, the single-device slice {tuple(expected.shape)}"
+    if got.abs().max().item() <= 1e-6 * max(scale, 1e-12):
+        return (f"this rank's gradient of {name} is 0: it took no part in this rank's output. Is it used on "
+                "every rank (no `if rank == 0`)? b2 is added once per rank, after tp.g's sum")
+    if world > 1 and torch.allclose(got, world * expected, rtol=1e-4, atol=1e-6):
+        return (f"{world}x the right gradient: an all-reduce in the backward pass (e.g. torch.distributed.nn's "
+                "all_reduce as g) sums gradients every rank already holds whole")
+    return ("the gradient differs: check which slice each shard is (rows of w1 and b1, the same columns of w2) "
+            "and that b2 is added after the sum, once")
 
 
 def tp_mlp_forward(x: torch.Tensor, shards: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -108,7 +134,8 @@ def tp_mlp_forward(x: torch.Tensor, shards: dict[str, torch.Tensor]) -> torch.Te
 def tp_check(shard_fn, forward_fn, d: int = 6, hidden: int = 8, batch: tuple = (5,), seed: int = 0) -> dict:
     """Runs on each rank: the learner's `shard_fn` and `forward_fn` against the single-device MLP on the same
     weights. Returns this rank's shard shapes, output and the whole MLP's, gradients of its shards and of the
-    input beside the expected ones (the single-device gradients, sliced as `shard_mlp` slices), and the
+    input beside the expected ones (the single-device gradients, sliced as `shard_mlp` slices; zeros for a shard
+    that got no gradient), and the
     collectives called in the forward and in the backward pass."""
     rank, world = dist.get_rank(), dist.get_world_size()
     weights = mlp_weights(d, hidden, seed)
@@ -130,7 +157,9 @@ def tp_check(shard_fn, forward_fn, d: int = 6, hidden: int = 8, batch: tuple = (
     return {"shapes": {name: tuple(t.shape) for name, t in shards.items()},
             "expected_shapes": {name: tuple(t.shape) for name, t in expected_grads.items()},
             "y": y.detach(), "expected_y": expected.detach(),
-            "grads": {name: t.grad for name, t in shards.items()}, "expected_grads": expected_grads,
+            # a shard that took no part in this rank's output has no .grad: its gradient is 0
+            "grads": {name: torch.zeros_like(t) if t.grad is None else t.grad for name, t in shards.items()},
+            "expected_grads": expected_grads,
             "x_grad": x_mine.grad, "expected_x_grad": whole[0].grad,
             "forward_collectives": forward["collectives"], "backward_collectives": backward["collectives"]}
 
@@ -217,4 +246,7 @@ def tp_bytes_per_layer(tokens: int, width: int, ranks: int, bytes_per_value: int
     2019, Figure 4), each sending 2 (t - 1) / t of the tensor per device in a ring."""
     if ranks < 1:
         raise ValueError(f"ranks must be at least 1, got {ranks}")
+    if tokens < 0 or width < 0 or bytes_per_value < 0:
+        raise ValueError(f"tokens, width and bytes_per_value cannot be negative, got {tokens}, {width}, "
+                         f"{bytes_per_value}")
     return 8 * tokens * width * (ranks - 1) / ranks * bytes_per_value

@@ -141,3 +141,9 @@ def test_torchs_tracing_frontend_also_runs_on_gloo(fork_server):
     stages, losses, whole = ranks[1]
     assert stages == 2 and ranks[0][1] == [] and len(losses) == 4
     assert torch.stack(losses).mean().item() == pytest.approx(whole.item(), abs=1e-5)
+
+
+def test_max_in_flight_finds_a_peak_after_the_first_backward_and_refuses_unknown_kinds():
+    assert pp.max_in_flight([("F", 0), ("B", 0), ("F", 1), ("F", 2), ("B", 1), ("B", 2)]) == 2
+    with pytest.raises(ValueError, match="kind 'f'"):
+        pp.max_in_flight([("F", 0), ("f", 1), ("B", 0)])

@@ -151,3 +151,18 @@ def test_hook_check_counts_a_bf16_hook_and_names_a_hook_that_returns_no_future()
             assert ((got - want).norm() / want.norm()).item() < 2e-2
     with pytest.raises(WorkerError, match="must return a torch.futures.Future"):
         launch(scaling.hook_check, 2, _no_future_hook, quiet=True)
+
+
+def test_scaling_efficiency_and_predicted_scaling_refuse_a_world_below_one():
+    with pytest.raises(ValueError, match="at least 1"):
+        scaling.scaling_efficiency({0: 1.0, 2: 0.6}, "strong")
+    with pytest.raises(ValueError, match="at least 1"):
+        scaling.scaling_efficiency({-2: 1.0, 2: 0.6}, "weak")
+    with pytest.raises(ValueError, match="at least 1"):
+        scaling.predicted_scaling([0, 8])
+
+
+def test_all_reduce_times_refuse_negative_sizes():
+    for fn in (scaling.flat_ring_time, scaling.hierarchical_all_reduce_time):
+        with pytest.raises(ValueError, match="negative"):
+            fn(16, -1.0)

@@ -155,3 +155,35 @@ def test_fsdp_measurements_and_a_checkpoint_saved_on_two_loaded_on_one_and_four(
     assert torch.equal(S.load_checkpoint(str(tmp_path), hidden=hidden), m["outputs"])
     on_four = launch(S.load_checkpoint, 4, str(tmp_path), hidden=hidden, fsdp=True, quiet=True).results
     assert all(torch.equal(out, m["outputs"]) for out in on_four)
+
+
+def test_state_bytes_per_rank_refuses_unknown_parts():
+    with pytest.raises(ValueError, match="weight"):
+        S.state_bytes_per_rank(1e6, 2, 3, {"weight": 4})
+
+
+def test_load_checkpoint_on_a_missing_folder_names_it(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        S.load_checkpoint(missing)
+
+
+def test_loss_mismatch_hint_fits_what_was_measured():
+    assert "never move" in S.loss_mismatch_hint([2.3, 2.3, 2.3], [2.3, 2.0, 1.8])
+    assert "first loss differs" in S.loss_mismatch_hint([2.5, 2.2, 2.0], [2.3, 2.0, 1.8])
+    assert "zero_grad" in S.loss_mismatch_hint([2.3, 1.9, 1.9], [2.3, 2.0, 1.8])
+
+
+def _extra_forward_under_no_grad(model, batches, lr):
+    with torch.no_grad():
+        model(batches[0][0])  # a whole-batch forward for logging: not counted as training rows
+    return _reference_train_fsdp(model, batches, lr)
+
+
+def test_fsdp_exercise_counts_training_rows_only_and_refuses_an_uneven_batch():
+    ranks = launch(S.fsdp_exercise, 2, _extra_forward_under_no_grad, hidden=(16,), steps=2, batch=16,
+                   quiet=True).results
+    assert all(r["rows_seen"] == [8, 8] for r in ranks)
+    assert ranks[0]["root_sharded"] and ranks[0]["root_covers_all"]
+    with pytest.raises(Exception, match="must divide by the 3 ranks"):
+        launch(S.fsdp_exercise, 3, _reference_train_fsdp, hidden=(16,), steps=1, batch=16, quiet=True)

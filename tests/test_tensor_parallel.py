@@ -77,3 +77,27 @@ def test_parallelize_module_runs_on_gloo_and_agrees():
     assert r["torch_forward"] == {"all_reduce": 1} and r["torch_backward"] == {"all_reduce": 1}
     assert r["hand_forward_bytes"] == r["hand_backward_bytes"] == [4 * 8 * 4]  # batch x d floats
     assert r["ddp_bytes"] == r["param_bytes"] == 4 * (16 * 8 + 16 + 8 * 16 + 8)
+
+
+@pytest.mark.parametrize("rank, world", [(2, 2), (-1, 2), (0, 0), (0, -1)])
+def test_shard_mlp_refuses_ranks_outside_the_world(rank, world):
+    with pytest.raises(ValueError, match="rank|world"):
+        tp.shard_mlp(*tp.mlp_weights(d=6, hidden=8), rank, world)
+
+
+def test_shard_mlp_refuses_a_transposed_w2():
+    w1, b1, w2, b2 = tp.mlp_weights(d=6, hidden=8)
+    with pytest.raises(ValueError, match=r"w2 \(8, 6\)"):
+        tp.shard_mlp(w1, b1, w2.T, b2, 0, 2)
+
+
+def test_tp_bytes_per_layer_refuses_negative_sizes():
+    with pytest.raises(ValueError, match="negative"):
+        tp.tp_bytes_per_layer(-5, 1024, 2)
+
+
+def test_grad_hint_names_the_cause_that_fits_the_measurement():
+    expected = torch.tensor([0.5, -1.0, 2.0])
+    assert "is 0" in tp.grad_hint("b2", torch.zeros(3), expected, 2)
+    assert "2x the right gradient" in tp.grad_hint("b2", 2 * expected, expected, 2)
+    assert "differs" in tp.grad_hint("w1", expected + 1, expected, 2)

@@ -22,6 +22,8 @@ ANSWERS = [
     return weights + gradients + optimizer''',
         '''    parts = [12, 2, 2]  # optimizer, gradients, weights: sharded in this order
     return n_params * (sum(parts[:stage]) / world + sum(parts[stage:]))''')]),
+    Wrong("sharding", "only stages above 3 refused: stage -1 slips through", visible=True,
+          replace=[("    if stage not in (0, 1, 2, 3):", "    if stage > 3:")]),
 
 
     # ------------------------------------------------------------------ fsdp (section 2)
@@ -54,6 +56,18 @@ ANSWERS = [
     Right("fsdp", "the loss summed over the ranks, then divided by the world size",
           replace=[("        dist.all_reduce(mean, op=dist.ReduceOp.AVG)\n",
                     "        dist.all_reduce(mean)\n        mean /= world\n")]),
+    Wrong("fsdp", "no optimizer.zero_grad(): gradients pile up from step to step", visible=True,
+          replace=[("        optimizer.zero_grad()\n", "")]),
+    Right("fsdp", "the hint's lines as typed: F.cross_entropy (F imported at the top of the notebook)",
+          replace=[("torch.nn.functional.cross_entropy(", "F.cross_entropy(")]),
+    Right("fsdp", "an extra forward per step under no_grad to log the accuracy",
+          replace=[("        optimizer.step()\n",
+                    "        optimizer.step()\n"
+                    "        with torch.no_grad():\n"
+                    "            hits = model(x.chunk(world)[rank]).argmax(1) == y.chunk(world)[rank]\n"
+                    "        print(f'accuracy {hits.float().mean().item():.2f}')\n")]),
+    Right("fsdp", "fully_shard(model.net) as the root: DigitMLP keeps every parameter in .net",
+          replace=[("    fully_shard(model, mesh=mesh)\n", "    fully_shard(model.net, mesh=mesh)\n")]),
 
     # ------------------------------------------------------------------ tensor parallelism (section 3)
     Wrong("tensor_parallel", "b2 added on every rank before the sum, so the output carries it world times",
@@ -78,6 +92,11 @@ ANSWERS = [
           replace=[('    return tp.g(partial) + shards["b2"]\n    ### END',
                     '    from torch.distributed.nn.functional import all_reduce\n'
                     '    return all_reduce(partial) + shards["b2"]\n    ### END')]),
+    Wrong("tensor_parallel", "b2 added on rank 0 only, before the sum: right output, but rank 1's copy of b2 "
+          "gets no gradient", visible=True,
+          replace=[('    return tp.g(partial) + shards["b2"]\n    ### END',
+                    '    if dist.get_rank() == 0:\n        partial = partial + shards["b2"]\n'
+                    '    return tp.g(partial)\n    ### END')]),
     Wrong("tensor_parallel", "assumes two ranks: n = hidden // 2",
           replace=[("    n = hidden // world\n", "    n = hidden // 2\n")]),
     Right("tensor_parallel", "torch.chunk along the split dimension",
@@ -114,6 +133,10 @@ ANSWERS = [
           visible=True, replace=[('held += 1 if kind == "F" else -1', 'held += 1 if kind == "F" else 0')]),
     Wrong("schedule_1f1b", "max_in_flight returns the count at the end, not the peak", visible=True,
           replace=[("    return peak\n", "    return held\n")]),
+    Wrong("schedule_1f1b", "max_in_flight counts the forwards before the first backward (right for 1F1B and "
+          "GPipe, wrong when the peak comes later)", visible=True,
+          replace=[('        held += 1 if kind == "F" else -1\n        peak = max(peak, held)\n    return peak\n',
+                    '        if kind == "B":\n            break\n        held += 1\n    return held\n')]),
     Wrong("schedule_1f1b", "no ValueError for fewer micro-batches than stages", visible=True,
           replace=[("    if micro_batches < stages:\n        raise ValueError(f\"1F1B needs micro_batches >= "
                     "stages, got {micro_batches} < {stages}\")\n", "")]),
