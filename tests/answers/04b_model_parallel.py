@@ -111,6 +111,10 @@ ANSWERS = [
     Right("tensor_parallel", "in-place dist.all_reduce for g (autograd sees no op: identity backward)",
           replace=[('    return tp.g(partial) + shards["b2"]\n    ### END',
                     '    dist.all_reduce(partial)\n    return partial + shards["b2"]\n    ### END')]),
+    Right("tensor_parallel", "all_reduce imported by name for g (from torch.distributed import all_reduce)",
+          replace=[('    return tp.g(partial) + shards["b2"]\n    ### END',
+                    '    from torch.distributed import all_reduce\n    all_reduce(partial)\n'
+                    '    return partial + shards["b2"]\n    ### END')]),
 
     # ------------------------------------------------------------------ pipeline (section 4)
     Wrong("schedule_1f1b", "warm-up of stages - stage forwards, then forward before backward: one "
