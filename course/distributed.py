@@ -8,6 +8,7 @@ The others are plain functions (the references the notebook checks the learner a
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 
@@ -104,10 +105,13 @@ def ring_all_reduce(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     return result, sent
 
 
+COLLECTIVE_CALLS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all",
+                    "all_to_all_single", "all_gather_single", "reduce_scatter_single", "all_gather_into_tensor",
+                    "reduce_scatter_tensor", "gather", "scatter", "all_gather_object", "broadcast_object_list")
 # What every torch.distributed call becomes, however the learner's code reached it (`dist.all_reduce`, or a name
-# imported with `from torch.distributed import all_reduce`, or DDP's communication hook): an operator of c10d's
-# (or of the functional collectives DTensor uses), which a dispatch mode sees. Named here as torch.distributed
-# names the Python calls. Barriers carry no data and are left out.
+# imported with `from torch.distributed import all_reduce`): an operator of c10d's (or of the functional
+# collectives DTensor uses), which a dispatch mode sees. Named as torch.distributed names the Python calls.
+# Barriers carry no data and are left out.
 C10D_COLLECTIVES = {
     "allreduce_": "all_reduce", "allreduce_coalesced_": "all_reduce", "broadcast_": "broadcast",
     "allgather_": "all_gather", "allgather_coalesced_": "all_gather", "_allgather_base_": "all_gather_into_tensor",
@@ -119,11 +123,10 @@ C10D_COLLECTIVES = {
     "all_reduce": "all_reduce", "all_reduce_coalesced": "all_reduce", "all_gather_into_tensor": "all_gather_into_tensor",
     "reduce_scatter_tensor": "reduce_scatter_tensor", "all_to_all_single": "all_to_all_single",
 }
-C10D_SENDS = {"send"}  # point to point: the bytes a rank sends (isend, send, batch_isend_irecv)
 
 
 def _tensors(args) -> list[torch.Tensor]:
-    """The tensors among an operator's arguments, lists of tensors flattened (c10d passes lists)."""
+    """The tensors among a call's arguments, lists of tensors flattened (c10d passes lists)."""
     found = []
     for arg in args:
         if isinstance(arg, torch.Tensor):
@@ -134,23 +137,56 @@ def _tensors(args) -> list[torch.Tensor]:
 
 
 @contextmanager
-def _c10d_calls(on_call):
-    """While inside, call `on_call(name, tensors)` for every c10d operator this thread runs: collectives by
-    their torch.distributed name (`C10D_COLLECTIVES`), point-to-point sends as "send". A dispatch mode,
-    so a call is seen whichever Python name reached it."""
+def _c10d_calls(on_call, every_name: bool = True):
+    """While inside, call `on_call(name, tensors)` for every collective (by its torch.distributed name) and,
+    with `every_name`, every point-to-point send ("send") this process runs.
+
+    Two watchers, because neither sees everything: torch.distributed's functions are replaced by counting ones
+    (on every thread: DDP's communication hooks run their later all-reduces in callbacks on gloo's threads, as
+    PowerSGD does), and, with `every_name`, a dispatch mode on this thread sees c10d's operators however the
+    code reached them (``from torch.distributed import all_reduce`` keeps the original function) and every send.
+    A call seen by the first is not counted again by the second. The dispatch mode slows every operator on this
+    thread (about 2x for a small MLP's training step): course-internal measurements whose calls all go through
+    torch.distributed's names pass `every_name=False`."""
+    from torch.distributed import distributed_c10d as c10d
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    local = threading.local()
+
+    def wrap(name, original):
+        def watched(*args, **kwargs):
+            depth = getattr(local, "depth", 0)
+            if depth == 0:
+                on_call(name, _tensors([*args, *kwargs.values()]))
+            local.depth = depth + 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                local.depth = depth
+        return watched
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             namespace, _, rest = str(func).partition(".")
             if namespace in ("c10d", "_c10d_functional"):
                 op = rest.split(".")[0]
-                if op in C10D_SENDS or op in C10D_COLLECTIVES:
-                    on_call("send" if op in C10D_SENDS else C10D_COLLECTIVES[op], _tensors(args))
+                if op == "send":
+                    on_call("send", _tensors(args))
+                elif op in C10D_COLLECTIVES and getattr(local, "depth", 0) == 0:
+                    on_call(C10D_COLLECTIVES[op], _tensors(args))
             return func(*args, **(kwargs or {}))
 
-    with Watch():
-        yield
+    originals = {(module, name): getattr(module, name) for module in (dist, c10d)
+                 for name in COLLECTIVE_CALLS if hasattr(module, name)}
+    wrappers = {name: wrap(name, getattr(c10d, name)) for _, name in originals}
+    try:
+        for module, name in originals:
+            setattr(module, name, wrappers[name])
+        with Watch() if every_name else nullcontext():
+            yield
+    finally:
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
 
 
 @contextmanager
@@ -173,13 +209,14 @@ def watch_communication():
 
 
 @contextmanager
-def count_all_reduce():
+def count_all_reduce(every_name: bool = True):
     """Runs on each rank: while inside, count every all-reduce this thread runs (what DDP's communication
     hooks call, the tensor-parallel layers of 04b, however the function was imported): calls, bytes of the
     tensors handed over (in all, and per call in `sizes`), and their dtypes, in a dict.
 
     DDP's built-in all-reduce runs in C++ and is not seen: register `default_hooks.allreduce_hook` (the same
-    all-reduce, from Python) to count it. The bytes are the tensor handed to the collective; a ring sends 2 (N-1)/N times
+    all-reduce, from Python) to count it. `every_name` False counts only calls through torch.distributed's names
+    (all threads, no slowdown); True also calls through imported names on this thread (`_c10d_calls`). The bytes are the tensor handed to the collective; a ring sends 2 (N-1)/N times
     that per rank (Exercise 3)."""
     seen = {"calls": 0, "bytes": 0, "dtypes": set(), "sizes": []}
 
@@ -192,7 +229,7 @@ def count_all_reduce():
         seen["sizes"].append(size)
         seen["dtypes"] |= {str(t.dtype).replace("torch.", "") for t in tensors}
 
-    with _c10d_calls(on_call):
+    with _c10d_calls(on_call, every_name):
         yield seen
 
 

@@ -231,7 +231,7 @@ def precision_run(name: str, seed: int = 0, epochs: int = 3, batch_per_rank: int
         sampler.set_epoch(epoch)
         for x, y in loader:
             optimizer.zero_grad()
-            with count_all_reduce() as wire:
+            with count_all_reduce(every_name=False) as wire:  # the course's hooks call dist.all_reduce
                 with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
                     logits = model(x)
                 F.cross_entropy(logits.float(), y).backward()

@@ -327,3 +327,19 @@ def test_watchers_see_calls_through_imported_names_and_ddp():
         assert r["sent"] == 5 * 4
         assert r["calls"] == 1 and r["bytes"] == 6 * 4 and r["dtypes"] == {"float32"}
         assert r["ddp_calls"] == 0  # DDP's built-in all-reduce runs in C++, below the dispatcher: register a hook
+
+
+def _powersgd_bytes():
+    """Runs on each rank: PowerSGD all-reduces P, then Q in a callback on another thread; both are counted,
+    with the dispatch mode and without it."""
+    from course import scaling
+
+    return [scaling.precision_run("bf16 autocast + PowerSGD rank 2", seed=0, epochs=1)["bytes_per_step"]
+            for _ in range(1)]
+
+
+def test_all_reduces_in_a_hooks_callback_are_counted():
+    (psgd,) = launch(_powersgd_bytes, 2, quiet=True).results[0]
+    # P and Q of each 2-d gradient, rank 2, of the (256, 256) digit MLP, plus its 1-d tensors; fp32
+    p_and_q = 2 * (64 + 256) + 2 * (256 + 256) + 2 * (256 + 10)
+    assert psgd >= 4 * p_and_q, psgd

@@ -115,14 +115,16 @@ def test_reduction_error_and_a_scaling_point_on_two_ranks():
         assert r["grad_bytes"] == 4 * (64 * 32 + 32 + 32 * 10 + 10)
 
 
-def test_count_all_reduce_outside_a_group_counts_nothing_and_patches_nothing():
+def test_count_all_reduce_outside_a_group_counts_nothing_and_restores_all_reduce():
     import torch.distributed as dist
 
     before = dist.all_reduce
-    with D.count_all_reduce() as seen:
-        assert dist.all_reduce is before  # a dispatch mode watches c10d's operators; no name is replaced
-        torch.ones(3).sum()
-    assert seen == {"calls": 0, "bytes": 0, "dtypes": set(), "sizes": []}
+    for every_name in (True, False):
+        with D.count_all_reduce(every_name=every_name) as seen:
+            assert dist.all_reduce is not before  # counted on every thread (DDP's hook callbacks)
+            torch.ones(3).sum()
+        assert dist.all_reduce is before
+        assert seen == {"calls": 0, "bytes": 0, "dtypes": set(), "sizes": []}
     assert torch.finfo(torch.bfloat16).smallest_normal == torch.finfo(torch.float32).smallest_normal
 
 
