@@ -37,7 +37,8 @@ def activation_memory(layers: int, hidden: int, heads: int, seq: int, micro_batc
     Korthikanti et al. 2022, Table 2 (no tensor or sequence parallelism), per layer, for s = `seq` tokens,
     b = `micro_batch` sequences, h = `hidden`, a = `heads`:
 
-    - ``"none"``: s b h (34 + 5 a s / h) (Eq. 1); 5 a s / h is the attention scores, softmax and dropout mask;
+    - ``"none"``: s b h (34 + 5 a s / h) (Eq. 1); 5 a s / h is the softmax output, its dropout mask and the
+      dropout output (Section 4.1);
     - ``"selective"``: 34 s b h: the attention-score part is recomputed in backward (what FlashAttention-style
       kernels do as well);
     - ``"full"``: 2 s b h: only each layer's 16-bit input is kept, the whole layer is recomputed (about one
