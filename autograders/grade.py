@@ -210,9 +210,10 @@ def prepare_course(root: Path, module: str, cell_timeout_s: int) -> None:
     # module folder that holds two notebooks is graded one notebook at a time.
     source = root / "source" / module
     shutil.rmtree(source, ignore_errors=True)
-    shutil.copytree(settings.solution_notebook(module).parent, source,
-                    ignore=lambda _, names: [n for n in names if n.endswith(".ipynb") and n != f"{module}.ipynb"
-                                             or n == ".ipynb_checkpoints"])
+    def others(_, names):  # the folder's other notebooks and editors' checkpoints
+        return [n for n in names if n.endswith(".ipynb") and n != f"{module}.ipynb" or n == ".ipynb_checkpoints"]
+
+    shutil.copytree(settings.solution_notebook(module).parent, source, ignore=others)
     log = root / "generate.log"
     log.write_text("")
     if _nbgrader(["generate_assignment", module, "--force"], root, log, timeout_s=600) != 0:

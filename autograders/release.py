@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="module ids or folders (default: all)")
     args = parser.parse_args(argv)
     wanted = args.modules or settings.folders()
-    folders = dict.fromkeys(m if m in settings.folders() else settings.folder(m) if m in settings.modules() else m
-                            for m in wanted)  # each folder once, in order
+    folders = dict.fromkeys(settings.folder(m) if m in settings.modules() else m
+                            for m in wanted)  # each folder once, in order (a folder's name is its first module's)
     for folder in folders:
         print(f"released {generate(folder).relative_to(settings.REPO)}")
     return 0

@@ -289,8 +289,9 @@ def module_of(path: Path | str) -> str | None:
         return path.stem
     # the folder's name, where the folder holds one notebook (a renamed copy of 04b_model_parallel in
     # 04_distributed/ is 04b's, and only its cells can tell)
-    if path.parent.name in known and settings.notebooks_in(settings.folder(path.parent.name)) == [path.parent.name]:
-        return path.parent.name
+    folder = path.parent.name
+    if folder in known and settings.notebooks_in(settings.folder(folder)) == [folder]:
+        return folder
     try:
         nb = json.loads(path.read_text())
         theirs = {_norm("".join(c["source"]) if isinstance(c["source"], list) else c["source"])

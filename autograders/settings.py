@@ -92,7 +92,8 @@ def module_grade_ids(module: str) -> frozenset[str]:
 
 
 def configure(c, root: Path | str, release_directory: Path | str = "release",
-              cell_timeout_s: int = DEFAULT_CELL_TIMEOUT_S, source_directory: Path | str | None = None) -> None:
+              cell_timeout_s: int = DEFAULT_CELL_TIMEOUT_S,
+              source_directory: Path | str | None = None) -> None:
     """Fill an nbgrader traitlets config `c` for a course folder at `root`.
 
     nbgrader's assignments are the folders of `source_directory` (default ``solutions/``, whose folders

@@ -106,8 +106,9 @@ def ring_all_reduce(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 COLLECTIVE_CALLS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all",
-                    "all_to_all_single", "all_gather_single", "reduce_scatter_single", "all_gather_into_tensor",
-                    "reduce_scatter_tensor", "gather", "scatter", "all_gather_object", "broadcast_object_list")
+                    "all_to_all_single", "all_gather_single", "reduce_scatter_single",
+                    "all_gather_into_tensor", "reduce_scatter_tensor", "gather", "scatter", "all_gather_object",
+                    "broadcast_object_list")
 # What every torch.distributed call becomes, however the learner's code reached it (`dist.all_reduce`, or a name
 # imported with `from torch.distributed import all_reduce`): an operator of c10d's (or of the functional
 # collectives DTensor uses), which a dispatch mode sees. Named as torch.distributed names the Python calls.
