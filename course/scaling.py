@@ -126,12 +126,13 @@ def _check_sizes(n_gpus: int, size: float, gpus_per_node: int) -> None:
 
 def hierarchical_all_reduce_time(n_gpus: int, size: float, gpus_per_node: int = GPUS_PER_NODE,
                                  intra=(2e-6, NVLINK4_BYTES_PER_S),
-                                 inter=(1e-5, IB_NDR_BYTES_PER_S)) -> float:
+                                 inter=(1e-5, IB_NDR_BYTES_PER_S), ring=ring_time) -> float:
     """Seconds to all-reduce `size` bytes over n_gpus GPUs in nodes of `gpus_per_node`, by the ring's
     alpha-beta model (`ring_time`, Exercise 3) at each level: a ring inside each node over NVLink
     (reduce-scatter and all-gather: every GPU ends with the sum), with, between its two halves, a ring
     across the nodes of each GPU's 1/gpus_per_node shard over that GPU's own network port. `intra` and
-    `inter` are (latency in s, bytes per s per direction). With one node, the inner ring alone.
+    `inter` are (latency in s, bytes per s per direction). With one node, the inner ring alone. `ring` is
+    the ring's cost model, `ring(n, size, latency, bandwidth)` (the learner's Exercise 3 in the notebook).
 
     A prediction, not a measurement: NCCL chooses its own algorithms (rings, trees) and rarely reaches
     the links' peak; the latencies are assumptions of the order of microseconds.
@@ -139,16 +140,18 @@ def hierarchical_all_reduce_time(n_gpus: int, size: float, gpus_per_node: int = 
     _check_sizes(n_gpus, size, gpus_per_node)
     local = min(n_gpus, gpus_per_node)
     nodes = math.ceil(n_gpus / gpus_per_node)
-    return ring_time(local, size, *intra) + ring_time(nodes, size / local, *inter)
+    return ring(local, size, *intra) + ring(nodes, size / local, *inter)
 
 
 def flat_ring_time(n_gpus: int, size: float, gpus_per_node: int = GPUS_PER_NODE,
-                   intra=(2e-6, NVLINK4_BYTES_PER_S), inter=(1e-5, IB_NDR_BYTES_PER_S)) -> float:
+                   intra=(2e-6, NVLINK4_BYTES_PER_S), inter=(1e-5, IB_NDR_BYTES_PER_S),
+                   ring=ring_time) -> float:
     """Seconds for one ring through all n_gpus GPUs: as soon as it leaves a node, every step waits for
-    the slowest link, the network port (with one node, NVLink). ValueError like the hierarchical time."""
+    the slowest link, the network port (with one node, NVLink). ValueError and `ring` as the hierarchical
+    time."""
     _check_sizes(n_gpus, size, gpus_per_node)
     latency, bandwidth = intra if n_gpus <= gpus_per_node else inter
-    return ring_time(n_gpus, size, latency, bandwidth)
+    return ring(n_gpus, size, latency, bandwidth)
 
 
 def predicted_scaling(n_gpus: list[int], params: float = 7e9, grad_bytes_per_param: int = 2,

@@ -168,3 +168,15 @@ def test_all_reduce_times_refuse_negative_sizes():
     for fn in (scaling.flat_ring_time, scaling.hierarchical_all_reduce_time):
         with pytest.raises(ValueError, match="negative"):
             fn(16, -1.0)
+
+
+def test_the_link_models_take_the_learners_ring_model():
+    calls = []
+
+    def ring(n, size, latency, bandwidth):
+        calls.append(n)
+        return ring_time(n, size, latency, bandwidth)
+
+    assert scaling.hierarchical_all_reduce_time(64, 1e9, ring=ring) == scaling.hierarchical_all_reduce_time(64, 1e9)
+    assert scaling.flat_ring_time(64, 1e9, ring=ring) == scaling.flat_ring_time(64, 1e9)
+    assert calls == [8, 8, 64]
