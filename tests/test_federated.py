@@ -185,3 +185,46 @@ def test_deployment_engine_runs_the_app_and_stops_everything():
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if any("flower-super" in part for part in (p.info["cmdline"] or []))]
     assert not leftovers, leftovers
+
+
+def test_local_grid_runs_flowers_strategy_as_one_fedavg_round_by_hand():
+    """run_strategy's one round of Flower's FedAvg equals fedavg() of the course client's replies."""
+    from flwr.app import Message
+    from flwr.serverapp.strategy import FedAvg
+
+    with fl.quiet_flower():
+        run = fl.run_strategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), n_clients=3, rounds=1, seed=2,
+                              train_config={"partitioning": "dirichlet", "alpha": 0.5, "local-epochs": 1})
+    assert run.grid.messages_sent == 3 and len(run.accuracy) == 1
+    start = digit_mlp(fl.HIDDEN, seed=2).state_dict()
+    config = ConfigRecord({"partitioning": "dirichlet", "alpha": 0.5, "lr": 0.2, "local-epochs": 1,
+                           "partition-seed": 2, "server-round": 1})
+    updates = []
+    for car in range(3):
+        context = Context(run_id=1, node_id=car + 1, node_config={"partition-id": car, "num-partitions": 3},
+                          state=RecordDict(), run_config={})
+        request = fl.train_request(RecordDict({"arrays": ArrayRecord(start), "config": config}), car + 1)
+        reply: Message = fl.client_train(request, context)
+        updates.append((reply.content["arrays"].to_torch_state_dict(), int(reply.content["metrics"]["num-examples"])))
+    by_hand = fl.fedavg(updates)
+    for key, value in by_hand.items():
+        torch.testing.assert_close(run.state[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_local_grid_raises_a_clients_bug_and_reports_a_dropout_as_a_failed_reply():
+    from flwr.serverapp.strategy import FedAvg
+
+    def broken(msg, context):
+        raise ZeroDivisionError("a bug in the handler")
+
+    with pytest.raises(fl.ClientCodeError, match="ZeroDivisionError"):
+        fl.run_strategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=2), n_clients=2, rounds=1,
+                        node_apps={1: fl.make_client_app(broken)})
+    # every car drops out in every round: Flower keeps the initial model, the grid counts the failed replies
+    run = fl.run_strategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=2), n_clients=2, rounds=2,
+                          train_config={"drop-rate": 1.0})
+    start = digit_mlp(fl.HIDDEN, seed=0).state_dict()
+    assert all(torch.equal(run.state[k], start[k]) for k in start)
+    assert run.grid.messages_sent == 4
+    with pytest.raises(ValueError):
+        fl.LocalGrid(fl.make_client_app(), 0)

@@ -1,0 +1,98 @@
+"""Recorded answers for 05b_federated_privacy: mistakes learners really make must lose points; other correct answers keep them."""
+from tests.answers import Right, Wrong
+
+ANSWERS = [
+    # ------------------------------------------------------------------ privacy
+    Wrong("privacy", "clips each tensor to the norm separately", visible=True,
+          source='''def clip_update(state, reference, clip_norm):
+    if clip_norm <= 0:
+        raise ValueError("clip_norm must be positive")
+    out = {}
+    for k in reference:
+        delta = state[k] - reference[k]
+        norm = delta.norm().item()
+        out[k] = reference[k] + delta * (min(1.0, clip_norm / norm) if norm > 0 else 1.0)
+    return out
+
+
+def client_mask(u, n_clients, shape, seeds, modulus=2**32):
+    if not 0 <= u < n_clients:
+        raise ValueError("bad car")
+    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus
+    return mask
+'''),
+    Wrong("privacy", "always scales the update to the clip norm, also a small one", visible=True,
+          replace=[("min(1.0, clip_norm / norm)", "clip_norm / norm")]),
+    Wrong("privacy", "clips the weights themselves, not the update from the reference", visible=True,
+          replace=[("delta = {k: state[k] - reference[k] for k in reference}", "delta = {k: state[k] for k in reference}"),
+                   ("return {k: reference[k] + delta[k] * scale for k in reference}",
+                    "return {k: delta[k] * scale for k in reference}")]),
+    Wrong("privacy", "a trusted dealer: random masks with the last one set to cancel, not pairwise", visible=True,
+          replace=[('''    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus
+    return mask''', '''    generator = torch.Generator().manual_seed(0)
+    masks = [torch.randint(0, modulus, shape, generator=generator) for _ in range(n_clients - 1)]
+    masks.append((-sum(masks)) % modulus)
+    return masks[u]''')]),
+    Wrong("privacy", "signs swapped: the larger index adds, the smaller subtracts", visible=True,
+          replace=[("(mask + shared) % modulus if u < v else (mask - shared) % modulus",
+                    "(mask - shared) % modulus if u < v else (mask + shared) % modulus")]),
+    Wrong("privacy", "no reduction modulo R after subtracting: negative values", visible=True,
+          replace=[("(mask - shared) % modulus", "mask - shared")]),
+    Wrong("privacy", "real-valued Gaussian masks (not integers mod R)", visible=True,
+          replace=[('''    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus''', '''    mask = torch.zeros(shape, dtype=torch.float64)
+    for v in range(n_clients):
+        if v != u:
+            generator = torch.Generator().manual_seed(seeds(u, v))
+            shared = torch.randn(shape, generator=generator, dtype=torch.float64)
+            mask = mask + shared if u < v else mask - shared''')]),
+    Wrong("privacy", "builds every car's mask from every pair's seed and picks car u's", visible=True,
+          replace=[('''    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus
+    return mask''', '''    masks = [torch.zeros(shape, dtype=torch.int64) for _ in range(n_clients)]
+    for i in range(n_clients):
+        for j in range(i + 1, n_clients):
+            shared = ref.pair_mask(seeds(i, j), shape, modulus)
+            masks[i] = (masks[i] + shared) % modulus
+            masks[j] = (masks[j] - shared) % modulus
+    return masks[u]''')]),
+    Right("privacy", "adds and subtracts all pair masks, reduces once with torch.remainder", source='''def clip_update(state, reference, clip_norm):
+    if clip_norm <= 0:
+        raise ValueError("clip_norm must be positive")
+    delta = {k: (state[k] - reference[k]).double() for k in reference}
+    norm = float(torch.cat([d.flatten() for d in delta.values()]).norm())
+    factor = clip_norm / norm if norm > clip_norm else 1.0
+    return {k: (reference[k].double() + delta[k] * factor).to(state[k].dtype) for k in reference}
+
+
+def client_mask(u, n_clients, shape, seeds, modulus=2**32):
+    if u < 0 or u >= n_clients:
+        raise ValueError("no such car")
+    plus = sum((ref.pair_mask(seeds(u, v), shape, modulus) for v in range(u + 1, n_clients)),
+               torch.zeros(shape, dtype=torch.int64))
+    minus = sum((ref.pair_mask(seeds(u, v), shape, modulus) for v in range(u)), torch.zeros(shape, dtype=torch.int64))
+    return torch.remainder(plus - minus, modulus)
+'''),
+
+    # ------------------------------------------------------------------ secure aggregation (SecAgg+)
+
+    # ------------------------------------------------------------------ differential privacy
+
+    # ------------------------------------------------------------------ attacks and robust aggregation
+
+    # ------------------------------------------------------------------ the project
+]
