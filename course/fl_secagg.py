@@ -8,20 +8,21 @@ ships it: SecAgg+ (Bell, Bonawitz, Gascon, Lepoint, Raykova 2020, "Secure Single
 `NumPyClient` on each car. Its four stages, per round (read in flwr 1.42's `secaggplus_workflow.py` and
 `secaggplus_mod.py`):
 
-- setup: the server sends the parameters; each car makes two key pairs and replies with its public keys;
-- share keys: the server forwards each car its neighbours' public keys; each car Shamir-shares its private mask
-  seed and its first secret key (t of `num_shares` shares rebuild them) and replies with the shares, encrypted
-  for each neighbour;
-- collect masked vectors: the server forwards the encrypted shares and the fit instruction; each car trains,
-  clips to +-clipping_range, quantises to [0, quantization_range), weighs by its example count (over
-  max_weight), adds its private mask and its pairwise masks (from a Diffie-Hellman key with each neighbour)
-  modulo modulus_range, and replies with the masked integers;
+- setup: the server sends the protocol's settings; each car makes two key pairs and replies with its public
+  keys;
+- share keys: the server forwards each car its neighbours' public keys; each car Shamir-shares its private
+  mask seed and its first secret key (t of `num_shares` shares rebuild them) and replies with the shares,
+  encrypted for each neighbour;
+- collect masked vectors: the server forwards the encrypted shares and the fit instruction (the model); each
+  car trains, weighs its weights by its example count over max_weight, clips them to +-clipping_range,
+  quantises them to [0, quantization_range), adds its private mask and its pairwise masks (from a
+  Diffie-Hellman key with each neighbour) modulo modulus_range, and replies with the masked integers;
 - unmask: the server names the survivors and the dropped; each survivor returns its shares of the survivors'
   private mask seeds and of the dropped cars' secret keys; the server rebuilds them, removes the masks and
   decodes the weighted average.
 
-Everything here runs on any Flower `Grid`: `course.federated.LocalGrid` (in this process, cheap enough to repeat)
-or the simulation engine (`simulate_secagg`, Ray).
+Everything here runs on any Flower `Grid`: `course.federated.LocalGrid` (in this process, cheap enough to
+repeat) or the simulation engine (`simulate_secagg`, Ray).
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ class _WatchingGrid:
 
             self._log.masked[server_round] = {  # by partition: node ids are random on Flower's engines
                 int(compat.recorddict_to_fitres(r.content, True).metrics["partition-id"]):
-                    [bytes_to_ndarray(b) for b in r.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+                    [bytes_to_ndarray(b) for b in
+                     r.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
                 for r in good}
         return replies
 
@@ -235,7 +237,8 @@ def _central_evaluate(log: ProtocolLog):
 
     def evaluate(server_round, parameters, config):
         model = digit_mlp(ref.HIDDEN, seed=0)
-        model.load_state_dict({k: torch.from_numpy(np.asarray(p)) for k, p in zip(keys, parameters, strict=True)})
+        model.load_state_dict({k: torch.from_numpy(np.asarray(p))
+                               for k, p in zip(keys, parameters, strict=True)})
         if server_round > 0:
             log.after[server_round] = [np.asarray(p).copy() for p in parameters]
             log.accuracy[server_round] = accuracy(model, test)
@@ -254,7 +257,7 @@ def server_main(log: ProtocolLog, n_clients: int, rounds: int = 2, secure: bool 
 
     def main(grid: Grid, context: Context) -> None:
         random.seed(seed)
-        with _silent_flower():  # Flower logs each stage, and a round it halts as an ERROR: the log says it here
+        with _silent_flower():  # Flower logs each stage, and a halted round as an ERROR: `log` says it
             strategy = LegacyFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n_clients,
                                     min_available_clients=n_clients,
                                     initial_parameters=ndarrays_to_parameters(initial_parameters(seed)),
@@ -262,8 +265,8 @@ def server_main(log: ProtocolLog, n_clients: int, rounds: int = 2, secure: bool 
                                     fit_metrics_aggregation_fn=lambda metrics: {},
                                     evaluate_fn=_central_evaluate(log))
             legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
-            fit = SecAggPlusWorkflow(num_shares=num_shares, reconstruction_threshold=reconstruction_threshold) \
-                if secure else None
+            fit = SecAggPlusWorkflow(num_shares=num_shares,
+                                     reconstruction_threshold=reconstruction_threshold) if secure else None
             start = time.perf_counter()
             DefaultWorkflow(fit_workflow=fit)(_WatchingGrid(grid, log, legacy, copy_messages), legacy)
             log.seconds = time.perf_counter() - start
@@ -341,8 +344,8 @@ def plain_fedavg(parameters: list[np.ndarray], survivors: Collection[int], n_cli
     return [sum(p[i].astype(np.float64) * n for p, n in fits) / total for i in range(len(parameters))]
 
 
-def quantisation_bound(weights: Collection[int], clipping_range: float = 8.0, quantization_range: int = 4194304,
-                       max_weight: float = 1000.0) -> float:
+def quantisation_bound(weights: Collection[int], clipping_range: float = 8.0,
+                       quantization_range: int = 4194304, max_weight: float = 1000.0) -> float:
     """The largest error SecAgg+'s fixed point can add to one averaged parameter, for survivors with
     example counts `weights` (parameters within +-clipping_range). Each survivor's parameter times its
     weight n_k / max_weight is rounded (stochastically) to a step of 2 * clipping_range /
@@ -355,6 +358,6 @@ def quantisation_bound(weights: Collection[int], clipping_range: float = 8.0, qu
 
 
 def uniformity(values: np.ndarray, modulus: int = 2**32, bins: int = 4) -> np.ndarray:
-    """The share of `values` in each of `bins` equal slices of [0, modulus): about 1/bins each when uniform."""
+    """The share of `values` in each of `bins` equal slices of [0, modulus): about 1/bins each if uniform."""
     return np.bincount((np.asarray(values, dtype=np.uint64) // (modulus // bins)).astype(np.int64),
                        minlength=bins) / len(values)

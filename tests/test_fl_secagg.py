@@ -1,4 +1,4 @@
-"""Flower's SecAgg+ on the course's cars (course/fl_secagg.py): the protocol's stages, dropouts, the sum, the cost."""
+"""Flower's SecAgg+ on the course's cars (course/fl_secagg.py): its stages, dropouts, the sum, the cost."""
 
 import numpy as np
 import pytest
