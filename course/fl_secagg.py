@@ -155,7 +155,8 @@ class ProtocolLog:
     before: dict[int, list[np.ndarray]] = field(default_factory=dict)
     after: dict[int, list[np.ndarray]] = field(default_factory=dict)
     accuracy: dict[int, float] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the workflow's rounds, as the ServerApp timed them
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of a `simulate_secagg` call
 
     def aggregated(self, server_round: int) -> bool:
         """Whether the round ended with a new global model (SecAgg+ halts a round with too few shares)."""
@@ -310,19 +311,23 @@ def simulate_secagg(n_clients: int = 8, rounds: int = 2, drops: dict[int, Collec
                "init_args": {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "_temp_dir": ray_dir,
                              "logging_level": logging.ERROR, "log_to_driver": False}}
     before = {p.pid for p in psutil.Process().children(recursive=True)}
+    clock = time.perf_counter()
     try:
         ref._start_ray(backend["init_args"], exclude=before)
+        log.phases["starting Ray"], clock = time.perf_counter() - clock, time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with _silent_flower():  # Flower logs every stage, and each dropped car's traceback
                 run_simulation(server_app=server, client_app=car_app(True, drops), num_supernodes=n_clients,
                                backend_config=backend)
+        log.phases["the simulation"], clock = time.perf_counter() - clock, time.perf_counter()
     finally:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
         ref._reap_children(exclude=before)
+        log.phases["stopping Ray"] = time.perf_counter() - clock
     if len(log.accuracy) != rounds:
         raise RuntimeError(f"the simulation stopped after {len(log.accuracy)} of {rounds} rounds")
     return log
@@ -361,3 +366,16 @@ def uniformity(values: np.ndarray, modulus: int = 2**32, bins: int = 4) -> np.nd
     """The share of `values` in each of `bins` equal slices of [0, modulus): about 1/bins each if uniform."""
     return np.bincount((np.asarray(values, dtype=np.uint64) // (modulus // bins)).astype(np.int64),
                        minlength=bins) / len(values)
+
+
+def quantised(parameters: list[np.ndarray], n_examples: int, clipping_range: float = 8.0,
+              quantization_range: int = 4194304, max_weight: float = 1000.0) -> list[np.ndarray]:
+    """What a car's `secaggplus_mod` would send for `parameters` before adding any mask: the parameters times
+    the car's weight n_examples / max_weight (itself rounded to 1 / quantization_range), clipped to
+    +-clipping_range and rounded (stochastically, NumPy's global generator) to integers in
+    [0, quantization_range) (flwr 1.42 `secaggplus_mod._collect_masked_vectors`, without the weight factor
+    it sends first)."""
+    from flwr.common.secure_aggregation.quantization import quantize
+
+    ratio = round(n_examples / max_weight * quantization_range) / quantization_range
+    return quantize([np.asarray(p) * ratio for p in parameters], clipping_range, quantization_range)

@@ -70,6 +70,8 @@ def test_quantisation_bound_and_uniformity():
     step = 16 / 2**22
     assert sa.quantisation_bound([500, 500]) == pytest.approx(1.5 * 2 * step)
     assert np.allclose(sa.uniformity(np.array([0, 2**30, 2**31, 3 * 2**30])), 0.25)
+    unmasked = sa.flat(sa.quantised(sa.initial_parameters(), 175))
+    assert unmasked.min() >= 0 and unmasked.max() < 2**22  # the lowest 1/1024 of [0, 2^32)
 
 
 @pytest.mark.slow
