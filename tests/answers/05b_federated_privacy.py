@@ -70,6 +70,22 @@ def client_mask(u, n_clients, shape, seeds, modulus=2**32):
             masks[i] = (masks[i] + shared) % modulus
             masks[j] = (masks[j] - shared) % modulus
     return masks[u]''')]),
+    Wrong("privacy", "one seed for the whole round: every pair's mask is the same vector", visible=True,
+          replace=[("shared = ref.pair_mask(seeds(u, v), shape, modulus)",
+                    "shared = ref.pair_mask(2026, shape, modulus)")]),
+    Wrong("privacy", "a seed per car: adds its own mask, subtracts the previous car's (the sum cancels)",
+          visible=True,
+          replace=[('''    mask = torch.zeros(shape, dtype=torch.int64)
+    for v in range(n_clients):
+        if v != u:
+            shared = ref.pair_mask(seeds(u, v), shape, modulus)
+            mask = (mask + shared) % modulus if u < v else (mask - shared) % modulus
+    return mask''', '''    own = ref.pair_mask(u + 1, shape, modulus)
+    previous = ref.pair_mask((u - 1) % n_clients + 1, shape, modulus)
+    return (own - previous) % modulus''')]),
+    Wrong("privacy", "no sign rule: both cars of a pair add its mask", visible=True,
+          replace=[("(mask + shared) % modulus if u < v else (mask - shared) % modulus",
+                    "(mask + shared) % modulus")]),
     Right("privacy", "adds and subtracts all pair masks, reduces once with torch.remainder", source='''def clip_update(state, reference, clip_norm):
     if clip_norm <= 0:
         raise ValueError("clip_norm must be positive")
