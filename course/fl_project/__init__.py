@@ -163,6 +163,13 @@ def check_submission(submission: Submission) -> Strategy:
     if getattr(inner, "fraction_evaluate", 0.0) != 0.0:
         raise ProjectRuleError("set fraction_evaluate=0.0: the harness evaluates the global model centrally on "
                                "the fixed test set, and the cars' ClientApp has no evaluate handler")
+    if len(chain) == 2 and strategy.noise_multiplier > 0 and (
+            not isinstance(inner, FedAvg) or type(inner).aggregate_train is not FedAvg.aggregate_train):
+        raise ProjectRuleError(f"under central DP the wrapped strategy must aggregate as FedAvg does (FedAvg, FedProx), "
+                               f"not {type(inner).__name__}: the wrapper adds noise AFTER the inner aggregation, and a "
+                               "server optimiser (FedAvgM, FedAdam, ...) keeps un-noised averages in its state, which "
+                               "leak into later rounds, so sigma*C/m per round no longer bounds a car's influence "
+                               "(Flower's accounted mode has the same rule)")
     if len(chain) == 2 and strategy.noise_multiplier > 0 and getattr(inner, "weighted_by_key", None) != "num-cars":
         raise ProjectRuleError("central DP's noise sigma*C/m assumes a uniform average of the m clipped updates: "
                                "give the wrapped strategy weighted_by_key='num-cars' (every car replies 1)")
