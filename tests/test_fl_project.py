@@ -85,6 +85,26 @@ def test_strategies_the_fleet_cannot_run_or_account_are_refused(make, match):
         project.evaluate(project.Submission(make, 2, {}), seeds=(0,))
 
 
+class _IidBehindTheBack(FedAvg):
+    def configure_train(self, server_round, arrays, config, grid):
+        config["partitioning"] = "iid"
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+class _OwnStart(FedAvg):
+    def start(self, *args, **kwargs):
+        return None
+
+
+def test_a_strategy_that_rewrites_the_split_or_the_run_is_refused():
+    with pytest.raises(project.ProjectRuleError, match="the split is fixed"):
+        project.evaluate(project.Submission(lambda: dp(_IidBehindTheBack(
+            fraction_evaluate=0.0, min_available_nodes=10, weighted_by_key="num-cars")), 2, {}), seeds=(0,))
+    with pytest.raises(project.ProjectRuleError, match="start"):
+        project.evaluate(project.Submission(lambda: dp(_OwnStart(
+            fraction_evaluate=0.0, min_available_nodes=10, weighted_by_key="num-cars")), 2, {}), seeds=(0,))
+
+
 def test_over_budget_stops_early_and_no_noise_is_refused_before_running():
     with pytest.raises(project.OverBudget, match="communication budget"):  # 16th round passes 6 MB
         project.evaluate(project.Submission(partial(project.baseline_strategy, noise_multiplier=5.0), 50,

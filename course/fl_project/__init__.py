@@ -149,6 +149,8 @@ def check_submission(submission: Submission) -> Strategy:
         raise ProjectRuleError(f"make_strategy() must return a Flower strategy (flwr.serverapp.strategy), "
                                f"got {type(strategy).__name__}")
     chain = _chain(strategy)
+    if any(type(s).start is not Strategy.start for s in chain):
+        raise ProjectRuleError("the harness runs Flower's own Strategy.start: do not override start()")
     for outer in chain[:-1]:
         if type(outer) is not DifferentialPrivacyServerSideFixedClipping:
             raise ProjectRuleError(f"the harness accounts only DifferentialPrivacyServerSideFixedClipping as the "
@@ -234,6 +236,11 @@ class CountingGrid:
         down = sum(arrays_bytes(m) for m in messages)
         if any(m.metadata.message_type == "train" for m in messages):
             self.cars_per_round.append(len(messages))
+        for message in messages:  # a strategy's configure_train could rewrite the config the cars read
+            config = message.content.config_records.get("config") if not message.has_error() else None
+            if config is not None and any(config.get(k) != v for k, v in SPLIT.items()):
+                raise ProjectRuleError(f"the split is fixed: a message to the cars carries "
+                                       f"{ {k: config.get(k) for k in SPLIT} } instead of {SPLIT}")
         self._check(self.bytes_down + self.bytes_up + down)
         self.bytes_down += down
         replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
