@@ -100,7 +100,8 @@ def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300, app
             processes.append(start(f"supernode{car}", [
                 "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
                 "--port", str(free_port()),
-                "--node-config", node_config(car) if node_config else f"partition-id={car} num-partitions={nodes}"]))
+                "--node-config",
+                node_config(car) if node_config else f"partition-id={car} num-partitions={nodes}"]))
         run = subprocess.run(
             [str(bin_dir / "flwr"), "run", str(Path(app).resolve()), "local-deployment", "--stream",
              "--run-config", run_config or f"num-server-rounds={rounds} partitioning='{partitioning}'"],
@@ -120,12 +121,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--partitioning", choices=["iid", "dirichlet"], default="iid")
-    parser.add_argument("--app", type=Path, default=APP, help="an app folder with a pyproject.toml (default: the "
-                        "touchpad app; the project's is course/fl_project/flower_app)")
+    parser.add_argument("--app", type=Path, default=APP,
+                        help="an app folder with a pyproject.toml (default: the touchpad app; the project's "
+                        "is course/fl_project/flower_app)")
     parser.add_argument("--nodes", type=int, default=2, help="SuperNodes (cars) to start")
     parser.add_argument("--num-partitions", type=int, default=None,
                         help="partitions of the split (default: --nodes; the project's fleet has 10)")
-    parser.add_argument("--run-config", default=None, help="the app's --run-config (replaces --rounds/--partitioning)")
+    parser.add_argument("--run-config", default=None,
+                        help="the app's --run-config (replaces --rounds and --partitioning)")
     args = parser.parse_args()
     start = time.perf_counter()
     partitions = args.num_partitions or args.nodes

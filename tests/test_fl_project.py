@@ -1,5 +1,6 @@
 """The federated project's harness (course.fl_project): fixed split, byte count, epsilon, refusals,
-determinism, the leaderboard (also through the course grader), and the starter app on the deployment engine."""
+determinism, the leaderboard (also through the course grader), and the starter app on the deployment
+engine."""
 
 import csv
 import json
@@ -22,7 +23,8 @@ def dp(inner, sigma=2.0, clip=1.0, sampled=10):
 
 
 def fedavg(**kwargs):
-    return FedAvg(**{"fraction_evaluate": 0.0, "min_available_nodes": 10, "weighted_by_key": "num-cars", **kwargs})
+    settings = {"fraction_evaluate": 0.0, "min_available_nodes": 10, "weighted_by_key": "num-cars"}
+    return FedAvg(**{**settings, **kwargs})
 
 
 def test_the_split_is_the_fixed_dirichlet_one_and_label_skewed():
@@ -77,7 +79,8 @@ def test_changing_what_is_fixed_is_refused(config, match):
     (lambda: dp(fedavg(fraction_evaluate=0.5)), "fraction_evaluate"),
     (lambda: dp(FedAvg(fraction_evaluate=0.0, min_available_nodes=10)), "uniform average"),
     (lambda: dp(dp(fedavg())), "not several"),
-    (lambda: dp(FedAvgM(fraction_evaluate=0.0, min_available_nodes=10, weighted_by_key="num-cars")), "un-noised"),
+    (lambda: dp(FedAvgM(fraction_evaluate=0.0, min_available_nodes=10, weighted_by_key="num-cars")),
+     "un-noised"),
     (lambda: "FedAvg", "Flower strategy"),
 ])
 def test_strategies_the_fleet_cannot_run_or_account_are_refused(make, match):
@@ -111,7 +114,8 @@ def test_over_budget_stops_early_and_no_noise_is_refused_before_running():
                                             {"local-epochs": 1}), seeds=(0,))
     with pytest.raises(project.OverBudget, match="epsilon is infinite"):
         project.evaluate(project.Submission(fedavg, 2, {}), seeds=(0,))
-    with pytest.raises(project.OverBudget, match="epsilon 17.86"):  # 5 cars sampled, 10 declared: half the noise
+    # 5 cars sampled, 10 declared: half the noise the declared multiplier promises
+    with pytest.raises(project.OverBudget, match="epsilon 17.86"):
         project.evaluate(project.Submission(lambda: dp(fedavg(fraction_train=0.5)), 10, {"local-epochs": 1}),
                          seeds=(0,))
     loose = project.evaluate(project.Submission(fedavg, 2, {"local-epochs": 1}), seeds=(0,), strict=False)
@@ -145,7 +149,8 @@ def _fake_run(folder, students):
         for student, status, points, lines in students:
             writer.writerow([student, status, points])
             nb = {"cells": [{"cell_type": "code", "metadata": {"nbgrader": {"grade_id": project.GRADED_CELL}},
-                             "outputs": [{"output_type": "stream", "name": "stdout", "text": "\n".join(lines)}],
+                             "outputs": [{"output_type": "stream", "name": "stdout",
+                                          "text": "\n".join(lines)}],
                              "source": ""}]}
             path = folder / "autograded" / student / project.MODULE / f"{project.MODULE}.ipynb"
             path.parent.mkdir(parents=True)
@@ -185,11 +190,13 @@ def test_leaderboard_from_a_course_grading_run(tmp_path):
     no_noise = next(a for a in answers.records(module) if a.cell == "project" and "no noise" in a.why)
     folder = tmp_path / "in"
     folder.mkdir()
-    for student, code in {"strong": None, "weaker": weaker, "nonoise": no_noise.code(reference["project"])}.items():
+    entries = {"strong": None, "weaker": weaker, "nonoise": no_noise.code(reference["project"])}
+    for student, code in entries.items():
         nb = submission(module, {**reference_answers(module), "project": code})
         (folder / f"{student}.ipynb").write_text(json.dumps(nb))
     results = {r.student: r for r in grade.grade(module, folder, tmp_path / "out")}
-    assert results["strong"].cells[project.GRADED_CELL] == 3 and results["nonoise"].cells[project.GRADED_CELL] == 0
+    assert results["strong"].cells[project.GRADED_CELL] == 3
+    assert results["nonoise"].cells[project.GRADED_CELL] == 0
     entries = project.leaderboard(tmp_path / "out")
     assert [e.student for e in entries] == ["strong", "weaker"], project.format_leaderboard(entries)
     assert entries[0].seeds == [0, 1]  # the hidden seed ran under grading

@@ -57,7 +57,7 @@ MODULE = "05b_federated_privacy"
 
 @contextlib.contextmanager
 def flower_silenced():
-    """Flower logs at WARNING that federated evaluation is off (fraction_evaluate=0): the project wants it off."""
+    """Flower logs at WARNING that federated evaluation is off (fraction_evaluate=0): meant to be."""
     logger = logging.getLogger("flwr")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -132,8 +132,8 @@ def check_submission(submission: Submission) -> Strategy:
     config = dict(submission.client_config or {})
     changed = sorted(SPLIT_KEYS & set(config))
     if changed:
-        raise ProjectRuleError(f"the split is fixed (Dirichlet alpha={ALPHA}, partition seed {PARTITION_SEED}, "
-                               f"{N_CARS} cars): remove {changed} from client_config")
+        raise ProjectRuleError(f"the split is fixed (Dirichlet alpha={ALPHA}, partition seed "
+                               f"{PARTITION_SEED}, {N_CARS} cars): remove {changed} from client_config")
     unknown = sorted(set(config) - set(CLIENT_KEYS))
     if unknown:
         raise ProjectRuleError(f"client_config may set only {sorted(CLIENT_KEYS)}; not {unknown}")
@@ -153,28 +153,32 @@ def check_submission(submission: Submission) -> Strategy:
         raise ProjectRuleError("the harness runs Flower's own Strategy.start: do not override start()")
     for outer in chain[:-1]:
         if type(outer) is not DifferentialPrivacyServerSideFixedClipping:
-            raise ProjectRuleError(f"the harness accounts only DifferentialPrivacyServerSideFixedClipping as the "
-                                   f"outermost wrapper, not {type(outer).__name__}")
+            raise ProjectRuleError(f"the harness accounts only DifferentialPrivacyServerSideFixedClipping as "
+                                   f"the outermost wrapper, not {type(outer).__name__}")
     if len(chain) > 2:
-        raise ProjectRuleError("wrap the strategy in one DifferentialPrivacyServerSideFixedClipping, not several")
+        raise ProjectRuleError("wrap the strategy in one DifferentialPrivacyServerSideFixedClipping, "
+                               "not several")
     inner = chain[-1]
     for name in ("min_available_nodes", "min_train_nodes"):
         if getattr(inner, name, 0) > N_CARS:
             raise ProjectRuleError(f"{name}={getattr(inner, name)}: the fleet has {N_CARS} cars, so the "
                                    "strategy would wait for cars that never connect")
     if getattr(inner, "fraction_evaluate", 0.0) != 0.0:
-        raise ProjectRuleError("set fraction_evaluate=0.0: the harness evaluates the global model centrally on "
-                               "the fixed test set, and the cars' ClientApp has no evaluate handler")
+        raise ProjectRuleError("set fraction_evaluate=0.0: the harness evaluates the global model centrally "
+                               "on the fixed test set, and the cars' ClientApp has no evaluate handler")
     if len(chain) == 2 and strategy.noise_multiplier > 0 and (
             not isinstance(inner, FedAvg) or type(inner).aggregate_train is not FedAvg.aggregate_train):
-        raise ProjectRuleError(f"under central DP the wrapped strategy must aggregate as FedAvg does (FedAvg, FedProx), "
-                               f"not {type(inner).__name__}: the wrapper adds noise AFTER the inner aggregation, and a "
-                               "server optimiser (FedAvgM, FedAdam, ...) keeps un-noised averages in its state, which "
-                               "leak into later rounds, so sigma*C/m per round no longer bounds a car's influence "
-                               "(Flower's accounted mode has the same rule)")
-    if len(chain) == 2 and strategy.noise_multiplier > 0 and getattr(inner, "weighted_by_key", None) != "num-cars":
-        raise ProjectRuleError("central DP's noise sigma*C/m assumes a uniform average of the m clipped updates: "
-                               "give the wrapped strategy weighted_by_key='num-cars' (every car replies 1)")
+        raise ProjectRuleError(
+            f"under central DP the wrapped strategy must aggregate as FedAvg does (FedAvg, FedProx), not "
+            f"{type(inner).__name__}: the wrapper adds noise AFTER the inner aggregation, and a server "
+            "optimiser (FedAvgM, FedAdam, ...) keeps un-noised averages in its state, which leak into later "
+            "rounds, so sigma*C/m per round no longer bounds a car's influence (Flower's accounted mode has "
+            "the same rule)")
+    if len(chain) == 2 and strategy.noise_multiplier > 0 and \
+            getattr(inner, "weighted_by_key", None) != "num-cars":
+        raise ProjectRuleError("central DP's noise sigma*C/m assumes a uniform average of the m clipped "
+                               "updates: give the wrapped strategy weighted_by_key='num-cars' (every car "
+                               "replies 1)")
     return strategy
 
 
@@ -189,10 +193,11 @@ def run_epsilon(strategy, cars_per_round: list[int], delta: float = DELTA) -> fl
     """Client-level epsilon of a run of central DP (server-side fixed clipping, uniform average).
 
     Round r averages the clipped updates of m_r cars and adds noise of std sigma*C/m_declared (Flower's
-    `compute_stdv`), so for any one car it is a Gaussian mechanism with multiplier sigma_r = sigma*m_r/m_declared
-    (sensitivity C/m_r). No credit for sampling (as Flower's accounted mode: "no-amplification"): a car may be
-    in every round. Rounds compose in Gaussian DP to mu = sqrt(sum 1/sigma_r^2) (Dong, Roth and Su 2022),
-    converted exactly by `course.federated.gaussian_dp_epsilon`. Infinite without noise.
+    `compute_stdv`), so for any one car it is a Gaussian mechanism with multiplier
+    sigma_r = sigma*m_r/m_declared (sensitivity C/m_r). No credit for sampling (as Flower's accounted mode:
+    "no-amplification"): a car may be in every round. Rounds compose in Gaussian DP to
+    mu = sqrt(sum 1/sigma_r^2) (Dong, Roth and Su 2022), converted exactly by
+    `course.federated.gaussian_dp_epsilon`. Infinite without noise.
     """
     settings = dp_settings(strategy)
     if settings is None:
@@ -209,7 +214,8 @@ def arrays_bytes(message) -> int:
     """Bytes of the ArrayRecords a Message carries (each Array's serialised data); 0 for an error reply."""
     if message.has_error():
         return 0
-    return sum(len(array.data) for record in message.content.array_records.values() for array in record.values())
+    records = message.content.array_records.values()
+    return sum(len(array.data) for record in records for array in record.values())
 
 
 class CountingGrid:
@@ -227,9 +233,9 @@ class CountingGrid:
 
     def _check(self, total: int) -> None:
         if self.budget is not None and total > self.budget:
-            raise OverBudget(f"over the communication budget: {total / 1e6:.2f} MB > {self.budget / 1e6:.1f} MB "
-                             f"after {len(self.cars_per_round)} rounds; use fewer rounds or a smaller fraction "
-                             "of cars per round")
+            raise OverBudget(f"over the communication budget: {total / 1e6:.2f} MB > "
+                             f"{self.budget / 1e6:.1f} MB after {len(self.cars_per_round)} rounds; use fewer "
+                             "rounds or a smaller fraction of cars per round")
 
     def send_and_receive(self, messages, *args, **kwargs):
         messages = list(messages)
@@ -258,9 +264,9 @@ def seed_everything(seed: int) -> None:
 
 def run_on_grid(grid, strategy, rounds: int, seed: int, client_config: dict | None = None,
                 budget: int | None = None) -> tuple[list[float], CountingGrid]:
-    """Run `strategy.start` for `rounds` on `grid` (a LocalGrid, or the Grid of a ServerApp on Flower's engines)
-    from `digit_mlp(HIDDEN, seed)`, with the fixed split and `client_config`; test accuracy after each round
-    and the CountingGrid that counted the run."""
+    """Run `strategy.start` for `rounds` on `grid` (a LocalGrid, or the Grid of a ServerApp on Flower's
+    engines) from `digit_mlp(HIDDEN, seed)`, with the fixed split and `client_config`; test accuracy after
+    each round and the CountingGrid that counted the run."""
     counting = CountingGrid(grid, budget)
     curve: list[float] = []
 
@@ -291,8 +297,8 @@ def evaluate(submission: Submission, seeds=(0, 1, 2), strict: bool = True) -> Sc
     for seed in seeds:
         strategy = check_submission(submission)
         if strict and dp_settings(strategy) is None:
-            raise OverBudget(f"epsilon is infinite: without noise (DifferentialPrivacyServerSideFixedClipping with "
-                             f"noise_multiplier > 0) a run spends no bounded privacy; the target is "
+            raise OverBudget(f"epsilon is infinite: without noise (DifferentialPrivacyServerSideFixedClipping"
+                             f" with noise_multiplier > 0) a run spends no bounded privacy; the target is "
                              f"epsilon <= {TARGET_EPSILON:g} at delta {DELTA:g}")
         grid = ref.LocalGrid(ref.make_client_app(), N_CARS)
         with ref._server_identity(), flower_silenced(), ref._one_thread():
@@ -300,8 +306,8 @@ def evaluate(submission: Submission, seeds=(0, 1, 2), strict: bool = True) -> Sc
                                           BUDGET_BYTES if strict else None)
         epsilon = run_epsilon(strategy, counting.cars_per_round)
         if strict and epsilon > TARGET_EPSILON:
-            raise OverBudget(f"epsilon {epsilon:.2f} > {TARGET_EPSILON:g} at delta {DELTA:g}: more noise, fewer "
-                             "rounds, or fewer cars per round with num_sampled_clients to match")
+            raise OverBudget(f"epsilon {epsilon:.2f} > {TARGET_EPSILON:g} at delta {DELTA:g}: more noise, "
+                             "fewer rounds, or fewer cars per round with num_sampled_clients to match")
         accuracies.append(curve[-1] if curve else 0.0)
         counted.append(counting)
         epsilons.append(epsilon)
@@ -346,7 +352,8 @@ def baseline_strategy(cars: int = N_CARS, noise_multiplier: float = 2.0, clippin
                         min_available_nodes=cars, weighted_by_key="num-cars")
         sampled = max(int(cars * fraction_train), 1)
         return DifferentialPrivacyServerSideFixedClipping(fedavg, noise_multiplier=noise_multiplier,
-                                                          clipping_norm=clipping_norm, num_sampled_clients=sampled)
+                                                          clipping_norm=clipping_norm,
+                                                          num_sampled_clients=sampled)
 
 
 BASELINE_ROUNDS = 10
@@ -354,7 +361,7 @@ BASELINE_CONFIG = {"lr": 0.2, "local-epochs": 2}
 
 
 def baseline() -> Submission:
-    """The starter submission: FedAvg + central DP (sigma = 2, C = 1), 10 rounds, every car, 2 local epochs."""
+    """The starter submission: FedAvg + central DP (sigma 2, C 1), 10 rounds, every car, 2 local epochs."""
     return Submission(baseline_strategy, BASELINE_ROUNDS, dict(BASELINE_CONFIG), name="baseline")
 
 
@@ -408,10 +415,11 @@ class Entry:
 
 def leaderboard(grading: Path, module: str = MODULE) -> list[Entry]:
     """Rank the students of a course grading run (`python -m autograders.grade 05b_federated_privacy ...
-    --out GRADING`): for each `autograded/<student>/<module>/<module>.ipynb`, the last score line of its locked
-    project test cell. A student is ranked only when grades.csv says `graded` (not held for review) and the
-    project test cell earned its points (within both budgets, above the floor). Best mean accuracy first;
-    ties: fewer bytes, then smaller epsilon, then the student id."""
+    --out GRADING`): for each `autograded/<student>/<module>/<module>.ipynb`, the last score line of its
+    locked project test cell. A student is ranked only when grades.csv says `graded` (not held for review)
+    and the project test cell earned its points (within both budgets, above the floor). Best mean accuracy
+    first; ties: fewer bytes, then smaller epsilon, then the student id.
+    """
     grading = Path(grading)
     rows = {}
     grades = grading / "grades.csv"
@@ -422,13 +430,15 @@ def leaderboard(grading: Path, module: str = MODULE) -> list[Entry]:
     for notebook in sorted(grading.glob(f"autograded/*/{module}/{module}.ipynb")):
         student = notebook.parent.parent.name
         row = rows.get(student)
-        if row is None or row.get("status") != "graded" or not row.get(GRADED_CELL) or float(row[GRADED_CELL]) <= 0:
+        earned = float(row.get(GRADED_CELL) or 0) if row else 0.0
+        if row is None or row.get("status") != "graded" or earned <= 0:
             continue
         score = graded_score(notebook)
         if score is None or not score.get("within_budget"):
             continue
         entries.append(Entry(student, float(score["accuracy_mean"]), float(score["accuracy_std"]),
-                             list(score["seeds"]), int(score["bytes_total"]), score["epsilon"], row["status"]))
+                             list(score["seeds"]), int(score["bytes_total"]), score["epsilon"],
+                             row["status"]))
     return sorted(entries, key=lambda e: (-e.accuracy_mean, e.bytes_total, e.epsilon or 0.0, e.student))
 
 

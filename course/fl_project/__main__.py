@@ -10,7 +10,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m course.fl_project", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     board = sub.add_parser("leaderboard", help="rank the score lines of a grading run's autograded notebooks")
-    board.add_argument("grading", help="the --out folder of `python -m autograders.grade 05b_federated_privacy`")
+    board.add_argument("grading",
+                       help="the --out folder of `python -m autograders.grade 05b_federated_privacy`")
     base = sub.add_parser("baseline", help="score the starter submission with the harness")
     base.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()

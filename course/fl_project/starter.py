@@ -15,26 +15,30 @@ from flwr.serverapp import Grid, ServerApp
 from course import federated as ref
 from course import fl_project
 
-client_app = ref.make_client_app()  # reads its partition from --node-config "partition-id=K num-partitions=10"
+client_app = ref.make_client_app()  # its partition: --node-config "partition-id=K num-partitions=10"
 server_app = ServerApp()
 
 
 def make_strategy(cars: int, noise_multiplier: float, clipping_norm: float):
     """The strategy the ServerApp runs: the project's baseline (FedAvg, uniform average, central DP)."""
-    return fl_project.baseline_strategy(cars=cars, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm)
+    return fl_project.baseline_strategy(cars=cars, noise_multiplier=noise_multiplier,
+                                        clipping_norm=clipping_norm)
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     config = context.run_config
-    cars = int(config.get("min-cars", fl_project.N_CARS))  # how many SuperNodes must connect (all 10 for a score)
-    strategy = make_strategy(cars, float(config.get("noise-multiplier", 2.0)), float(config.get("clipping-norm", 1.0)))
+    cars = int(config.get("min-cars", fl_project.N_CARS))  # SuperNodes that must connect (all 10 for a score)
+    strategy = make_strategy(cars, float(config.get("noise-multiplier", 2.0)),
+                             float(config.get("clipping-norm", 1.0)))
     client_config = {"lr": float(config.get("lr", 0.2)), "local-epochs": int(config.get("local-epochs", 2))}
     with fl_project.flower_silenced():
         curve, counted = fl_project.run_on_grid(grid, strategy, int(config.get("num-server-rounds", 10)),
                                                 int(config.get("seed", 0)), client_config)
     epsilon = fl_project.run_epsilon(strategy, counted.cars_per_round)
     print("test accuracy per round:", [round(a, 4) for a in curve], flush=True)
-    print(f"bytes down {counted.bytes_down}, up {counted.bytes_up}, total {counted.bytes_down + counted.bytes_up} "
+    total = counted.bytes_down + counted.bytes_up
+    print(f"bytes down {counted.bytes_down}, up {counted.bytes_up}, total {total} "
           f"(budget {fl_project.BUDGET_BYTES}); cars per round {counted.cars_per_round}; "
-          f"epsilon {epsilon:.2f} at delta {fl_project.DELTA:g} (target {fl_project.TARGET_EPSILON:g})", flush=True)
+          f"epsilon {epsilon:.2f} at delta {fl_project.DELTA:g} (target {fl_project.TARGET_EPSILON:g})",
+          flush=True)
