@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent / "flower_app"
@@ -62,8 +63,15 @@ def stop(processes: list[subprocess.Popen]) -> None:
         victim.kill()
 
 
-def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300) -> str:
-    """Run the app on a local SuperLink and two SuperNodes; return the run's log."""
+def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300, app: Path = APP, nodes: int = 2,
+           node_config: Callable[[int], str] | None = None, run_config: str | None = None) -> str:
+    """Run an app on a local SuperLink and `nodes` SuperNodes; return the run's log.
+
+    Defaults: the touchpad app (course/flower_app) on two cars, `rounds` and `partitioning` in its run config.
+    `app` is another app folder (the project's: course/fl_project/flower_app); `node_config(car)` the
+    SuperNode's --node-config (default "partition-id=CAR num-partitions=NODES"); `run_config` replaces the
+    --run-config. The run must print "test accuracy per round", as both apps' ServerApps do.
+    """
     bin_dir = Path(sys.executable).parent
     work = Path(tempfile.mkdtemp(prefix="flower-deploy-"))
     port = free_port()
@@ -88,14 +96,15 @@ def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300) -> 
                                         "--database", str(work / "state.db"), "--port", str(port)])
         processes.append(superlink)
         wait_for_port(port, 60, superlink, "the SuperLink")
-        for car in range(2):
+        for car in range(nodes):
             processes.append(start(f"supernode{car}", [
                 "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
                 "--port", str(free_port()),
-                "--node-config", f"partition-id={car} num-partitions=2"]))
+                "--node-config",
+                node_config(car) if node_config else f"partition-id={car} num-partitions={nodes}"]))
         run = subprocess.run(
-            [str(bin_dir / "flwr"), "run", str(APP), "local-deployment", "--stream",
-             "--run-config", f"num-server-rounds={rounds} partitioning='{partitioning}'"],
+            [str(bin_dir / "flwr"), "run", str(Path(app).resolve()), "local-deployment", "--stream",
+             "--run-config", run_config or f"num-server-rounds={rounds} partitioning='{partitioning}'"],
             env=env, cwd=work, capture_output=True, text=True, timeout=timeout)
         output = run.stdout + run.stderr
         if run.returncode != 0 or "test accuracy per round" not in output:
@@ -112,10 +121,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--partitioning", choices=["iid", "dirichlet"], default="iid")
+    parser.add_argument("--app", type=Path, default=APP,
+                        help="an app folder with a pyproject.toml (default: the touchpad app; the project's "
+                        "is course/fl_project/flower_app)")
+    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes (cars) to start")
+    parser.add_argument("--num-partitions", type=int, default=None,
+                        help="partitions of the split (default: --nodes; the project's fleet has 10)")
+    parser.add_argument("--run-config", default=None,
+                        help="the app's --run-config (replaces --rounds and --partitioning)")
     args = parser.parse_args()
     start = time.perf_counter()
-    output = deploy(args.rounds, args.partitioning)
-    lines = [line for line in output.splitlines() if "accuracy" in line or "round" in line.lower()]
+    partitions = args.num_partitions or args.nodes
+    output = deploy(args.rounds, args.partitioning, app=args.app, nodes=args.nodes,
+                    node_config=lambda car: f"partition-id={car} num-partitions={partitions}",
+                    run_config=args.run_config)
+    lines = [line for line in output.splitlines()
+             if "accuracy" in line or "round" in line.lower() or "epsilon" in line]
     print("\n".join(lines[-12:]))
     print(f"deployment run finished in {time.perf_counter() - start:.0f} s; every process stopped")
 

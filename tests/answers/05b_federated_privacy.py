@@ -111,4 +111,44 @@ def client_mask(u, n_clients, shape, seeds, modulus=2**32):
     # ------------------------------------------------------------------ attacks and robust aggregation
 
     # ------------------------------------------------------------------ the project
+    Wrong("project", "over the byte budget: 20 rounds of all ten cars (7.9 MB), noise raised to keep epsilon", visible=True,
+          replace=[("noise_multiplier=2.0", "noise_multiplier=4.0"), ("rounds=10", "rounds=20")]),
+    Wrong("project", "no noise: FedAvg without the DP wrapper, so epsilon is infinite", visible=True,
+          replace=[("""        return DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=2.0, clipping_norm=0.5,
+                                                          num_sampled_clients=project.N_CARS)""",
+                    "        return inner")]),
+    Wrong("project", "noise multiplier 0 in the wrapper: clipping alone is no privacy", visible=True,
+          replace=[("noise_multiplier=2.0", "noise_multiplier=0.0")]),
+    Wrong("project", "a strategy that never learns: lr 1e-4 on the cars", visible=True,
+          replace=[('{"lr": 0.2, "local-epochs": 2}', '{"lr": 0.0001, "local-epochs": 2}')]),
+    Wrong("project", "changes the split to IID for a better score", visible=True,
+          replace=[('{"lr": 0.2, "local-epochs": 2}', '{"lr": 0.2, "local-epochs": 2, "partitioning": "iid"}')]),
+    Wrong("project", "samples half the cars but declares all ten to the DP wrapper: half the noise, epsilon 17.9",
+          visible=True, replace=[("fraction_train=1.0", "fraction_train=0.5")]),
+    Wrong("project", "example-weighted average under central DP: the noise sigma*C/m assumes a uniform one", visible=True,
+          replace=[('weighted_by_key="num-cars")', 'weighted_by_key="num-examples")')]),
+    Wrong("project", "FedAvgM under central DP: its momentum keeps un-noised averages (noise added after it)",
+          visible=True, replace=[("inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=project.N_CARS,\n"
+                                  "                       weighted_by_key=\"num-cars\")",
+                                  "inner = FedAvgM(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=project.N_CARS,\n"
+                                  "                        weighted_by_key=\"num-cars\", server_momentum=0.5)")]),
+    Wrong("project", "returns one strategy object for every run", visible=True, source='''from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+
+
+def submission():
+    inner = FedAvg(fraction_evaluate=0.0, min_available_nodes=10, weighted_by_key="num-cars")
+    strategy = DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=2.0, clipping_norm=0.5,
+                                                          num_sampled_clients=10)
+    return project.Submission(lambda: strategy, rounds=10, client_config={"lr": 0.2, "local-epochs": 2})
+'''),
+    Right("project", "FedProx (mu 0.01) with C = 1 instead of FedAvg with C = 0.5, written with a lambda", source='''from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedProx
+
+
+def submission():
+    return project.Submission(
+        lambda: DifferentialPrivacyServerSideFixedClipping(
+            FedProx(fraction_evaluate=0.0, min_available_nodes=10, weighted_by_key="num-cars", proximal_mu=0.01),
+            noise_multiplier=2.0, clipping_norm=1.0, num_sampled_clients=10),
+        rounds=10, client_config={"lr": 0.2, "local-epochs": 2}, name="FedProx")
+'''),
 ]
