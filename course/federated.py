@@ -11,6 +11,7 @@ from a notebook, with experiment settings and handlers the notebook supplies.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import os
@@ -471,7 +472,9 @@ class LocalGrid(Grid):
         self.raise_errors = raise_errors
         self.messages_sent = 0  # instructions delivered to nodes: a strategy's communication, counted
         self._replies: dict[str, Message] = {}
-        self._run = None
+        from types import SimpleNamespace
+
+        self._run = SimpleNamespace(run_id=1)  # Flower's legacy client manager reads grid.run.run_id
 
     def set_run(self, run) -> None:
         self._run = run
@@ -498,13 +501,14 @@ class LocalGrid(Grid):
             message_id = f"m{self.messages_sent}"
             message.metadata.__dict__["_message_id"] = message_id  # what the SuperLink does on a push
             self.messages_sent += 1
+            delivered = copy.deepcopy(message)  # each node gets its own copy, as over the wire (mods edit it)
             try:
-                reply = self.apps[node](message, self.contexts[node])
+                reply = self.apps[node](delivered, self.contexts[node])
             except Exception as error:
                 if self.raise_errors and not isinstance(error, ClientDroppedOut) and \
                         not isinstance(error.__cause__, ClientDroppedOut):
                     raise
-                reply = Message(Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=message)
+                reply = Message(Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=delivered)
             self._replies[message_id] = reply
             ids.append(message_id)
         return ids
