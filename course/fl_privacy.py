@@ -69,8 +69,8 @@ def rdp_epsilon(noise_multiplier: float, rounds: int, delta: float,
     """(epsilon, best order) of `rounds` Gaussian releases with noise std = noise_multiplier x sensitivity,
     every participant in every release (no sampling), by the Renyi-DP accountant.
 
-    RDP of one release at order alpha: alpha / (2 sigma^2) (Mironov 2017, "Renyi Differential Privacy",
-    Table II / Corollary 3); releases compose by adding RDP (his Proposition 1); RDP -> (epsilon, delta)-DP
+    RDP of one release at order alpha: alpha / (2 sigma^2) (Mironov 2017, "Renyi Differential Privacy", the
+    Gaussian mechanism; Opacus's `_compute_rdp` at q = 1); releases compose by adding RDP; RDP -> (epsilon, delta)-DP
     with Balle et al. 2020, "Hypothesis Testing Interpretations and Renyi Differential Privacy", Theorem 21:
     epsilon(alpha) = RDP(alpha) + log((alpha - 1) / alpha) - (log(delta) + log(alpha)) / (alpha - 1),
     minimised over `orders`, as Opacus 1.6 does (opacus/accountants/analysis/rdp.py, get_privacy_spent).
