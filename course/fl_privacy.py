@@ -4,8 +4,8 @@ wrappers and an Opacus accountant, the RDP accountant by hand, and DP-SGD on one
 Taught in 05b_federated_privacy ("Differential privacy with an accountant").
 
 Two guarantees that are easy to mix up:
-- client-level (central DP in federated learning, McMahan et al. 2018): neighbouring fleets differ in one car's
-  whole data; the mechanism is the noisy average of clipped updates; one step = one round;
+- client-level (central DP in federated learning, McMahan et al. 2018): neighbouring fleets differ in one
+  car's whole data; the mechanism is the noisy average of clipped updates; one step = one round;
 - sample-level (DP-SGD, Abadi et al. 2016): neighbouring datasets differ in one example of one car; the
   mechanism is the noisy sum of clipped per-example gradients; one step = one batch.
 """
@@ -38,7 +38,7 @@ from course.models import digit_mlp
 from course.training import accuracy
 
 DELTA = 1e-5  # the course's delta: well below 1 / (number of cars or examples)
-# Opacus 1.6's RDP orders (opacus/accountants/rdp.py, RDPAccountant.DEFAULT_ALPHAS): 1.1, 1.2, ..., 10.9, 12..63
+# Opacus 1.6's RDP orders (opacus/accountants/rdp.py, RDPAccountant.DEFAULT_ALPHAS): 1.1, ..., 10.9, 12..63
 OPACUS_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
 
@@ -70,8 +70,9 @@ def rdp_epsilon(noise_multiplier: float, rounds: int, delta: float,
     every participant in every release (no sampling), by the Renyi-DP accountant.
 
     RDP of one release at order alpha: alpha / (2 sigma^2) (Mironov 2017, "Renyi Differential Privacy", the
-    Gaussian mechanism; Opacus's `_compute_rdp` at q = 1); releases compose by adding RDP; RDP -> (epsilon, delta)-DP
-    with Balle et al. 2020, "Hypothesis Testing Interpretations and Renyi Differential Privacy", Theorem 21:
+    Gaussian mechanism; Opacus's `_compute_rdp` at q = 1); releases compose by adding RDP;
+    RDP -> (epsilon, delta)-DP with Balle et al. 2020, "Hypothesis Testing Interpretations and Renyi
+    Differential Privacy", Theorem 21 of arXiv 1905.09982:
     epsilon(alpha) = RDP(alpha) + log((alpha - 1) / alpha) - (log(delta) + log(alpha)) / (alpha - 1),
     minimised over `orders`, as Opacus 1.6 does (opacus/accountants/analysis/rdp.py, get_privacy_spent).
     Mironov's own conversion (his Proposition 3) is RDP(alpha) + log(1/delta) / (alpha - 1): valid, larger.
@@ -174,14 +175,16 @@ class OpacusPrivacyAccountant:
         return PrivacySpent(epsilon=float(epsilon), delta=delta, num_releases=self.num_releases,
                             accounting_method="rdp (opacus)", optimal_order=float(order))
 
-    def would_exceed(self, event: GaussianPrivacyEvent, max_epsilon: float | None = None, count: int = 1) -> bool:
+    def would_exceed(self, event: GaussianPrivacyEvent, max_epsilon: float | None = None,
+                     count: int = 1) -> bool:
         limit = self._config.max_epsilon if max_epsilon is None else max_epsilon
         if limit is None:
             raise ValueError("max_epsilon must be set in PrivacyConfig or passed")
         return self._spent(self._events + [(event, count)], self._config.target_delta)[0] > limit
 
     def state_dict(self) -> dict[str, object]:
-        return {"events": [(e.noise_multiplier, e.sample_size, e.population_size, c) for e, c in self._events]}
+        return {"events": [(e.noise_multiplier, e.sample_size, e.population_size, c)
+                           for e, c in self._events]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self._events = [(GaussianPrivacyEvent(s, n, p), c) for s, n, p, c in state["events"]]
@@ -210,7 +213,8 @@ def central_dp_strategy(noise_multiplier: float, n_clients: int, clipping_norm: 
     (`OpacusPrivacyAccountant`, no amplification) that Flower's wrapper feeds one event per round.
 
     Flower 1.42's accounted mode requires FedAvg's aggregation with equal client weights and no amplification
-    (`serverapp/strategy/dp_fixed_clipping.py`: `_validate_uniform_weights`, `SamplingMethod.NO_AMPLIFICATION`).
+    (`serverapp/strategy/dp_fixed_clipping.py`: `_validate_uniform_weights`,
+    `SamplingMethod.NO_AMPLIFICATION`).
     `client_side`: the clipping happens on the car (`DifferentialPrivacyClientSideFixedClipping`; the car's
     ClientApp needs `flwr.clientapp.mod.fixedclipping_mod`), so the server never sees an unclipped update.
     """
@@ -220,7 +224,8 @@ def central_dp_strategy(noise_multiplier: float, n_clients: int, clipping_norm: 
             target_delta=delta, population_size=n_clients,
             neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
             sampling_method=SamplingMethod.NO_AMPLIFICATION))
-    wrapper = DifferentialPrivacyClientSideFixedClipping if client_side else DifferentialPrivacyServerSideFixedClipping
+    wrapper = (DifferentialPrivacyClientSideFixedClipping if client_side
+               else DifferentialPrivacyServerSideFixedClipping)
     with _flower_errors_only(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n_clients,
@@ -267,10 +272,12 @@ def dpsgd_car(noise_multiplier: float | None, car: int = 0, n_clients: int = 4, 
     """(test accuracy, epsilon) of DP-SGD (Abadi et al. 2016) on car `car`'s own data only (its IID share of
     the digits), with Opacus 1.6: `PrivacyEngine().make_private(noise_multiplier, max_grad_norm)` clips each
     example's gradient to `max_grad_norm`, adds noise of std noise_multiplier x max_grad_norm to the batch's
-    sum, and samples batches by Poisson sampling (rate batch_size / n); its RDP accountant gives epsilon.
+    sum, and samples batches by Poisson sampling (rate 1 / number of batches); its RDP accountant gives
+    epsilon.
 
     This is sample-level privacy for that car's examples, not client-level privacy for the car.
-    `noise_multiplier=None`: plain SGD on the same batches (epsilon inf). Seeded: reruns give the same numbers.
+    `noise_multiplier=None`: plain SGD, shuffled batches of `batch_size` (epsilon inf). Seeded: reruns give
+    the same numbers.
     """
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
@@ -279,7 +286,7 @@ def dpsgd_car(noise_multiplier: float | None, car: int = 0, n_clients: int = 4, 
     train = load_digit_splits().train
     dataset = TensorDataset(train.x[idx], train.y[idx])
     with torch.random.fork_rng(), _quiet(), _one_thread():
-        torch.manual_seed(seed)  # Opacus's Poisson batches draw from torch's global generator (secure_mode off)
+        torch.manual_seed(seed)  # Opacus's Poisson batches use torch's global generator (secure_mode off)
         model = digit_mlp(ref.HIDDEN, seed=seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)

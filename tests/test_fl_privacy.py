@@ -1,5 +1,5 @@
-"""course.fl_privacy: the RDP accountant by hand, Opacus's accountants behind Flower's protocol, the central-DP
-wrappers run in one process, and DP-SGD on one car (05b_federated_privacy)."""
+"""course.fl_privacy: the RDP accountant by hand, Opacus's accountants behind Flower's protocol, the
+central-DP wrappers run in one process, and DP-SGD on one car (05b_federated_privacy)."""
 
 import math
 import warnings
@@ -26,7 +26,8 @@ def opacus_rdp(sigma, steps, delta, q=1.0, alphas=None):
         return accountant.get_privacy_spent(delta=delta, alphas=alphas)
 
 
-@pytest.mark.parametrize("sigma,rounds,delta", [(2.0, 10, 1e-5), (0.5, 1, 1e-3), (1.3, 100, 1e-6), (4.0, 3, 0.01)])
+@pytest.mark.parametrize("sigma,rounds,delta",
+                         [(2.0, 10, 1e-5), (0.5, 1, 1e-3), (1.3, 100, 1e-6), (4.0, 3, 0.01)])
 def test_rdp_epsilon_is_opacus_rdp_accountant(sigma, rounds, delta):
     eps, order = fp.rdp_epsilon(sigma, rounds, delta)
     want, want_order = opacus_rdp(sigma, rounds, delta)
@@ -74,7 +75,8 @@ def test_opacus_privacy_accountant_follows_flowers_protocol():
     copy.load_state_dict(accountant.state_dict())
     assert copy.get_epsilon(1e-5) == spent.epsilon
     poisson = fp.OpacusPrivacyAccountant(config(SamplingMethod.POISSON, population=1000))
-    poisson.compose(GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=10, population_size=1000), count=100)
+    poisson.compose(GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=10, population_size=1000),
+                    count=100)
     assert poisson.get_epsilon(1e-5) == pytest.approx(opacus_rdp(1.0, 100, 1e-5, q=0.01)[0])
     with pytest.raises(ValueError):
         fp.OpacusPrivacyAccountant(PrivacyConfig(1e-5, 4, NeighboringRelation.REPLACE_ONE,
@@ -96,7 +98,8 @@ def test_flowers_accounting_refuses_unequal_weights():
 
     with ref.quiet_flower(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        by_examples = FedAvg(fraction_evaluate=0.0, min_available_nodes=4, min_train_nodes=4)  # 315/315/315/314
+        # weighted by examples (the default): 315, 315, 315 and 314
+        by_examples = FedAvg(fraction_evaluate=0.0, min_available_nodes=4, min_train_nodes=4)
         strategy = DifferentialPrivacyServerSideFixedClipping(
             by_examples, noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=4,
             accountant=fp.OpacusPrivacyAccountant(config()))
