@@ -107,6 +107,44 @@ def client_mask(u, n_clients, shape, seeds, modulus=2**32):
     # ------------------------------------------------------------------ secure aggregation (SecAgg+)
 
     # ------------------------------------------------------------------ differential privacy
+    Wrong("accountant", "sigma not squared in the Gaussian mechanism's RDP", visible=True,
+          replace=[("rdp = rounds * alpha / (2 * noise_multiplier**2)",
+                    "rdp = rounds * alpha / (2 * noise_multiplier)")]),
+    # Basic composition (T x one round's epsilon) is a valid but loose bound only as (T eps, T delta); at the
+    # same delta it is not what composition licenses, nor the RDP accountant's number: it loses the points.
+    Wrong("accountant", "basic composition: one round's epsilon times the rounds", visible=True,
+          replace=[("rdp = rounds * alpha / (2 * noise_multiplier**2)", "rdp = alpha / (2 * noise_multiplier**2)"),
+                   ("return float(eps[best]), float(alpha[best])",
+                    "return float(rounds * eps[best]), float(alpha[best])")]),
+    Wrong("accountant", "log(delta) with the wrong sign (log(1/delta) written as log(delta))", visible=True,
+          replace=[("- (np.log(delta) + np.log(alpha)) / (alpha - 1)",
+                    "+ (np.log(delta) - np.log(alpha)) / (alpha - 1)")]),
+    Wrong("accountant", "the order with the smallest RDP (the smallest order), not the smallest epsilon",
+          visible=True, replace=[("best = int(np.argmin(eps))", "best = int(np.argmin(rdp))")]),
+    Wrong("accountant", "one fixed order (alpha = 32) instead of the minimum over the grid", visible=True,
+          replace=[("best = int(np.argmin(eps))", "best = int(np.argmin(np.abs(alpha - 32)))")]),
+    Wrong("accountant", "Mironov's Proposition 3 conversion (valid, looser), not Opacus's (Balle et al.)",
+          visible=True,
+          replace=[("eps = rdp + np.log((alpha - 1) / alpha) - (np.log(delta) + np.log(alpha)) / (alpha - 1)",
+                    "eps = rdp + np.log(1 / delta) / (alpha - 1)")]),
+    Wrong("accountant", "ignores the orders argument: always Opacus's default grid",
+          replace=[("alpha = np.asarray(orders, dtype=float)\n    rdp",
+                    "alpha = np.asarray(fl_privacy.OPACUS_ORDERS, dtype=float)\n    rdp")]),
+    Right("accountant", "a loop over the orders with math.log, keeping the best pair",
+          source='''def rdp_epsilon(noise_multiplier, rounds, delta, orders=fl_privacy.OPACUS_ORDERS):
+    import math
+
+    if noise_multiplier <= 0 or rounds < 1 or delta <= 0 or delta >= 1:
+        raise ValueError("bad arguments")
+    best = None
+    for a in orders:
+        a = float(a)
+        rdp = rounds * a / (2 * noise_multiplier * noise_multiplier)
+        eps = rdp + math.log(1 - 1 / a) + (math.log(1 / delta) - math.log(a)) / (a - 1)
+        if best is None or eps < best[0]:
+            best = (eps, a)
+    return best
+'''),
 
     # ------------------------------------------------------------------ attacks and robust aggregation
 
