@@ -1,18 +1,18 @@
 """Federated evaluation on the cars' own digits, and a personal head per car.
 
-Taught in 05_federated ("Federated evaluation and personalisation"). The fleet is 05's: 4 cars, each holding a
-partition of the training digits (`course.federated.partition`). Here each car also holds **its share of the test
-digits under the same label skew**: every test digit of class c goes to one car, with probability proportional to
-how many training digits of class c that car holds (`test_shares`). A car's held-out digits then follow its
-own label mix, the training sets stay exactly those of the rest of 05, and the cars' held-out sets split the test
-set: Flower's example-weighted average of the cars' accuracies is the central test accuracy, exactly.
+Taught in 05_federated ("Federated evaluation and personalisation"). The fleet is 05's: 4 cars, each holding
+a partition of the training digits (`course.federated.partition`). Here each car also holds **its share of the
+test digits under the same label skew**: the test digits of class c are cut between the cars in proportion to
+how many training digits of class c each car holds (`test_shares`). A car's held-out digits then follow its
+own label mix, the training sets stay exactly those of the rest of 05, and the cars' held-out sets split the
+test set: Flower's example-weighted average of the cars' accuracies is the central test accuracy, exactly.
 
-`make_eval_client_app` is a Flower `ClientApp` with a train handler (05's `client_train`) and an evaluate handler
-(`client_evaluate`); `fleet_metrics` is an `evaluate_metrics_aggr_fn` for Flower's strategies that reports, next
-to Flower's example-weighted accuracy, the unweighted mean over cars and the worst car. `personalise_head`
-fine-tunes only the model's last layer on one car's data (the exercise of the section), and `fleet_run` runs one
-federated training with Flower's FedAvg on `course.federated.LocalGrid` and scores the global and personalised
-models per car.
+`make_eval_client_app` is a Flower `ClientApp` with a train handler (05's `client_train`) and an evaluate
+handler (`client_evaluate`); `fleet_metrics` is an `evaluate_metrics_aggr_fn` for Flower's strategies that
+reports, next to Flower's example-weighted accuracy, the unweighted mean over cars and the worst car.
+`personalise_head` fine-tunes only the model's last layer on one car's data (the section's exercise);
+`fleet_run` runs one federated training with Flower's FedAvg on `course.federated.LocalGrid`, and
+`personal_scores` scores its global and personalised models per car.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_shares(train_labels: np.ndarray, parts: list[np.ndarray], test_labels: 
     For each class c, the test digits of class c are shuffled (seeded) and cut in the proportions
     n_kc / n_c, where n_kc is how many training digits of class c car k holds (`parts[k]` indexes
     `train_labels`). Returns one sorted index array into `test_labels` per car: a disjoint cover of the test
-    set. A car with no training digit of a class gets none of its test digits (up to rounding of the cuts).
+    set. A car with no training digit of a class gets none of its test digits.
     """
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
     counts = fl.label_histogram(train_labels, parts, NUM_CLASSES).astype(float)  # (cars, classes)
@@ -74,7 +74,8 @@ def fleet_data(partitioning: str, n_clients: int, alpha: float = 0.5, seed: int 
     out = []
     for part, share in zip(parts, shares, strict=True):
         tr, te = torch.from_numpy(part), torch.from_numpy(share)
-        out.append((Split(digits.train.x[tr], digits.train.y[tr]), Split(digits.test.x[te], digits.test.y[te])))
+        out.append((Split(digits.train.x[tr], digits.train.y[tr]),
+                    Split(digits.test.x[te], digits.test.y[te])))
     return tuple(out)
 
 
@@ -158,7 +159,8 @@ def head_keys(state: dict[str, torch.Tensor]) -> list[str]:
     """The state-dict keys of the model's last layer (its weight and bias): the classifier head."""
     keys = list(state)
     if len(keys) < 2 or not (keys[-2].endswith("weight") and keys[-1].endswith("bias")):
-        raise ValueError(f"expected the last two keys to be a Linear layer's weight and bias, got {keys[-2:]}")
+        raise ValueError(f"expected the last two keys to be a Linear layer's weight and bias, "
+                         f"got {keys[-2:]}")
     return keys[-2:]
 
 
@@ -233,8 +235,8 @@ def fleet_run(partitioning: str = "iid", alpha: float = 0.1, seed: int = 0, roun
 
 def personal_scores(run: FleetRun, personalise: Callable = personalise_head, epochs: int = 5,
                     lr: float = 0.1) -> dict[str, np.ndarray]:
-    """Personalise `run`'s global model for each car (`personalise(state, x, y, epochs, lr, seed)` on the car's
-    training digits, seed = the run's) and score both models per car: accuracy on the car's own held-out
+    """Personalise `run`'s global model for each car (`personalise(state, x, y, epochs, lr, seed)` on the
+    car's training digits, seed = the run's) and score both models per car: accuracy on the car's own held-out
     digits ("global_own", "personal_own") and on the other cars' held-out digits ("global_others",
     "personal_others"). Each value is a (cars,) array."""
     data = fleet_data(run.partitioning, len(run.held_out), run.alpha, run.seed)

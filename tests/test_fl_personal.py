@@ -1,4 +1,4 @@
-"""course.fl_personal: the cars' held-out digits, the evaluate handler, Flower's aggregation, the local head."""
+"""course.fl_personal: the cars' held-out digits, the evaluate handler, Flower's aggregation, the head."""
 
 import numpy as np
 import pytest
@@ -41,7 +41,8 @@ def test_evaluate_handler_scores_the_cars_held_out_digits_and_needs_its_data_set
     _, held_out = fp.fleet_data("dirichlet", 4, 0.1, 2)[1]
     model = digit_mlp(fl.HIDDEN, seed=1)
     assert metrics["num-examples"] == len(held_out) and metrics["partition-id"] == 1
-    assert metrics["accuracy"] == pytest.approx((model(held_out.x).argmax(1) == held_out.y).float().mean().item())
+    right = (model(held_out.x).argmax(1) == held_out.y).float().mean().item()
+    assert metrics["accuracy"] == pytest.approx(right)
     no_settings = RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({"server-round": 1})})
     with pytest.raises(RuntimeError, match="data settings"):
         fp.client_evaluate(fl.train_request(no_settings), _context(1))

@@ -162,7 +162,8 @@ def dirichlet_partition(labels, n_clients, alpha, seed=0, min_size=10):
           replace=[("        p.requires_grad_(False)\n", "        p.requires_grad_(True)\n"),
                    ("    for p in model.net[-1].parameters():\n        p.requires_grad_(True)\n",
                     "    for p in model.net[-1].parameters():\n        p.requires_grad_(False)\n")]),
-    Wrong("personalise", "'freezes' the body with eval(): eval mode switches dropout and batch norm, not gradients",
+    Wrong("personalise", "'freezes' the body with eval(): eval mode switches dropout and batch norm, "
+          "not gradients",
           visible=True,
           replace=[("    for p in model.parameters():\n        p.requires_grad_(False)\n",
                     "    model.net[:-1].eval()  # freeze the body\n")]),
@@ -170,14 +171,16 @@ def dirichlet_partition(labels, n_clients, alpha, seed=0, min_size=10):
           visible=True,
           replace=[("    for p in model.net[-1].parameters():\n        p.requires_grad_(True)\n",
                     "    model.net[-1].weight.requires_grad_(True)\n")]),
-    Wrong("personalise", "load_state_dict(assign=True): trains the global state's own tensors, changing it in place",
-          visible=True,
-          replace=[("model.load_state_dict(model_state)", "model.load_state_dict(model_state, assign=True)")]),
+    Wrong("personalise", "load_state_dict(assign=True): trains the global state's own tensors, changing it "
+          "in place", visible=True,
+          replace=[("model.load_state_dict(model_state)",
+                    "model.load_state_dict(model_state, assign=True)")]),
     Wrong("personalise", "ignores the seed: always shuffles with seed 0",
           replace=[("lr=lr, seed=seed)\n", "lr=lr, seed=0)\n")]),
     Wrong("personalise", "ignores epochs: one pass over the car's digits",
           replace=[("epochs=epochs, lr=lr, seed=seed)\n", "epochs=1, lr=lr, seed=seed)\n")]),
-    Right("personalise", "an optimiser over the head's parameters only, in a loop of its own", source='''def personalise_head(model_state, x, y, epochs=5, lr=0.1, seed=0):
+    Right("personalise", "an optimiser over the head's parameters only, in a loop of its own",
+          source='''def personalise_head(model_state, x, y, epochs=5, lr=0.1, seed=0):
     model = digit_mlp(ref.HIDDEN, seed=0)
     model.load_state_dict(model_state)
     optimiser = torch.optim.SGD(model.net[-1].parameters(), lr=lr)
