@@ -156,4 +156,49 @@ def dirichlet_partition(labels, n_clients, alpha, seed=0, min_size=10):
     # ------------------------------------------------------------------ strategies (server optimisers)
 
     # ------------------------------------------------------------------ evaluation and personalisation
+    Wrong("personalise", "fine-tunes every layer: never freezes the body", visible=True,
+          replace=[("    for p in model.parameters():\n        p.requires_grad_(False)\n", "")]),
+    Wrong("personalise", "freezes the head and trains the body instead (the two flags swapped)", visible=True,
+          replace=[("        p.requires_grad_(False)\n", "        p.requires_grad_(True)\n"),
+                   ("    for p in model.net[-1].parameters():\n        p.requires_grad_(True)\n",
+                    "    for p in model.net[-1].parameters():\n        p.requires_grad_(False)\n")]),
+    Wrong("personalise", "'freezes' the body with eval(): eval mode switches dropout and batch norm, "
+          "not gradients",
+          visible=True,
+          replace=[("    for p in model.parameters():\n        p.requires_grad_(False)\n",
+                    "    model.net[:-1].eval()  # freeze the body\n")]),
+    Wrong("personalise", "unfreezes the head's weight but not its bias, which carries the car's digit mix",
+          visible=True,
+          replace=[("    for p in model.net[-1].parameters():\n        p.requires_grad_(True)\n",
+                    "    model.net[-1].weight.requires_grad_(True)\n")]),
+    Wrong("personalise", "load_state_dict(assign=True): trains the global state's own tensors, changing it "
+          "in place", visible=True,
+          replace=[("model.load_state_dict(model_state)",
+                    "model.load_state_dict(model_state, assign=True)")]),
+    Wrong("personalise", "ignores the seed: always shuffles with seed 0",
+          replace=[("lr=lr, seed=seed)\n", "lr=lr, seed=0)\n")]),
+    Wrong("personalise", "ignores epochs: one pass over the car's digits",
+          replace=[("epochs=epochs, lr=lr, seed=seed)\n", "epochs=1, lr=lr, seed=seed)\n")]),
+    Right("personalise", "an optimiser over the head's parameters only, in a loop of its own",
+          source='''def personalise_head(model_state, x, y, epochs=5, lr=0.1, seed=0):
+    model = digit_mlp(ref.HIDDEN, seed=0)
+    model.load_state_dict(model_state)
+    optimiser = torch.optim.SGD(model.net[-1].parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=generator).split(32):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimiser.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+'''),
+    Right("personalise", "computes the body's features once without gradients, then trains the head on them",
+          source='''def personalise_head(model_state, x, y, epochs=5, lr=0.1, seed=0):
+    model = digit_mlp(ref.HIDDEN, seed=0)
+    model.load_state_dict(model_state)
+    with torch.no_grad():
+        features = model.net[:-1](x)
+    ref.local_train(model.net[-1], features, y, epochs=epochs, lr=lr, seed=seed)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+'''),
 ]
