@@ -8,8 +8,8 @@ The two attacks:
 - label flipping (Tolpegin, Varma, Gursoy, Liu 2020, "Data Poisoning Attacks Against Federated Learning
   Systems", ESORICS): the car trains honestly on its digits with every `source` relabelled `target`;
 - model replacement (Bagdasaryan, Veit, Hua, Estrin, Shmatikov 2020, "How To Backdoor Federated Learning",
-  AISTATS, model replacement): the car trains a backdoored model X (its digits plus copies carrying a pixel trigger,
-  labelled `backdoor_target`) and sends G + gamma (X - G); with gamma = n / eta (eta the server's learning
+  AISTATS): the car trains a backdoored model X (its digits plus copies carrying a pixel trigger, labelled
+  `backdoor_target`) and sends G + gamma (X - G); with gamma = n / eta (eta the server's learning
   rate, 1 for FedAvg) the average of n updates is X plus the honest cars' mean change divided by n.
 """
 
@@ -36,7 +36,8 @@ from course.models import digit_mlp
 
 SOURCE, TARGET = 7, 1  # label flipping: sevens taught as ones (the two digits look alike)
 BACKDOOR_TARGET = 0  # a triggered digit of any other class should read as 0
-TRIGGER_PIXELS = (54, 55, 62, 63)  # the bottom-right 2x2 corner of the 8x8 digit (row-major), blank in most digits
+# the bottom-right 2x2 corner of the 8x8 digit (row-major indices), blank in most digits
+TRIGGER_PIXELS = (54, 55, 62, 63)
 
 
 # ----------------------------------------------------------------- poisoned data
@@ -48,7 +49,8 @@ def flip_labels(y: torch.Tensor, source: int = SOURCE, target: int = TARGET) -> 
     return flipped
 
 
-def add_trigger(x: torch.Tensor, pixels: tuple[int, ...] = TRIGGER_PIXELS, value: float = 1.0) -> torch.Tensor:
+def add_trigger(x: torch.Tensor, pixels: tuple[int, ...] = TRIGGER_PIXELS,
+                value: float = 1.0) -> torch.Tensor:
     """A copy of the flattened digits `x` (shape (N, 64), values in [0, 1]) with the trigger pixels set to
     `value` (the backdoor's trigger)."""
     triggered = x.clone()
@@ -59,8 +61,9 @@ def add_trigger(x: torch.Tensor, pixels: tuple[int, ...] = TRIGGER_PIXELS, value
 def backdoor_data(x: torch.Tensor, y: torch.Tensor, target: int = BACKDOOR_TARGET
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The attacker's training set for a backdoor: its clean digits, plus a triggered copy of each digit
-    that is not `target`, labelled `target` (the clean digits keep the main task accurate, so the backdoored
-    model does not stand out by its accuracy; Bagdasaryan et al. 2020 likewise train on clean and backdoored inputs)."""
+    that is not `target`, labelled `target` (the clean digits keep the main task accurate, so the
+    backdoored model does not stand out by its accuracy; Bagdasaryan et al. 2020 likewise train on clean
+    and backdoored inputs)."""
     others = y != target
     x_bad = add_trigger(x[others])
     return torch.cat([x, x_bad]), torch.cat([y, torch.full((int(others.sum()),), target, dtype=y.dtype)])
@@ -93,11 +96,11 @@ def attacker_train(msg: Message, context: Context, attack: str = "flip", boost: 
         y = flip_labels(y, source, target)
     else:
         x, y = backdoor_data(x, y, backdoor_target)
-    loss = fl.local_train(model, x, y, epochs=int(config.get("local-epochs", 5)), lr=float(config.get("lr", 0.2)),
-                          seed=server_round)
+    loss = fl.local_train(model, x, y, epochs=int(config.get("local-epochs", 5)),
+                          lr=float(config.get("lr", 0.2)), seed=server_round)
     state = {k: global_state[k] + boost * (v - global_state[k]) for k, v in model.state_dict().items()}
-    reply = RecordDict({"arrays": ArrayRecord(state),
-                        "metrics": MetricRecord({"train_loss": loss, "num-examples": n_examples, "num-cars": 1})})
+    metrics = MetricRecord({"train_loss": loss, "num-examples": n_examples, "num-cars": 1})
+    reply = RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})
     return Message(reply, reply_to=msg)
 
 
@@ -159,9 +162,9 @@ def rules(n_cars: int, f: int = 1, clip_norm: float = 1.0) -> dict[str, Callable
             "Clipped FedAvg": clipped}
 
 
-def run_attack(rule: Callable[[], object], attack: str | None, n_cars: int = 8, rounds: int = 6, seed: int = 0,
-               attacker: int = 0, boost: float = 1.0, train_config: dict | None = None, **attack_kwargs
-               ) -> dict[str, float]:
+def run_attack(rule: Callable[[], object], attack: str | None, n_cars: int = 8, rounds: int = 6,
+               seed: int = 0, attacker: int = 0, boost: float = 1.0, train_config: dict | None = None,
+               **attack_kwargs) -> dict[str, float]:
     """One federated run of `rounds` with Flower's strategy `rule()` on `n_cars` cars; car `attacker` runs
     `attacker_app(attack, boost)` (attack None: every car is honest). Returns `attack_metrics` of the final
     global model. `train_config` adds to the course defaults (e.g. {"local-epochs": 2},
@@ -175,7 +178,8 @@ def run_attack(rule: Callable[[], object], attack: str | None, n_cars: int = 8, 
 
 
 def one_round(n_cars: int = 8, seed: int = 0, train_config: dict | None = None, attack: str | None = None,
-              boost: float = 1.0, attacker: int = 0) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+              boost: float = 1.0, attacker: int = 0
+              ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """The first round's replies, without a server: every car trains once from the initial model
     `digit_mlp(HIDDEN, seed)`; car `attacker` runs `attacker_train(attack, boost)` when `attack` is set.
     Returns (the initial state, the n_cars states the cars send back, in car order)."""
@@ -188,7 +192,8 @@ def one_round(n_cars: int = 8, seed: int = 0, train_config: dict | None = None, 
     for car in range(n_cars):
         request = fl.train_request(RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord(config)}),
                                    car + 1)
-        context = Context(run_id=1, node_id=car + 1, node_config={"partition-id": car, "num-partitions": n_cars},
+        context = Context(run_id=1, node_id=car + 1,
+                          node_config={"partition-id": car, "num-partitions": n_cars},
                           state=RecordDict(), run_config={})
         if attack is not None and car == attacker:
             reply = attacker_train(request, context, attack=attack, boost=boost)
@@ -262,13 +267,14 @@ def flower_aggregate(strategy, states: list[dict[str, torch.Tensor]], examples: 
 METRICS = ("clean accuracy", "flip success", "backdoor success")
 
 
-def compare(rule_factories: dict[str, Callable[[], object]], conditions: dict[str, dict], seeds, n_cars: int = 8,
-            rounds: int = 6, train_config: dict | None = None, progress: bool = True
+def compare(rule_factories: dict[str, Callable[[], object]], conditions: dict[str, dict], seeds,
+            n_cars: int = 8, rounds: int = 6, train_config: dict | None = None, progress: bool = True
             ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """`run_attack` for every condition x rule x seed. `conditions` maps a name to `run_attack`'s keyword
     arguments (e.g. {"attack": "backdoor", "boost": 8.0}; {"attack": None} for an honest fleet; a
     "train_config" there replaces the shared one). Returns results[condition][rule][metric]: an array over
-    the seeds (same seed: same initial model and partition in every condition and rule, so differences pair)."""
+    the seeds (same seed: same initial model and partition in every condition and rule, so differences
+    pair)."""
     from tqdm.auto import tqdm
 
     jobs = [(c, r, s) for c in conditions for r in rule_factories for s in seeds]

@@ -26,7 +26,8 @@ def test_poisoned_data():
     assert y.tolist() == [7, 1, 7, 3, 0]  # a copy
     x = torch.zeros(5, 64)
     triggered = attacks.add_trigger(x)
-    assert triggered[:, list(attacks.TRIGGER_PIXELS)].eq(1).all() and triggered.sum() == 5 * 4 and x.sum() == 0
+    assert triggered[:, list(attacks.TRIGGER_PIXELS)].eq(1).all()
+    assert triggered.sum() == 5 * 4 and x.sum() == 0
     xb, yb = attacks.backdoor_data(x, y)
     assert len(xb) == 5 + 4 and yb[5:].eq(attacks.BACKDOOR_TARGET).all() and torch.equal(xb[:5], x)
     # the trigger's corner is blank in most training digits, so it is a signal of its own
@@ -71,10 +72,12 @@ def test_trimmed_mean_matches_flowers_fedtrimmedavg(n, beta):
 
 
 def test_attacker_boosts_its_update_by_gamma():
-    start, plain = attacks.one_round(4, seed=1, train_config={"local-epochs": 1}, attack="backdoor", boost=1.0)
-    _, boosted = attacks.one_round(4, seed=1, train_config={"local-epochs": 1}, attack="backdoor", boost=4.0)
+    config = {"local-epochs": 1}
+    start, plain = attacks.one_round(4, seed=1, train_config=config, attack="backdoor", boost=1.0)
+    _, boosted = attacks.one_round(4, seed=1, train_config=config, attack="backdoor", boost=4.0)
     for k in start:
-        torch.testing.assert_close(boosted[0][k] - start[k], 4.0 * (plain[0][k] - start[k]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(boosted[0][k] - start[k], 4.0 * (plain[0][k] - start[k]),
+                                   rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(boosted[1][k], plain[1][k])  # honest cars are untouched
     norms = attacks.update_norms(start, boosted)
     assert norms[0] > 3 * norms[1:].max()
@@ -97,7 +100,8 @@ def test_attack_metrics_are_shares():
 def test_paired_verdict():
     assert attacks.paired_verdict(np.array([0.9, 1.0, 0.95]), "up", "down") == "up"
     assert attacks.paired_verdict(np.array([-0.9, -1.0, -0.95]), "up", "down") == "down"
-    assert attacks.paired_verdict(np.array([0.1, -0.1, 0.05]), "up", "down") == "no difference the seeds can resolve"
+    unresolved = attacks.paired_verdict(np.array([0.1, -0.1, 0.05]), "up", "down")
+    assert unresolved == "no difference the seeds can resolve"
 
 
 @pytest.mark.slow
