@@ -147,6 +147,36 @@ def client_mask(u, n_clients, shape, seeds, modulus=2**32):
 '''),
 
     # ------------------------------------------------------------------ attacks and robust aggregation
+    Wrong("robust", "scores with all n - 1 other models, not the n - f - 2 nearest", visible=True,
+          replace=[("[:, : n - f - 2]", "[:, : n - 1]")]),
+    Wrong("robust", "counts each model as its own nearest neighbour (distance 0 takes a place)", visible=True,
+          replace=[('    squared.fill_diagonal_(float("inf"))  # a model is not its own neighbour\n', "")]),
+    Wrong("robust", "sums plain distances, not squared ones", visible=True,
+          replace=[("squared = torch.cdist(vectors, vectors) ** 2",
+                    "squared = torch.cdist(vectors, vectors)")]),
+    Wrong("robust", "returns the index of the chosen model, not the model", visible=True,
+          replace=[("return states[int(torch.argmin(scores))]", "return int(torch.argmin(scores))")]),
+    Wrong("robust", "keeps the model with the highest score", visible=True,
+          replace=[("torch.argmin(scores)", "torch.argmax(scores)")]),
+    Wrong("robust", "n - f neighbours (forgets the 2)", visible=True,
+          replace=[("[:, : n - f - 2]", "[:, : n - f]")]),
+    Wrong("robust", "no check of n > 2f + 2", visible=True,
+          replace=[("    if f < 0 or n <= 2 * f + 2:\n"
+                    "        raise ValueError(f\"Krum needs f >= 0 and n > 2f + 2, got f={f} and n={n}\")\n", "")]),
+    Right("robust", "a loop over pairs with squared norms, sorted per model",
+          source='''def krum_select(states, f):
+    n = len(states)
+    if f < 0 or 2 * f + 2 >= n:
+        raise ValueError("Krum needs n > 2f + 2")
+    flat = [torch.cat([t.double().reshape(-1) for t in s.values()]) for s in states]
+    best, best_score = None, float("inf")
+    for i in range(n):
+        d = sorted(float(((flat[i] - flat[j]) ** 2).sum()) for j in range(n) if j != i)
+        score = sum(d[: n - f - 2])
+        if score < best_score:
+            best, best_score = i, score
+    return states[best]
+'''),
 
     # ------------------------------------------------------------------ the project
     Wrong("project", "over the byte budget: 20 rounds of all ten cars (7.9 MB), noise raised to keep epsilon", visible=True,
