@@ -1,4 +1,4 @@
-"""course.fl_strategies: the server steps 05_federated states, checked against Flower 1.42's own strategies."""
+"""course.fl_strategies: the server steps 05_federated states, checked against Flower 1.42's strategies."""
 
 import numpy as np
 import pytest
@@ -10,8 +10,9 @@ from course import fl_strategies as fs
 
 def _rounds(start, scales=(0.3, 0.05, 0.2), counts=(10, 30, 60), seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [[({k: v + s * torch.randn(v.shape, generator=generator) for k, v in start.items()}, n) for n in counts]
-            for s in scales]
+    def reply(scale, n):
+        return {k: v + scale * torch.randn(v.shape, generator=generator) for k, v in start.items()}, n
+    return [[reply(s, n) for n in counts] for s in scales]
 
 
 def _start(seed=0):
@@ -58,8 +59,8 @@ def test_flowers_fedavgm_is_fedavg_by_default_and_heavy_ball_momentum_when_set()
     for updates, flower in zip(rounds, plain):
         assert _close(ref.fedavg(updates), flower)
     beta, lr = 0.9, 0.5
-    stepped = fs.flower_server_steps(fs.make_strategy("FedAvgM", server_momentum=beta, server_learning_rate=lr),
-                                     start, rounds)
+    momentum = fs.make_strategy("FedAvgM", server_momentum=beta, server_learning_rate=lr)
+    stepped = fs.flower_server_steps(momentum, start, rounds)
     w, mom = start, None
     for updates, flower in zip(rounds, stepped):
         avg = ref.fedavg(updates)
@@ -101,6 +102,6 @@ def test_make_strategy_builds_flowers_classes_without_federated_evaluation():
 def test_the_recorded_search_reproduces():
     name = "FedYogi"
     settings = fs.CHOSEN[name]
-    recorded = dict((tuple(sorted(s.items())), acc) for s, acc in fs.TUNING[name])[tuple(sorted(settings.items()))]
+    recorded = next(acc for s, acc in fs.TUNING[name] if s == settings)
     got = fs.final_accuracies(name, settings, fs.TUNING_SEEDS)[:, -1].mean()
     assert got == pytest.approx(recorded, abs=1e-3)

@@ -182,7 +182,8 @@ def dirichlet_partition(labels, n_clients, alpha, seed=0, min_size=10):
 '''),
     Wrong("server_optimizer", "forgets the (1 - beta_1) factor of the momentum (FedAvgM's buffer has none; "
           "FedOpt's has it)", visible=True,
-          replace=[('m[key] = beta_1 * state["m"][key] + (1 - beta_1) * delta', 'm[key] = beta_1 * state["m"][key] + delta')]),
+          replace=[('m[key] = beta_1 * state["m"][key] + (1 - beta_1) * delta',
+                    'm[key] = beta_1 * state["m"][key] + delta')]),
     Wrong("server_optimizer", "updates m and v in place in the state it was given",
           source='''def fedyogi_step(current, averaged, state, eta=1e-2, beta_1=0.9, beta_2=0.99, tau=1e-3):
     if state is None:
