@@ -105,3 +105,10 @@ def test_the_recorded_search_reproduces():
     recorded = next(acc for s, acc in fs.TUNING[name] if s == settings)
     got = fs.final_accuracies(name, settings, fs.TUNING_SEEDS)[:, -1].mean()
     assert got == pytest.approx(recorded, abs=1e-3)
+
+
+def test_flowers_fedadam_returns_float64_weights_and_fedyogi_keeps_float32():
+    """numpy 2 promotes float32 arrays times FedAdam's float64 step size: the notebook says so."""
+    start, rounds = _start(4), _rounds(_start(4), seed=4)[:1]
+    assert fs.flower_server_steps(fs.make_strategy("FedAdam"), start, rounds)[0]["w"].dtype == torch.float64
+    assert fs.flower_server_steps(fs.make_strategy("FedYogi"), start, rounds)[0]["w"].dtype == torch.float32
