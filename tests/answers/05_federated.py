@@ -154,6 +154,62 @@ def dirichlet_partition(labels, n_clients, alpha, seed=0, min_size=10):
 '''),
 
     # ------------------------------------------------------------------ strategies (server optimisers)
+    Wrong("server_optimizer", "flips the pseudo-gradient: current - averaged, a gradient's sign (as FedAvgM "
+          "stores it) where FedYogi steps along averaged - current", visible=True,
+          replace=[("delta = averaged[key] - w", "delta = w - averaged[key]")]),
+    Wrong("server_optimizer", "Adam's second moment where Yogi's sign rule is asked (equal in round 1, apart "
+          "from round 2)", visible=True,
+          replace=[('v[key] = state["v"][key] - (1 - beta_2) * delta**2 * torch.sign(state["v"][key] - delta**2)',
+                    'v[key] = beta_2 * state["v"][key] + (1 - beta_2) * delta**2')]),
+    Wrong("server_optimizer", "puts tau inside the square root", visible=True,
+          replace=[("(torch.sqrt(v[key]) + tau)", "torch.sqrt(v[key] + tau)")]),
+    Wrong("server_optimizer", "starts m and v at zero every round: the state is not carried between rounds",
+          visible=True, replace=[("    if state is None:\n", "    if True:  # fresh moments\n")]),
+    Wrong("server_optimizer", "adds Adam's bias correction (Kingma and Ba's alpha_t, counting rounds in the "
+          "state), which Flower's FedYogi does not do", visible=True, source='''def fedyogi_step(current, averaged, state, eta=1e-2, beta_1=0.9, beta_2=0.99, tau=1e-3):
+    if state is None:
+        state = {"m": {k: torch.zeros_like(x) for k, x in current.items()},
+                 "v": {k: torch.zeros_like(x) for k, x in current.items()}, "t": 0}
+    t = state["t"] + 1
+    eta_t = eta * (1 - beta_2**t) ** 0.5 / (1 - beta_1**t)
+    new, m, v = {}, {}, {}
+    for key, w in current.items():
+        delta = averaged[key] - w
+        m[key] = beta_1 * state["m"][key] + (1 - beta_1) * delta
+        v[key] = state["v"][key] - (1 - beta_2) * delta**2 * torch.sign(state["v"][key] - delta**2)
+        new[key] = w + eta_t * m[key] / (torch.sqrt(v[key]) + tau)
+    return new, {"m": m, "v": v, "t": t}
+'''),
+    Wrong("server_optimizer", "forgets the (1 - beta_1) factor of the momentum (FedAvgM's buffer has none; "
+          "FedOpt's has it)", visible=True,
+          replace=[('m[key] = beta_1 * state["m"][key] + (1 - beta_1) * delta',
+                    'm[key] = beta_1 * state["m"][key] + delta')]),
+    Wrong("server_optimizer", "updates m and v in place in the state it was given",
+          source='''def fedyogi_step(current, averaged, state, eta=1e-2, beta_1=0.9, beta_2=0.99, tau=1e-3):
+    if state is None:
+        state = {"m": {k: torch.zeros_like(x) for k, x in current.items()},
+                 "v": {k: torch.zeros_like(x) for k, x in current.items()}}
+    new = {}
+    for key, w in current.items():
+        delta = averaged[key] - w
+        state["m"][key].mul_(beta_1).add_((1 - beta_1) * delta)
+        state["v"][key].sub_((1 - beta_2) * delta**2 * torch.sign(state["v"][key] - delta**2))
+        new[key] = w + eta * state["m"][key] / (state["v"][key].sqrt() + tau)
+    return new, state
+'''),
+    Right("server_optimizer", "computes in float64 with torch.where for Yogi's sign, and dict comprehensions",
+          source='''def fedyogi_step(current, averaged, state, eta=1e-2, beta_1=0.9, beta_2=0.99, tau=1e-3):
+    m_prev = state["m"] if state else {k: torch.zeros_like(x) for k, x in current.items()}
+    v_prev = state["v"] if state else {k: torch.zeros_like(x) for k, x in current.items()}
+    delta = {k: averaged[k].double() - current[k].double() for k in current}
+    m = {k: beta_1 * m_prev[k].double() + (1 - beta_1) * delta[k] for k in current}
+    v = {}
+    for k in current:
+        grow = torch.where(delta[k] ** 2 > v_prev[k].double(), 1.0, -1.0)
+        v[k] = v_prev[k].double() + (1 - beta_2) * delta[k] ** 2 * grow
+    new = {k: (current[k].double() + eta * m[k] / (v[k].sqrt() + tau)).to(current[k].dtype) for k in current}
+    return new, {"m": m, "v": v}
+'''),
 
     # ------------------------------------------------------------------ evaluation and personalisation
     Wrong("personalise", "fine-tunes every layer: never freezes the body", visible=True,
