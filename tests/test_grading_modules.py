@@ -95,3 +95,19 @@ def test_reference_blank_wrong_and_right_answers_through_the_grader(module, tmp_
         points = sum(nbgrader_meta(c)["points"] for c in cells if c["id"] in test_ids)
         earned = sum(results["wrong"].cells.get(t, 0.0) for t in test_ids)
         assert earned < points, f"{exercise}: a recorded wrong answer earned {earned} of {points} in the grader"
+    if module == "05b_federated_privacy":
+        _project_leaderboard_reads_this_grading_run(tmp_path / "out")
+
+
+def _project_leaderboard_reads_this_grading_run(out):
+    """05b's project leaderboard (course.fl_project) ranks what the graded test cell printed in this same
+    grading run (sharing it saves a second one): the reference and the other correct submission are
+    ranked by accuracy over the visible and the hidden seed; the blank copy and the wrong answers, which
+    lost the project's points, are not."""
+    from course import fl_project
+
+    entries = fl_project.leaderboard(out)
+    table = fl_project.format_leaderboard(entries)
+    assert sorted(e.student for e in entries) == ["reference", "right"], table
+    assert [e.accuracy_mean for e in entries] == sorted((e.accuracy_mean for e in entries), reverse=True), table
+    assert all(e.seeds == [0, 1] for e in entries), table  # the hidden seed ran under grading
