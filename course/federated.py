@@ -248,14 +248,15 @@ def federate(n_clients: int = 4, rounds: int = 10, partitioning: str = "iid", al
     parts = partition(partitioning, n_clients, alpha=alpha, seed=seed)
     model = digit_mlp(HIDDEN, seed=seed)
     curve = []
-    with _one_thread():
+    with one_thread():
         _federate_rounds(model, parts, train, test, rounds, mu, seed, local_epochs, lr, proximal, curve)
     return curve, model.state_dict()
 
 
 @contextlib.contextmanager
-def _one_thread():
-    """Batches of 32 through a 64-unit MLP: a second thread only adds contention (Ray's workers use one too)."""
+def one_thread():
+    """Torch on one thread for the block: batches of 32 through 05's 64-unit MLP gain nothing from a second
+    thread, only contention (Ray's workers use one too). Used by every in-process federated run."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -289,7 +290,7 @@ def client_drift(proximal: Callable, mu: float, client: int = 0, alpha: float = 
     model = digit_mlp(HIDDEN, seed=seed)
     model.load_state_dict(start_state)
     start = [p.detach().clone() for p in model.parameters()]
-    with _one_thread():
+    with one_thread():
         local_train(model, train.x[idx], train.y[idx], epochs=epochs, lr=lr, mu=mu, seed=warmup_rounds + 1,
                     proximal=proximal)
     moved = sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True))
@@ -305,7 +306,7 @@ def central_baseline(epochs: int, lr: float = 0.2, seed: int = 0) -> float:
     """Test accuracy of the same model trained on all the training digits in one place."""
     train = load_digit_splits().train
     model = digit_mlp(HIDDEN, seed=0)
-    with _one_thread():
+    with one_thread():
         local_train(model, train.x, train.y, epochs=epochs, lr=lr, seed=seed)
     return accuracy(model, load_digit_splits().test)
 
@@ -521,7 +522,7 @@ class LocalGrid(Grid):
 
 
 @contextlib.contextmanager
-def _server_identity():
+def server_identity():
     """Messages a strategy builds take their run and sender from Flower's TaskIdentity, which a
     ServerApp process sets on start; set it for the time of a local run, then restore it."""
     from flwr.common.constant import SUPERLINK_NODE_ID
@@ -536,17 +537,21 @@ def _server_identity():
 
 
 @contextlib.contextmanager
-def quiet_flower():
-    """Flower logs every round at INFO; hide that (warnings and errors still show)."""
+def quiet_flower(level: int = 40):
+    """Flower's log shows only records at `level` or above for the block (default 40, logging.ERROR).
+
+    Flower logs every round and stage at INFO, and at WARNING that federated evaluation is off
+    (fraction_evaluate=0, which the course's runs choose); logging.CRITICAL also hides the ERROR
+    Flower logs for a failed car or a halted SecAgg+ round, where the caller reports it itself."""
     import logging
 
     logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    previous = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(previous)
 
 
 @dataclass
@@ -585,7 +590,7 @@ def run_strategy(strategy, n_clients: int = 4, rounds: int = 10, seed: int = 0,
             curve.append(float(score(arrays)))
         return MetricRecord({"accuracy": curve[-1] if curve else 0.0})
 
-    with _server_identity(), quiet_flower(), _one_thread(), warnings_hidden():
+    with server_identity(), quiet_flower(), one_thread(), warnings_hidden():
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(digit_mlp(HIDDEN, seed=seed).state_dict()),
                                 num_rounds=rounds, train_config=ConfigRecord(config), evaluate_fn=evaluate_fn)
     return LocalRun(curve, latest[0].to_torch_state_dict(), result, grid)

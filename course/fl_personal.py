@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -243,7 +243,7 @@ def personal_scores(run: FleetRun, personalise: Callable = personalise_head, epo
     scores: dict[str, list[float]] = {k: [] for k in ("global_own", "personal_own", "global_others",
                                                        "personal_others")}
     model = digit_mlp(fl.HIDDEN, seed=0)
-    with fl._one_thread():
+    with fl.one_thread():
         for car, (train, held_out) in enumerate(data):
             rest = [h for k, (_, h) in enumerate(data) if k != car]
             others = Split(torch.cat([h.x for h in rest]), torch.cat([h.y for h in rest]))

@@ -51,17 +51,6 @@ def _quiet():
         yield
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Batches of 32 through a 64-unit MLP: a second thread only adds contention (as in course.federated)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------- accountants
 
 def rdp_epsilon(noise_multiplier: float, rounds: int, delta: float,
@@ -192,20 +181,6 @@ class OpacusPrivacyAccountant:
 
 # ----------------------------------------------------------------- central DP with Flower's wrappers
 
-@contextlib.contextmanager
-def _flower_errors_only():
-    """FedAvg logs a WARNING that federated evaluation is off (fraction_evaluate=0), on purpose here."""
-    import logging
-
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def central_dp_strategy(noise_multiplier: float, n_clients: int, clipping_norm: float = 1.0,
                         delta: float | None = DELTA, client_side: bool = False):
     """FedAvg over every car, averaged uniformly (`weighted_by_key="num-cars"`: each course client reports 1),
@@ -226,7 +201,7 @@ def central_dp_strategy(noise_multiplier: float, n_clients: int, clipping_norm: 
             sampling_method=SamplingMethod.NO_AMPLIFICATION))
     wrapper = (DifferentialPrivacyClientSideFixedClipping if client_side
                else DifferentialPrivacyServerSideFixedClipping)
-    with _flower_errors_only(), warnings.catch_warnings():
+    with ref.quiet_flower(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n_clients,
                         min_available_nodes=n_clients, weighted_by_key="num-cars")
@@ -285,7 +260,7 @@ def dpsgd_car(noise_multiplier: float | None, car: int = 0, n_clients: int = 4, 
     idx = torch.from_numpy(ref.partition("iid", n_clients, seed=0)[car])
     train = load_digit_splits().train
     dataset = TensorDataset(train.x[idx], train.y[idx])
-    with torch.random.fork_rng(), _quiet(), _one_thread():
+    with torch.random.fork_rng(), _quiet(), ref.one_thread():
         torch.manual_seed(seed)  # Opacus's Poisson batches use torch's global generator (secure_mode off)
         model = digit_mlp(ref.HIDDEN, seed=seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)

@@ -27,7 +27,6 @@ repeat) or the simulation engine (`simulate_secagg`, Ray).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import random
@@ -83,7 +82,7 @@ def car_fit(parameters: list[np.ndarray], partition_id: int, n_clients: int, ser
     model.load_state_dict({k: torch.from_numpy(np.asarray(p)) for k, p in zip(keys, parameters, strict=True)})
     idx = torch.from_numpy(ref.partition("iid", n_clients, seed=0)[partition_id])
     train = load_digit_splits().train
-    with ref._one_thread():
+    with ref.one_thread():
         ref.local_train(model, train.x[idx], train.y[idx], epochs=epochs, lr=lr, seed=server_round)
     return [t.detach().numpy().copy() for t in model.state_dict().values()], len(idx)
 
@@ -221,17 +220,6 @@ class _WatchingGrid:
         return [a.numpy().copy() for a in self._context.state.array_records[MAIN_PARAMS_RECORD].values()]
 
 
-@contextlib.contextmanager
-def _silent_flower():
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _central_evaluate(log: ProtocolLog):
     test = load_digit_splits().test
     keys = _state_keys()
@@ -258,7 +246,7 @@ def server_main(log: ProtocolLog, n_clients: int, rounds: int = 2, secure: bool 
 
     def main(grid: Grid, context: Context) -> None:
         random.seed(seed)
-        with _silent_flower():  # Flower logs each stage, and a halted round as an ERROR: `log` says it
+        with ref.quiet_flower(logging.CRITICAL):  # Flower logs each stage, a halted round as an ERROR: `log` says it
             strategy = LegacyFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n_clients,
                                     min_available_clients=n_clients,
                                     initial_parameters=ndarrays_to_parameters(initial_parameters(seed)),
@@ -285,7 +273,7 @@ def run_local(n_clients: int = 8, rounds: int = 2, secure: bool = True,
     grid.set_run(SimpleNamespace(run_id=1))  # the legacy client manager asks the grid for its run's id
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                       run_config={})
-    with ref._server_identity(), ref.warnings_hidden():
+    with ref.server_identity(), ref.warnings_hidden():
         server_main(log, n_clients, rounds, secure, num_shares, reconstruction_threshold, seed,
                     copy_messages=True)(grid, context)
     return log
@@ -317,7 +305,7 @@ def simulate_secagg(n_clients: int = 8, rounds: int = 2, drops: dict[int, Collec
         log.phases["starting Ray"], clock = time.perf_counter() - clock, time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with _silent_flower():  # Flower logs every stage, and each dropped car's traceback
+            with ref.quiet_flower(logging.CRITICAL):  # Flower logs every stage, and each dropped car's traceback
                 run_simulation(server_app=server, client_app=car_app(True, drops), num_supernodes=n_clients,
                                backend_config=backend)
         log.phases["the simulation"], clock = time.perf_counter() - clock, time.perf_counter()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import logging
 import math
 import random
 import statistics
@@ -57,15 +56,10 @@ MODULE = "05b_federated_privacy"
 
 @contextlib.contextmanager
 def flower_silenced():
-    """Flower logs at WARNING that federated evaluation is off (fraction_evaluate=0): meant to be."""
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with ref.warnings_hidden():
-            yield
-    finally:
-        logger.setLevel(level)
+    """Flower's log at ERROR and above only (it warns that federated evaluation is off: meant to be), and
+    Python's warnings hidden, for the block."""
+    with ref.quiet_flower(), ref.warnings_hidden():
+        yield
 
 
 class ProjectRuleError(ValueError):
@@ -301,7 +295,7 @@ def evaluate(submission: Submission, seeds=(0, 1, 2), strict: bool = True) -> Sc
                              f" with noise_multiplier > 0) a run spends no bounded privacy; the target is "
                              f"epsilon <= {TARGET_EPSILON:g} at delta {DELTA:g}")
         grid = ref.LocalGrid(ref.make_client_app(), N_CARS)
-        with ref._server_identity(), flower_silenced(), ref._one_thread():
+        with ref.server_identity(), flower_silenced(), ref.one_thread():
             curve, counting = run_on_grid(grid, strategy, submission.rounds, seed, submission.client_config,
                                           BUDGET_BYTES if strict else None)
         epsilon = run_epsilon(strategy, counting.cars_per_round)
