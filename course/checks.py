@@ -48,7 +48,12 @@ def expect_close(actual, expected, name: str, rel: float = 1e-6, abs_: float = 1
         expect_shape(actual, tuple(expected.shape), name, hint)
         actual_f, expected_f = actual.detach().double().cpu(), expected.detach().double().cpu()
         if not torch.allclose(actual_f, expected_f, rtol=rel, atol=abs_, equal_nan=False):
-            diff = (actual_f - expected_f).abs()
+            bad = torch.isnan(actual_f) & ~torch.isnan(expected_f)
+            if bad.any():  # a NaN has no "largest difference": name where it is
+                where = tuple(int(i) for i in torch.nonzero(bad)[0])
+                _fail(f"{name} holds NaN (not a number) in {int(bad.sum())} of {bad.numel()} entries, first at "
+                      f"index {where} (expected {expected_f[where].item():.6g})", hint)
+            diff = (actual_f - expected_f).abs().nan_to_num(nan=float("inf"))
             where = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
             _fail(f"{name} differs from the expected tensor: largest difference "
                   f"{diff.max().item():.3g} at index {where} "

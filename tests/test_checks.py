@@ -31,6 +31,12 @@ def test_expect_close_tensors_points_at_worst_element():
     checks.expect_close(expected + 1e-12, expected, "weights")
 
 
+def test_expect_close_names_a_nan_in_a_tensor_instead_of_crashing():
+    """A NaN has no largest difference (max of NaN is NaN): the message says where it is, with the hint."""
+    with pytest.raises(AssertionError, match=r"(?s)x holds NaN .* 1 of 2 entries, first at index \(0,\).*Hint: no sqrt of"):
+        checks.expect_close(torch.tensor([float("nan"), 1.0]), torch.ones(2), "x", hint="no sqrt of a negative")
+
+
 def test_expect_close_numpy_arrays_are_compared_like_tensors():
     checks.expect_close(np.array([9.0, 3.0]), np.array([9.0, 3.0 + 1e-12]), "step times")
     with pytest.raises(AssertionError, match=r"largest difference 1 at index \(1,\)"):
