@@ -2,6 +2,8 @@
 python -m course.fl_project baseline [--seeds 0 1 2]      (score the starter submission)"""
 
 import argparse
+import sys
+from pathlib import Path
 
 from course import fl_project
 
@@ -16,7 +18,12 @@ def main() -> None:
     base.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     if args.command == "leaderboard":
-        print(fl_project.format_leaderboard(fl_project.leaderboard(args.grading)))
+        grading = Path(args.grading)
+        if not (grading / "grades.csv").is_file() or not (grading / "autograded").is_dir():
+            sys.exit(f"{grading} is not a grading run's output: it should hold grades.csv and autograded/. "
+                     "Pass the --out folder of `python -m autograders.grade 05b_federated_privacy SUBMISSIONS "
+                     "--out FOLDER` (not the submissions themselves).")
+        print(fl_project.format_leaderboard(fl_project.leaderboard(grading)))
     else:
         score = fl_project.evaluate(fl_project.baseline(), seeds=args.seeds)
         print(score.summary())
