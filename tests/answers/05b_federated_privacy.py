@@ -73,6 +73,9 @@ def client_mask(u, n_clients, shape, seeds, modulus=2**32):
     Wrong("privacy", "one seed for the whole round: every pair's mask is the same vector", visible=True,
           replace=[("shared = ref.pair_mask(seeds(u, v), shape, modulus)",
                     "shared = ref.pair_mask(2026, shape, modulus)")]),
+    Wrong("privacy", "one pair's seed, seeds(u, u + 1), for every pair of car u", visible=True,
+          replace=[("shared = ref.pair_mask(seeds(u, v), shape, modulus)",
+                    "shared = ref.pair_mask(seeds(u, u + 1), shape, modulus)")]),
     Wrong("privacy", "a seed per car: adds its own mask, subtracts the previous car's (the sum cancels)",
           visible=True,
           replace=[('''    mask = torch.zeros(shape, dtype=torch.int64)
