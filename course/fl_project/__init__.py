@@ -228,7 +228,7 @@ class CountingGrid:
     def _check(self, total: int) -> None:
         if self.budget is not None and total > self.budget:
             raise OverBudget(f"over the communication budget: {total / 1e6:.2f} MB > "
-                             f"{self.budget / 1e6:.1f} MB after {len(self.cars_per_round)} rounds; use fewer "
+                             f"{self.budget / 1e6:.1f} MB in round {max(1, len(self.cars_per_round))}; use fewer "
                              "rounds or a smaller fraction of cars per round")
 
     def send_and_receive(self, messages, *args, **kwargs):
