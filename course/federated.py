@@ -119,14 +119,32 @@ def train_request(content: RecordDict, node: int = 1) -> Message:
     return Message(content, metadata=metadata)
 
 
-def flower_fedavg(updates: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
-    """Flower's own FedAvg aggregation (`FedAvg.aggregate_train`) of the same updates."""
+def train_replies(updates: list[tuple[dict[str, torch.Tensor], int]]) -> list[Message]:
+    """Flower reply messages to "train" requests, as cars send them: node k + 1 replies with the k-th
+    (state_dict, num_examples) pair under "arrays" (copied) and "metrics" {"num-examples": n, "num-cars": 1}.
+    For feeding a strategy's `aggregate_train` outside a running app (05's and 05b's exercise tests)."""
     replies = []
     for node, (state, n) in enumerate(updates, start=1):
-        request = train_request(RecordDict(), node)
-        content = RecordDict({"arrays": ArrayRecord(state),
-                              "metrics": MetricRecord({"num-examples": int(n)})})
-        replies.append(Message(content, reply_to=request))
+        content = RecordDict({"arrays": ArrayRecord({k: v.detach().clone() for k, v in state.items()}),
+                              "metrics": MetricRecord({"num-examples": int(n), "num-cars": 1})})
+        replies.append(Message(content, reply_to=train_request(RecordDict(), node)))
+    return replies
+
+
+def paired_verdict(difference, more: str, less: str) -> str:
+    """The course's reading of paired differences over seeds (one per seed, same split and initial model):
+    `more` when their mean is above two standard errors, `less` when below minus two, else "no difference
+    the seeds can resolve" (also for a single seed). Used by 05's and 05b's comparisons."""
+    difference = np.asarray(difference, dtype=float)
+    sem = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else float("inf")
+    if abs(difference.mean()) <= 2 * sem:
+        return "no difference the seeds can resolve"
+    return more if difference.mean() > 0 else less
+
+
+def flower_fedavg(updates: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+    """Flower's own FedAvg aggregation (`FedAvg.aggregate_train`) of the same updates."""
+    replies = train_replies(updates)
     import logging
 
     flwr_logger = logging.getLogger("flwr")

@@ -27,7 +27,7 @@ import logging
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from course import federated as ref
@@ -58,14 +58,7 @@ def fedyogi_step(current: dict[str, torch.Tensor], averaged: dict[str, torch.Ten
     return new, {"m": m, "v": v}
 
 
-def replies(updates: Replies) -> list[Message]:
-    """Flower reply messages carrying (weights, num_examples) pairs, as cars send them (node k+1 for k)."""
-    out = []
-    for node, (weights, n) in enumerate(updates, start=1):
-        content = RecordDict({"arrays": ArrayRecord({k: v.detach().clone() for k, v in weights.items()}),
-                              "metrics": MetricRecord({"num-examples": int(n)})})
-        out.append(Message(content, reply_to=ref.train_request(RecordDict(), node)))
-    return out
+replies = ref.train_replies  # Flower reply messages carrying (weights, num_examples) pairs, node k+1 for k
 
 
 def flower_server_steps(strategy, start: dict[str, torch.Tensor], rounds: list[Replies]
@@ -174,11 +167,8 @@ CHOSEN: dict[str, dict] = {"FedAvg": {}, **best(TUNING)}
 
 
 def verdict(diff: np.ndarray) -> str:
-    """Paired differences (one per seed) read as the course reads them: none within 2 standard errors."""
-    sem = diff.std(ddof=1) / np.sqrt(len(diff))
-    if abs(diff.mean()) <= 2 * sem:
-        return "no difference the seeds can resolve"
-    return "better than FedAvg" if diff.mean() > 0 else "worse than FedAvg"
+    """Paired differences against FedAvg (one per seed), read by `course.federated.paired_verdict`."""
+    return ref.paired_verdict(diff, "better than FedAvg", "worse than FedAvg")
 
 
 if __name__ == "__main__":
