@@ -27,11 +27,9 @@ repeat) or the simulation engine (`simulate_secagg`, Ray).
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
-from types import SimpleNamespace
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -179,8 +177,8 @@ class ProtocolLog:
 class _WatchingGrid:
     """The workflow's Grid, recording each exchange (and the masked vectors) into a `ProtocolLog`."""
 
-    def __init__(self, grid: Grid, log: ProtocolLog, context: LegacyContext, copy_messages: bool = False):
-        self._grid, self._log, self._context, self._copy = grid, log, context, copy_messages
+    def __init__(self, grid: Grid, log: ProtocolLog, context: LegacyContext):
+        self._grid, self._log, self._context = grid, log, context
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
@@ -195,10 +193,6 @@ class _WatchingGrid:
         if stage in (Stage.SETUP, PLAIN):
             self._log.before[server_round] = self._global()
         bytes_out = sum(_content_bytes(m) for m in messages)  # before delivery: a car's mod edits the message
-        if self._copy:  # in one process: each car gets its own copy, as over the wire (the mod edits it)
-            messages = [Message(copy.deepcopy(m.content), dst_node_id=m.metadata.dst_node_id,
-                                message_type=m.metadata.message_type, group_id=m.metadata.group_id)
-                        for m in messages]
         start = time.perf_counter()
         replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
         seconds = time.perf_counter() - start
@@ -237,8 +231,7 @@ def _central_evaluate(log: ProtocolLog):
 
 
 def server_main(log: ProtocolLog, n_clients: int, rounds: int = 2, secure: bool = True,
-                num_shares: int | float = 5, reconstruction_threshold: int | float = 3, seed: int = 0,
-                copy_messages: bool = False):
+                num_shares: int | float = 5, reconstruction_threshold: int | float = 3, seed: int = 0):
     """The ServerApp's main: Flower's legacy FedAvg (every car, weighted by examples, centrally evaluated)
     in `DefaultWorkflow`, its fit rounds run by `SecAggPlusWorkflow(num_shares, reconstruction_threshold)`
     when `secure`, else by the default fit workflow. `seed` seeds Python's `random`, which the workflow uses
@@ -257,7 +250,7 @@ def server_main(log: ProtocolLog, n_clients: int, rounds: int = 2, secure: bool 
             fit = SecAggPlusWorkflow(num_shares=num_shares,
                                      reconstruction_threshold=reconstruction_threshold) if secure else None
             start = time.perf_counter()
-            DefaultWorkflow(fit_workflow=fit)(_WatchingGrid(grid, log, legacy, copy_messages), legacy)
+            DefaultWorkflow(fit_workflow=fit)(_WatchingGrid(grid, log, legacy), legacy)
             log.seconds = time.perf_counter() - start
 
     return main
@@ -270,12 +263,10 @@ def run_local(n_clients: int = 8, rounds: int = 2, secure: bool = True,
     plain FedAvg, cars dropping out as `drops` says. Returns the `ProtocolLog`."""
     log = ProtocolLog()
     grid = ref.LocalGrid(car_app(secure, drops), n_clients)
-    grid.set_run(SimpleNamespace(run_id=1))  # the legacy client manager asks the grid for its run's id
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                       run_config={})
     with ref.server_identity(), ref.warnings_hidden():
-        server_main(log, n_clients, rounds, secure, num_shares, reconstruction_threshold, seed,
-                    copy_messages=True)(grid, context)
+        server_main(log, n_clients, rounds, secure, num_shares, reconstruction_threshold, seed)(grid, context)
     return log
 
 
