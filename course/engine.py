@@ -17,8 +17,8 @@ What 07b_serving builds on it:
   queue with its prompt + the tokens it generated as its new prompt; ``"reserve"``: the baseline without
   preemption, where admission reserves each request's worst case (prompt + max_tokens) up front;
 - chunked prefill (Agrawal et al., "Taming Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve",
-  OSDI 2024): `max_step_tokens` caps the tokens of one iteration: decodes first (one token each), then chunks of
-  prompts fill the rest of the budget;
+  OSDI 2024): `max_step_tokens` caps the tokens of one iteration: decodes first (one token each), then
+  chunks of prompts fill the rest of the budget;
 - prefix caching (``prefix_caching=True``: `course.prefix_cache.PrefixCachingBlockManager`): `allocate` says
   how many leading prompt tokens are already cached, and their prefill is skipped;
 - parallel sampling (``n > 1``): samples ``"rid/0" .. "rid/{n-1}"`` forked from one prefilled prompt.
@@ -111,7 +111,8 @@ def ragged_forward(model: TinyLM, pool: dict[str, torch.Tensor], block_size: int
     starts = [start for _, start, _ in items]
     for (new, start, table), n in zip(items, n_new, strict=True):
         if start + n > config.context:
-            raise ValueError(f"positions up to {start + n - 1} exceed the model's context of {config.context}")
+            raise ValueError(f"positions up to {start + n - 1} exceed the model's context of "
+                             f"{config.context}")
         if len(table) * block_size < start + n:
             raise ValueError(f"a block table of {len(table)} blocks holds {len(table) * block_size} tokens, "
                              f"not {start + n}")
@@ -248,9 +249,9 @@ class Engine:
         if need > self.n_blocks:
             raise ValueError(f"{n} x ({len(prompt)} prompt + {max_tokens} new tokens) need {need} blocks of "
                              f"{self.block_size}; the whole pool has {self.n_blocks}")
-        first = _Seq(rid if n == 1 else f"{rid}/0", rid, len(prompt), prompt, int(max_tokens), float(temperature),
-                     torch.Generator().manual_seed(seed), frozenset(int(s) for s in stop), self.clock(),
-                     n_children=n - 1, seed=seed)
+        first = _Seq(rid if n == 1 else f"{rid}/0", rid, len(prompt), prompt, int(max_tokens),
+                     float(temperature), torch.Generator().manual_seed(seed), frozenset(int(s) for s in stop),
+                     self.clock(), n_children=n - 1, seed=seed)
         self.requests[rid] = [first.sid]
         self.waiting.append(first)
 
@@ -280,8 +281,8 @@ class Engine:
         return math.ceil(n_tokens / self.block_size)
 
     def _group_blocks(self, prompt_len: int, n_tokens: int, n: int) -> int:
-        """Blocks that n samples of n_tokens each, forked after a prompt of prompt_len, hold at most (their full
-        prompt blocks are shared under prefix caching, copied otherwise)."""
+        """Blocks that n samples of n_tokens each, forked after a prompt of prompt_len, hold at most (their
+        full prompt blocks are shared under prefix caching, copied otherwise)."""
         if self.prefix_caching:
             return n * self._blocks_for(n_tokens) - (n - 1) * (prompt_len // self.block_size)
         return n * self._blocks_for(n_tokens)
@@ -357,7 +358,7 @@ class Engine:
         self.waiting.extendleft(reversed(skipped))
 
     def _grow(self) -> None:
-        """Give every running sequence a slot for its newest token, preempting when the pool is out of blocks."""
+        """Give every running sequence a slot for its newest token; preempt when the pool is out of blocks."""
         for seq in sorted(self.running, key=lambda s: s.admitted):
             while seq in self.running and self.blocks.length(seq.sid) < len(seq.tokens):
                 try:
@@ -369,7 +370,7 @@ class Engine:
                     self._preempt(max(self.running, key=lambda s: s.admitted))
 
     def _schedule(self) -> list[tuple[_Seq, int]]:
-        """(sequence, tokens to process this iteration): decodes first, then prefills (chunked to the budget)."""
+        """(sequence, tokens to process now) pairs: decodes first, then prefills (chunked to the budget)."""
         budget = self.max_step_tokens if self.max_step_tokens is not None else math.inf
         order = sorted(self.running, key=lambda s: (s.pending > 1 or not s.prefilled, s.admitted))
         plan = []
@@ -382,12 +383,12 @@ class Engine:
         return plan
 
     def _fork(self, parent: _Seq) -> list[_Seq]:
-        """Parallel sampling: the parent's prompt is prefilled; its n - 1 siblings share (or copy) its blocks."""
+        """Parallel sampling: the parent's prompt is prefilled; n - 1 siblings share (or copy) its blocks."""
         children = []
         for i in range(1, parent.n_children + 1):
-            child = _Seq(f"{parent.rid}/{i}", parent.rid, parent.prompt_len, list(parent.tokens), parent.max_tokens,
-                         parent.temperature, torch.Generator().manual_seed(parent.seed + i), parent.stop,
-                         parent.arrival, computed=parent.computed, prefilled=True)
+            child = _Seq(f"{parent.rid}/{i}", parent.rid, parent.prompt_len, list(parent.tokens),
+                         parent.max_tokens, parent.temperature, torch.Generator().manual_seed(parent.seed + i),
+                         parent.stop, parent.arrival, computed=parent.computed, prefilled=True)
             while True:
                 try:
                     self._copy_blocks(self.blocks.fork(parent.sid, child.sid))
@@ -418,8 +419,8 @@ class Engine:
         plan = self._schedule()
         if not plan:
             return []
-        items = [(seq.tokens[seq.computed:seq.computed + take], seq.computed, self.blocks.block_table(seq.sid))
-                 for seq, take in plan]
+        items = [(seq.tokens[seq.computed:seq.computed + take], seq.computed,
+                  self.blocks.block_table(seq.sid)) for seq, take in plan]
         logits = ragged_forward(self.model, self.pool, self.block_size, items)
         n_tokens = sum(take for _, take in plan)
         self.stats["steps"] += 1

@@ -78,7 +78,7 @@ def test_sampled_requests_decode_the_same_alone_or_batched_and_parallel_samples_
     assert engine.blocks.free_blocks == 32
 
 
-def test_continuous_batching_admits_every_iteration_static_waits_for_its_window_and_runs_to_completion(small_lm):
+def test_continuous_admits_every_iteration_static_waits_for_its_window_and_runs_to_completion(small_lm):
     model = small_lm(0)
     clock = FakeClock()
     static = Engine(model, n_blocks=32, block_size=4, max_batch=2, policy="static", batch_window_s=0.5,
