@@ -100,6 +100,11 @@ def ragged_forward(model: TinyLM, pool: dict[str, torch.Tensor], block_size: int
     ``position % block_size``). pool: {"k", "v"} of shape (layers, n_blocks, heads, block_size, head_dim),
     as `course.serving.PagedKVCache.make_pool`. Returns the logits at each sequence's last new position,
     shape (len(items), vocab). Reuses TinyLM's own modules (the model must be in eval mode: no dropout).
+
+    The batch is packed, not padded: the N new tokens of all sequences go through the linear layers as one
+    (1, N, d_model) row, and attention sees every sequence's gathered keys side by side with a boolean mask
+    that lets a token see only its own sequence's keys at positions <= its own. Padding every sequence to the
+    longest would make a step that mixes decodes with one long prompt cost (sequences x longest) tokens.
     """
     if not items:
         raise ValueError("ragged_forward needs at least one sequence")
@@ -108,59 +113,52 @@ def ragged_forward(model: TinyLM, pool: dict[str, torch.Tensor], block_size: int
     n_new = [len(new) for new, _, _ in items]
     if min(n_new) < 1:
         raise ValueError("every sequence brings at least one new token")
-    starts = [start for _, start, _ in items]
-    for (new, start, table), n in zip(items, n_new, strict=True):
-        if start + n > config.context:
-            raise ValueError(f"positions up to {start + n - 1} exceed the model's context of "
+    for (_, start, table), n in zip(items, n_new, strict=True):
+        if start < 0 or start + n > config.context:
+            raise ValueError(f"positions {start} .. {start + n - 1} are outside the model's context of "
                              f"{config.context}")
         if len(table) * block_size < start + n:
             raise ValueError(f"a block table of {len(table)} blocks holds {len(table) * block_size} tokens, "
                              f"not {start + n}")
-    batch, steps, width = len(items), max(n_new), config.d_model
-    heads, head_dim = config.n_heads, config.head_dim
-    n_blocks_max = max(math.ceil((s + n) / block_size) for s, n in zip(starts, n_new, strict=True))
-
-    ids = torch.zeros(batch, steps, dtype=torch.long)
-    positions = torch.zeros(batch, steps, dtype=torch.long)
-    tables = torch.zeros(batch, n_blocks_max, dtype=torch.long)  # padding points at block 0, masked out
+    width, heads, head_dim = config.d_model, config.n_heads, config.head_dim
+    ids, pos, seq_of = [], [], []            # the new tokens, packed
+    key_block, key_slot, key_seq, key_pos = [], [], [], []  # every token each sequence attends to
     for i, (new, start, table) in enumerate(items):
-        ids[i, :n_new[i]] = torch.as_tensor(list(new), dtype=torch.long)
-        positions[i, :n_new[i]] = torch.arange(start, start + n_new[i])
-        used = table[:n_blocks_max]
-        tables[i, :len(used)] = torch.as_tensor(list(used), dtype=torch.long)
-    valid = torch.arange(steps)[None, :] < torch.tensor(n_new)[:, None]          # (batch, steps)
-    # where each valid new token's key/value goes: its block and its slot in the block
-    row, col = valid.nonzero(as_tuple=True)
-    pos_valid = positions[row, col]
-    dest_block = tables[row, pos_valid // block_size].to(device)
-    dest_slot = (pos_valid % block_size).to(device)
-    row_d, col_d = row.to(device), col.to(device)
-    # causal mask over each sequence's gathered keys: key j is visible to the query at position p if j <= p
-    keys = torch.arange(n_blocks_max * block_size)
-    mask = keys[None, None, :] <= positions[:, :, None]                            # (batch, steps, keys)
-    mask &= valid[:, :, None]
-    mask[:, :, 0] |= ~valid  # padding queries see key 0 only (no all-masked row: no NaN); ignored anyway
-    mask = mask[:, None].to(device)                                                # (batch, 1, steps, keys)
-    ids, positions, tables = ids.to(device), positions.to(device), tables.to(device)
+        ids += list(new)
+        pos += range(start, start + len(new))
+        seq_of += [i] * len(new)
+        length = start + len(new)
+        positions = torch.arange(length)
+        key_block.append(torch.as_tensor(list(table), dtype=torch.long)[positions // block_size])
+        key_slot.append(positions % block_size)
+        key_seq.append(torch.full((length,), i))
+        key_pos.append(positions)
+    ids_t = torch.tensor(ids, device=device)
+    pos_t = torch.tensor(pos)
+    seq_t = torch.tensor(seq_of)
+    key_block_t, key_slot_t = torch.cat(key_block).to(device), torch.cat(key_slot).to(device)
+    key_seq_t, key_pos_t = torch.cat(key_seq), torch.cat(key_pos)
+    # where the new tokens' keys/values go: the entries of the gathered keys that hold their positions
+    offsets = torch.tensor([0] + [start + n for (_, start, _), n in zip(items, n_new, strict=True)]).cumsum(0)
+    dest = torch.cat([offsets[i] + torch.arange(start, start + n)
+                      for i, ((_, start, _), n) in enumerate(zip(items, n_new, strict=True))])
+    dest_block, dest_slot = key_block_t[dest.to(device)], key_slot_t[dest.to(device)]
+    mask = (key_seq_t[None, :] == seq_t[:, None]) & (key_pos_t[None, :] <= pos_t[:, None])  # (N, keys)
+    mask = mask.to(device)
+    n_tokens = len(ids)
 
-    x = model.tokens(ids) + model.positions(positions)
+    x = (model.tokens(ids_t) + model.positions(pos_t.to(device)))[None]  # (1, N, d_model)
     for layer, block in enumerate(model.blocks):
-        h = block.norm1(x)
-        q, k, v = (t.view(batch, steps, heads, head_dim).transpose(1, 2)
-                   for t in block.attn.qkv(h).split(width, dim=2))
-        # write the new keys/values: (n valid, heads, head_dim) into pool[layer, block, :, slot]
-        pool["k"][layer, dest_block, :, dest_slot] = k[row_d, :, col_d]
-        pool["v"][layer, dest_block, :, dest_slot] = v[row_d, :, col_d]
-
-        def gather(kind):  # (batch, blocks, heads, size, dim) -> (batch, heads, blocks * size, dim)
-            pages = pool[kind][layer][tables]
-            return pages.permute(0, 2, 1, 3, 4).reshape(batch, heads, n_blocks_max * block_size, head_dim)
-
-        out = F.scaled_dot_product_attention(q, gather("k"), gather("v"), attn_mask=mask)
-        x = x + block.drop(block.attn.proj(out.transpose(1, 2).reshape(batch, steps, width)))
+        q, k, v = (t.view(n_tokens, heads, head_dim) for t in block.attn.qkv(block.norm1(x))[0].split(width, 1))
+        pool["k"][layer, dest_block, :, dest_slot] = k  # (N, heads, head_dim) into pool[layer, block, :, slot]
+        pool["v"][layer, dest_block, :, dest_slot] = v
+        keys = pool["k"][layer, key_block_t, :, key_slot_t].transpose(0, 1)[None]  # (1, heads, keys, dim)
+        values = pool["v"][layer, key_block_t, :, key_slot_t].transpose(0, 1)[None]
+        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask)
+        x = x + block.drop(block.attn.proj(out[0].transpose(0, 1).reshape(1, n_tokens, width)))
         x = x + block.drop(block.mlp(block.norm2(x)))
-    last = x[torch.arange(batch, device=device), torch.tensor(n_new, device=device) - 1]
-    return model.head(model.norm(last))
+    last = torch.tensor(n_new).cumsum(0) - 1
+    return model.head(model.norm(x[0, last.to(device)]))
 
 
 # ------------------------------------------------------------------------------------------ the engine
