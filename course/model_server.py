@@ -8,7 +8,8 @@ https://platform.openai.com/docs/api-reference/completions):
   Not streamed, it answers ``{id, object: "text_completion", created, model, choices: [{index, text,
   finish_reason}], usage: {prompt_tokens, completion_tokens, total_tokens}}``. Streamed, it sends Server-Sent
   Events: one ``data: {json}`` per token whose ``choices[0].text`` is that token's text (``finish_reason`` null
-  until the last, then "length" or "stop"), then ``data: [DONE]``. Errors are HTTP 400 (404 for an unknown
+  until the last, then "length" or "stop"), then ``data: [DONE]``. ``stop`` (single characters here, since
+  a token is a character) ends a completion with "stop"; as in OpenAI's API the stop text is not returned. Errors are HTTP 400 (404 for an unknown
   model) with ``{"error": {"message", "type"}}``.
 - ``GET /v1/models``, ``GET /health``.
 - Admin routes, the job TensorFlow Serving does for versions: ``POST /admin/routes {"v1": 0.9, "v2": 0.1}``
@@ -151,10 +152,14 @@ class Router:
             raise APIError("at least one version needs a weight above 0")
         return {v: weights[v] / total for v in self.versions if weights.get(v, 0) > 0}
 
-    def set(self, weights: dict[str, float]) -> dict[str, float]:
+    def set(self, weights: dict[str, float], seed: int | None = None) -> dict[str, float]:
+        """New weights (normalised to sum 1); the old ones go on the rollback history. `seed` restarts the
+        routing RNG, so that the versions the next requests get do not depend on how many came before."""
         new = self._check(weights)
         self.history.append(self.weights)
         self.weights = new
+        if seed is not None:
+            self.rng.seed(seed)
         return new
 
     def rollback(self) -> dict[str, float]:
@@ -229,11 +234,12 @@ class VersionWorker:
             self.engine, self.options = engine, options
 
     def submit(self, rid: str, prompt_ids: list[int], max_tokens: int, temperature: float, seed: int,
-               n: int) -> asyncio.Queue:
+               n: int = 1, stop: list[int] = ()) -> asyncio.Queue:
         request = _Request(asyncio.Queue(), n)
         with self.cond:
             try:
-                self.engine.add_request(rid, prompt_ids, max_tokens, temperature=temperature, seed=seed, n=n)
+                self.engine.add_request(rid, prompt_ids, max_tokens, temperature=temperature, seed=seed, n=n,
+                                        **({"stop": stop} if stop else {}))
             except ValueError as error:
                 raise APIError(str(error)) from error
             self.requests[rid] = request
@@ -282,6 +288,9 @@ class VersionWorker:
                         self.loop.call_soon_threadsafe(request.queue.put_nowait, error)
                     continue
                 self._deliver(outputs)
+                trace = getattr(self.engine, "trace", None)
+                if isinstance(trace, list) and len(trace) > 20_000:  # a long-lived server keeps the recent steps
+                    del trace[:-2_000]
             if not outputs:
                 time.sleep(0.0005)  # a static batch waiting for its window: let submit() in
 
@@ -354,6 +363,7 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
         seed: int | None = None
         n: int = Field(1, ge=1, le=16)
         stream: bool = False
+        stop: str | list[str] | None = None
 
     @app.exception_handler(APIError)
     async def api_error(_request, error: APIError):
@@ -376,7 +386,7 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
                                             "owned_by": "course"} for name in names],
                 "routes": state["router"].weights}
 
-    def prepare(body: CompletionRequest) -> tuple[str, list[int]]:
+    def prepare(body: CompletionRequest) -> tuple[str, list[int], list[int]]:
         version = state["router"].pick(body.model)
         if not body.prompt:
             raise APIError("the prompt is empty: give at least one character")
@@ -389,16 +399,23 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
             raise APIError(f"This model's maximum context length is {state['context']} tokens. However, you "
                            f"requested {wanted} tokens ({len(prompt_ids)} in the prompt, {body.max_tokens} "
                            "for the completion). Please reduce the prompt or max_tokens.")
-        return version, prompt_ids
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if any(len(stop) != 1 for stop in stops):
+            raise APIError(f"stop: this server stops on single characters (its tokens), got {stops}")
+        try:
+            stop_ids = state["tokenizer"].encode("".join(stops))
+        except ValueError as error:
+            raise APIError(f"stop: {error}") from error
+        return version, prompt_ids, stop_ids
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        version, prompt_ids = prepare(body)
+        version, prompt_ids, stop_ids = prepare(body)
         worker: VersionWorker = state["workers"][version]
         number = next(counter)
         rid = f"cmpl-{number}-{uuid.uuid4().hex[:8]}"
         seed = body.seed if body.seed is not None else number
-        queue = worker.submit(rid, prompt_ids, body.max_tokens, body.temperature, seed, body.n)
+        queue = worker.submit(rid, prompt_ids, body.max_tokens, body.temperature, seed, body.n, stop_ids)
         head = {"id": rid, "object": "text_completion", "created": int(time.time()),
                 "model": f"{MODEL_NAME}@{version}"}
         decode = state["tokenizer"].decode
@@ -416,17 +433,19 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
 
         if not body.stream:
             texts, reasons = [[] for _ in range(body.n)], [None] * body.n
-            completed = False
+            completed, n_tokens = False, 0
             try:
                 async for index, out in tokens():
-                    texts[index].append(out.token)
+                    n_tokens += 1
+                    if out.finish_reason != "stop":  # as OpenAI: the stop sequence is not returned
+                        texts[index].append(out.token)
                     reasons[index] = out.finish_reason if out.finished else None
                 completed = True
             except Exception as error:
                 raise APIError(f"the engine failed: {error!r}", status=500, kind="server_error") from error
             finally:
                 worker.release(rid, completed)
-            n_out = sum(len(t) for t in texts)
+            n_out = n_tokens
             return {**head, "choices": [{"index": i, "text": decode(t), "finish_reason": reasons[i],
                                          "logprobs": None} for i, t in enumerate(texts)],
                     "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n_out,
@@ -435,7 +454,8 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
         async def events():
             try:
                 async for index, out in tokens():
-                    choice = {"index": index, "text": decode([out.token]), "logprobs": None,
+                    text = "" if out.finish_reason == "stop" else decode([out.token])
+                    choice = {"index": index, "text": text, "logprobs": None,
                               "finish_reason": out.finish_reason if out.finished else None}
                     yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
             except Exception as error:
@@ -445,9 +465,9 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
         return _Stream(events(), on_close=lambda finished: worker.release(rid, finished))
 
     @app.post("/admin/routes")
-    async def set_routes(weights: dict):
+    async def set_routes(weights: dict, seed: int | None = None):
         router: Router = state["router"]
-        return {"routes": router.set(weights), "previous": router.history[-1]}
+        return {"routes": router.set(weights, seed), "previous": router.history[-1]}
 
     @app.post("/admin/rollback")
     async def rollback():

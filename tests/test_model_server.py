@@ -102,12 +102,23 @@ def test_sampling_is_seeded_and_n_gives_that_many_choices(server):
     ({"prompt": ""}, 400, "empty"),
     ({"max_tokens": 3}, 400, "prompt"),
     ({"prompt": "hi", "model": "gpt-4"}, 404, "does not exist"),
+    ({"prompt": "hi", "stop": ["\n\n"]}, 400, "single characters"),
 ])
 def test_bad_requests_get_openai_error_bodies(server, body, status, words):
     reply = complete(server, **body)
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
     assert words in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_a_stop_character_ends_the_completion_with_reason_stop(server, tiny):
+    model, tokenizer = tiny
+    text = tokenizer.decode(lm.generate_cached(model, tokenizer.encode("The KV cache "), 30))
+    stop = text[5]
+    body = complete(server, prompt="The KV cache ", max_tokens=30, stop=stop).json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["text"] == text[:text.index(stop)], "stop text left out"
+    assert body["usage"]["completion_tokens"] == text.index(stop) + 1
 
 
 def test_models_and_health(server):
@@ -123,8 +134,12 @@ def test_the_router_draws_versions_by_weight_from_a_seeded_rng():
     assert picks == [again.pick("tinylm") for _ in range(2000)]
     assert 0.08 < picks.count("v2") / len(picks) < 0.12
     assert router.pick("tinylm@v2") == "v2"
-    router.set({"v2": 3, "v1": 1})
+    router.set({"v2": 3, "v1": 1}, seed=5)
     assert router.weights == {"v1": 0.25, "v2": 0.75}
+    first = [router.pick("tinylm") for _ in range(50)]
+    router.set({"v2": 3, "v1": 1}, seed=5)
+    assert [router.pick("tinylm") for _ in range(50)] == first, "a reseeded router repeats its draws"
+    router.rollback()
     assert router.rollback() == {"v1": 0.9, "v2": 0.1}
     with pytest.raises(Exception, match="nothing to roll back"):
         router.rollback()
