@@ -291,8 +291,9 @@ class VersionWorker:
                 trace = getattr(self.engine, "trace", None)
                 if isinstance(trace, list) and len(trace) > 20_000:  # a long-lived server keeps the recent steps
                     del trace[:-2_000]
-            if not outputs:
-                time.sleep(0.0005)  # a static batch waiting for its window: let submit() in
+            # let the event loop's thread have the GIL between steps, to send the tokens just made; and when a
+            # static batch waits for its window, let submit() in
+            time.sleep(0 if outputs else 0.0005)
 
     def stats(self) -> dict:
         with self.cond:
@@ -542,6 +543,50 @@ class _LazyStream:
 _Stream = _LazyStream()
 
 
+# ------------------------------------------------------------------------------------------- a client
+
+
+def stream_completion(url: str, prompt: str, max_tokens: int = 16, *, model: str = "tinylm", client=None,
+                      on_token=None, **fields) -> dict:
+    """Send one streamed completion to the server at `url` and time it on this side (`time.perf_counter`).
+
+    Returns {"model": the version that served it ("tinylm@v1"), "text", "finish_reason", "sent": the time the
+    request left, "times": the arrival time of each token's event}. `on_token(model, n_tokens_so_far)` is
+    called as each event arrives. Raises RuntimeError with the server's message for an HTTP error or an error
+    event. `client`: an `httpx.Client` to reuse (one is made otherwise); `fields`: more request fields
+    (temperature, seed, stop...)."""
+    import httpx
+
+    own = client is None
+    client = client or httpx.Client(timeout=60)
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, **fields}
+    out = {"model": None, "text": "", "finish_reason": None, "times": []}
+    try:
+        out["sent"] = time.perf_counter()
+        with client.stream("POST", url.rstrip("/") + "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                raise RuntimeError(f"HTTP {response.status_code}: {response.json()['error']['message']}")
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    break
+                event = json.loads(line[len("data: "):])
+                if "error" in event:
+                    raise RuntimeError(f"the server failed mid-stream: {event['error']['message']}")
+                out["times"].append(time.perf_counter())
+                choice = event["choices"][0]
+                out["model"], out["text"] = event["model"], out["text"] + choice["text"]
+                out["finish_reason"] = choice["finish_reason"]
+                if on_token is not None:
+                    on_token(out["model"], len(out["times"]))
+    finally:
+        if own:
+            client.close()
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the process
 
 
@@ -576,6 +621,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     torch.set_num_threads(max(1, args.threads))
+    sys.setswitchinterval(0.001)  # the engine thread and the event loop share the GIL: hand it over often
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name, None) is not None}
     app = create_app(args.versions.split(","), routes=_parse_routes(args.routes), seed=args.seed,
                      engine_options=options)
