@@ -558,7 +558,7 @@ def stream_completion(url: str, prompt: str, max_tokens: int = 16, *, model: str
     import httpx
 
     own = client is None
-    client = client or httpx.Client(timeout=60)
+    client = client or httpx.Client(timeout=60, trust_env=False)  # localhost: never through a proxy
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, **fields}
     out = {"model": None, "text": "", "finish_reason": None, "times": []}
     try:
@@ -678,8 +678,6 @@ class ModelServer:
         return command
 
     def start(self) -> "ModelServer":
-        import httpx
-
         from course import processes
 
         if self.process is not None:
@@ -695,24 +693,30 @@ class ModelServer:
         with os.fdopen(handle, "w") as log:
             self.process = processes.start(self.command(), env=env, stdout=log, stderr=log)
         atexit.register(self.stop)
-        deadline = started + self.start_timeout_s
+        try:
+            self._wait_for_health(started + self.start_timeout_s)
+        except BaseException:  # a failed start, or Ctrl-C while waiting: leave nothing running
+            self.stop(keep_log=True)
+            raise
+        self.start_s = time.perf_counter() - started
+        return self
+
+    def _wait_for_health(self, deadline: float) -> None:
+        import httpx
+
         while True:
             if self.process.poll() is not None:
-                code = self.process.returncode
-                self.stop()
-                raise RuntimeError(f"the model server exited with code {code} before answering:\n{self.log_tail()}")
+                raise RuntimeError(f"the model server exited with code {self.process.returncode} before "
+                                   f"answering; the end of its log ({self.log_path}):\n{self.log_tail()}")
             try:
-                if httpx.get(f"http://{self.host}:{self.port}/health", timeout=1.0).status_code == 200:
-                    break
+                if httpx.get(f"http://{self.host}:{self.port}/health", timeout=1.0, trust_env=False).status_code == 200:
+                    return
             except httpx.TransportError:
                 pass
             if time.perf_counter() > deadline:
-                self.stop()
-                raise RuntimeError(f"the model server did not answer /health within {self.start_timeout_s:.0f} s:"
-                                   f"\n{self.log_tail()}")
+                raise RuntimeError(f"the model server did not answer /health within {self.start_timeout_s:.0f} s; "
+                                   f"the end of its log ({self.log_path}):\n{self.log_tail()}")
             time.sleep(0.05)
-        self.start_s = time.perf_counter() - started
-        return self
 
     def log_tail(self, lines: int = 30) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -723,15 +727,19 @@ class ModelServer:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def stop(self) -> list[int]:
-        """Stop the server and everything it started; returns the pids that needed SIGKILL. Safe to repeat."""
+    def stop(self, keep_log: bool = False) -> list[int]:
+        """Stop the server and everything it started; returns the pids that needed SIGKILL. Safe to repeat.
+        The log file is removed unless `keep_log`."""
         from course import processes
 
         if self.process is None:
             return []
         process, self.process = self.process, None
         atexit.unregister(self.stop)
-        return processes.stop_tree(process, grace_s=5.0)
+        killed = processes.stop_tree(process, grace_s=5.0)
+        if not keep_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+        return killed
 
     def __enter__(self) -> "ModelServer":
         return self.start()

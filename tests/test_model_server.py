@@ -4,6 +4,8 @@ One real server process (ModelServer, versions v1 and v2) serves the whole file;
 and engine settings as it found them."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -260,5 +262,26 @@ def test_stop_leaves_no_process_and_a_failed_start_shows_the_log():
 
 @pytest.mark.slow
 def test_a_server_that_cannot_start_says_why():
-    with pytest.raises(RuntimeError, match="exited with code"):
-        ModelServer(versions=("v9",)).start()
+    server = ModelServer(versions=("v9",))
+    with pytest.raises(RuntimeError, match="(?s)exited with code .*unknown version"):
+        server.start()
+    assert server.process is None and server.log_path.exists(), "the log is kept when the start failed"
+    server.log_path.unlink()
+
+
+@pytest.mark.slow
+def test_a_killed_kernel_takes_its_server_with_it():
+    """A notebook kernel that dies (SIGKILL: no atexit, no finally) must not leave its server running."""
+    kernel = subprocess.Popen([sys.executable, "-c", "import time; from course.model_server import ModelServer; "
+                               "s = ModelServer().start(); print(s.pid, flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(kernel.stdout.readline())
+        assert psutil.pid_exists(pid)
+        kernel.kill()
+        kernel.wait(timeout=10)
+        assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                          timeout_s=15), "the server outlived the process that started it"
+    finally:
+        kernel.kill()
+        kernel.stdout.close()
