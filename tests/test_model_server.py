@@ -64,7 +64,8 @@ def test_not_streamed_completions_are_the_models_own_greedy_tokens(server, tiny)
         body = reply.json()
         expected = tokenizer.decode(lm.generate_cached(model, tokenizer.encode(prompt), n_new))
         assert body["object"] == "text_completion" and body["model"] == "tinylm@v1"
-        assert body["choices"] == [{"index": 0, "text": expected, "finish_reason": "length", "logprobs": None}]
+        choice = {"index": 0, "text": expected, "finish_reason": "length", "logprobs": None}
+        assert body["choices"] == [choice]
         assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": n_new,
                                  "total_tokens": len(prompt) + n_new}
 
@@ -72,8 +73,8 @@ def test_not_streamed_completions_are_the_models_own_greedy_tokens(server, tiny)
 def test_a_stream_sends_one_event_per_token_then_done(server, tiny):
     model, tokenizer = tiny
     prompt, n_new = "Federated learning ", 12
-    with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
-                      json={"model": "tinylm@v1", "prompt": prompt, "max_tokens": n_new, "stream": True}) as r:
+    body = {"model": "tinylm@v1", "prompt": prompt, "max_tokens": n_new, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=30, json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         payloads = events(r)
     assert payloads[-1] == "[DONE]" and len(payloads) == n_new + 1
@@ -119,7 +120,8 @@ def test_a_stop_character_ends_the_completion_with_reason_stop(server, tiny):
     stop = text[5]
     body = complete(server, prompt="The KV cache ", max_tokens=30, stop=stop).json()
     choice = body["choices"][0]
-    assert choice["finish_reason"] == "stop" and choice["text"] == text[:text.index(stop)], "stop text left out"
+    assert choice["finish_reason"] == "stop"
+    assert choice["text"] == text[:text.index(stop)], "the stop text is left out"
     assert body["usage"]["completion_tokens"] == text.index(stop) + 1
 
 
@@ -204,7 +206,8 @@ def test_the_engine_is_reconfigured_when_idle_and_refused_while_busy(server, tin
         assert busy.status_code == 409 and "idle" in busy.json()["error"]["message"]
         assert len(events(r)) == 6
     assert httpx.post(url, json={"nonsense": 1}).status_code == 400
-    assert httpx.post(url, json={"policy": "continuous", "batch_window_s": 0.0, "max_batch": 8}).status_code == 200
+    back = {"policy": "continuous", "batch_window_s": 0.0, "max_batch": 8}
+    assert httpx.post(url, json=back).status_code == 200
 
 
 def test_a_client_that_goes_away_is_aborted_in_the_engine(server):
@@ -272,16 +275,19 @@ def test_a_server_that_cannot_start_says_why():
 @pytest.mark.slow
 def test_a_killed_kernel_takes_its_server_with_it():
     """A notebook kernel that dies (SIGKILL: no atexit, no finally) must not leave its server running."""
-    kernel = subprocess.Popen([sys.executable, "-c", "import time; from course.model_server import ModelServer; "
-                               "s = ModelServer().start(); print(s.pid, flush=True); time.sleep(120)"],
+    script = ("import time; from course.model_server import ModelServer; "
+              "s = ModelServer().start(); print(s.pid, flush=True); time.sleep(120)")
+    kernel = subprocess.Popen([sys.executable, "-c", script],
                               stdout=subprocess.PIPE, text=True)
     try:
         pid = int(kernel.stdout.readline())
         assert psutil.pid_exists(pid)
         kernel.kill()
         kernel.wait(timeout=10)
-        assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                          timeout_s=15), "the server outlived the process that started it"
+        def gone():
+            return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+        assert wait_until(gone, timeout_s=15), "the server outlived the process that started it"
     finally:
         kernel.kill()
         kernel.stdout.close()
