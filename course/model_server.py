@@ -16,10 +16,10 @@ https://platform.openai.com/docs/api-reference/completions):
 - Admin routes, the job TensorFlow Serving does for versions: ``POST /admin/routes {"v1": 0.9, "v2": 0.1}``
   (traffic weights; a request for "tinylm" goes to a version drawn by weight from a seeded RNG, "tinylm@v2"
   pins one; ``?seed=N`` restarts the routing RNG), ``POST /admin/rollback`` (back to the previous weights in
-  one step; requests in flight finish on the version they started on), ``POST /admin/engine {"policy", "batch_window_s", "max_batch", ...}``
-  (rebuild every version's engine with new settings; 409 while any request is in flight),
-  ``GET /admin/stats`` (per version: requests, tokens, failures, the engine's stats), ``POST /admin/reset``
-  (zero the counters).
+  one step; requests in flight finish on the version they started on), ``POST /admin/engine {"policy",
+  "batch_window_s", "max_batch", ...}`` (rebuild every version's engine with new settings; 409 while any
+  request is in flight), ``GET /admin/stats`` (per version: requests, tokens, failures, the engine's stats),
+  ``POST /admin/reset`` (zero the counters).
 
 Each version has its own `course.engine.Engine` (continuous batching over a paged KV cache) stepped by a
 background thread; the thread hands each token to its request's asyncio queue with
