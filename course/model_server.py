@@ -303,8 +303,10 @@ class VersionWorker:
         with self.cond:
             engine_stats = {k: v for k, v in dict(getattr(self.engine, "stats", {})).items()
                             if isinstance(v, int | float | str | bool | None)}
-            return {**self.counts, "in_flight": len(self.requests), "options": dict(self.options),
-                    "engine": engine_stats}
+            blocks = getattr(self.engine, "blocks", None)
+            free = getattr(blocks, "free_blocks", None)
+            return {**self.counts, "in_flight": len(self.requests), "free_blocks": free,
+                    "options": dict(self.options), "engine": engine_stats}
 
     def stop(self) -> None:
         with self.cond:

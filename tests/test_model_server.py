@@ -221,6 +221,7 @@ def test_a_client_that_goes_away_is_aborted_in_the_engine(server):
     assert wait_until(lambda: stats(server)["versions"]["v1"]["aborted"] == before["aborted"] + 1)
     after = stats(server)["versions"]["v1"]
     assert after["in_flight"] == 0 and after["completion_tokens"] - before["completion_tokens"] < 120
+    assert after["free_blocks"] == before["free_blocks"], "the aborted request's cache blocks are back"
 
 
 def test_concurrent_streams_are_batched_and_each_gets_its_own_tokens(server, tiny):
