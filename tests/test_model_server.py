@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from course import lm
-from course.model_server import ModelServer, Router, load_version
+from course.model_server import ModelServer, Router, create_app, load_version, stream_completion
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,39 @@ def test_sampling_is_seeded_and_n_gives_that_many_choices(server):
     assert [c["index"] for c in several["choices"]] == [0, 1, 2]
     assert all(len(c["text"]) == 20 for c in several["choices"])
     assert several["usage"]["completion_tokens"] == 60
+
+
+def test_parallel_samples_stream_with_their_index_and_one_done(server):
+    body = {"model": "tinylm@v1", "prompt": "The ", "max_tokens": 6, "temperature": 1.0, "seed": 3, "n": 2,
+            "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as r:
+        payloads = events(r)
+    assert payloads.count("[DONE]") == 1 and payloads[-1] == "[DONE]"
+    choices = [json.loads(p)["choices"][0] for p in payloads[:-1]]
+    assert sorted(c["index"] for c in choices) == [0] * 6 + [1] * 6
+    assert [c["finish_reason"] for c in choices].count("length") == 2
+
+
+def test_the_streaming_client_times_each_token_and_reports_errors(server, tiny):
+    model, tokenizer = tiny
+    out = stream_completion(server.url, "Paged ", 15, model="tinylm@v1")
+    assert out["model"] == "tinylm@v1" and out["finish_reason"] == "length" and len(out["times"]) == 15
+    assert out["text"] == tokenizer.decode(lm.generate_cached(model, tokenizer.encode("Paged "), 15))
+    assert out["sent"] <= out["times"][0] and out["times"] == sorted(out["times"])
+    seen = []
+    stream_completion(server.url, "a", 3, model="tinylm@v1", on_token=lambda m, n: seen.append((m, n)))
+    assert seen == [("tinylm@v1", 1), ("tinylm@v1", 2), ("tinylm@v1", 3)]
+    with pytest.raises(RuntimeError, match="HTTP 400: .*context length"):
+        stream_completion(server.url, "x" * 120, 20)
+
+
+def test_create_app_refuses_what_it_cannot_serve():
+    with pytest.raises(ValueError, match="unknown version"):
+        create_app(["v1", "v5"])
+    with pytest.raises(ValueError, match="distinct"):
+        create_app(["v1", "v1"])
+    with pytest.raises(ValueError, match="unknown engine option"):
+        create_app(["v1"], engine_options={"speed": "fast"})
 
 
 @pytest.mark.parametrize("body, status, words", [
