@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from course.kv_blocks import BlockManager, OutOfBlocks
 from course.lm import TinyLM, sample_next
 
-__all__ = ["Engine", "Output", "OutOfBlocks", "ragged_forward"]
+__all__ = ["Engine", "Output", "OutOfBlocks", "Replay", "ragged_forward", "replay"]
 
 POLICIES = ("continuous", "static")
 PREEMPTION = ("recompute", "reserve")
@@ -461,3 +461,64 @@ class Engine:
             sids.remove(seq.sid)
             if not sids:
                 del self.requests[seq.rid]
+
+
+# ------------------------------------------------------------------------------------- driving the engine
+
+
+@dataclass
+class Replay:
+    """What `replay` saw: per request its tokens, and the iteration and time (seconds from the start, at the
+    end of the iteration that produced it) of each; when each request arrived; how long each iteration took."""
+
+    tokens: dict
+    token_steps: dict
+    token_times: dict
+    arrival_steps: dict
+    arrival_times: dict
+    step_seconds: list
+    wall_s: float
+
+    def ttft(self, rid) -> float:
+        """Seconds from the request's arrival to its first token."""
+        return self.token_times[rid][0] - self.arrival_times[rid]
+
+    def itl(self, rid) -> list[float]:
+        """Seconds between the request's consecutive tokens (its inter-token latencies)."""
+        times = self.token_times[rid]
+        return [b - a for a, b in zip(times, times[1:])]
+
+
+def replay(engine: Engine, arrivals: Sequence[tuple[int, Hashable, Sequence[int], int]],
+           clock: Callable[[], float] = time.perf_counter) -> Replay:
+    """Drive `engine` until it is done, adding each request when the iteration count reaches its arrival.
+
+    arrivals: (iteration, rid, prompt_ids, max_tokens) tuples (greedy decoding). Arrivals are counted in
+    iterations, not seconds, so that which requests meet in which iteration does not depend on how fast the
+    machine is; the times are measured (`clock`, seconds). When nothing runs and the next arrival is later,
+    the count jumps to it. Used by 07b_serving's preemption and chunked-prefill sections.
+    """
+    pending = sorted(arrivals, key=lambda a: a[0])
+    if any(a[0] < 0 for a in pending):
+        raise ValueError("arrival iterations must be >= 0")
+    out = Replay({}, {}, {}, {}, {}, [], 0.0)
+    start = clock()
+    iteration = 0
+    while pending or engine.has_work():
+        if not engine.has_work() and pending[0][0] > iteration:
+            iteration = pending[0][0]
+        while pending and pending[0][0] <= iteration:
+            _, rid, prompt, max_tokens = pending.pop(0)
+            engine.add_request(rid, prompt, max_tokens)
+            out.arrival_steps[rid], out.arrival_times[rid] = iteration, clock() - start
+        before = clock()
+        outputs = engine.step()
+        now = clock()
+        out.step_seconds.append(now - before)
+        for o in outputs:
+            out.tokens.setdefault(o.rid, []).append(o.token)
+            out.token_steps.setdefault(o.rid, []).append(iteration)
+            out.token_times.setdefault(o.rid, []).append(now - start)
+        iteration += 1
+    out.wall_s = clock() - start
+    return out
