@@ -15,7 +15,9 @@ What 07b_serving builds on it:
   Model Serving with PagedAttention", SOSP 2023, Section 4.5): when a running sequence needs a block and none
   is free, the most recently admitted running sequence gives its blocks back and waits at the front of the
   queue with its prompt + the tokens it generated as its new prompt; ``"reserve"``: the baseline without
-  preemption, where admission reserves each request's worst case (prompt + max_tokens) up front;
+  preemption, where admission reserves each request's worst case (prompt + max_tokens) up front; ``"none"``:
+  admit as "recompute" does but raise `OutOfBlocks` from `step()` when a running sequence cannot grow (what an
+  engine without a policy does);
 - chunked prefill (Agrawal et al., "Taming Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve",
   OSDI 2024): `max_step_tokens` caps the tokens of one iteration: decodes first (one token each), then
   chunks of prompts fill the rest of the budget;
@@ -44,7 +46,7 @@ from course.lm import TinyLM, sample_next
 __all__ = ["Engine", "Output", "OutOfBlocks", "Replay", "ragged_forward", "replay"]
 
 POLICIES = ("continuous", "static")
-PREEMPTION = ("recompute", "reserve")
+PREEMPTION = ("recompute", "reserve", "none")
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,7 @@ class Engine:
         self.stats["peak_blocks"] = max(self.stats["peak_blocks"], self.blocks.used_blocks)
         self.trace.append({"time": now, "tokens": n_tokens, "running": len(self.running),
                            "waiting": len(self.waiting), "used_blocks": self.blocks.used_blocks,
+                           "reserved_blocks": self._reserved() if self.preemption == "reserve" else 0,
                            "preempted": list(self._preempted_now),
                            "sids": [seq.sid for seq, _ in plan]})
         outputs: list[Output] = []

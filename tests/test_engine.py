@@ -131,6 +131,12 @@ def test_preemption_under_a_tiny_pool_completes_every_request_with_the_same_toke
     assert tokens_by_rid(outputs) == expected and reserve.stats["preemptions"] == 0
     assert max(trace_running) <= 2  # each reserves ceil(14 / 4) = 4 blocks up front: two fit
 
+    careless = Engine(model, n_blocks=8, block_size=4, max_batch=6, preemption="none")
+    for rid, prompt in enumerate(prompts):
+        careless.add_request(rid, prompt, 12)
+    with pytest.raises(OutOfBlocks):
+        careless.run()
+
 
 def test_chunked_prefill_gives_the_same_tokens_and_caps_each_iteration(small_lm):
     model = small_lm(5)
