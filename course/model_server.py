@@ -324,7 +324,7 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
     weights (default: all to the first version); `seed`: the routing RNG's seed; `engine_options`: keyword
     arguments for every version's `course.engine.Engine` (names in ENGINE_OPTIONS); `models`: already loaded
     models by version (tests), else they are loaded at startup."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field
@@ -417,7 +417,7 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
         return version, prompt_ids, stop_ids
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(body: CompletionRequest):
         version, prompt_ids, stop_ids = prepare(body)
         worker: VersionWorker = state["workers"][version]
         number = next(counter)
