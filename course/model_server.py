@@ -51,7 +51,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_NAME = "tinylm"
@@ -187,16 +187,15 @@ class Router:
 
 @dataclass
 class _Request:
-    queue: asyncio.Queue
+    queue: asyncio.Queue  # (choice index, Output) per token, or the exception that failed the step
     n: int
-    finished: set = field(default_factory=set)
 
 
 class VersionWorker:
     """One version's engine and the thread that steps it while it has work.
 
-    `submit` and `abort` are called from the event loop; they take the same lock as the stepping thread, so
-    the engine is only ever touched by one thread at a time. Each Output goes to its request's queue through
+    `submit`, `release` and `reconfigure` are called from the event loop; they take the same lock as the
+    stepping thread, so the engine is only ever touched by one thread at a time. Each Output goes to its request's queue through
     ``loop.call_soon_threadsafe``; an exception in a step fails every request in flight (the queue gets
     it)."""
 
