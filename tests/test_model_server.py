@@ -232,7 +232,7 @@ def test_the_engine_is_reconfigured_when_idle_and_refused_while_busy(server, tin
     assert stats(server)["versions"]["v1"]["options"]["policy"] == "static"
     expected = tokenizer.decode(lm.generate_cached(model, tokenizer.encode("Paging "), 10))
     assert complete(server, prompt="Paging ", max_tokens=10).json()["choices"][0]["text"] == expected
-    assert httpx.post(url, json={"batch_window_s": 1.0}).status_code == 200  # a lone request now waits 1 s
+    assert httpx.post(url, json={"batch_window_s": 2.0}).status_code == 200  # a lone request now waits 2 s
     with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
                       json={"model": "tinylm@v1", "prompt": "The ", "max_tokens": 5, "stream": True}) as r:
         busy = httpx.post(url, json={"policy": "continuous"})
