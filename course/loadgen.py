@@ -1,30 +1,36 @@
-"""An open-loop load generator for an OpenAI-compatible completions server, and the metrics users feel (07b_serving).
+"""An open-loop load generator for an OpenAI-compatible completions server, and the metrics users feel
+(07b_serving).
 
-Taught in 07b_serving ("Load, and the metrics users feel"); its Exercise 1 writes `request_metrics` and `summarize`,
-whose reference versions are here.
+Taught in 07b_serving ("Load, and the metrics users feel"); its Exercise 1 writes `request_metrics` and
+`summarize`, whose reference versions are here.
 
-**Open loop.** Requests are sent at the times of a Poisson process (exponential gaps from a seeded RNG), each at its
-scheduled time whether or not the earlier ones have finished, as users arrive at a service. A *closed* loop of N
-users (each waits for its answer before sending the next request) slows its sending down exactly when the server
-is slow, so the requests that would have waited longest are never sent and the measured latency looks better than
-what users get: Gil Tene's *coordinated omission* (the wrk2 load generator's README explains it). `run` keeps the
-open loop's schedule and records how late each send was (`Record.sent - Record.scheduled`) so a client that could
-not keep up is seen, not hidden; `concurrency=N` turns it into the closed loop, to show the difference.
+**Open loop.** Requests are sent at the times of a Poisson process (exponential gaps from a seeded RNG), each
+at its scheduled time whether or not the earlier ones have finished, as users arrive at a service. A *closed*
+loop of N users (each waits for its answer before sending the next request) slows its sending down exactly
+when the server is slow, so the requests that would have waited longest are never sent and the measured
+latency looks better than what users get: Gil Tene's *coordinated omission* (the wrk2 load generator's README
+explains it). `run` keeps the open loop's schedule and records how late each send was (`Record.sent -
+Record.scheduled`), so a client that could not keep up is seen, not hidden; `concurrency=N` turns it into the
+closed loop, to show the difference.
 
-**Metrics**, as vLLM's benchmark (`benchmarks/benchmark_serving.py`, `calculate_metrics`, and
-`benchmarks/backend_request_func.py`) defines them, all in seconds, per completed request:
-- TTFT, time to first token: first token's arrival - the request's send time;
-- TPOT, time per output token after the first: (last token - first token) / (output tokens - 1); undefined for a
-  one-token answer (None here: left out of TPOT's percentiles; it meets any TPOT objective, as vLLM counts it 0);
-- ITL, inter-token latencies: the gaps between consecutive tokens; their percentiles pool every gap of every request.
-Over a run: p50 and p99 of each (NumPy's default linear percentile, as vLLM), throughput = output tokens of the
-completed requests / the run's span (first send to last token), and goodput = completed requests per second that
-meet both objectives, TTFT <= slo_ttft and TPOT <= slo_tpot (vLLM's "request goodput"; DistServe, Zhong et al.,
-OSDI 2024, Section 1, defines per-GPU goodput as the highest request rate at which a target share of requests,
-say 90%, meets both). Failed requests (an HTTP error, a dropped stream) are counted, never measured.
+**Metrics**, as vLLM's benchmark defines them (`benchmarks/benchmark_serving.py`, `calculate_metrics`, and
+`benchmarks/backend_request_func.py`), in seconds, per completed request:
+- TTFT, time to first token: the first token's arrival - the request's send time;
+- TPOT, time per output token after the first: (last token - first token) / (output tokens - 1); undefined for
+  a one-token answer (None here: left out of TPOT's percentiles, and it meets any TPOT objective, as vLLM
+  counts it 0 for goodput);
+- ITL, inter-token latencies: the gaps between consecutive tokens; their percentiles pool every gap of every
+  request.
 
-Runs inside Jupyter too: `run` drives the asyncio client in a fresh thread with its own event loop, so a notebook's
-running loop is never re-entered.
+Over a run: p50 and p99 of each (NumPy's default linear percentile, as vLLM), throughput = output tokens of
+the completed requests / the run's span (their first send to their last token), and goodput = completed
+requests per second that meet both objectives, TTFT <= slo_ttft and TPOT <= slo_tpot (vLLM's "request
+goodput"; DistServe, Zhong et al., OSDI 2024, Section 1, defines per-GPU goodput as the highest request rate
+at which a target share of requests, say 90%, meets both). Failed requests (an HTTP error, a dropped stream)
+are counted, never measured.
+
+Runs inside Jupyter too: `run` drives the asyncio client in a fresh thread with its own event loop, so a
+notebook's running loop is never re-entered.
 """
 
 from __future__ import annotations
@@ -39,11 +45,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LoadRun", "Planned", "Record", "poisson_times", "request_metrics", "run", "run_async", "summarize",
-           "workload"]
+__all__ = ["LoadRun", "Planned", "Record", "poisson_times", "request_metrics", "run", "run_async",
+           "summarize", "workload"]
 
 
-# ------------------------------------------------------------------------------------------------ the workload
+# ---------------------------------------------------------------------------------------------- the workload
 
 @dataclass(frozen=True)
 class Planned:
@@ -57,8 +63,9 @@ class Planned:
 def poisson_times(n: int, rate: float, seed: int = 0) -> np.ndarray:
     """Send times (s, increasing) of `n` requests arriving as a Poisson process of `rate` requests per second.
 
-    The gaps are exponential with mean 1 / rate. The same seed at another rate gives the same pattern, stretched:
-    unit exponential gaps divided by the rate (common random numbers, so curves over rates are less noisy)."""
+    The gaps are exponential with mean 1 / rate. The same seed at another rate gives the same pattern,
+    stretched: unit exponential gaps divided by the rate (common random numbers: curves over rates are less
+    noisy)."""
     if n < 0 or not rate > 0 or not math.isfinite(rate):
         raise ValueError(f"need n >= 0 and a finite rate > 0, got n={n}, rate={rate}")
     gaps = np.random.default_rng(seed).exponential(1.0, n)
@@ -67,10 +74,11 @@ def poisson_times(n: int, rate: float, seed: int = 0) -> np.ndarray:
 
 def workload(n: int, rate: float, text: str, *, seed: int = 0, prompt_len: tuple[int, int] = (8, 48),
              max_tokens: tuple[int, int] = (8, 32), context: int | None = 128) -> list[Planned]:
-    """`n` requests at Poisson times of `rate` per second; prompts are slices of `text` (held-out course text).
+    """`n` requests at Poisson times of `rate` per second; prompts are slices of `text` (held-out text).
 
-    Prompt lengths (characters) and max_tokens are drawn uniformly from the inclusive ranges, from `seed`, as are
-    the slices' offsets; each prompt starts at a word. With `context`, prompt + max_tokens must fit in it."""
+    Prompt lengths (characters) and max_tokens are drawn uniformly from the inclusive ranges, from `seed`, as
+    are the slices' offsets; each prompt starts at a word. With `context`, prompt + max_tokens must fit
+    in it."""
     lo_p, hi_p = prompt_len
     lo_m, hi_m = max_tokens
     if not 1 <= lo_p <= hi_p or not 1 <= lo_m <= hi_m:
@@ -91,15 +99,16 @@ def workload(n: int, rate: float, text: str, *, seed: int = 0, prompt_len: tuple
     return plan
 
 
-# ------------------------------------------------------------------------------------------------ one run
+# ---------------------------------------------------------------------------------------------- one run
 
 @dataclass
 class Record:
     """What the client saw of one request; times in seconds since the run started.
 
-    `scheduled`: when the workload said to send it; `sent`: when it was sent (None if never); `token_times`: when
-    each streamed token arrived; `error`: None for a completed request, else why it failed (HTTP status and the
-    server's message, or the transport error: a refused connection, a stream cut before its end)."""
+    `scheduled`: when the workload said to send it; `sent`: when it was sent (None if never); `token_times`:
+    when each streamed token arrived; `error`: None for a completed request, else why it failed (the HTTP
+    status and the server's message, or the transport error: a refused connection, a stream cut
+    before its end)."""
     rid: int
     scheduled: float
     prompt_len: int = 0
@@ -114,7 +123,7 @@ class Record:
 
 @dataclass
 class LoadRun:
-    """A finished run: one Record per planned request, in rid order; `duration`: start to the last answer (s)."""
+    """A finished run: one Record per planned request, in rid order; `duration`: start to last answer (s)."""
     records: list[Record]
     duration: float
 
@@ -150,8 +159,8 @@ async def run_async(url: str, plan: Sequence[Planned], *, model: str = "tinylm",
         start = time.perf_counter()
 
         async def send(p: Planned, record: Record) -> None:
-            body = {"model": model, "prompt": p.prompt, "max_tokens": p.max_tokens, "temperature": temperature,
-                    "seed": p.rid, "stream": True}
+            body = {"model": model, "prompt": p.prompt, "max_tokens": p.max_tokens,
+                    "temperature": temperature, "seed": p.rid, "stream": True}
             record.sent = time.perf_counter() - start
             async with client.stream("POST", endpoint, json=body) as response:
                 if response.status_code != 200:
@@ -183,7 +192,7 @@ async def run_async(url: str, plan: Sequence[Planned], *, model: str = "tinylm",
                 else:
                     async with gate:
                         await send(p, record)
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:  # counted, never fatal
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:  # counted
                 record.error = f"{type(err).__name__}: {err}".strip()
             return record
 
@@ -194,8 +203,9 @@ async def run_async(url: str, plan: Sequence[Planned], *, model: str = "tinylm",
 def run(url: str, plan: Sequence[Planned], **options) -> LoadRun:
     """Send `plan` to the server at `url` (an open loop; `concurrency=N`: at most N in flight, a closed loop).
 
-    Blocks until every request has finished or failed, and returns a `LoadRun`. Works from plain Python and from a
-    notebook (whose event loop is already running): the client runs in a fresh thread with `asyncio.run`.
+    Blocks until every request has finished or failed, and returns a `LoadRun`. Works from plain Python and
+    from a notebook (whose event loop is already running): the client runs in a fresh thread with
+    `asyncio.run`.
     Options: model ("tinylm"), temperature (0), timeout_s (60, per request), concurrency (None)."""
     result: dict = {}
 
@@ -213,13 +223,13 @@ def run(url: str, plan: Sequence[Planned], **options) -> LoadRun:
     return result["run"]
 
 
-# ------------------------------------------------------------------------------------------------ metrics
+# ---------------------------------------------------------------------------------------------- metrics
 
 def request_metrics(sent: float, token_times: Sequence[float]) -> tuple[float, float | None, list[float]]:
     """(TTFT, TPOT, ITL gaps) of one completed request, in seconds (the reference for Exercise 1).
 
-    TPOT is None for a one-token answer. Raises ValueError for no tokens, or times out of order (a token before
-    the send, or before the previous token)."""
+    TPOT is None for a one-token answer. Raises ValueError for no tokens, or times out of order (a token
+    before the send, or before the previous token)."""
     times = [float(t) for t in token_times]
     if not times:
         raise ValueError("a completed request has at least one token; got none")
@@ -237,11 +247,11 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(records: Iterable, slo_ttft: float, slo_tpot: float) -> dict[str, float]:
-    """p50/p99 of TTFT, TPOT and ITL (s), throughput (tokens/s), goodput (requests/s), completed and failed counts.
+    """p50/p99 of TTFT, TPOT and ITL (s), throughput (tokens/s), goodput (requests/s), completed and failed.
 
-    `records` have `.sent`, `.token_times` and `.error` (Records of a run). Failed ones (error not None) are only
-    counted. The run's span is from the first send to the last token of any request. Raises ValueError for a
-    negative objective or when no request completed."""
+    `records` have `.sent`, `.token_times` and `.error` (Records of a run). Failed ones (error not None) are
+    only counted. The run's span runs from the first send to the last token of the completed requests. Raises
+    ValueError for a negative objective or when no request completed; nan for a percentile of no values."""
     if slo_ttft < 0 or slo_tpot < 0:
         raise ValueError(f"latency objectives must be >= 0 s, got TTFT {slo_ttft}, TPOT {slo_tpot}")
     records = list(records)
@@ -257,8 +267,7 @@ def summarize(records: Iterable, slo_ttft: float, slo_tpot: float) -> dict[str, 
         if tpot is not None:
             tpots.append(tpot)
         good += ttft <= slo_ttft and (tpot is None or tpot <= slo_tpot)
-    span = max(max(r.token_times, default=-math.inf) for r in records) - min(
-        r.sent for r in records if r.sent is not None)
+    span = max(r.token_times[-1] for r in done) - min(r.sent for r in done)
     if not span > 0:
         raise ValueError(f"the run has no duration (first send to last token: {span} s)")
     out = {"completed": len(done), "failed": len(records) - len(done), "throughput": tokens / span,
