@@ -175,8 +175,9 @@ async def run_async(url: str, plan: Sequence[Planned], *, model: str = "tinylm",
                     arrived = time.perf_counter() - start
                     chunk = json.loads(data)
                     choice = chunk["choices"][0]
-                    record.token_times.append(arrived)
-                    record.text += choice.get("text", "")
+                    if choice.get("text"):  # a token (a closing event with a stop reason may carry none)
+                        record.token_times.append(arrived)
+                        record.text += choice["text"]
                     record.finish_reason = choice.get("finish_reason") or record.finish_reason
                     record.model = chunk.get("model", record.model)
             record.error = "the stream ended before data: [DONE] (the server closed it)"

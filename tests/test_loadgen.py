@@ -172,3 +172,28 @@ def test_summarize_by_hand():
         loadgen.summarize(records, slo_ttft=-1, slo_tpot=0.2)
     with pytest.raises(ValueError):
         loadgen.summarize(records[4:], 1, 1)
+
+
+# ------------------------------------------------------------------------------------------ the real server
+
+@pytest.mark.slow  # starts the server process: about 15 s on a busy 2-core machine
+def test_a_run_through_the_model_server_streams_what_the_model_writes():
+    from course import lm
+    from course.model_server import ModelServer
+
+    model, tokenizer, _ = lm.load_model()
+    _, held = lm.split_corpus(lm.load_corpus())
+    plan = loadgen.workload(12, 40.0, held, seed=0, prompt_len=(8, 24), max_tokens=(3, 10))
+    bad = [loadgen.Planned(0, 0.0, "caf\u00e9", 4), loadgen.Planned(1, 0.0, "x", 500)]
+    with ModelServer() as server:
+        run = loadgen.run(server.url, plan)
+        refused = loadgen.run(server.url, bad)
+    assert server.process is None or server.process.poll() is not None
+    assert run.failed == 0 and run.max_late < 0.5
+    for p, r in zip(plan, run.records, strict=True):
+        want = lm.generate_cached(model, tokenizer.encode(p.prompt), p.max_tokens)
+        assert len(r.token_times) == p.max_tokens and r.text == tokenizer.decode(want)
+        assert r.finish_reason == "length" and r.sent >= r.scheduled
+    assert [r.error.split(":")[0] for r in refused.records] == ["HTTP 400", "HTTP 400"]
+    summary = loadgen.summarize(run.records, slo_ttft=60.0, slo_tpot=60.0)
+    assert summary["completed"] == 12 and summary["goodput"] > 0 and summary["ttft_p50"] <= summary["ttft_p99"]
