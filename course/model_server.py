@@ -4,29 +4,31 @@
 The server speaks the wire format clients already use (OpenAI's legacy completions API,
 https://platform.openai.com/docs/api-reference/completions):
 
-- ``POST /v1/completions`` with JSON ``{model, prompt, max_tokens=16, temperature=0, seed, n=1, stream=false}``.
-  Not streamed, it answers ``{id, object: "text_completion", created, model, choices: [{index, text,
-  finish_reason}], usage: {prompt_tokens, completion_tokens, total_tokens}}``. Streamed, it sends Server-Sent
-  Events: one ``data: {json}`` per token whose ``choices[0].text`` is that token's text (``finish_reason`` null
-  until the last, then "length" or "stop"), then ``data: [DONE]``. ``stop`` (single characters here, since
-  a token is a character) ends a completion with "stop"; as in OpenAI's API the stop text is not returned. Errors are HTTP 400 (404 for an unknown
-  model) with ``{"error": {"message", "type"}}``.
+- ``POST /v1/completions`` with JSON ``{model, prompt, max_tokens=16, temperature=0, seed, n=1, stop,
+  stream=false}``. Not streamed, it answers ``{id, object: "text_completion", created, model, choices:
+  [{index, text, finish_reason}], usage: {prompt_tokens, completion_tokens, total_tokens}}``. Streamed, it
+  sends Server-Sent Events: one ``data: {json}`` per token whose ``choices[0].text`` is that token's text
+  (``finish_reason`` null until the last, then "length" or "stop"), then ``data: [DONE]``. ``stop`` (single
+  characters here, since a token is a character) ends a completion with "stop"; as in OpenAI's API the stop
+  text is not returned. Errors are HTTP 400 (404 for an unknown model) with
+  ``{"error": {"message", "type"}}``.
 - ``GET /v1/models``, ``GET /health``.
 - Admin routes, the job TensorFlow Serving does for versions: ``POST /admin/routes {"v1": 0.9, "v2": 0.1}``
   (traffic weights; a request for "tinylm" goes to a version drawn by weight from a seeded RNG, "tinylm@v2"
-  pins one), ``POST /admin/rollback`` (back to the previous weights in one step; requests in flight finish on
-  the version they started on), ``POST /admin/engine {"policy", "batch_window_s", "max_batch", ...}``
-  (rebuild every version's engine with new settings; 409 while any request is in flight),
-  ``GET /admin/stats`` (per version: requests, tokens, failures, the engine's stats), ``POST /admin/reset``
-  (zero the counters).
+  pins one; ``?seed=N`` restarts the routing RNG), ``POST /admin/rollback`` (back to the previous weights in
+  one step; requests in flight finish on the version they started on), ``POST /admin/engine {"policy",
+  "batch_window_s", "max_batch", ...}`` (rebuild every version's engine with new settings; 409 while any
+  request is in flight), ``GET /admin/stats`` (per version: requests, tokens, failures, the engine's stats),
+  ``POST /admin/reset`` (zero the counters).
 
 Each version has its own `course.engine.Engine` (continuous batching over a paged KV cache) stepped by a
 background thread; the thread hands each token to its request's asyncio queue with
-``loop.call_soon_threadsafe``. A client that disconnects mid-stream is aborted in the engine (its blocks freed).
+``loop.call_soon_threadsafe``. A client that disconnects mid-stream is aborted in the engine (its blocks
+freed).
 
-Versions: "v1" is the course's TinyLM; "v2" is the same network with its Linear weights stored in int8 (one
-scale per output row, dequantized on the fly: weight-only quantization, 01_edge's scheme), a second release with
-a smaller file and slightly different numbers.
+Versions: "v1" is the course's TinyLM; "v2" is the same network with its Linear weights stored in int8
+(one scale per output row, dequantized on the fly: weight-only quantization, 01_edge's scheme), a second
+release with a smaller file and slightly different numbers.
 
 Run it with ``python -m course.model_server --port 8000 --versions v1,v2``; from a notebook or a test use
 `ModelServer`, which starts that command with `course.processes.start` and stops it with
@@ -145,7 +147,8 @@ class Router:
         if unknown:
             raise APIError(f"unknown version(s) {unknown}: this server runs {self.versions}")
         for version, weight in weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+            number = isinstance(weight, int | float) and not isinstance(weight, bool)
+            if not number or not 0 <= weight < float("inf"):
                 raise APIError(f"the weight of {version} must be a finite number >= 0, got {weight!r}")
         total = sum(weights.values())
         if total <= 0:
@@ -175,8 +178,8 @@ class Router:
         name, _, version = model.partition("@")
         if name == MODEL_NAME and version in self.versions:
             return version
-        raise APIError(f"the model {model!r} does not exist; this server has {MODEL_NAME!r} (routed by weight) "
-                       f"and {', '.join(f'{MODEL_NAME}@{v}' for v in self.versions)}", status=404)
+        raise APIError(f"the model {model!r} does not exist; this server has {MODEL_NAME!r} (routed by "
+                       f"weight) and {', '.join(f'{MODEL_NAME}@{v}' for v in self.versions)}", status=404)
 
 
 # ------------------------------------------------------------------------------------------------ engines
@@ -194,7 +197,8 @@ class VersionWorker:
 
     `submit` and `abort` are called from the event loop; they take the same lock as the stepping thread, so
     the engine is only ever touched by one thread at a time. Each Output goes to its request's queue through
-    ``loop.call_soon_threadsafe``; an exception in a step fails every request in flight (the queue gets it)."""
+    ``loop.call_soon_threadsafe``; an exception in a step fails every request in flight (the queue gets
+    it)."""
 
     def __init__(self, name: str, model, options: dict, loop: asyncio.AbstractEventLoop):
         self.name, self.model, self.loop = name, model, loop
@@ -289,17 +293,20 @@ class VersionWorker:
                     continue
                 self._deliver(outputs)
                 trace = getattr(self.engine, "trace", None)
-                if isinstance(trace, list) and len(trace) > 20_000:  # a long-lived server keeps the recent steps
+                if isinstance(trace, list) and len(trace) > 20_000:  # a long-lived server keeps recent steps
                     del trace[:-2_000]
-            if not outputs:
-                time.sleep(0.0005)  # a static batch waiting for its window: let submit() in
+            # let the event loop's thread have the GIL between steps, to send the tokens just made; and when a
+            # static batch waits for its window, let submit() in
+            time.sleep(0 if outputs else 0.0005)
 
     def stats(self) -> dict:
         with self.cond:
             engine_stats = {k: v for k, v in dict(getattr(self.engine, "stats", {})).items()
                             if isinstance(v, int | float | str | bool | None)}
-            return {**self.counts, "in_flight": len(self.requests), "options": dict(self.options),
-                    "engine": engine_stats}
+            blocks = getattr(self.engine, "blocks", None)
+            free = getattr(blocks, "free_blocks", None)
+            return {**self.counts, "in_flight": len(self.requests), "free_blocks": free,
+                    "options": dict(self.options), "engine": engine_stats}
 
     def stop(self) -> None:
         with self.cond:
@@ -346,7 +353,8 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
             loaded.setdefault(name, load_version(name, base))
         state["tokenizer"], state["context"] = tokenizer, base.config.context
         state["router"] = Router(versions, routes, seed)
-        state["workers"] = {name: VersionWorker(name, loaded[name], engine_options, loop) for name in versions}
+        state["workers"] = {name: VersionWorker(name, loaded[name], engine_options, loop)
+                            for name in versions}
         state["created"] = int(time.time())
         yield
         for worker in state["workers"].values():
@@ -488,7 +496,8 @@ def create_app(versions: Iterable[str] = ("v1",), *, routes: dict[str, float] | 
 
     @app.get("/admin/stats")
     async def stats():
-        return {"routes": state["router"].weights, "versions": {n: w.stats() for n, w in state["workers"].items()}}
+        workers = state["workers"].items()
+        return {"routes": state["router"].weights, "versions": {n: w.stats() for n, w in workers}}
 
     @app.post("/admin/reset")
     async def reset():
@@ -504,8 +513,8 @@ def _stream_response_class():
     from starlette.responses import StreamingResponse
 
     class Stream(StreamingResponse):
-        """Server-Sent Events that tell `on_close(finished)` how the stream ended, however it ended: sent to
-        the last event, or cut short by a client that went away (the request is then aborted in the engine)."""
+        """Server-Sent Events that tell `on_close(finished)` how the stream ended, however it ended: sent
+        to the last event, or cut short by a client that went away (the request is then aborted)."""
 
         media_type = "text/event-stream"
 
@@ -542,6 +551,50 @@ class _LazyStream:
 _Stream = _LazyStream()
 
 
+# ------------------------------------------------------------------------------------------- a client
+
+
+def stream_completion(url: str, prompt: str, max_tokens: int = 16, *, model: str = "tinylm", client=None,
+                      on_token=None, **fields) -> dict:
+    """Send one streamed completion to the server at `url` and time it on this side (`time.perf_counter`).
+
+    Returns {"model": the version that served it ("tinylm@v1"), "text", "finish_reason", "sent": the time the
+    request left, "times": the arrival time of each token's event}. `on_token(model, n_tokens_so_far)` is
+    called as each event arrives. Raises RuntimeError with the server's message for an HTTP error or an error
+    event. `client`: an `httpx.Client` to reuse (one is made otherwise); `fields`: more request fields
+    (temperature, seed, stop...)."""
+    import httpx
+
+    own = client is None
+    client = client or httpx.Client(timeout=60, trust_env=False)  # localhost: never through a proxy
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, **fields}
+    out = {"model": None, "text": "", "finish_reason": None, "times": []}
+    try:
+        out["sent"] = time.perf_counter()
+        with client.stream("POST", url.rstrip("/") + "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                raise RuntimeError(f"HTTP {response.status_code}: {response.json()['error']['message']}")
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    break
+                event = json.loads(line[len("data: "):])
+                if "error" in event:
+                    raise RuntimeError(f"the server failed mid-stream: {event['error']['message']}")
+                out["times"].append(time.perf_counter())
+                choice = event["choices"][0]
+                out["model"], out["text"] = event["model"], out["text"] + choice["text"]
+                out["finish_reason"] = choice["finish_reason"]
+                if on_token is not None:
+                    on_token(out["model"], len(out["times"]))
+    finally:
+        if own:
+            client.close()
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the process
 
 
@@ -576,6 +629,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     torch.set_num_threads(max(1, args.threads))
+    sys.setswitchinterval(0.001)  # the engine thread and the event loop share the GIL: hand it over often
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name, None) is not None}
     app = create_app(args.versions.split(","), routes=_parse_routes(args.routes), seed=args.seed,
                      engine_options=options)
@@ -632,8 +686,6 @@ class ModelServer:
         return command
 
     def start(self) -> "ModelServer":
-        import httpx
-
         from course import processes
 
         if self.process is not None:
@@ -649,24 +701,32 @@ class ModelServer:
         with os.fdopen(handle, "w") as log:
             self.process = processes.start(self.command(), env=env, stdout=log, stderr=log)
         atexit.register(self.stop)
-        deadline = started + self.start_timeout_s
+        try:
+            self._wait_for_health(started + self.start_timeout_s)
+        except BaseException:  # a failed start, or Ctrl-C while waiting: leave nothing running
+            self.stop(keep_log=True)
+            raise
+        self.start_s = time.perf_counter() - started
+        return self
+
+    def _wait_for_health(self, deadline: float) -> None:
+        import httpx
+
         while True:
             if self.process.poll() is not None:
-                code = self.process.returncode
-                self.stop()
-                raise RuntimeError(f"the model server exited with code {code} before answering:\n{self.log_tail()}")
+                raise RuntimeError(f"the model server exited with code {self.process.returncode} before "
+                                   f"answering; the end of its log ({self.log_path}):\n{self.log_tail()}")
             try:
-                if httpx.get(f"http://{self.host}:{self.port}/health", timeout=1.0).status_code == 200:
-                    break
+                health = httpx.get(f"http://{self.host}:{self.port}/health", timeout=1.0, trust_env=False)
+                if health.status_code == 200:
+                    return
             except httpx.TransportError:
                 pass
             if time.perf_counter() > deadline:
-                self.stop()
-                raise RuntimeError(f"the model server did not answer /health within {self.start_timeout_s:.0f} s:"
-                                   f"\n{self.log_tail()}")
+                raise RuntimeError(f"the model server did not answer /health within "
+                                   f"{self.start_timeout_s:.0f} s; the end of its log ({self.log_path}):\n"
+                                   f"{self.log_tail()}")
             time.sleep(0.05)
-        self.start_s = time.perf_counter() - started
-        return self
 
     def log_tail(self, lines: int = 30) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -677,15 +737,19 @@ class ModelServer:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def stop(self) -> list[int]:
-        """Stop the server and everything it started; returns the pids that needed SIGKILL. Safe to repeat."""
+    def stop(self, keep_log: bool = False) -> list[int]:
+        """Stop the server and everything it started; returns the pids that needed SIGKILL. Safe to repeat.
+        The log file is removed unless `keep_log`."""
         from course import processes
 
         if self.process is None:
             return []
         process, self.process = self.process, None
         atexit.unregister(self.stop)
-        return processes.stop_tree(process, grace_s=5.0)
+        killed = processes.stop_tree(process, grace_s=5.0)
+        if not keep_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+        return killed
 
     def __enter__(self) -> "ModelServer":
         return self.start()

@@ -4,6 +4,8 @@ One real server process (ModelServer, versions v1 and v2) serves the whole file;
 and engine settings as it found them."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from course import lm
-from course.model_server import ModelServer, Router, load_version
+from course.model_server import ModelServer, Router, create_app, load_version, stream_completion
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,8 @@ def test_not_streamed_completions_are_the_models_own_greedy_tokens(server, tiny)
         body = reply.json()
         expected = tokenizer.decode(lm.generate_cached(model, tokenizer.encode(prompt), n_new))
         assert body["object"] == "text_completion" and body["model"] == "tinylm@v1"
-        assert body["choices"] == [{"index": 0, "text": expected, "finish_reason": "length", "logprobs": None}]
+        choice = {"index": 0, "text": expected, "finish_reason": "length", "logprobs": None}
+        assert body["choices"] == [choice]
         assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": n_new,
                                  "total_tokens": len(prompt) + n_new}
 
@@ -70,8 +73,8 @@ def test_not_streamed_completions_are_the_models_own_greedy_tokens(server, tiny)
 def test_a_stream_sends_one_event_per_token_then_done(server, tiny):
     model, tokenizer = tiny
     prompt, n_new = "Federated learning ", 12
-    with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
-                      json={"model": "tinylm@v1", "prompt": prompt, "max_tokens": n_new, "stream": True}) as r:
+    body = {"model": "tinylm@v1", "prompt": prompt, "max_tokens": n_new, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=30, json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         payloads = events(r)
     assert payloads[-1] == "[DONE]" and len(payloads) == n_new + 1
@@ -92,6 +95,39 @@ def test_sampling_is_seeded_and_n_gives_that_many_choices(server):
     assert [c["index"] for c in several["choices"]] == [0, 1, 2]
     assert all(len(c["text"]) == 20 for c in several["choices"])
     assert several["usage"]["completion_tokens"] == 60
+
+
+def test_parallel_samples_stream_with_their_index_and_one_done(server):
+    body = {"model": "tinylm@v1", "prompt": "The ", "max_tokens": 6, "temperature": 1.0, "seed": 3, "n": 2,
+            "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as r:
+        payloads = events(r)
+    assert payloads.count("[DONE]") == 1 and payloads[-1] == "[DONE]"
+    choices = [json.loads(p)["choices"][0] for p in payloads[:-1]]
+    assert sorted(c["index"] for c in choices) == [0] * 6 + [1] * 6
+    assert [c["finish_reason"] for c in choices].count("length") == 2
+
+
+def test_the_streaming_client_times_each_token_and_reports_errors(server, tiny):
+    model, tokenizer = tiny
+    out = stream_completion(server.url, "Paged ", 15, model="tinylm@v1")
+    assert out["model"] == "tinylm@v1" and out["finish_reason"] == "length" and len(out["times"]) == 15
+    assert out["text"] == tokenizer.decode(lm.generate_cached(model, tokenizer.encode("Paged "), 15))
+    assert out["sent"] <= out["times"][0] and out["times"] == sorted(out["times"])
+    seen = []
+    stream_completion(server.url, "a", 3, model="tinylm@v1", on_token=lambda m, n: seen.append((m, n)))
+    assert seen == [("tinylm@v1", 1), ("tinylm@v1", 2), ("tinylm@v1", 3)]
+    with pytest.raises(RuntimeError, match="HTTP 400: .*context length"):
+        stream_completion(server.url, "x" * 120, 20)
+
+
+def test_create_app_refuses_what_it_cannot_serve():
+    with pytest.raises(ValueError, match="unknown version"):
+        create_app(["v1", "v5"])
+    with pytest.raises(ValueError, match="distinct"):
+        create_app(["v1", "v1"])
+    with pytest.raises(ValueError, match="unknown engine option"):
+        create_app(["v1"], engine_options={"speed": "fast"})
 
 
 @pytest.mark.parametrize("body, status, words", [
@@ -117,7 +153,8 @@ def test_a_stop_character_ends_the_completion_with_reason_stop(server, tiny):
     stop = text[5]
     body = complete(server, prompt="The KV cache ", max_tokens=30, stop=stop).json()
     choice = body["choices"][0]
-    assert choice["finish_reason"] == "stop" and choice["text"] == text[:text.index(stop)], "stop text left out"
+    assert choice["finish_reason"] == "stop"
+    assert choice["text"] == text[:text.index(stop)], "the stop text is left out"
     assert body["usage"]["completion_tokens"] == text.index(stop) + 1
 
 
@@ -202,7 +239,8 @@ def test_the_engine_is_reconfigured_when_idle_and_refused_while_busy(server, tin
         assert busy.status_code == 409 and "idle" in busy.json()["error"]["message"]
         assert len(events(r)) == 6
     assert httpx.post(url, json={"nonsense": 1}).status_code == 400
-    assert httpx.post(url, json={"policy": "continuous", "batch_window_s": 0.0, "max_batch": 8}).status_code == 200
+    back = {"policy": "continuous", "batch_window_s": 0.0, "max_batch": 8}
+    assert httpx.post(url, json=back).status_code == 200
 
 
 def test_a_client_that_goes_away_is_aborted_in_the_engine(server):
@@ -216,6 +254,7 @@ def test_a_client_that_goes_away_is_aborted_in_the_engine(server):
     assert wait_until(lambda: stats(server)["versions"]["v1"]["aborted"] == before["aborted"] + 1)
     after = stats(server)["versions"]["v1"]
     assert after["in_flight"] == 0 and after["completion_tokens"] - before["completion_tokens"] < 120
+    assert after["free_blocks"] == before["free_blocks"], "the aborted request's cache blocks are back"
 
 
 def test_concurrent_streams_are_batched_and_each_gets_its_own_tokens(server, tiny):
@@ -260,5 +299,29 @@ def test_stop_leaves_no_process_and_a_failed_start_shows_the_log():
 
 @pytest.mark.slow
 def test_a_server_that_cannot_start_says_why():
-    with pytest.raises(RuntimeError, match="exited with code"):
-        ModelServer(versions=("v9",)).start()
+    server = ModelServer(versions=("v9",))
+    with pytest.raises(RuntimeError, match="(?s)exited with code .*unknown version"):
+        server.start()
+    assert server.process is None and server.log_path.exists(), "the log is kept when the start failed"
+    server.log_path.unlink()
+
+
+@pytest.mark.slow
+def test_a_killed_kernel_takes_its_server_with_it():
+    """A notebook kernel that dies (SIGKILL: no atexit, no finally) must not leave its server running."""
+    script = ("import time; from course.model_server import ModelServer; "
+              "s = ModelServer().start(); print(s.pid, flush=True); time.sleep(120)")
+    kernel = subprocess.Popen([sys.executable, "-c", script],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(kernel.stdout.readline())
+        assert psutil.pid_exists(pid)
+        kernel.kill()
+        kernel.wait(timeout=10)
+        def gone():
+            return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+        assert wait_until(gone, timeout_s=15), "the server outlived the process that started it"
+    finally:
+        kernel.kill()
+        kernel.stdout.close()
