@@ -174,6 +174,9 @@ async def run_async(url: str, plan: Sequence[Planned], *, model: str = "tinylm",
                         return
                     arrived = time.perf_counter() - start
                     chunk = json.loads(data)
+                    if "error" in chunk:  # the server failed mid-stream and said so
+                        record.error = f"error event: {chunk['error'].get('message', chunk['error'])}"
+                        return
                     choice = chunk["choices"][0]
                     if choice.get("text"):  # a token (a closing event with a stop reason may carry none)
                         record.token_times.append(arrived)

@@ -17,8 +17,8 @@ from course import loadgen
 
 def scripted_app(token_gap_s: float = 0.01):
     """An OpenAI-style streaming completions route whose answers are scripted by the prompt:
-    "fail" -> HTTP 400, "drop" -> the stream is cut after two tokens, anything else -> max_tokens tokens
-    `token_gap_s` apart (a slow server when the gap is long)."""
+    "fail" -> HTTP 400, "drop" -> the stream is cut after two tokens, "error event" -> an error event after one
+    token, anything else -> max_tokens tokens `token_gap_s` apart (a slow server when the gap is long)."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -35,6 +35,9 @@ def scripted_app(token_gap_s: float = 0.01):
                 await asyncio.sleep(token_gap_s)
                 if body["prompt"] == "drop" and i == 2:
                     raise RuntimeError("scripted disconnect")
+                if body["prompt"] == "error event" and i == 1:
+                    yield f"data: {json.dumps({'error': {'message': 'scripted', 'type': 'server_error'}})}\n\n"
+                    return
                 last = i == body["max_tokens"] - 1
                 chunk = {"model": "scripted", "choices": [{"index": 0, "text": "ab"[i % 2],
                                                            "finish_reason": "length" if last else None}]}
@@ -126,8 +129,9 @@ def test_an_open_loop_sends_on_schedule_however_slow_the_server(slow_url):
 
 def test_errors_and_disconnects_are_counted_never_raised(slow_url):
     plan = [loadgen.Planned(0, 0.0, "fine", 3), loadgen.Planned(1, 0.0, "fail", 3),
-            loadgen.Planned(2, 0.01, "drop", 6)]
+            loadgen.Planned(2, 0.01, "drop", 6), loadgen.Planned(3, 0.0, "error event", 4)]
     records = loadgen.run(slow_url, plan).records
+    assert records[3].error == "error event: scripted" and len(records[3].token_times) == 1
     assert records[0].error is None and len(records[0].token_times) == 3
     assert records[1].error.startswith("HTTP 400") and "scripted failure" in records[1].error
     assert records[2].error is not None and len(records[2].token_times) == 2
