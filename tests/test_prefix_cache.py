@@ -185,3 +185,82 @@ def test_same_interface_as_block_manager():
         assert manager.free_blocks == 4 and manager.used_blocks == 0
         with pytest.raises(ValueError):
             manager.allocate("x", [])
+
+
+# ---------------------------------------------------------------------------------- through the engine
+@pytest.fixture(scope="module")
+def tiny():
+    from course import lm
+
+    model, tokenizer, _ = lm.load_model(device="cpu")
+    return model, tokenizer
+
+
+def run_staggered(engine, prompts, max_tokens):
+    """One new request per step, then to the end: {rid: tokens}."""
+    out = {}
+    for rid, ids in enumerate(prompts):
+        engine.add_request(rid, ids, max_tokens=max_tokens)
+        for o in engine.step():
+            out.setdefault(o.rid, []).append(o.token)
+    for o in engine.run():
+        out.setdefault(o.rid, []).append(o.token)
+    return out
+
+
+def test_engine_same_greedy_tokens_with_prefix_caching(tiny):
+    from course import lm
+    from course.engine import Engine
+
+    model, tokenizer = tiny
+    system = "You are the course assistant. Answer in one line.\n"
+    prompts = [tokenizer.encode(system + q) for q in ("Q: KV cache?\nA:", "Q: paging?\nA:", "Q: goodput?\nA:",
+                                                      system[:20], "Q: KV cache?\nA:")]
+    engines = {c: Engine(model, n_blocks=40, block_size=8, prefix_caching=c) for c in (False, True)}
+    outs = {c: run_staggered(e, prompts, 12) for c, e in engines.items()}
+    assert outs[True] == outs[False]
+    for rid, ids in enumerate(prompts):
+        assert outs[True][rid] == lm.generate_cached(model, ids, 12)
+    cached = engines[True]
+    assert cached.stats["prefix_hit_tokens"] > 0 and cached.blocks.counters["hit_tokens"] >= 3 * 48
+    assert cached.stats["peak_blocks"] < engines[False].stats["peak_blocks"]
+    assert cached.blocks.used_blocks == 0 and not any(cached.blocks.refs)  # nothing leaked
+
+
+def test_engine_parallel_samples_share_and_match_separate_requests(tiny):
+    from course.engine import Engine
+
+    model, tokenizer = tiny
+    prompt = tokenizer.encode("Paged attention shares the blocks of one prompt between samples, ")
+    outs, peaks = {}, {}
+    for caching in (False, True):
+        engine = Engine(model, n_blocks=40, block_size=16, prefix_caching=caching)
+        engine.add_request("q", prompt, max_tokens=20, temperature=0.8, seed=3, n=4)
+        got = {}
+        for o in engine.run():
+            got.setdefault(o.rid, []).append(o.token)
+        outs[caching], peaks[caching] = got, engine.stats["peak_blocks"]
+        if caching:
+            assert engine.blocks.counters["copies"] == 3  # the shared partial last block, copied once per writer
+            assert engine.blocks.used_blocks == 0
+    alone = Engine(model, n_blocks=40, block_size=16)
+    for i in range(4):
+        alone.add_request(i, prompt, max_tokens=20, temperature=0.8, seed=3 + i)
+    single = {}
+    for o in alone.run():
+        single.setdefault(o.rid, []).append(o.token)
+    assert all(outs[True][f"q/{i}"] == outs[False][f"q/{i}"] == single[i] for i in range(4))
+    assert peaks[True] == peaks[False] - 3 * (len(prompt) // 16)
+
+
+def test_engine_preemption_with_prefix_caching_keeps_tokens(tiny):
+    from course.engine import Engine
+
+    model, tokenizer = tiny
+    system = "Shared words at the start of every request. "
+    prompts = [tokenizer.encode(system + str(i)) for i in range(6)]
+    roomy = run_staggered(Engine(model, n_blocks=64, block_size=8, prefix_caching=True), prompts, 30)
+    tight_engine = Engine(model, n_blocks=24, block_size=8, prefix_caching=True)
+    tight = run_staggered(tight_engine, prompts, 30)
+    assert tight == roomy
+    assert tight_engine.stats["preemptions"] > 0 and tight_engine.blocks.used_blocks == 0
