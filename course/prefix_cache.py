@@ -2,13 +2,14 @@
 
 Two classes, the second built on the first:
 
-- `SharedBlocks`, the reference answer of 07b's Exercise 2: paged blocks (part 1's `BlockAllocator`) that several
-  sequences may hold at once. Each block has a reference count, the number of block tables that list it. `fork`
-  lets a child share all of its parent's blocks (parallel sampling: n continuations of one prompt); `append`
-  copies a shared, partly filled last block before writing into it (*copy-on-write*) and reports the copy to
-  make; `free` drops one reference per block, and a block is free again only when its count reaches 0. This is
-  the design of Kwon et al., "Efficient Memory Management for Large Language Model Serving with PagedAttention",
-  SOSP 2023, Section 4.4 (parallel sampling: shared prompt blocks, reference counts, copy-on-write).
+- `SharedBlocks`, the reference answer of 07b's Exercise 2: paged blocks (part 1's `BlockAllocator`) that
+  several sequences may hold at once. Each block has a reference count, the number of block tables that list
+  it. `fork` lets a child share all of its parent's blocks (parallel sampling: n continuations of one prompt);
+  `append` copies a shared, partly filled last block before writing into it (*copy-on-write*) and reports the
+  copy to make; `free` drops one reference per block, and a block is free again only when its count reaches 0.
+  This is the design of Kwon et al., "Efficient Memory Management for Large Language Model Serving with
+  PagedAttention", SOSP 2023, Section 4.4 (parallel sampling: shared prompt blocks, reference counts,
+  copy-on-write).
 - `PrefixCachingBlockManager`, the `course.kv_blocks.BlockManager` interface that `course.engine.Engine` uses
   when ``prefix_caching=True``. It adds vLLM's *automatic prefix caching*: every full block of tokens gets a
   hash of its tokens chained with the hash of the block before it, so equal hashes mean equal whole prefixes
@@ -46,8 +47,8 @@ class SharedBlocks:
       copies src's keys and values into dst before writing the token. Otherwise None.
     - ``free(seq)``: one reference less on each of its blocks; a block at count 0 is free again.
     - ``refcount(block)``, ``free_blocks``, ``block_table(seq)`` (a copy), ``length(seq)``.
-    Blocks are numbered 0 .. n_blocks - 1 and handed out from block 0 up. Every method that needs blocks raises
-    `OutOfBlocks` before changing anything.
+    Blocks are numbered 0 .. n_blocks - 1 and handed out from block 0 up. Every method that needs blocks
+    raises `OutOfBlocks` before changing anything.
     """
 
     def __init__(self, n_blocks: int, block_size: int):
@@ -157,12 +158,12 @@ def block_hash(parent: bytes | None, tokens: Sequence[int]) -> bytes:
 
 
 class PrefixCachingBlockManager(SharedBlocks):
-    """`course.kv_blocks.BlockManager`'s interface with shared blocks and automatic prefix caching (07b_serving).
+    """`course.kv_blocks.BlockManager`'s interface with shared blocks and automatic prefix caching (07b).
 
     - ``allocate(seq, token_ids) -> n_cached``: reuses the cached blocks of the longest prefix of `token_ids`
       whose full blocks are cached (count + 1 each), allocates the rest, and returns how many leading tokens
-      need no prefill. A hit covers whole blocks within the first ``len(token_ids) - 1`` tokens: the last token
-      is always computed, for its logits (vLLM does the same), and is never written into a shared block.
+      need no prefill. A hit covers whole blocks within the first ``len(token_ids) - 1`` tokens: the last
+      token is always computed, for its logits (vLLM does the same), and is never written into a shared block.
     - ``append_slot(seq, token_id) -> (src, dst) | None``: `SharedBlocks.append` (copy-on-write of a shared
       partly filled last block), remembering the token.
     - ``fork(parent, child) -> []``: the child shares every block; no copy now (copy-on-write later).
@@ -172,11 +173,13 @@ class PrefixCachingBlockManager(SharedBlocks):
       values written; those full blocks become findable at once. Without it a block becomes findable when a
       later token is appended (the tokens before a sampled token were all computed).
     - ``stats``: hit_tokens (prompt tokens served from cache), query_tokens (prompt tokens looked up),
-      shared_blocks (blocks held by more than one sequence now), cached_blocks, evictions, copies (copy-on-write).
+      shared_blocks (blocks held by more than one sequence now), cached_blocks, evictions, copies
+      (copy-on-write).
 
-    Only blocks whose keys and values have been computed are registered, so a prompt never hits a block that is
-    still waiting for its prefill (a chunked prefill, or a sequence admitted in the same step). Equal blocks
-    computed twice (two equal prompts admitted together) keep the first one registered; the second is plain.
+    Only blocks whose keys and values have been computed are registered, so a prompt never hits a block that
+    is still waiting for its prefill (a chunked prefill, or a sequence admitted in the same step). Equal
+    blocks computed twice (two equal prompts admitted together) keep the first one registered; the second is
+    plain.
     """
 
     def __init__(self, n_blocks: int, block_size: int):
@@ -201,7 +204,8 @@ class PrefixCachingBlockManager(SharedBlocks):
 
     def hit_rate(self) -> float:
         """Prompt tokens served from the cache, as a share of all prompt tokens looked up (0 before any)."""
-        return self.counters["hit_tokens"] / self.counters["query_tokens"] if self.counters["query_tokens"] else 0.0
+        queried = self.counters["query_tokens"]
+        return self.counters["hit_tokens"] / queried if queried else 0.0
 
     # ------------------------------------------------------------------ blocks: reuse the never-used first
     def _take(self, n: int, why: str) -> list[int]:

@@ -110,7 +110,7 @@ def test_prefix_hit_and_last_token_recomputed():
     assert manager.allocate("b", prompt + [7, 7]) == 8
     assert manager.block_table("b")[:2] == manager.block_table("a")[:2]
     assert manager.refcount(manager.block_table("a")[0]) == 2
-    assert manager.allocate("c", prompt[:8]) == 4, "8 tokens = 2 full blocks, but the last token is recomputed"
+    assert manager.allocate("c", prompt[:8]) == 4, "8 tokens = 2 full blocks, but the last is recomputed"
     assert manager.allocate("d", [0, 1, 2]) == 0
     assert manager.stats["hit_tokens"] == 12 and manager.stats["shared_blocks"] == 2
 
@@ -177,7 +177,8 @@ def test_copy_on_write_keeps_the_other_sequence_intact():
 def test_same_interface_as_block_manager():
     for cls in (BlockManager, PrefixCachingBlockManager):
         manager = cls(4, 4)
-        assert manager.allocate("a", [1, 2, 3]) == 0 and manager.can_allocate(12) and not manager.can_allocate(13)
+        assert manager.allocate("a", [1, 2, 3]) == 0
+        assert manager.can_allocate(12) and not manager.can_allocate(13)
         assert manager.append_slot("a", 4) is None and manager.length("a") == 4
         manager.fork("a", "b")
         manager.free("a")
@@ -241,7 +242,7 @@ def test_engine_parallel_samples_share_and_match_separate_requests(tiny):
             got.setdefault(o.rid, []).append(o.token)
         outs[caching], peaks[caching] = got, engine.stats["peak_blocks"]
         if caching:
-            assert engine.blocks.counters["copies"] == 3  # the shared partial last block, copied once per writer
+            assert engine.blocks.counters["copies"] == 3  # the shared partial last block, once per writer
             assert engine.blocks.used_blocks == 0
     alone = Engine(model, n_blocks=40, block_size=16)
     for i in range(4):
