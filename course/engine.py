@@ -15,7 +15,9 @@ What 07b_serving builds on it:
   Model Serving with PagedAttention", SOSP 2023, Section 4.5): when a running sequence needs a block and none
   is free, the most recently admitted running sequence gives its blocks back and waits at the front of the
   queue with its prompt + the tokens it generated as its new prompt; ``"reserve"``: the baseline without
-  preemption, where admission reserves each request's worst case (prompt + max_tokens) up front;
+  preemption, where admission reserves each request's worst case (prompt + max_tokens) up front; ``"none"``:
+  admit as "recompute" does but raise `OutOfBlocks` from `step()` when a running sequence cannot grow (what an
+  engine without a policy does);
 - chunked prefill (Agrawal et al., "Taming Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve",
   OSDI 2024): `max_step_tokens` caps the tokens of one iteration: decodes first (one token each), then
   chunks of prompts fill the rest of the budget;
@@ -41,10 +43,10 @@ import torch.nn.functional as F
 from course.kv_blocks import BlockManager, OutOfBlocks
 from course.lm import TinyLM, sample_next
 
-__all__ = ["Engine", "Output", "OutOfBlocks", "ragged_forward"]
+__all__ = ["Engine", "Output", "OutOfBlocks", "Replay", "ragged_forward", "replay"]
 
 POLICIES = ("continuous", "static")
-PREEMPTION = ("recompute", "reserve")
+PREEMPTION = ("recompute", "reserve", "none")
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,13 @@ def ragged_forward(model: TinyLM, pool: dict[str, torch.Tensor], block_size: int
     x = (model.tokens(ids_t) + model.positions(pos_t.to(device)))[None]  # (1, N, d_model)
     for layer, block in enumerate(model.blocks):
         q, k, v = (t.view(n_tokens, heads, head_dim) for t in block.attn.qkv(block.norm1(x))[0].split(width, 1))
-        pool["k"][layer, dest_block, :, dest_slot] = k  # (N, heads, head_dim) into pool[layer, block, :, slot]
-        pool["v"][layer, dest_block, :, dest_slot] = v
-        keys = pool["k"][layer, key_block_t, :, key_slot_t].transpose(0, 1)[None]  # (1, heads, keys, dim)
-        values = pool["v"][layer, key_block_t, :, key_slot_t].transpose(0, 1)[None]
+        # views of this layer's pool as (blocks, slots, heads, head_dim): indexing two leading dimensions is
+        # several times faster than pool[layer, blocks, :, slots]
+        pool_k, pool_v = pool["k"][layer].transpose(1, 2), pool["v"][layer].transpose(1, 2)
+        pool_k[dest_block, dest_slot] = k  # the new tokens' (N, heads, head_dim) into their slots
+        pool_v[dest_block, dest_slot] = v
+        keys = pool_k[key_block_t, key_slot_t].transpose(0, 1)[None]  # (1, heads, keys, head_dim)
+        values = pool_v[key_block_t, key_slot_t].transpose(0, 1)[None]
         out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask)
         x = x + block.drop(block.attn.proj(out[0].transpose(0, 1).reshape(1, n_tokens, width)))
         x = x + block.drop(block.mlp(block.norm2(x)))
@@ -429,6 +434,7 @@ class Engine:
         self.stats["peak_blocks"] = max(self.stats["peak_blocks"], self.blocks.used_blocks)
         self.trace.append({"time": now, "tokens": n_tokens, "running": len(self.running),
                            "waiting": len(self.waiting), "used_blocks": self.blocks.used_blocks,
+                           "reserved_blocks": self._reserved() if self.preemption == "reserve" else 0,
                            "preempted": list(self._preempted_now),
                            "sids": [seq.sid for seq, _ in plan]})
         outputs: list[Output] = []
@@ -458,3 +464,64 @@ class Engine:
             sids.remove(seq.sid)
             if not sids:
                 del self.requests[seq.rid]
+
+
+# ------------------------------------------------------------------------------------- driving the engine
+
+
+@dataclass
+class Replay:
+    """What `replay` saw: per request its tokens, and the iteration and time (seconds from the start, at the
+    end of the iteration that produced it) of each; when each request arrived; how long each iteration took."""
+
+    tokens: dict
+    token_steps: dict
+    token_times: dict
+    arrival_steps: dict
+    arrival_times: dict
+    step_seconds: list
+    wall_s: float
+
+    def ttft(self, rid) -> float:
+        """Seconds from the request's arrival to its first token."""
+        return self.token_times[rid][0] - self.arrival_times[rid]
+
+    def itl(self, rid) -> list[float]:
+        """Seconds between the request's consecutive tokens (its inter-token latencies)."""
+        times = self.token_times[rid]
+        return [b - a for a, b in zip(times, times[1:])]
+
+
+def replay(engine: Engine, arrivals: Sequence[tuple[int, Hashable, Sequence[int], int]],
+           clock: Callable[[], float] = time.perf_counter) -> Replay:
+    """Drive `engine` until it is done, adding each request when the iteration count reaches its arrival.
+
+    arrivals: (iteration, rid, prompt_ids, max_tokens) tuples (greedy decoding). Arrivals are counted in
+    iterations, not seconds, so that which requests meet in which iteration does not depend on how fast the
+    machine is; the times are measured (`clock`, seconds). When nothing runs and the next arrival is later,
+    the count jumps to it. Used by 07b_serving's preemption and chunked-prefill sections.
+    """
+    pending = sorted(arrivals, key=lambda a: a[0])
+    if any(a[0] < 0 for a in pending):
+        raise ValueError("arrival iterations must be >= 0")
+    out = Replay({}, {}, {}, {}, {}, [], 0.0)
+    start = clock()
+    iteration = 0
+    while pending or engine.has_work():
+        if not engine.has_work() and pending[0][0] > iteration:
+            iteration = pending[0][0]
+        while pending and pending[0][0] <= iteration:
+            _, rid, prompt, max_tokens = pending.pop(0)
+            engine.add_request(rid, prompt, max_tokens)
+            out.arrival_steps[rid], out.arrival_times[rid] = iteration, clock() - start
+        before = clock()
+        outputs = engine.step()
+        now = clock()
+        out.step_seconds.append(now - before)
+        for o in outputs:
+            out.tokens.setdefault(o.rid, []).append(o.token)
+            out.token_steps.setdefault(o.rid, []).append(iteration)
+            out.token_times.setdefault(o.rid, []).append(now - start)
+        iteration += 1
+    out.wall_s = clock() - start
+    return out

@@ -131,6 +131,12 @@ def test_preemption_under_a_tiny_pool_completes_every_request_with_the_same_toke
     assert tokens_by_rid(outputs) == expected and reserve.stats["preemptions"] == 0
     assert max(trace_running) <= 2  # each reserves ceil(14 / 4) = 4 blocks up front: two fit
 
+    careless = Engine(model, n_blocks=8, block_size=4, max_batch=6, preemption="none")
+    for rid, prompt in enumerate(prompts):
+        careless.add_request(rid, prompt, 12)
+    with pytest.raises(OutOfBlocks):
+        careless.run()
+
 
 def test_chunked_prefill_gives_the_same_tokens_and_caps_each_iteration(small_lm):
     model = small_lm(5)
@@ -192,3 +198,18 @@ def test_the_block_manager_keeps_its_interface():
     manager.free("a")
     manager.free("b")
     assert manager.free_blocks == 4 and manager.can_allocate(8) and not manager.can_allocate(9)
+
+
+def test_replay_adds_requests_at_their_iterations_and_times_their_tokens(small_lm):
+    from course.engine import replay
+
+    model = small_lm(6)
+    ticks = iter(range(10_000))
+    engine = Engine(model, n_blocks=16, block_size=4, max_batch=4)
+    seen = replay(engine, [(0, "a", [1, 2], 4), (2, "b", [3, 4, 5], 2), (9, "c", [6], 1)],
+                  clock=lambda: float(next(ticks)))
+    assert seen.tokens["a"] == lm.generate_cached(model, [1, 2], 4)
+    assert seen.token_steps == {"a": [0, 1, 2, 3], "b": [2, 3], "c": [9]}  # c's arrival: the count jumps
+    assert seen.arrival_steps == {"a": 0, "b": 2, "c": 9}
+    assert seen.ttft("b") > 0 and all(gap > 0 for gap in seen.itl("a")) and len(seen.itl("a")) == 3
+    assert len(seen.step_seconds) == 5 and engine.blocks.free_blocks == 16
