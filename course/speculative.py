@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from course import lm
+from course.bench import synchronize
 
 DRAFT_CHECKPOINT = lm.HERE / "draft_lm.pt"
 DRAFT_CONFIG = {"d_model": 48, "n_layers": 1, "n_heads": 4}
@@ -227,6 +228,27 @@ def speculative_generate(target: lm.TinyLM, draft: lm.TinyLM, prompt_ids: list[i
 
 
 # ----------------------------------------------------------------------------------------------- cost model
+
+
+@torch.no_grad()
+def pass_time(model: lm.TinyLM, cached: int, new: int, repeats: int = 9) -> float:
+    """Seconds for one forward pass over `new` tokens after a KV cache of `cached` tokens (the fastest of
+    `repeats`, as `lm.step_times`): new = 1 is a decoding step, new = gamma + 1 a verification pass."""
+    if cached < 1 or new < 1 or cached + new > model.config.context:
+        raise ValueError(f"need cached >= 1, new >= 1 and cached + new <= {model.config.context}")
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (1, cached + new), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
+    samples = []
+    for _ in range(repeats):
+        cache = lm.KVCache(model.config.n_layers)
+        model(ids[:, :cached], cache)
+        synchronize(device)
+        start = time.perf_counter()
+        model(ids[:, cached:], cache)
+        synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return min(samples)
 
 
 def expected_tokens_per_round(alpha: float, gamma: int) -> float:

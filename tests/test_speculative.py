@@ -146,3 +146,10 @@ def test_cost_model():
         spec.expected_tokens_per_round(1.2, 3)
     with pytest.raises(ValueError):
         spec.expected_speedup(0.5, 3, -0.1)
+
+
+def test_pass_time(models):
+    target, _, _ = models
+    assert 0 < spec.pass_time(target, 20, 5, repeats=2) < 5
+    with pytest.raises(ValueError):
+        spec.pass_time(target, 120, 20)
