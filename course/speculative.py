@@ -25,8 +25,10 @@ and is rebuilt with ``python -m course.speculative build``.
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -158,10 +160,14 @@ def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 @dataclass
 class Speculation:
-    """What `speculative_generate` emitted and how: per round, (drafts proposed, drafts accepted)."""
+    """What `speculative_generate` emitted and how: per round, (drafts proposed, drafts accepted); seconds spent
+    in the draft's steps and in the target's passes (each with its softmax), the rest being the round's
+    bookkeeping."""
     tokens: list[int]
     rounds: list[tuple[int, int]] = field(default_factory=list)
     draft_calls: int = 0
+    draft_s: float = 0.0
+    target_s: float = 0.0
 
     @property
     def target_calls(self) -> int:
@@ -205,14 +211,17 @@ def speculative_generate(target: lm.TinyLM, draft: lm.TinyLM, prompt_ids: list[i
         drafts, q_rows = [], []
         for _ in range(g):  # the draft feeds whatever it has not seen yet: the prompt, or the last 1-2 tokens
             pending = (seq + drafts)[d_cache.length:]
+            start = time.perf_counter()
             q_row = probabilities(draft(torch.tensor([pending], device=device), d_cache)[0, -1], temperature)
+            result.draft_s += time.perf_counter() - start  # probabilities() copies to the CPU: the step is done
             result.draft_calls += 1
             drafts.append(int(torch.multinomial(q_row, 1, generator=generator)) if temperature else
                           int(q_row.argmax()))
             q_rows.append(q_row)
-        start = t_cache.length
-        logits = target(torch.tensor([seq[start:] + drafts], device=device), t_cache)[0, -(g + 1):]
+        start = time.perf_counter()
+        logits = target(torch.tensor([seq[t_cache.length:] + drafts], device=device), t_cache)[0, -(g + 1):]
         p = probabilities(logits, temperature)
+        result.target_s += time.perf_counter() - start
         q = torch.stack(q_rows) if q_rows else torch.zeros(0, p.shape[1], dtype=p.dtype)
         emitted = [int(x) for x in rule(p, q, drafts, generator)]
         accepted = len(emitted) - 1
@@ -231,9 +240,11 @@ def speculative_generate(target: lm.TinyLM, draft: lm.TinyLM, prompt_ids: list[i
 
 
 @torch.no_grad()
-def pass_time(model: lm.TinyLM, cached: int, new: int, repeats: int = 9) -> float:
-    """Seconds for one forward pass over `new` tokens after a KV cache of `cached` tokens (the fastest of
-    `repeats`, as `lm.step_times`): new = 1 is a decoding step, new = gamma + 1 a verification pass."""
+def pass_time(model: lm.TinyLM, cached: int, new: int, repeats: int = 9,
+              statistic: Callable[[list[float]], float] = statistics.median) -> float:
+    """Seconds for one forward pass over `new` tokens after a KV cache of `cached` tokens (the median of
+    `repeats` by default; pass ``statistic=min`` for the undisturbed cost): new = 1 is a decoding step,
+    new = gamma + 1 a verification pass."""
     if cached < 1 or new < 1 or cached + new > model.config.context:
         raise ValueError(f"need cached >= 1, new >= 1 and cached + new <= {model.config.context}")
     device = next(model.parameters()).device
@@ -248,7 +259,27 @@ def pass_time(model: lm.TinyLM, cached: int, new: int, repeats: int = 9) -> floa
         model(ids[:, cached:], cache)
         synchronize(device)
         samples.append(time.perf_counter() - start)
-    return min(samples)
+    return float(statistic(samples))
+
+
+def cost_coefficients(target: lm.TinyLM, draft: lm.TinyLM, gammas, cached: int = 40,
+                      repeats: int = 9) -> tuple[float, float, dict[int, float]]:
+    """(target step seconds, c, {gamma: verification pass / target step}), measured in interleaved repeats.
+
+    Each repeat times one target step, one draft step and one target pass over gamma + 1 tokens per gamma, back
+    to back, and takes their ratios; the medians of the ratios are returned. On a shared CPU a burst of load then
+    disturbs both sides of a ratio alike, which the ratio of two separately measured medians would not survive.
+    c is Leviathan et al.'s cost coefficient (Definition 3.7): a draft step over a target step."""
+    steps, cs = [], []
+    verify = {int(g): [] for g in gammas}
+    for _ in range(repeats):
+        step = pass_time(target, cached, 1, repeats=1)
+        steps.append(step)
+        cs.append(pass_time(draft, cached, 1, repeats=1) / step)
+        for g in verify:
+            verify[g].append(pass_time(target, cached, g + 1, repeats=1) / step)
+    return (statistics.median(steps), statistics.median(cs),
+            {g: statistics.median(ratios) for g, ratios in verify.items()})
 
 
 def expected_tokens_per_round(alpha: float, gamma: int) -> float:

@@ -153,3 +153,9 @@ def test_pass_time(models):
     assert 0 < spec.pass_time(target, 20, 5, repeats=2) < 5
     with pytest.raises(ValueError):
         spec.pass_time(target, 120, 20)
+
+
+def test_cost_coefficients(models):
+    target, draft, _ = models
+    step, c, verify = spec.cost_coefficients(target, draft, [1, 3], repeats=2)
+    assert step > 0 and c > 0 and set(verify) == {1, 3} and all(v > 0 for v in verify.values())
