@@ -5,19 +5,20 @@ what grows with every token and every user (07_foundation_models computed its si
 instead of 16 nearly halves it, so nearly twice the tokens fit in the same memory.
 
 - `quantize(x, bits=8)` / `dequantize(q, scale)`: symmetric absmax quantization of each vector along the last
-  axis: ``scale = max|x| / qmax``, ``q = clamp(round(x / scale), -qmax, qmax)`` with ``qmax = 2**(bits-1) - 1``
-  (127 for int8), and ``x ~ q * scale``; the rounding error is at most ``scale / 2`` per element. An all-zero
-  vector gets scale 0 and codes 0. (Absmax quantization as in LLM.int8(), Dettmers et al. 2022, section 2.1,
-  there with one scale per tensor, and with one per row or column in its section 3.1, vector-wise quantization.)
+  axis: ``scale = max|x| / qmax``, ``q = clamp(round(x / scale), -qmax, qmax)`` with
+  ``qmax = 2**(bits-1) - 1`` (127 for int8), and ``x ~ q * scale``; the rounding error is at most
+  ``scale / 2`` per element. An all-zero vector gets scale 0 and codes 0. (Absmax quantization as in
+  LLM.int8(), Dettmers et al. 2022, section 2.1, there with one scale per tensor, and with one per row or
+  column in its section 3.1, vector-wise quantization.)
 - Why one scale per (token, head) vector rather than one per tensor: a single outlier token would set the
-  scale for every other token and crush their precision. Engines do likewise or finer: KIVI (Liu et al.,
-  ICML 2024) quantizes keys per channel and values per token; vLLM's FP8 KV cache keeps one scale per tensor
-  or per attention head in each layer (vLLM docs, "Quantized KV Cache"), which a floating-point format's own
-  exponent makes tolerable.
-- `Int8KVCache(n_layers, bits=8)` implements TinyLM's cache protocol (``update(layer, k, v)``, ``length``,
-  see `course.lm.KVCache`): it stores the codes and scales and returns the dequantized keys and values of every
-  cached token, so each token attends to keys and values that went through the quantizer, as in an engine
-  that writes the cache first and reads it back. Codes of fewer than 8 bits are kept one per int8 here; real
+  scale for every other token and crush their precision. Engines choose their granularity with care: KIVI (Liu
+  et al., ICML 2024) quantizes keys per channel and values per token; vLLM's FP8 KV cache keeps one scale per
+  tensor or per attention head in each layer (vLLM docs, "Quantized KV Cache"), coarser, which a
+  floating-point format's own exponent makes tolerable.
+- `Int8KVCache(n_layers, bits=8)` implements TinyLM's cache protocol (``update(layer, k, v)``, ``length``, see
+  `course.lm.KVCache`): it stores the codes and scales and returns the dequantized keys and values of every
+  cached token, so each token attends to keys and values that went through the quantizer, as in an engine that
+  writes the cache first and reads it back. Codes of fewer than 8 bits are kept one per int8 here; real
   kernels pack two 4-bit codes in a byte, and `bytes_per_token` counts them packed.
 - `bytes_per_token(cache)`: what a cached token costs, codes plus scales (or float keys and values for
   `course.lm.KVCache`), summed over layers, keys and values.
@@ -42,13 +43,15 @@ def _qmax(bits: int) -> int:
 def quantize(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric absmax quantization of every vector along the last axis of `x`.
 
-    x: a floating-point tensor of shape (..., d), d >= 1, finite. Returns (q, scale): q int8 of x's shape, codes
-    in [-qmax, qmax] (qmax = 127 for 8 bits); scale float32 of shape (..., 1), max|x| / qmax of each vector (0
-    for an all-zero vector, whose codes are 0). ``q * scale`` is within scale / 2 of x. Raises ValueError for a
-    non-float tensor, a 0-d tensor, an empty last axis, NaN or infinity, or bits outside 2..8."""
+    x: a floating-point tensor of shape (..., d), d >= 1, finite. Returns (q, scale): q int8 of x's shape,
+    codes in [-qmax, qmax] (qmax = 127 for 8 bits); scale float32 of shape (..., 1), max|x| / qmax of each
+    vector (0 for an all-zero vector, whose codes are 0). ``q * scale`` is within scale / 2 of x. Raises
+    ValueError for a non-float tensor, a 0-d tensor, an empty last axis, NaN or infinity, or bits outside
+    2..8."""
     qmax = _qmax(bits)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError(f"quantize needs a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        got = getattr(x, "dtype", type(x).__name__)
+        raise ValueError(f"quantize needs a floating-point tensor, got {got}")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"quantize needs vectors along the last axis, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
@@ -102,7 +105,8 @@ class Int8KVCache:
             new = {name: torch.cat([self.codes[layer][name], new[name]], dim=2) for name in new}
         self.codes[layer] = new
         dtype = k.dtype
-        return (dequantize(new["k"], new["k_scale"]).to(dtype), dequantize(new["v"], new["v_scale"]).to(dtype))
+        return (dequantize(new["k"], new["k_scale"]).to(dtype),
+                dequantize(new["v"], new["v_scale"]).to(dtype))
 
 
 def bytes_per_token(cache) -> float:
@@ -134,11 +138,13 @@ def teacher_forced_losses(model, windows: torch.Tensor, make_cache: Callable[[],
     1..steps from those before them, every key and value going through the cache (later chunks attend to
     cached, e.g. quantized, keys). Returns a float tensor (n_windows,)."""
     if windows.dim() != 2 or windows.shape[1] < 2:
-        raise ValueError(f"windows must be (n_windows, steps + 1) with steps >= 1, got {tuple(windows.shape)}")
+        raise ValueError(f"windows must be (n_windows, steps + 1) with steps >= 1, "
+                         f"got {tuple(windows.shape)}")
     if chunks < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
     device = next(model.parameters()).device
     x, y = windows[:, :-1].to(device), windows[:, 1:].to(device)
     cache = make_cache()
-    logits = torch.cat([model(piece, cache) for piece in x.tensor_split(chunks, dim=1) if piece.shape[1]], dim=1)
+    pieces = [piece for piece in x.tensor_split(chunks, dim=1) if piece.shape[1]]
+    logits = torch.cat([model(piece, cache) for piece in pieces], dim=1)
     return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1).cpu()

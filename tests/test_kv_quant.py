@@ -1,4 +1,4 @@
-"""course.kv_quant: absmax int8 quantization of keys and values, and a cache that stores them (07b_serving)."""
+"""course.kv_quant: absmax int8 quantization of keys and values, and a cache that stores them (07b)."""
 
 import pytest
 import torch
@@ -55,7 +55,7 @@ def test_cache_follows_the_protocol_and_counts_its_bytes():
     model(ids[:, :10], cache)
     model(ids[:, 10:], cache)
     assert cache.length == ids.shape[1]
-    per_layer = 2 * config.n_heads * (config.head_dim * 1 + 4)  # int8 codes + a float32 scale, keys and values
+    per_layer = 2 * config.n_heads * (config.head_dim * 1 + 4)  # int8 codes + a float32 scale, keys, values
     assert kq.bytes_per_token(cache) == config.n_layers * per_layer
     plain = lm.KVCache(config.n_layers)
     model(ids, plain)
