@@ -52,6 +52,7 @@ import psutil
 from autograders import guard, repair, report, sandbox, settings
 from autograders.collect import Submission, collect_submissions, notebook_problem
 from autograders.report import Result
+from course.processes import stop_tree
 
 DEFAULT_STUDENT_TIMEOUT_S = 900
 # nbgrader's own gradebook code trips SQLAlchemy 2's autoflush warnings when it adds a submission
@@ -132,21 +133,6 @@ def cell_limits(module: str, jobs: int, n_cores: int | None = None,
 
 # ---------------------------------------------------------------- running nbgrader
 
-def _kill_tree(process: subprocess.Popen) -> None:
-    """Kill nbgrader and everything it started; kernels run in sessions of their own."""
-    try:
-        parent = psutil.Process(process.pid)
-        victims = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for proc in victims:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(victims, timeout=10)
-
-
 def _environment(jupyter: Path) -> dict[str, str]:
     """The environment of nbgrader and the grading kernels it starts (`jupyter`: the kernel spec's folder)."""
     env = settings.tools_on_path(dict(os.environ))
@@ -173,8 +159,8 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             code = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_tree(process)
+        except subprocess.TimeoutExpired:  # nbgrader and everything it started (kernels run in own sessions)
+            stop_tree(process, grace_s=0)
             code = None
         finally:
             left = sandbox.after_run(mark)
@@ -447,21 +433,9 @@ class Worker:
     def stop(self) -> None:
         """End the worker and everything it started (orphans included), and remove its course."""
         if self.process is not None:
-            if self.process.poll() is None:
-                _kill_tree(self.process)
-            for proc in self.seen.values():  # psutil checks each is still the process it noted
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(list(self.seen.values()), timeout=10)
+            # the worker, what it started and what it noted (stop_tree checks each is still the process it was)
+            stop_tree(self.process, *self.seen.values(), grace_s=0)
             self.seen = {}
-            for stream in (self.process.stdin, self.process.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            self.process.wait()
             self.process = None
         if self.course is not None:
             shutil.rmtree(_ipc_folder(self.course), ignore_errors=True)

@@ -93,13 +93,15 @@ def pid_namespace_available() -> bool:
     return unshare_argv() is not None and "--pid" in unshare_argv()
 
 
-def kill_marked(mark: str, timeout_s: float = 10) -> int:
+def kill_marked(mark: str) -> int:
     """Kill every process whose environment carries ``MARK=mark``; how many there were.
 
     The fallback for machines without PID namespaces: what a grading kernel started (in a new
     session or not) inherited the mark from the nbgrader run that started the kernel.
     """
     import psutil
+
+    from course.processes import stop_tree
 
     found = []
     for proc in psutil.process_iter():
@@ -108,12 +110,7 @@ def kill_marked(mark: str, timeout_s: float = 10) -> int:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue  # gone, a zombie, or not ours to read
-    for proc in found:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(found, timeout=timeout_s)
+    stop_tree(*found, grace_s=0)  # and anything they started that no longer carries the mark
     return len(found)
 
 

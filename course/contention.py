@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from course import processes
 from course.bench import measure_time
 
 WORKLOADS = ("driver monitoring", "voice")
@@ -87,32 +88,21 @@ def background_models(workloads: Sequence[str] = WORKLOADS, cores: set[int] | No
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     core_list = ",".join(str(c) for c in sorted(cores or []))
-    processes: list[subprocess.Popen] = []
+    workers: list[subprocess.Popen] = []
     try:
         for name in workloads:
             command = [sys.executable, "-m", "course.contention", name, "--seconds", str(seconds), "--nice", str(nice)]
             if core_list:
                 command += ["--cores", core_list]
-            processes.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                              stderr=subprocess.DEVNULL, text=True))
+            workers.append(processes.start(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
         give_up = time.monotonic() + start_timeout
-        for process in processes:
+        for process in workers:
             line = process.stdout.readline().strip()   # blocks until the worker has loaded torch and its model
             if line != READY or time.monotonic() > give_up:
                 raise RuntimeError(f"a background worker did not start (said {line!r}, exit code {process.poll()})")
-        yield processes
+        yield workers
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout:
-                process.stdout.close()
+        processes.stop_tree(*workers, grace_s=5)
 
 
 def latency_samples(fn: Callable[[], object], count: int, max_seconds: float, warmup: int = 20,

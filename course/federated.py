@@ -39,6 +39,7 @@ from flwr.serverapp.strategy import (
 )
 from torch.nn import functional as F
 
+from course import processes
 from course.data import load_digit_splits
 from course.models import digit_mlp
 from course.training import accuracy
@@ -702,14 +703,14 @@ def run_experiments(grid: Grid, experiments: dict[str, Experiment], n_clients: i
 
 
 def _reap_children(exclude: set[int], grace: float = 15.0) -> None:
-    """Wait until this process's descendants (other than `exclude`) are gone; kill stragglers."""
+    """Wait until this process's descendants (other than `exclude`) are gone; kill stragglers (and what they
+    started) with `course.processes.stop_tree`. The waiting also reaps them: Ray's shutdown signals its
+    workers but does not wait for them."""
     deadline = time.monotonic() + grace
     while procs := [p for p in psutil.Process().children(recursive=True) if p.pid not in exclude]:
         _, alive = psutil.wait_procs(procs, timeout=max(0.1, deadline - time.monotonic()))
         if alive and time.monotonic() >= deadline:
-            for proc in alive:
-                proc.kill()
-            psutil.wait_procs(alive, timeout=5)
+            processes.stop_tree(*alive, grace_s=0)
             return
 
 

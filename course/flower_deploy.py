@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from course import processes
+
 APP = Path(__file__).resolve().parent / "flower_app"
 
 
@@ -43,24 +45,10 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen, name: str) 
     raise TimeoutError(f"{name} did not open port {port} within {timeout:.0f} s")
 
 
-def stop(processes: list[subprocess.Popen]) -> None:
-    """Stop each process and everything under it (a SuperNode leaves a `flower-superexec` child)."""
-    import psutil
-
-    victims = []
-    for proc in processes:
-        try:
-            victims += [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-        except psutil.NoSuchProcess:
-            pass
-    for victim in victims:
-        try:
-            victim.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(victims, timeout=10)
-    for victim in alive:
-        victim.kill()
+def stop(started: list[subprocess.Popen]) -> None:
+    """Stop each process and everything under it (a SuperNode leaves a `flower-superexec` child):
+    SIGTERM, then SIGKILL after 10 s."""
+    processes.stop_tree(*started, grace_s=10)
 
 
 def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300, app: Path = APP, nodes: int = 2,
@@ -86,18 +74,18 @@ def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300, app
 
     def start(name: str, args: list[str]) -> subprocess.Popen:
         logs[name] = open(work / f"{name}.log", "w")
-        return subprocess.Popen([str(bin_dir / args[0]), *args[1:]], env=env, cwd=work,
-                                stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True)
+        return processes.start([str(bin_dir / args[0]), *args[1:]], env=env, cwd=work,
+                               stdout=logs[name], stderr=subprocess.STDOUT)
 
-    processes: list[subprocess.Popen] = []
+    started: list[subprocess.Popen] = []
     try:
         superlink = start("superlink", ["flower-superlink", "--insecure",
                                         "--disable-runtime-dependency-installation",
                                         "--database", str(work / "state.db"), "--port", str(port)])
-        processes.append(superlink)
+        started.append(superlink)
         wait_for_port(port, 60, superlink, "the SuperLink")
         for car in range(nodes):
-            processes.append(start(f"supernode{car}", [
+            started.append(start(f"supernode{car}", [
                 "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
                 "--port", str(free_port()),
                 "--node-config",
@@ -112,7 +100,7 @@ def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300, app
             raise RuntimeError(f"flwr run failed (exit code {run.returncode}):\n{output[-3000:]}\n{tails}")
         return output
     finally:
-        stop(processes)
+        stop(started)
         for log in logs.values():
             log.close()
 

@@ -45,6 +45,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from course import processes
+
 DEFAULT_TIMEOUT_S = 120.0
 COLLECTIVE_TIMEOUT_S = 30.0  # a collective that waits longer than this is stuck: raise, don't hang
 MAX_FRAMES = 8  # of a failed rank's traceback, the innermost; library frames are left out
@@ -159,22 +161,17 @@ def _course_root() -> str:
 
 
 def _run(command: list[str], env: dict, timeout: float) -> tuple[int | None, str]:
-    """Run the command; on timeout (or Ctrl-C) kill it and every process under it."""
-    import psutil
-
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True,
-                            preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
+    """Run the command; on timeout (or Ctrl-C) kill it and every process under it at once."""
+    proc = processes.start(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         output, _ = proc.communicate(timeout=timeout)
         return proc.returncode, output
     except subprocess.TimeoutExpired:
-        _kill_tree(proc, psutil)
+        processes.stop_tree(proc, grace_s=0, close_streams=False)  # what it printed is still to be read
         output, _ = proc.communicate()
         return None, output
     except BaseException:
-        _kill_tree(proc, psutil)
-        proc.communicate()
+        processes.stop_tree(proc, grace_s=0)
         raise
 
 
@@ -190,10 +187,9 @@ class _ForkServer:
 
     def __init__(self, env: dict):
         self.env = env
-        self.proc = subprocess.Popen([sys.executable, "-m", "course.launch", "--fork-server"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     start_new_session=True,
-                                     preexec_fn=lambda: _die_with_parent(signal.SIGKILL))
+        self.proc = processes.start([sys.executable, "-m", "course.launch", "--fork-server"], env=env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    parent_death_signal=signal.SIGKILL)
         self.lock = threading.Lock()
 
     def alive(self) -> bool:
@@ -236,10 +232,7 @@ class _ForkServer:
 
     def stop(self) -> None:
         """Kill the server and every rank it forked."""
-        import psutil
-
-        _kill_tree(self.proc, psutil)
-        self.proc.communicate()
+        processes.stop_tree(self.proc, grace_s=0)
 
 
 _server: _ForkServer | None = None
@@ -261,31 +254,6 @@ def stop_fork_server() -> None:
     if _server is not None:
         server, _server = _server, None
         server.stop()
-
-
-def _die_with_parent(sig: int) -> None:
-    """Ask Linux to send `sig` to this process when its parent dies (a killed notebook kernel),
-    so no rank outlives the launch. torchrun stops its ranks on SIGTERM. A no-op elsewhere."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _kill_tree(proc: subprocess.Popen, psutil) -> None:
-    # torchrun starts each rank in a new session, so a process-group kill would miss them.
-    try:
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in [*tree, proc]:
-        try:
-            p.kill()
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            pass
-    psutil.wait_procs([p for p in tree if p.is_running()], timeout=10)
 
 
 def _failures(job: Path, notebook_code: dict | None = None) -> list[str]:
@@ -404,7 +372,7 @@ def _tail(output: str, lines: int = 15) -> str:
 
 def main(job: str) -> int:
     """Entry point of each rank: join the group, call the function, write the result back."""
-    _die_with_parent(signal.SIGKILL)
+    processes.die_with_parent(signal.SIGKILL)
     folder = Path(job)
     rank = int(os.environ["RANK"])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -453,7 +421,7 @@ def serve_forks() -> int:
     import torch._dynamo  # noqa: F401
 
     import course.distributed  # noqa: F401
-    _die_with_parent(signal.SIGKILL)
+    processes.die_with_parent(signal.SIGKILL)
     if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) > 1:
         raise RuntimeError("the fork server must be single-threaded: a forked rank loses the other threads")
     for line in sys.stdin:
@@ -494,6 +462,7 @@ def serve_forks() -> int:
                 continue
             codes.append((pids.pop(pid), os.waitstatus_to_exitcode(status)))
             if codes[-1][1] != 0 and pids:  # one rank failed: stop the others, as torchrun's agent does
+                # a signal, not processes.stop_tree: this loop reaps them itself, to report their exit codes
                 for other in pids:
                     os.kill(other, signal.SIGTERM)
         sys.stdout.write(json.dumps({"codes": codes}) + "\n")

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
+from course import processes
 from course.data import load_digit_splits
 from course.models import digit_mlp
 
@@ -362,11 +363,9 @@ def _alive(pid: int) -> bool:
 def clean_up() -> None:
     """Stop the training processes this process started, then delete its scratch folders
     (in that order: a process still writing checkpoints would refill a folder being deleted)."""
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    if _STARTED:
+        processes.stop_tree(*_STARTED, grace_s=0)
+        _STARTED.clear()
     while _SCRATCH:
         shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
@@ -494,7 +493,7 @@ def start_training(folder: str | os.PathLike, steps: int, every: int, log_path: 
     `make_checkpoint` and `restore_checkpoint`) may be functions defined in a notebook: they are
     copied to the process by value with cloudpickle. If one raises there, `crash_report` brings the
     traceback back."""
-    from course.launch import _course_root, _die_with_parent
+    from course.launch import _course_root
 
     command = [sys.executable, "-m", "course.reliability", str(folder), str(steps), str(every),
                str(log_path), str(step_delay)]
@@ -511,8 +510,8 @@ def start_training(folder: str | os.PathLike, steps: int, every: int, log_path: 
     with open(f"{log_path}.stderr", "ab") as errors:  # a crash's traceback lands next to the log
         # Its own session: Jupyter signals the kernel's whole process group when it stops a kernel,
         # and a child there keeps the kernel from shutting down cleanly (its exit handlers never run).
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors,
-                                start_new_session=True, preexec_fn=lambda: _die_with_parent(signal.SIGKILL))
+        proc = processes.start(command, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=False,
+                               parent_death_signal=signal.SIGKILL)
     _STARTED.append(proc)
     return proc
 
@@ -556,8 +555,7 @@ def supervise(start, max_restarts: int = 3, timeout: float = 120.0) -> list[int]
         try:
             codes.append(proc.wait(timeout=timeout))
         except BaseException:  # a timeout, or the learner pressing stop: never leave the child running
-            proc.kill()
-            proc.wait()
+            processes.stop_tree(proc, grace_s=0)
             raise
         if codes[-1] == 0:
             return codes

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from autograders import grade, report, sandbox
+from course.processes import stop_tree
 from tests.test_grading_modules import recorded
 from tests.notebooks import load, reference_answers, solution_path, source, submission
 
@@ -140,8 +141,7 @@ def printed(out, student):
 def test_nothing_a_submission_started_survives_its_grading(graded):
     _, out, results = graded
     survivors = sleepers()
-    for proc in survivors:  # leave the machine clean even when the test fails
-        proc.kill()
+    stop_tree(*survivors, grace_s=0)  # leave the machine clean even when the test fails
     assert survivors == [], f"{len(survivors)} of the submission's processes outlived its grading"
     spawner = results["spawner"]
     assert (spawner.status, spawner.score, spawner.review) == ("graded", FULL, [])  # the rest graded normally
