@@ -138,6 +138,30 @@ class LoadRun:
         return max(late, default=0.0)
 
 
+DONE = object()  #: what `stream_event` returns for the stream's last line, ``data: [DONE]``
+
+
+class StreamError(RuntimeError):
+    """The server sent an error event mid-stream (``data: {"error": {...}}``)."""
+
+
+def stream_event(line: str):
+    """One line of an OpenAI-style completion stream (Server-Sent Events): the event's JSON as a dict,
+    `DONE` for ``data: [DONE]``, None for a line that carries no data (blank lines, comments). Raises
+    `StreamError` with the server's message for an error event; ValueError for data that is not JSON.
+    Shared by `run_async` and `course.model_server.stream_completion`."""
+    if not line.startswith("data: "):
+        return None
+    data = line[len("data: "):]
+    if data == "[DONE]":
+        return DONE
+    event = json.loads(data)
+    if "error" in event:
+        error = event["error"]
+        raise StreamError(str(error.get("message", error) if isinstance(error, dict) else error))
+    return event
+
+
 def _message(body: bytes) -> str:
     try:
         return str(json.loads(body)["error"]["message"])
@@ -167,16 +191,16 @@ async def run_async(url: str, plan: Sequence[Planned], *, model: str = "tinylm",
                     record.error = f"HTTP {response.status_code}: {_message(await response.aread())}"
                     return
                 async for line in response.aiter_lines():
-                    if not line.startswith("data: "):
+                    try:
+                        chunk = stream_event(line)
+                    except StreamError as err:  # the server failed mid-stream and said so
+                        record.error = f"error event: {err}"
+                        return
+                    if chunk is DONE:
+                        return
+                    if chunk is None:
                         continue
-                    data = line[len("data: "):]
-                    if data == "[DONE]":
-                        return
                     arrived = time.perf_counter() - start
-                    chunk = json.loads(data)
-                    if "error" in chunk:  # the server failed mid-stream and said so
-                        record.error = f"error event: {chunk['error'].get('message', chunk['error'])}"
-                        return
                     choice = chunk["choices"][0]
                     if choice.get("text"):  # a token (a closing event with a stop reason may carry none)
                         record.token_times.append(arrived)

@@ -564,6 +564,8 @@ def stream_completion(url: str, prompt: str, max_tokens: int = 16, *, model: str
     (temperature, seed, stop...)."""
     import httpx
 
+    from course.loadgen import DONE, StreamError, stream_event
+
     own = client is None
     client = client or httpx.Client(timeout=60, trust_env=False)  # localhost: never through a proxy
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, **fields}
@@ -575,13 +577,14 @@ def stream_completion(url: str, prompt: str, max_tokens: int = 16, *, model: str
                 response.read()
                 raise RuntimeError(f"HTTP {response.status_code}: {response.json()['error']['message']}")
             for line in response.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if line == "data: [DONE]":
+                try:
+                    event = stream_event(line)
+                except StreamError as err:
+                    raise RuntimeError(f"the server failed mid-stream: {err}") from None
+                if event is DONE:
                     break
-                event = json.loads(line[len("data: "):])
-                if "error" in event:
-                    raise RuntimeError(f"the server failed mid-stream: {event['error']['message']}")
+                if event is None:
+                    continue
                 out["times"].append(time.perf_counter())
                 choice = event["choices"][0]
                 out["model"], out["text"] = event["model"], out["text"] + choice["text"]

@@ -32,7 +32,9 @@ import psutil
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Ask Linux to send `sig` to this process when its parent dies (PR_SET_PDEATHSIG); a no-op elsewhere.
 
-    Call it in a child before it runs anything (``preexec_fn``), or at the top of a forked rank."""
+    Call it in a child before it runs anything (``preexec_fn``), or at the top of a forked rank. Linux sends
+    the signal when the *thread* that forked the child exits, not only the process: start long-lived
+    children from the main thread (a helper thread that starts a server and returns would take it along)."""
     try:
         import ctypes
 
