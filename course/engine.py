@@ -496,7 +496,8 @@ def replay(engine: Engine, arrivals: Sequence[tuple[int, Hashable, Sequence[int]
            clock: Callable[[], float] = time.perf_counter) -> Replay:
     """Drive `engine` until it is done, adding each request when the iteration count reaches its arrival.
 
-    arrivals: (iteration, rid, prompt_ids, max_tokens) tuples (greedy decoding). Arrivals are counted in
+    arrivals: (iteration, rid, prompt_ids, max_tokens) tuples, optionally with a fifth item, a dict of further
+    `Engine.add_request` arguments (such as ``{"stop": [token]}``); greedy by default. Arrivals are counted in
     iterations, not seconds, so that which requests meet in which iteration does not depend on how fast the
     machine is; the times are measured (`clock`, seconds). When nothing runs and the next arrival is later,
     the count jumps to it. Used by 07b_serving's preemption and chunked-prefill sections.
@@ -511,8 +512,8 @@ def replay(engine: Engine, arrivals: Sequence[tuple[int, Hashable, Sequence[int]
         if not engine.has_work() and pending[0][0] > iteration:
             iteration = pending[0][0]
         while pending and pending[0][0] <= iteration:
-            _, rid, prompt, max_tokens = pending.pop(0)
-            engine.add_request(rid, prompt, max_tokens)
+            _, rid, prompt, max_tokens, *options = pending.pop(0)
+            engine.add_request(rid, prompt, max_tokens, **(options[0] if options else {}))
             out.arrival_steps[rid], out.arrival_times[rid] = iteration, clock() - start
         before = clock()
         outputs = engine.step()

@@ -69,7 +69,7 @@ class BlockManager:
     # ------------------------------------------------------------------ changes
     def _take(self, n: int, why: str) -> list[int]:
         if n > len(self.free_list):
-            raise OutOfBlocks(f"{why} needs {n} blocks, {len(self.free_list)} are free")
+            raise OutOfBlocks(f"{why} needs {n} block{'s' * (n != 1)}, {len(self.free_list)} are free")
         return [self.free_list.pop() for _ in range(n)]
 
     def allocate(self, seq: Hashable, token_ids: Sequence[int]) -> int:
@@ -84,7 +84,7 @@ class BlockManager:
     def append_slot(self, seq: Hashable, token_id: int) -> tuple[int, int] | None:
         length, table = self.lengths[seq], self.tables[seq]
         if self.blocks_for(length + 1) > len(table):
-            table += self._take(1, f"token {length} of {seq!r}")
+            table += self._take(1, f"token {length} of sequence {seq!r}")
         self.lengths[seq] = length + 1
         return None
 
