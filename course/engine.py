@@ -182,8 +182,9 @@ class Engine:
       returns [] without running the model when there is nothing to run (or a static batch still waits for
       its window): it never blocks.
     - ``has_work()``, ``abort(rid)`` (frees its blocks; no further outputs), ``run()`` (steps until done),
-      ``stats`` (steps, tokens, prefill_tokens, decode_tokens, preemptions, recomputed_tokens,
-      prefix_hit_tokens, peak_blocks, max_step_tokens_used), ``trace`` (one dict per step that ran: its
+      ``stats`` (steps, tokens, prefill_tokens, decode_tokens, preemptions, recomputed_tokens: tokens whose
+      keys and values a preemption dropped (a prefix cache may serve some back), prefix_hit_tokens, peak_blocks,
+      max_step_tokens_used, finished), ``trace`` (one dict per step that ran: its
       time, tokens, running and waiting sequences, used blocks, the sequences preempted before it).
     `clock` (seconds, monotonic) is injectable so that tests of the static window are deterministic.
     """
@@ -438,8 +439,11 @@ class Engine:
                            "preempted": list(self._preempted_now),
                            "sids": [seq.sid for seq, _ in plan]})
         outputs: list[Output] = []
+        mark = getattr(self.blocks, "mark_computed", None)  # a prefix cache registers computed blocks at once
         for (seq, take), row in zip(plan, logits, strict=True):
             seq.computed += take
+            if mark is not None:
+                mark(seq.sid, seq.computed)
             if seq.computed < len(seq.tokens):
                 continue  # a chunk of a prompt: no token yet
             seq.prefilled = True

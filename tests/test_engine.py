@@ -213,3 +213,17 @@ def test_replay_adds_requests_at_their_iterations_and_times_their_tokens(small_l
     assert seen.arrival_steps == {"a": 0, "b": 2, "c": 9}
     assert seen.ttft("b") > 0 and all(gap > 0 for gap in seen.itl("a")) and len(seen.itl("a")) == 3
     assert len(seen.step_seconds) == 5 and engine.blocks.free_blocks == 16
+
+
+def test_prefix_caching_with_chunks_and_preemption_gives_the_same_tokens(small_lm):
+    pytest.importorskip("course.prefix_cache")  # the prefix-caching section's block manager
+    model = small_lm(7)
+    system = [(5 * i) % 11 for i in range(9)]  # a shared "system prompt" of two blocks and a bit
+    prompts = [system + [i % 11, (i * 3) % 11] for i in range(6)]
+    expected = {rid: lm.generate_cached(model, p, 10) for rid, p in enumerate(prompts)}
+    for budget in (None, 5):
+        engine = Engine(model, n_blocks=12, block_size=4, max_batch=6, prefix_caching=True, max_step_tokens=budget)
+        for rid, prompt in enumerate(prompts):
+            engine.add_request(rid, prompt, 10)
+        assert tokens_by_rid(engine.run()) == expected
+        assert engine.stats["prefix_hit_tokens"] > 0 and engine.blocks.free_blocks == 12
