@@ -151,7 +151,8 @@ def ragged_forward(model: TinyLM, pool: dict[str, torch.Tensor], block_size: int
 
     x = (model.tokens(ids_t) + model.positions(pos_t.to(device)))[None]  # (1, N, d_model)
     for layer, block in enumerate(model.blocks):
-        q, k, v = (t.view(n_tokens, heads, head_dim) for t in block.attn.qkv(block.norm1(x))[0].split(width, 1))
+        qkv = block.attn.qkv(block.norm1(x))[0].split(width, 1)
+        q, k, v = (t.view(n_tokens, heads, head_dim) for t in qkv)
         # views of this layer's pool as (blocks, slots, heads, head_dim): indexing two leading dimensions is
         # several times faster than pool[layer, blocks, :, slots]
         pool_k, pool_v = pool["k"][layer].transpose(1, 2), pool["v"][layer].transpose(1, 2)
@@ -183,8 +184,8 @@ class Engine:
       its window): it never blocks.
     - ``has_work()``, ``abort(rid)`` (frees its blocks; no further outputs), ``run()`` (steps until done),
       ``stats`` (steps, tokens, prefill_tokens, decode_tokens, preemptions, recomputed_tokens: tokens whose
-      keys and values a preemption dropped (a prefix cache may serve some back), prefix_hit_tokens, peak_blocks,
-      max_step_tokens_used, finished), ``trace`` (one dict per step that ran: its
+      keys and values a preemption dropped (a prefix cache may serve some back), prefix_hit_tokens,
+      peak_blocks, max_step_tokens_used, finished), ``trace`` (one dict per step that ran: its
       time, tokens, running and waiting sequences, used blocks, the sequences preempted before it).
     `clock` (seconds, monotonic) is injectable so that tests of the static window are deterministic.
     """
@@ -391,8 +392,9 @@ class Engine:
         children = []
         for i in range(1, parent.n_children + 1):
             child = _Seq(f"{parent.rid}/{i}", parent.rid, parent.prompt_len, list(parent.tokens),
-                         parent.max_tokens, parent.temperature, torch.Generator().manual_seed(parent.seed + i),
-                         parent.stop, parent.arrival, computed=parent.computed, prefilled=True)
+                         parent.max_tokens, parent.temperature,
+                         torch.Generator().manual_seed(parent.seed + i), parent.stop, parent.arrival,
+                         computed=parent.computed, prefilled=True)
             while True:
                 try:
                     self._copy_blocks(self.blocks.fork(parent.sid, child.sid))
@@ -476,7 +478,8 @@ class Engine:
 @dataclass
 class Replay:
     """What `replay` saw: per request its tokens, and the iteration and time (seconds from the start, at the
-    end of the iteration that produced it) of each; when each request arrived; how long each iteration took."""
+    end of the iteration that produced it) of each; when each request arrived; how long each iteration
+    took."""
 
     tokens: dict
     token_steps: dict

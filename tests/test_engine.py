@@ -222,7 +222,8 @@ def test_prefix_caching_with_chunks_and_preemption_gives_the_same_tokens(small_l
     prompts = [system + [i % 11, (i * 3) % 11] for i in range(6)]
     expected = {rid: lm.generate_cached(model, p, 10) for rid, p in enumerate(prompts)}
     for budget in (None, 5):
-        engine = Engine(model, n_blocks=12, block_size=4, max_batch=6, prefix_caching=True, max_step_tokens=budget)
+        engine = Engine(model, n_blocks=12, block_size=4, max_batch=6, prefix_caching=True,
+                        max_step_tokens=budget)
         for rid, prompt in enumerate(prompts):
             engine.add_request(rid, prompt, 10)
         assert tokens_by_rid(engine.run()) == expected
