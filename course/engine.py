@@ -245,6 +245,8 @@ class Engine:
             raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens}")
         if int(n) != n or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n}")
+        if n > self.max_batch:
+            raise ValueError(f"n = {n} parallel samples run together, but max_batch is {self.max_batch}")
         if temperature < 0 or not math.isfinite(temperature):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         if len(prompt) + max_tokens > self.config.context:
@@ -297,7 +299,8 @@ class Engine:
         total = 0
         for seq in self.running:
             final = seq.prompt_len + seq.max_tokens - 1  # the last token's keys/values are never needed
-            total += max(0, self._blocks_for(final) - len(self.blocks.block_table(seq.sid)))
+            promised = self._group_blocks(seq.prompt_len, final, 1 + seq.n_children)  # with samples to fork
+            total += max(0, promised - len(self.blocks.block_table(seq.sid)))
         return total
 
     def _copy_blocks(self, copies) -> None:
@@ -443,6 +446,8 @@ class Engine:
         outputs: list[Output] = []
         mark = getattr(self.blocks, "mark_computed", None)  # a prefix cache registers computed blocks at once
         for (seq, take), row in zip(plan, logits, strict=True):
+            if seq.sid in self._preempted_now:
+                continue  # a fork earlier in this loop took its blocks: its work this iteration is lost
             seq.computed += take
             if mark is not None:
                 mark(seq.sid, seq.computed)

@@ -171,6 +171,8 @@ def test_add_request_rejects_what_cannot_run_and_abort_frees_blocks(small_lm):
         engine.add_request("x", [1], 0)
     with pytest.raises(ValueError, match="vocabulary|0 \\.\\. 10"):
         engine.add_request("x", [11], 1)
+    with pytest.raises(ValueError, match="max_batch"):
+        engine.add_request("x", [1], 1, n=5)  # five samples run together; the batch holds four
     with pytest.raises(ValueError, match="policy"):
         Engine(model, policy="fifo")
     engine.add_request("a", [1, 2, 3, 4, 5], 10)
@@ -228,3 +230,34 @@ def test_prefix_caching_with_chunks_and_preemption_gives_the_same_tokens(small_l
             engine.add_request(rid, prompt, 10)
         assert tokens_by_rid(engine.run()) == expected
         assert engine.stats["prefix_hit_tokens"] > 0 and engine.blocks.free_blocks == 12
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_random_workloads_decode_as_generate_cached_and_leak_no_block(small_lm, prefix_caching):
+    """Random pools, block sizes, budgets, policies, samples and temperatures: every request gets the tokens it
+    gets alone, and every block comes back (found bugs: a fork preempting a sequence later in the same
+    iteration; reservations that forgot the samples still to fork)."""
+    import random
+
+    if prefix_caching:
+        pytest.importorskip("course.prefix_cache")
+    model = small_lm(0)
+    for trial in range(40):
+        rng = random.Random(trial)
+        n_blocks = rng.randint(8, 20)
+        engine = Engine(model, n_blocks=n_blocks, block_size=rng.choice([2, 4, 8]), max_batch=rng.randint(1, 6),
+                        max_step_tokens=rng.choice([None, 3, 7, 16]), policy=rng.choice(["continuous", "static"]),
+                        preemption=rng.choice(["recompute", "reserve"]), prefix_caching=prefix_caching)
+        expected = {}
+        for rid in range(rng.randint(1, 8)):
+            prompt = [rng.randrange(11) for _ in range(rng.randint(1, 12))]
+            max_tokens, n, temperature = rng.randint(1, 14), rng.choice([1, 1, 2, 3]), rng.choice([0.0, 1.0])
+            try:
+                engine.add_request(rid, prompt, max_tokens, temperature=temperature, seed=rid, n=n)
+            except ValueError:
+                continue  # too long for this pool, or more samples than max_batch
+            for i in range(n):
+                expected[rid if n == 1 else f"{rid}/{i}"] = lm.generate_cached(model, prompt, max_tokens,
+                                                                               temperature, seed=rid + i)
+        assert tokens_by_rid(engine.run()) == expected, f"trial {trial}"
+        assert engine.blocks.free_blocks == n_blocks, f"trial {trial}"
