@@ -17,7 +17,8 @@ What 07b_serving builds on it:
   queue with its prompt + the tokens it generated as its new prompt; ``"reserve"``: the baseline without
   preemption, where admission reserves each request's worst case (prompt + max_tokens) up front; ``"none"``:
   admit as "recompute" does but raise `OutOfBlocks` from `step()` when a running sequence cannot grow (what an
-  engine without a policy does);
+  engine without a policy does); ``"swap"``: preempt the same sequence, but copy its blocks' keys and values
+  to a CPU buffer and back into fresh blocks when it is admitted again (the paper's other recovery);
 - chunked prefill (Agrawal et al., "Taming Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve",
   OSDI 2024): `max_step_tokens` caps the tokens of one iteration: decodes first (one token each), then
   chunks of prompts fill the rest of the budget;
@@ -46,7 +47,7 @@ from course.lm import TinyLM, sample_next
 __all__ = ["Engine", "Output", "OutOfBlocks", "Replay", "ragged_forward", "replay"]
 
 POLICIES = ("continuous", "static")
-PREEMPTION = ("recompute", "reserve", "none")
+PREEMPTION = ("recompute", "swap", "reserve", "none")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class _Seq:
     computed: int = 0
     admitted: int = -1       # admission order (larger = more recent)
     prefilled: bool = False  # its first full prefill is done (tokens since are decodes)
+    swapped: tuple | None = None  # under "swap": (keys, values) of its computed tokens' blocks, on the CPU
 
     @property
     def generated(self) -> int:
@@ -226,7 +228,8 @@ class Engine:
         self.requests: dict[Hashable, list[Hashable]] = {}  # rid -> its sequences' sids still alive
         self._admissions = 0
         self.stats: dict[str, int] = {"steps": 0, "tokens": 0, "prefill_tokens": 0, "decode_tokens": 0,
-                                      "preemptions": 0, "recomputed_tokens": 0, "prefix_hit_tokens": 0,
+                                      "preemptions": 0, "recomputed_tokens": 0, "swapped_blocks": 0,
+                                      "prefix_hit_tokens": 0,
                                       "peak_blocks": 0, "max_step_tokens_used": 0, "finished": 0}
         self.trace: list[dict] = []
         self._preempted_now: list[Hashable] = []
@@ -309,14 +312,35 @@ class Engine:
             self.pool["v"][:, dst] = self.pool["v"][:, src]
 
     def _preempt(self, seq: _Seq) -> None:
-        """Recompute preemption: give back the blocks; wait at the front with prompt + generated as prompt."""
+        """Give back the blocks and wait at the front of the queue. Recompute: prompt + generated is prefilled
+        again; swap: the computed tokens' keys and values wait in CPU memory and come back on admission."""
         self.running.remove(seq)
+        if self.preemption == "swap" and seq.computed:
+            table = self.blocks.block_table(seq.sid)[:self._blocks_for(seq.computed)]
+            seq.swapped = (self.pool["k"][:, table].to("cpu", copy=True),
+                           self.pool["v"][:, table].to("cpu", copy=True))
+            self.stats["swapped_blocks"] += len(table)
+        else:
+            self.stats["recomputed_tokens"] += seq.computed
+            seq.computed = 0
         self.blocks.free(seq.sid)
         self.stats["preemptions"] += 1
-        self.stats["recomputed_tokens"] += seq.computed
         self._preempted_now.append(seq.sid)
-        seq.computed = 0
         self.waiting.appendleft(seq)
+
+    def _swap_in(self, seq: _Seq, cached: int) -> None:
+        """Copy a swapped-out sequence's keys and values into its new blocks (those a prefix cache did not
+        already fill)."""
+        keys, values = seq.swapped
+        table = self.blocks.block_table(seq.sid)[:keys.shape[1]]
+        first = cached // self.block_size
+        self.pool["k"][:, table[first:]] = keys[:, first:].to(self.device)
+        self.pool["v"][:, table[first:]] = values[:, first:].to(self.device)
+        seq.swapped = None
+        seq.computed = max(seq.computed, min(cached, len(seq.tokens) - 1))
+        mark = getattr(self.blocks, "mark_computed", None)
+        if mark is not None:
+            mark(seq.sid, seq.computed)
 
     # ------------------------------------------------------------------------------ scheduling
     def _may_admit(self, now: float) -> bool:
@@ -355,9 +379,12 @@ class Engine:
             except OutOfBlocks:
                 break
             self.waiting.popleft()
-            # at least the last token is computed again: its logits give the next token
-            seq.computed = min(cached, len(seq.tokens) - 1)
-            self.stats["prefix_hit_tokens"] += seq.computed
+            if seq.swapped is not None:  # its keys and values come back from CPU memory
+                self._swap_in(seq, cached)
+                self.stats["prefix_hit_tokens"] += min(cached, seq.computed)
+            else:  # at least the last token is computed again: its logits give the next token
+                seq.computed = min(cached, len(seq.tokens) - 1)
+                self.stats["prefix_hit_tokens"] += seq.computed
             self._admissions += 1
             seq.admitted = self._admissions
             self.running.append(seq)
@@ -373,7 +400,7 @@ class Engine:
                     self._copy_blocks([c for c in [self.blocks.append_slot(
                         seq.sid, seq.tokens[self.blocks.length(seq.sid)])] if c is not None])
                 except OutOfBlocks:
-                    if self.preemption != "recompute":
+                    if self.preemption not in ("recompute", "swap"):
                         raise
                     self._preempt(max(self.running, key=lambda s: s.admitted))
 
@@ -404,7 +431,7 @@ class Engine:
                     break
                 except OutOfBlocks:
                     others = [s for s in self.running if s is not parent and s not in children]
-                    if self.preemption != "recompute" or not others:
+                    if self.preemption not in ("recompute", "swap") or not others:
                         raise
                     self._preempt(max(others, key=lambda s: s.admitted))
             self._admissions += 1

@@ -120,6 +120,13 @@ def test_preemption_under_a_tiny_pool_completes_every_request_with_the_same_toke
     assert engine.stats["preemptions"] > 0 and engine.stats["recomputed_tokens"] > 0
     assert engine.stats["peak_blocks"] <= 8 and engine.blocks.free_blocks == 8
 
+    swap = Engine(model, n_blocks=8, block_size=4, max_batch=6, preemption="swap")
+    for rid, prompt in enumerate(prompts):
+        swap.add_request(rid, prompt, 12)
+    assert tokens_by_rid(swap.run()) == expected
+    assert swap.stats["preemptions"] > 0 and swap.stats["swapped_blocks"] > 0
+    assert swap.stats["recomputed_tokens"] == 0 and swap.blocks.free_blocks == 8
+
     reserve = Engine(model, n_blocks=8, block_size=4, max_batch=6, preemption="reserve")
     for rid, prompt in enumerate(prompts):
         reserve.add_request(rid, prompt, 12)
@@ -234,8 +241,8 @@ def test_prefix_caching_with_chunks_and_preemption_gives_the_same_tokens(small_l
 
 @pytest.mark.parametrize("prefix_caching", [False, True])
 def test_random_workloads_decode_as_generate_cached_and_leak_no_block(small_lm, prefix_caching):
-    """Random pools, block sizes, budgets, policies, samples and temperatures: every request gets the tokens it
-    gets alone, and every block comes back (found bugs: a fork preempting a sequence later in the same
+    """Random pools, block sizes, budgets, policies, samples and temperatures: every request gets the tokens
+    it gets alone, and every block comes back (found bugs: a fork preempting a sequence later in the same
     iteration; reservations that forgot the samples still to fork)."""
     import random
 
@@ -245,9 +252,10 @@ def test_random_workloads_decode_as_generate_cached_and_leak_no_block(small_lm, 
     for trial in range(40):
         rng = random.Random(trial)
         n_blocks = rng.randint(8, 20)
-        engine = Engine(model, n_blocks=n_blocks, block_size=rng.choice([2, 4, 8]), max_batch=rng.randint(1, 6),
-                        max_step_tokens=rng.choice([None, 3, 7, 16]), policy=rng.choice(["continuous", "static"]),
-                        preemption=rng.choice(["recompute", "reserve"]), prefix_caching=prefix_caching)
+        engine = Engine(model, n_blocks=n_blocks, block_size=rng.choice([2, 4, 8]),
+                        max_batch=rng.randint(1, 6), max_step_tokens=rng.choice([None, 3, 7, 16]),
+                        policy=rng.choice(["continuous", "static"]),
+                        preemption=rng.choice(["recompute", "swap", "reserve"]), prefix_caching=prefix_caching)
         expected = {}
         for rid in range(rng.randint(1, 8)):
             prompt = [rng.randrange(11) for _ in range(rng.randint(1, 12))]
