@@ -254,8 +254,8 @@ def test_random_workloads_decode_as_generate_cached_and_leak_no_block(small_lm, 
         n_blocks = rng.randint(8, 20)
         engine = Engine(model, n_blocks=n_blocks, block_size=rng.choice([2, 4, 8]),
                         max_batch=rng.randint(1, 6), max_step_tokens=rng.choice([None, 3, 7, 16]),
-                        policy=rng.choice(["continuous", "static"]),
-                        preemption=rng.choice(["recompute", "swap", "reserve"]), prefix_caching=prefix_caching)
+                        policy=rng.choice(["continuous", "static"]), prefix_caching=prefix_caching,
+                        preemption=rng.choice(["recompute", "swap", "reserve"]))
         expected = {}
         for rid in range(rng.randint(1, 8)):
             prompt = [rng.randrange(11) for _ in range(rng.randint(1, 12))]
