@@ -17,7 +17,8 @@ What 07b_serving builds on it:
   queue with its prompt + the tokens it generated as its new prompt; ``"reserve"``: the baseline without
   preemption, where admission reserves each request's worst case (prompt + max_tokens) up front; ``"none"``:
   admit as "recompute" does but raise `OutOfBlocks` from `step()` when a running sequence cannot grow (what an
-  engine without a policy does);
+  engine without a policy does); ``"swap"``: preempt the same sequence, but copy its blocks' keys and values
+  to a CPU buffer and back into fresh blocks when it is admitted again (the paper's other recovery);
 - chunked prefill (Agrawal et al., "Taming Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve",
   OSDI 2024): `max_step_tokens` caps the tokens of one iteration: decodes first (one token each), then
   chunks of prompts fill the rest of the budget;
@@ -46,7 +47,7 @@ from course.lm import TinyLM, sample_next
 __all__ = ["Engine", "Output", "OutOfBlocks", "Replay", "ragged_forward", "replay"]
 
 POLICIES = ("continuous", "static")
-PREEMPTION = ("recompute", "reserve", "none")
+PREEMPTION = ("recompute", "swap", "reserve", "none")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class _Seq:
     computed: int = 0
     admitted: int = -1       # admission order (larger = more recent)
     prefilled: bool = False  # its first full prefill is done (tokens since are decodes)
+    swapped: tuple | None = None  # under "swap": (keys, values) of its computed tokens' blocks, on the CPU
 
     @property
     def generated(self) -> int:
@@ -151,7 +153,8 @@ def ragged_forward(model: TinyLM, pool: dict[str, torch.Tensor], block_size: int
 
     x = (model.tokens(ids_t) + model.positions(pos_t.to(device)))[None]  # (1, N, d_model)
     for layer, block in enumerate(model.blocks):
-        q, k, v = (t.view(n_tokens, heads, head_dim) for t in block.attn.qkv(block.norm1(x))[0].split(width, 1))
+        qkv = block.attn.qkv(block.norm1(x))[0].split(width, 1)
+        q, k, v = (t.view(n_tokens, heads, head_dim) for t in qkv)
         # views of this layer's pool as (blocks, slots, heads, head_dim): indexing two leading dimensions is
         # several times faster than pool[layer, blocks, :, slots]
         pool_k, pool_v = pool["k"][layer].transpose(1, 2), pool["v"][layer].transpose(1, 2)
@@ -182,8 +185,9 @@ class Engine:
       returns [] without running the model when there is nothing to run (or a static batch still waits for
       its window): it never blocks.
     - ``has_work()``, ``abort(rid)`` (frees its blocks; no further outputs), ``run()`` (steps until done),
-      ``stats`` (steps, tokens, prefill_tokens, decode_tokens, preemptions, recomputed_tokens,
-      prefix_hit_tokens, peak_blocks, max_step_tokens_used), ``trace`` (one dict per step that ran: its
+      ``stats`` (steps, tokens, prefill_tokens, decode_tokens, preemptions, recomputed_tokens: tokens whose
+      keys and values a preemption dropped (a prefix cache may serve some back), prefix_hit_tokens,
+      peak_blocks, max_step_tokens_used, finished), ``trace`` (one dict per step that ran: its
       time, tokens, running and waiting sequences, used blocks, the sequences preempted before it).
     `clock` (seconds, monotonic) is injectable so that tests of the static window are deterministic.
     """
@@ -224,7 +228,8 @@ class Engine:
         self.requests: dict[Hashable, list[Hashable]] = {}  # rid -> its sequences' sids still alive
         self._admissions = 0
         self.stats: dict[str, int] = {"steps": 0, "tokens": 0, "prefill_tokens": 0, "decode_tokens": 0,
-                                      "preemptions": 0, "recomputed_tokens": 0, "prefix_hit_tokens": 0,
+                                      "preemptions": 0, "recomputed_tokens": 0, "swapped_blocks": 0,
+                                      "prefix_hit_tokens": 0,
                                       "peak_blocks": 0, "max_step_tokens_used": 0, "finished": 0}
         self.trace: list[dict] = []
         self._preempted_now: list[Hashable] = []
@@ -243,6 +248,8 @@ class Engine:
             raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens}")
         if int(n) != n or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n}")
+        if n > self.max_batch:
+            raise ValueError(f"n = {n} parallel samples run together, but max_batch is {self.max_batch}")
         if temperature < 0 or not math.isfinite(temperature):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         if len(prompt) + max_tokens > self.config.context:
@@ -295,7 +302,8 @@ class Engine:
         total = 0
         for seq in self.running:
             final = seq.prompt_len + seq.max_tokens - 1  # the last token's keys/values are never needed
-            total += max(0, self._blocks_for(final) - len(self.blocks.block_table(seq.sid)))
+            promised = self._group_blocks(seq.prompt_len, final, 1 + seq.n_children)  # with samples to fork
+            total += max(0, promised - len(self.blocks.block_table(seq.sid)))
         return total
 
     def _copy_blocks(self, copies) -> None:
@@ -304,14 +312,35 @@ class Engine:
             self.pool["v"][:, dst] = self.pool["v"][:, src]
 
     def _preempt(self, seq: _Seq) -> None:
-        """Recompute preemption: give back the blocks; wait at the front with prompt + generated as prompt."""
+        """Give back the blocks and wait at the front of the queue. Recompute: prompt + generated is prefilled
+        again; swap: the computed tokens' keys and values wait in CPU memory and come back on admission."""
         self.running.remove(seq)
+        if self.preemption == "swap" and seq.computed:
+            table = self.blocks.block_table(seq.sid)[:self._blocks_for(seq.computed)]
+            seq.swapped = (self.pool["k"][:, table].to("cpu", copy=True),
+                           self.pool["v"][:, table].to("cpu", copy=True))
+            self.stats["swapped_blocks"] += len(table)
+        else:
+            self.stats["recomputed_tokens"] += seq.computed
+            seq.computed = 0
         self.blocks.free(seq.sid)
         self.stats["preemptions"] += 1
-        self.stats["recomputed_tokens"] += seq.computed
         self._preempted_now.append(seq.sid)
-        seq.computed = 0
         self.waiting.appendleft(seq)
+
+    def _swap_in(self, seq: _Seq, cached: int) -> None:
+        """Copy a swapped-out sequence's keys and values into its new blocks (those a prefix cache did not
+        already fill)."""
+        keys, values = seq.swapped
+        table = self.blocks.block_table(seq.sid)[:keys.shape[1]]
+        first = cached // self.block_size
+        self.pool["k"][:, table[first:]] = keys[:, first:].to(self.device)
+        self.pool["v"][:, table[first:]] = values[:, first:].to(self.device)
+        seq.swapped = None
+        seq.computed = max(seq.computed, min(cached, len(seq.tokens) - 1))
+        mark = getattr(self.blocks, "mark_computed", None)
+        if mark is not None:
+            mark(seq.sid, seq.computed)
 
     # ------------------------------------------------------------------------------ scheduling
     def _may_admit(self, now: float) -> bool:
@@ -350,9 +379,12 @@ class Engine:
             except OutOfBlocks:
                 break
             self.waiting.popleft()
-            # at least the last token is computed again: its logits give the next token
-            seq.computed = min(cached, len(seq.tokens) - 1)
-            self.stats["prefix_hit_tokens"] += seq.computed
+            if seq.swapped is not None:  # its keys and values come back from CPU memory
+                self._swap_in(seq, cached)
+                self.stats["prefix_hit_tokens"] += min(cached, seq.computed)
+            else:  # at least the last token is computed again: its logits give the next token
+                seq.computed = min(cached, len(seq.tokens) - 1)
+                self.stats["prefix_hit_tokens"] += seq.computed
             self._admissions += 1
             seq.admitted = self._admissions
             self.running.append(seq)
@@ -368,7 +400,7 @@ class Engine:
                     self._copy_blocks([c for c in [self.blocks.append_slot(
                         seq.sid, seq.tokens[self.blocks.length(seq.sid)])] if c is not None])
                 except OutOfBlocks:
-                    if self.preemption != "recompute":
+                    if self.preemption not in ("recompute", "swap"):
                         raise
                     self._preempt(max(self.running, key=lambda s: s.admitted))
 
@@ -390,15 +422,16 @@ class Engine:
         children = []
         for i in range(1, parent.n_children + 1):
             child = _Seq(f"{parent.rid}/{i}", parent.rid, parent.prompt_len, list(parent.tokens),
-                         parent.max_tokens, parent.temperature, torch.Generator().manual_seed(parent.seed + i),
-                         parent.stop, parent.arrival, computed=parent.computed, prefilled=True)
+                         parent.max_tokens, parent.temperature,
+                         torch.Generator().manual_seed(parent.seed + i), parent.stop, parent.arrival,
+                         computed=parent.computed, prefilled=True)
             while True:
                 try:
                     self._copy_blocks(self.blocks.fork(parent.sid, child.sid))
                     break
                 except OutOfBlocks:
                     others = [s for s in self.running if s is not parent and s not in children]
-                    if self.preemption != "recompute" or not others:
+                    if self.preemption not in ("recompute", "swap") or not others:
                         raise
                     self._preempt(max(others, key=lambda s: s.admitted))
             self._admissions += 1
@@ -438,8 +471,13 @@ class Engine:
                            "preempted": list(self._preempted_now),
                            "sids": [seq.sid for seq, _ in plan]})
         outputs: list[Output] = []
+        mark = getattr(self.blocks, "mark_computed", None)  # a prefix cache registers computed blocks at once
         for (seq, take), row in zip(plan, logits, strict=True):
+            if seq.sid in self._preempted_now:
+                continue  # a fork earlier in this loop took its blocks: its work this iteration is lost
             seq.computed += take
+            if mark is not None:
+                mark(seq.sid, seq.computed)
             if seq.computed < len(seq.tokens):
                 continue  # a chunk of a prompt: no token yet
             seq.prefilled = True
@@ -472,7 +510,8 @@ class Engine:
 @dataclass
 class Replay:
     """What `replay` saw: per request its tokens, and the iteration and time (seconds from the start, at the
-    end of the iteration that produced it) of each; when each request arrived; how long each iteration took."""
+    end of the iteration that produced it) of each; when each request arrived; how long each iteration
+    took."""
 
     tokens: dict
     token_steps: dict
@@ -496,7 +535,8 @@ def replay(engine: Engine, arrivals: Sequence[tuple[int, Hashable, Sequence[int]
            clock: Callable[[], float] = time.perf_counter) -> Replay:
     """Drive `engine` until it is done, adding each request when the iteration count reaches its arrival.
 
-    arrivals: (iteration, rid, prompt_ids, max_tokens) tuples (greedy decoding). Arrivals are counted in
+    arrivals: (iteration, rid, prompt_ids, max_tokens) tuples, optionally with a fifth item, a dict of further
+    `Engine.add_request` arguments (such as ``{"stop": [token]}``); greedy by default. Arrivals are counted in
     iterations, not seconds, so that which requests meet in which iteration does not depend on how fast the
     machine is; the times are measured (`clock`, seconds). When nothing runs and the next arrival is later,
     the count jumps to it. Used by 07b_serving's preemption and chunked-prefill sections.
@@ -511,8 +551,8 @@ def replay(engine: Engine, arrivals: Sequence[tuple[int, Hashable, Sequence[int]
         if not engine.has_work() and pending[0][0] > iteration:
             iteration = pending[0][0]
         while pending and pending[0][0] <= iteration:
-            _, rid, prompt, max_tokens = pending.pop(0)
-            engine.add_request(rid, prompt, max_tokens)
+            _, rid, prompt, max_tokens, *options = pending.pop(0)
+            engine.add_request(rid, prompt, max_tokens, **(options[0] if options else {}))
             out.arrival_steps[rid], out.arrival_times[rid] = iteration, clock() - start
         before = clock()
         outputs = engine.step()

@@ -1,4 +1,4 @@
-"""The serving engine's KV-cache blocks: which pool blocks hold which sequence's keys and values (07b_serving).
+"""The serving engine's KV-cache blocks: which pool blocks hold a sequence's keys and values (07b_serving).
 
 `BlockManager` is the interface `course.engine.Engine` allocates through, and a plain implementation of it:
 every sequence owns its blocks, nothing is shared. `course.prefix_cache.PrefixCachingBlockManager` implements
@@ -6,9 +6,9 @@ the same interface with shared blocks (reference counts, a hash of each full blo
 the engine cannot tell them apart except by what `allocate` reports as already cached and by the copies that
 `append_slot` and `fork` ask it to make.
 
-Blocks hold `block_size` tokens; a sequence of n tokens holds ceil(n / block_size) blocks, listed in order in its
-block table (vLLM's design: Kwon et al., "Efficient Memory Management for Large Language Model Serving with
-PagedAttention", SOSP 2023, Section 4).
+Blocks hold `block_size` tokens; a sequence of n tokens holds ceil(n / block_size) blocks, listed in order in
+its block table (vLLM's design: Kwon et al., "Efficient Memory Management for Large Language Model Serving
+with PagedAttention", SOSP 2023, Section 4).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class BlockManager:
 
     - ``allocate(seq, token_ids) -> int``: a new sequence holding `token_ids`; returns how many of its leading
       tokens are already in the cache (their keys and values need no prefill): always 0 here.
-    - ``append_slot(seq, token_id) -> (src, dst) | None``: room for one more token; a copy to make (src block's
+    - ``append_slot(seq, token_id) -> (src, dst) | None``: room for one more token; a copy to make (src's
       contents into dst) when the last block was shared, else None: never here.
     - ``fork(parent, child) -> list[(src, dst)]``: `child` starts as a copy of `parent` (parallel sampling);
       the block copies the engine must make (here: every block, into fresh ones).
@@ -69,7 +69,7 @@ class BlockManager:
     # ------------------------------------------------------------------ changes
     def _take(self, n: int, why: str) -> list[int]:
         if n > len(self.free_list):
-            raise OutOfBlocks(f"{why} needs {n} blocks, {len(self.free_list)} are free")
+            raise OutOfBlocks(f"{why} needs {n} block{'s' * (n != 1)}, {len(self.free_list)} are free")
         return [self.free_list.pop() for _ in range(n)]
 
     def allocate(self, seq: Hashable, token_ids: Sequence[int]) -> int:
@@ -84,7 +84,7 @@ class BlockManager:
     def append_slot(self, seq: Hashable, token_id: int) -> tuple[int, int] | None:
         length, table = self.lengths[seq], self.tables[seq]
         if self.blocks_for(length + 1) > len(table):
-            table += self._take(1, f"token {length} of {seq!r}")
+            table += self._take(1, f"token {length} of sequence {seq!r}")
         self.lengths[seq] = length + 1
         return None
 

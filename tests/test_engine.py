@@ -120,6 +120,13 @@ def test_preemption_under_a_tiny_pool_completes_every_request_with_the_same_toke
     assert engine.stats["preemptions"] > 0 and engine.stats["recomputed_tokens"] > 0
     assert engine.stats["peak_blocks"] <= 8 and engine.blocks.free_blocks == 8
 
+    swap = Engine(model, n_blocks=8, block_size=4, max_batch=6, preemption="swap")
+    for rid, prompt in enumerate(prompts):
+        swap.add_request(rid, prompt, 12)
+    assert tokens_by_rid(swap.run()) == expected
+    assert swap.stats["preemptions"] > 0 and swap.stats["swapped_blocks"] > 0
+    assert swap.stats["recomputed_tokens"] == 0 and swap.blocks.free_blocks == 8
+
     reserve = Engine(model, n_blocks=8, block_size=4, max_batch=6, preemption="reserve")
     for rid, prompt in enumerate(prompts):
         reserve.add_request(rid, prompt, 12)
@@ -171,6 +178,8 @@ def test_add_request_rejects_what_cannot_run_and_abort_frees_blocks(small_lm):
         engine.add_request("x", [1], 0)
     with pytest.raises(ValueError, match="vocabulary|0 \\.\\. 10"):
         engine.add_request("x", [11], 1)
+    with pytest.raises(ValueError, match="max_batch"):
+        engine.add_request("x", [1], 1, n=5)  # five samples run together; the batch holds four
     with pytest.raises(ValueError, match="policy"):
         Engine(model, policy="fifo")
     engine.add_request("a", [1, 2, 3, 4, 5], 10)
@@ -213,3 +222,50 @@ def test_replay_adds_requests_at_their_iterations_and_times_their_tokens(small_l
     assert seen.arrival_steps == {"a": 0, "b": 2, "c": 9}
     assert seen.ttft("b") > 0 and all(gap > 0 for gap in seen.itl("a")) and len(seen.itl("a")) == 3
     assert len(seen.step_seconds) == 5 and engine.blocks.free_blocks == 16
+
+
+def test_prefix_caching_with_chunks_and_preemption_gives_the_same_tokens(small_lm):
+    pytest.importorskip("course.prefix_cache")  # the prefix-caching section's block manager
+    model = small_lm(7)
+    system = [(5 * i) % 11 for i in range(9)]  # a shared "system prompt" of two blocks and a bit
+    prompts = [system + [i % 11, (i * 3) % 11] for i in range(6)]
+    expected = {rid: lm.generate_cached(model, p, 10) for rid, p in enumerate(prompts)}
+    for budget in (None, 5):
+        engine = Engine(model, n_blocks=12, block_size=4, max_batch=6, prefix_caching=True,
+                        max_step_tokens=budget)
+        for rid, prompt in enumerate(prompts):
+            engine.add_request(rid, prompt, 10)
+        assert tokens_by_rid(engine.run()) == expected
+        assert engine.stats["prefix_hit_tokens"] > 0 and engine.blocks.free_blocks == 12
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_random_workloads_decode_as_generate_cached_and_leak_no_block(small_lm, prefix_caching):
+    """Random pools, block sizes, budgets, policies, samples and temperatures: every request gets the tokens
+    it gets alone, and every block comes back (found bugs: a fork preempting a sequence later in the same
+    iteration; reservations that forgot the samples still to fork)."""
+    import random
+
+    if prefix_caching:
+        pytest.importorskip("course.prefix_cache")
+    model = small_lm(0)
+    for trial in range(40):
+        rng = random.Random(trial)
+        n_blocks = rng.randint(8, 20)
+        engine = Engine(model, n_blocks=n_blocks, block_size=rng.choice([2, 4, 8]),
+                        max_batch=rng.randint(1, 6), max_step_tokens=rng.choice([None, 3, 7, 16]),
+                        policy=rng.choice(["continuous", "static"]), prefix_caching=prefix_caching,
+                        preemption=rng.choice(["recompute", "swap", "reserve"]))
+        expected = {}
+        for rid in range(rng.randint(1, 8)):
+            prompt = [rng.randrange(11) for _ in range(rng.randint(1, 12))]
+            max_tokens, n, temperature = rng.randint(1, 14), rng.choice([1, 1, 2, 3]), rng.choice([0.0, 1.0])
+            try:
+                engine.add_request(rid, prompt, max_tokens, temperature=temperature, seed=rid, n=n)
+            except ValueError:
+                continue  # too long for this pool, or more samples than max_batch
+            for i in range(n):
+                expected[rid if n == 1 else f"{rid}/{i}"] = lm.generate_cached(model, prompt, max_tokens,
+                                                                               temperature, seed=rid + i)
+        assert tokens_by_rid(engine.run()) == expected, f"trial {trial}"
+        assert engine.blocks.free_blocks == n_blocks, f"trial {trial}"
