@@ -18,21 +18,13 @@ from collections.abc import Hashable, Sequence
 
 from course.serving import OutOfBlocks
 
-__all__ = ["BlockManager", "OutOfBlocks"]
+__all__ = ["BlockManager", "BlockTables", "OutOfBlocks"]
 
 
-class BlockManager:
-    """Blocks for many sequences, none shared. Block ids are 0 .. n_blocks - 1 (rows of the engine's pool).
-
-    - ``allocate(seq, token_ids) -> int``: a new sequence holding `token_ids`; returns how many of its leading
-      tokens are already in the cache (their keys and values need no prefill): always 0 here.
-    - ``append_slot(seq, token_id) -> (src, dst) | None``: room for one more token; a copy to make (src's
-      contents into dst) when the last block was shared, else None: never here.
-    - ``fork(parent, child) -> list[(src, dst)]``: `child` starts as a copy of `parent` (parallel sampling);
-      the block copies the engine must make (here: every block, into fresh ones).
-    - ``free(seq)``; ``block_table(seq)``; ``length(seq)``; ``free_blocks``; ``can_allocate(n_tokens)``.
-    Every method that needs blocks raises `OutOfBlocks` when too few are free and then changes nothing.
-    """
+class BlockTables:
+    """What every block manager keeps and answers (07b_serving): blocks 0 .. n_blocks - 1 (rows of the
+    engine's pool) of `block_size` tokens each, a free list (block 0 handed out first), a block table and a
+    length in tokens per sequence. `BlockManager` and `course.prefix_cache.SharedBlocks` build on it."""
 
     def __init__(self, n_blocks: int, block_size: int):
         if n_blocks <= 0 or block_size <= 0:
@@ -65,6 +57,20 @@ class BlockManager:
 
     def __contains__(self, seq: Hashable) -> bool:
         return seq in self.tables
+
+
+class BlockManager(BlockTables):
+    """Blocks for many sequences, none shared. Block ids are 0 .. n_blocks - 1 (rows of the engine's pool).
+
+    - ``allocate(seq, token_ids) -> int``: a new sequence holding `token_ids`; returns how many of its leading
+      tokens are already in the cache (their keys and values need no prefill): always 0 here.
+    - ``append_slot(seq, token_id) -> (src, dst) | None``: room for one more token; a copy to make (src's
+      contents into dst) when the last block was shared, else None: never here.
+    - ``fork(parent, child) -> list[(src, dst)]``: `child` starts as a copy of `parent` (parallel sampling);
+      the block copies the engine must make (here: every block, into fresh ones).
+    - ``free(seq)``; ``block_table(seq)``; ``length(seq)``; ``free_blocks``; ``can_allocate(n_tokens)``.
+    Every method that needs blocks raises `OutOfBlocks` when too few are free and then changes nothing.
+    """
 
     # ------------------------------------------------------------------ changes
     def _take(self, n: int, why: str) -> list[int]:

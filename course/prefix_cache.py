@@ -27,16 +27,16 @@ KeyError for an unknown sequence; ValueError for a sequence that already exists,
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
+from course.kv_blocks import BlockTables
 from course.serving import OutOfBlocks
 
 __all__ = ["OutOfBlocks", "PrefixCachingBlockManager", "SharedBlocks", "block_hash"]
 
 
-class SharedBlocks:
+class SharedBlocks(BlockTables):
     """Paged KV-cache blocks with reference counts and copy-on-write (07b_serving, Exercise 2's reference).
 
     - ``allocate(seq, n_tokens)``: a new sequence of `n_tokens` (>= 1) tokens in fresh blocks (count 1 each).
@@ -52,42 +52,13 @@ class SharedBlocks:
     """
 
     def __init__(self, n_blocks: int, block_size: int):
-        if n_blocks < 1 or block_size < 1:
-            raise ValueError(f"n_blocks and block_size must be >= 1, got {n_blocks} and {block_size}")
-        self.n_blocks, self.block_size = n_blocks, block_size
-        self.free_list: list[int] = list(range(n_blocks - 1, -1, -1))  # pop() hands out block 0 first
+        super().__init__(n_blocks, block_size)  # the free list, block tables and lengths
         self.refs = [0] * n_blocks
-        self.tables: dict[Hashable, list[int]] = {}
-        self.lengths: dict[Hashable, int] = {}
-
-    # ------------------------------------------------------------------ queries
-    @property
-    def free_blocks(self) -> int:
-        return len(self.free_list)
-
-    @property
-    def used_blocks(self) -> int:
-        return self.n_blocks - self.free_blocks
 
     def refcount(self, block: int) -> int:
         if not 0 <= block < self.n_blocks:
             raise ValueError(f"block {block} is not in 0..{self.n_blocks - 1}")
         return self.refs[block]
-
-    def blocks_for(self, n_tokens: int) -> int:
-        return math.ceil(n_tokens / self.block_size)
-
-    def can_allocate(self, n_tokens: int) -> bool:
-        return self.blocks_for(n_tokens) <= self.free_blocks
-
-    def block_table(self, seq: Hashable) -> list[int]:
-        return list(self.tables[seq])
-
-    def length(self, seq: Hashable) -> int:
-        return self.lengths[seq]
-
-    def __contains__(self, seq: Hashable) -> bool:
-        return seq in self.tables
 
     # ------------------------------------------------------------------ where blocks come from and go to
     def _take(self, n: int, why: str) -> list[int]:
