@@ -69,6 +69,12 @@ def to_ascii(text: str) -> str:
     return "".join(c for c in text if c == "\n" or 32 <= ord(c) < 127)
 
 
+#: The helper files of module 07 (both notebooks): left out of the corpus, like 07's notebooks, so that editing
+#: the module that serves the model never changes what the model was trained on.
+MODULE_07_FILES = ("lm.py", "serving.py", "kv_blocks.py", "engine.py", "prefix_cache.py", "model_server.py",
+                   "loadgen.py", "speculative.py", "kv_quant.py")
+
+
 def build_corpus(repo: Path) -> str:
     """The course's own text: the prose of every solution notebook (not its code, hints or mark schemes),
     the README, the instructors' guide and the helper package's source (this module's two files left out)."""
@@ -82,8 +88,7 @@ def build_corpus(repo: Path) -> str:
                 continue
             parts.append(re.sub(r"<[^>]+>", "", text))  # without HTML tags
     parts += [(repo / name).read_text() for name in ("README.md", "autograders/INSTRUCTORS.md")]
-    parts += [p.read_text() for p in sorted((repo / "course").glob("*.py"))
-              if p.name not in ("lm.py", "serving.py")]
+    parts += [p.read_text() for p in sorted((repo / "course").glob("*.py")) if p.name not in MODULE_07_FILES]
     return "\n\n".join(to_ascii(p).strip() for p in parts if p.strip()) + "\n"
 
 
