@@ -187,6 +187,8 @@ def summarize(records, slo_ttft, slo_tpot):
                                   "scale = x.abs().amax(dim=-1) / 127\n    safe = torch.where(scale > 0, scale, torch.ones_like(scale))\n    q = torch.round(x / safe[..., None])")]),
     Wrong("kv_int8", "accepts NaN and infinity (a NaN scale poisons the whole vector)",
           replace=[("    if not torch.isfinite(x).all():\n        raise ValueError(\"quantize got NaN or infinity: no finite scale fits that vector\")\n", "")]),
+    Wrong("kv_int8", "keeps float16 input in float16 (no x.float()): a float16 scale, x / scale misses the nearest code",
+          replace=[("    x = x.float()\n    scale = x.abs()", "    scale = x.abs()")]),
     Right("kv_int8", "multiplies by 127 / max|x|, rounds half away from zero, clips with torch.clip", replace=[
         ("    scale = x.abs().amax(dim=-1, keepdim=True) / 127\n"
          "    safe = torch.where(scale > 0, scale, torch.ones_like(scale))\n"
