@@ -635,8 +635,19 @@ def main(argv: list[str] | None = None) -> None:
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name, None) is not None}
     app = create_app(args.versions.split(","), routes=_parse_routes(args.routes), seed=args.seed,
                      engine_options=options)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1,
-                timeout_graceful_shutdown=2)
+    class AnnouncingServer(uvicorn.Server):  # one line once it listens: a terminal user sees where and how to stop
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(f"course.model_server: serving tinylm versions {args.versions} at http://{args.host}:{args.port} "
+                      "(POST /v1/completions; Ctrl-C stops it)", flush=True)
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", workers=1,
+                            timeout_graceful_shutdown=2)
+    try:
+        AnnouncingServer(config).run()
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down already; no traceback (as uvicorn.run does)
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -644,6 +655,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _remove_stale_logs() -> list[Path]:
+    """Delete the logs of servers whose starting process has died: a killed kernel runs no atexit, so its
+    server's log would stay in the temp folder. A log names its starter as `_pid<N>_`; returns what was removed."""
+    import psutil
+
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob("model_server_*_pid*_*.log"):
+        owner = path.name.split("_pid", 1)[1].split("_", 1)[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:  # another user's file, or gone already
+                pass
+    return removed
 
 
 class ModelServer:
@@ -693,7 +721,8 @@ class ModelServer:
         if self.process is not None:
             return self
         self.port = self.port or free_port(self.host)
-        handle, name = tempfile.mkstemp(prefix=f"model_server_{self.port}_", suffix=".log")
+        _remove_stale_logs()
+        handle, name = tempfile.mkstemp(prefix=f"model_server_{self.port}_pid{os.getpid()}_", suffix=".log")
         self.log_path = Path(name)
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])  # the folder holding this `course` package

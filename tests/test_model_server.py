@@ -285,11 +285,22 @@ def test_v2_stores_int8_weights_and_stays_close_to_v1(tiny):
         load_version("v3", model)
 
 
-def test_stop_leaves_no_process_and_a_failed_start_shows_the_log():
+def test_stop_leaves_no_process_and_a_failed_start_shows_the_log(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"model_server_8000_pid{dead.pid}_abc.log"  # a killed kernel's server's log
+    stale.write_text("")
     server = ModelServer().start()
+    assert not stale.exists(), "the log of a server whose starter died is removed at the next start"
+    assert server.log_path.exists() and server.log_path.parent == tmp_path
     process = psutil.Process(server.pid)
     family = [process, *process.children(recursive=True)]
     assert httpx.get(server.url + "/health").status_code == 200
+    assert wait_until(lambda: "Ctrl-C stops it" in server.log_tail(), timeout_s=5), server.log_tail()
+    assert f"http://127.0.0.1:{server.port}" in server.log_tail(), "the start line names the address"
     server.stop()
     assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert server.stop() == [], "stopping twice is harmless"
