@@ -65,25 +65,25 @@ ENGINE_OPTIONS = ("policy", "batch_window_s", "max_batch", "n_blocks", "block_si
 
 def int8_linear(linear):
     """A copy of `linear` whose weight is stored in int8 with one float scale per output row (symmetric:
-    scale = max |w| of the row / 127, as 01_edge quantizes), dequantized on the fly in each forward. The
-    stored weight is 4x smaller than float32; activations stay in float32 (weight-only quantization)."""
-    import torch
+    scale = max |w| of the row / 127: `course.kv_quant.quantize`, each row being one vector), dequantized on the
+    fly in each forward. The stored weight is 4x smaller than float32; activations stay in float32
+    (weight-only quantization)."""
     import torch.nn.functional as F
     from torch import nn
+
+    from course.kv_quant import dequantize, quantize
 
     class Int8Linear(nn.Module):
         def __init__(self, linear: nn.Linear):
             super().__init__()
-            weight = linear.weight.detach().float()
-            scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-            self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127)
-                                 .to(torch.int8))
+            weight_int8, scale = quantize(linear.weight.detach())  # (out, in) int8, (out, 1) float32
+            self.register_buffer("weight_int8", weight_int8)
             self.register_buffer("scale", scale)
             self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
             self.in_features, self.out_features = linear.in_features, linear.out_features
 
         def forward(self, x):
-            return F.linear(x, self.weight_int8.to(x.dtype) * self.scale[:, None].to(x.dtype), self.bias)
+            return F.linear(x, dequantize(self.weight_int8, self.scale).to(x.dtype), self.bias)
 
         def extra_repr(self) -> str:
             return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight per row"
