@@ -16,7 +16,7 @@ import functools
 import hashlib
 import os
 import re
-import tempfile
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -714,10 +714,25 @@ def _reap_children(exclude: set[int], grace: float = 15.0) -> None:
             return
 
 
+def ray_temp_dir() -> str:
+    """A new folder for one Ray session (``ray.init(_temp_dir=...)``), short enough for Ray's Unix sockets:
+    under $RAY_TMPDIR if set, else the temporary folder if it fits, else /tmp
+    (`course.processes.short_temp_dir`). Raises `course.processes.SocketFolderError`, saying what to do,
+    when none fits. Course infrastructure (05's simulations); the caller removes it after `ray.shutdown()`.
+
+    Why: Ray puts session_<date>_<pid>/sockets/plasma_store under it, and a socket's path may have at most
+    107 bytes on Linux, 103 on macOS. Under macOS's TMPDIR (~49 characters) it has ~125, and `ray.init`
+    fails (ray/_private/utils.py `validate_socket_filepath`); Ray itself uses /tmp on macOS for this reason
+    (ray-project/ray#17161). The same TMPDIR on Linux: tests/test_long_tmpdir.py."""
+    return processes.short_temp_dir("ray-", processes.RAY_SOCKET_TAIL, program="Ray", env_var="RAY_TMPDIR")
+
+
 def _start_ray(init_args: dict, exclude: set[int], attempts: int = 3) -> None:
     """Start Ray as Flower's Ray backend would (Flower reuses a running Ray and shuts it down after the run).
 
-    Ray gives its raylet a fixed 30 s to register; on a loaded machine that can fail, so try again.
+    Ray gives its raylet a fixed 30 s to register; on a loaded machine that can fail, so try again. A socket
+    path too long for this system (a `_temp_dir` not made by `ray_temp_dir`) fails at once, as
+    `course.processes.SocketFolderError`, saying what to do.
     """
     import sys
 
@@ -731,9 +746,14 @@ def _start_ray(init_args: dict, exclude: set[int], attempts: int = 3) -> None:
         try:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
             return
-        except Exception:
+        except Exception as exc:
             ray.shutdown()
             _reap_children(exclude=exclude)
+            if "AF_UNIX path length" in str(exc):  # no retry can help
+                raise processes.SocketFolderError(
+                    f"Ray cannot start: {exc}.\nSet RAY_TMPDIR to a short folder you can write to: "
+                    "`export RAY_TMPDIR=/tmp/r` in the terminal before starting Jupyter, or "
+                    "os.environ[\"RAY_TMPDIR\"] = \"/tmp/r\" in the notebook; then run the cell again.") from None
             if attempt == attempts:
                 raise
 
@@ -761,7 +781,7 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
     def main(grid: Grid, context: Context) -> None:
         run_experiments(grid, experiments, n_clients, progress=progress, errors=errors)
 
-    ray_dir = tempfile.mkdtemp(prefix="ray-")
+    ray_dir = ray_temp_dir()  # before anything starts: fails at once where Ray's sockets cannot fit
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
                              "_temp_dir": ray_dir, "logging_level": logging.ERROR,
@@ -789,6 +809,7 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
         # Ray's shutdown signals its workers but does not wait for them: wait (and reap) here,
         # so the notebook's kernel holds no half-dead Ray process after the call returns.
         _reap_children(exclude=before)
+        shutil.rmtree(ray_dir, ignore_errors=True)  # Ray's session logs and sockets: one folder per call
     if errors:  # Flower logged it (silenced here) and went on: the notebook must see it
         raise ClientCodeError(f"a car's ClientApp raised an exception, so the run stopped. "
                               f"Its traceback, from the Flower node:\n\n{errors[0]}") from None

@@ -276,7 +276,7 @@ def simulate_secagg(n_clients: int = 8, rounds: int = 2, drops: dict[int, Collec
     """The same SecAgg+ run on Flower's simulation engine (Ray, one worker, 1 CPU), started and silenced
     as `course.federated.simulate` does it (its `_start_ray` and `_reap_children`). The ServerApp runs in
     this process, so the returned `ProtocolLog` is filled here; the cars run in Ray's worker."""
-    import tempfile
+    import shutil
     import warnings
 
     import psutil
@@ -285,7 +285,7 @@ def simulate_secagg(n_clients: int = 8, rounds: int = 2, drops: dict[int, Collec
     log = ProtocolLog()
     server = ServerApp()
     server.main()(server_main(log, n_clients, rounds, True, num_shares, reconstruction_threshold, seed))
-    ray_dir = tempfile.mkdtemp(prefix="ray-")
+    ray_dir = ref.ray_temp_dir()  # short enough for Ray's sockets, or fails at once saying what to do
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "_temp_dir": ray_dir,
                              "logging_level": logging.ERROR, "log_to_driver": False}}
@@ -306,6 +306,7 @@ def simulate_secagg(n_clients: int = 8, rounds: int = 2, drops: dict[int, Collec
         if ray.is_initialized():
             ray.shutdown()
         ref._reap_children(exclude=before)
+        shutil.rmtree(ray_dir, ignore_errors=True)
         log.phases["stopping Ray"] = time.perf_counter() - clock
     if len(log.accuracy) != rounds:
         raise RuntimeError(f"the simulation stopped after {len(log.accuracy)} of {rounds} rounds")

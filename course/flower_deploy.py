@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300, app
                                stdout=logs[name], stderr=subprocess.STDOUT)
 
     started: list[subprocess.Popen] = []
+    finished = False
     try:
         superlink = start("superlink", ["flower-superlink", "--insecure",
                                         "--disable-runtime-dependency-installation",
@@ -98,11 +100,14 @@ def deploy(rounds: int = 3, partitioning: str = "iid", timeout: float = 300, app
         if run.returncode != 0 or "test accuracy per round" not in output:
             tails = "\n".join(f"--- {n}.log ---\n" + (work / f"{n}.log").read_text()[-1500:] for n in logs)
             raise RuntimeError(f"flwr run failed (exit code {run.returncode}):\n{output[-3000:]}\n{tails}")
+        finished = True
         return output
     finally:
         stop(started)
         for log in logs.values():
             log.close()
+        if finished:  # the SuperLink's database and the logs; kept after a failure, for its logs
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:

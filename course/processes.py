@@ -16,6 +16,11 @@ interrupted one, or a killed kernel.
 
 The grader (`autograders/`), the tests (`tests/processes.py`) and every helper in `course/` stop processes
 through `stop_tree`; tests/test_processes.py checks it.
+
+- `short_temp_dir(prefix, tail)` makes a folder for a program that puts Unix sockets under it (Ray, in 05's
+  simulations): in the temporary folder when the socket paths fit there, else in /tmp, else it raises
+  `SocketFolderError` at once, saying what to do, instead of letting the program fail later or hang.
+  tests/test_long_tmpdir.py runs every process-starting helper with a long TMPDIR (macOS's is ~49 characters).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -163,3 +170,56 @@ def _wait(popens: dict[int, subprocess.Popen], others: list[psutil.Process],
                 pass
     _, still = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
     return alive + still
+
+
+# ----------------------------------------------------------------- folders for Unix sockets
+
+# A Unix socket's path (with its final NUL) must fit in sockaddr_un.sun_path: 108 bytes on Linux
+# (UNIX_PATH_MAX in include/uapi/linux/un.h), 104 on macOS (4.4BSD's size; POSIX leaves it to the system).
+SOCKET_PATH_MAX = (104 if sys.platform == "darwin" else 108) - 1
+# Where short_temp_dir looks when the temporary folder (TMPDIR) is too long: Ray's own default on macOS.
+FALLBACK_DIRS = ("/tmp",)
+# What Ray 2.x appends to the folder it is given (`ray.init(_temp_dir=...)`) for its longest socket:
+# session_<date with microseconds>_<pid>/sockets/plasma_store (ray/_private/node.py); the pid here has the
+# 7 digits of Linux's largest pid_max, so any pid fits.
+RAY_SOCKET_TAIL = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
+
+
+class SocketFolderError(OSError):
+    """No folder short enough for a program's Unix sockets could be made (see `short_temp_dir`)."""
+
+
+def short_temp_dir(prefix: str, tail: int, program: str = "Ray", env_var: str = "RAY_TMPDIR") -> str:
+    """A new, empty folder (``tempfile.mkdtemp``) whose path leaves room for `tail` more characters of
+    socket path under it within `SOCKET_PATH_MAX` (107 bytes on Linux, 103 on macOS). The caller
+    removes it when done. Course infrastructure, used by 05's simulations (`course.federated.ray_temp_dir`).
+
+    Where: under the folder `env_var` names when that variable is set (the learner's choice, made if
+    missing; it must fit), else in the temporary folder (``tempfile.gettempdir()``, i.e. TMPDIR) when it
+    fits, else in /tmp. macOS's TMPDIR (/var/folders/xx/<28 characters>/T/, ~49) does not fit Ray's sockets.
+
+    Raises `SocketFolderError` (an OSError) at once when no candidate fits or can be written to; its message
+    names each candidate, why it failed, and what to do (set `env_var` to a short folder).
+    """
+    chosen = os.environ.get(env_var)
+    candidates = [chosen] if chosen else list(dict.fromkeys([tempfile.gettempdir(), *FALLBACK_DIRS]))
+    reasons = []
+    for base in candidates:
+        base = os.path.abspath(os.path.expanduser(base))
+        longest = len(os.path.join(base, prefix + "x" * 8).encode()) + tail  # mkdtemp adds 8 characters
+        if longest > SOCKET_PATH_MAX:
+            reasons.append(f"{base} ({len(base)} characters): its socket paths would be {longest} bytes")
+            continue
+        try:
+            if chosen:  # the learner named it: make it, as Ray would
+                os.makedirs(base, exist_ok=True)
+            return tempfile.mkdtemp(prefix=prefix, dir=base)
+        except OSError as exc:
+            reasons.append(f"{base}: cannot make a folder there ({exc.strerror or exc})")
+    source = f"{env_var} is set" if chosen else f"{env_var} is not set"
+    raise SocketFolderError(
+        f"{program} cannot start: no folder short enough for its Unix socket paths, which may have at most "
+        f"{SOCKET_PATH_MAX} bytes on this system ({source}):\n  " + "\n  ".join(reasons) + "\n"
+        f"Set {env_var} to a short folder you can write to: `export {env_var}=/tmp/r` in the terminal "
+        f"before starting Jupyter, or os.environ[\"{env_var}\"] = \"/tmp/r\" in the notebook; then run "
+        "the cell again.")
