@@ -52,7 +52,8 @@ import psutil
 from autograders import guard, repair, report, sandbox, settings
 from autograders.collect import Submission, collect_submissions, notebook_problem
 from autograders.report import Result
-from course.processes import stop_tree
+from course.processes import FALLBACK_DIRS as SOCKET_FALLBACK_DIRS
+from course.processes import SOCKET_PATH_MAX, stop_tree
 
 DEFAULT_STUDENT_TIMEOUT_S = 900
 # nbgrader's own gradebook code trips SQLAlchemy 2's autoflush warnings when it adds a submission
@@ -171,9 +172,15 @@ def _nbgrader(args: list[str], root: Path, log: Path, timeout_s: float | None,
 
 
 def _ipc_folder(root: Path) -> Path:
-    """Where grading kernels' Unix sockets go: a short path (sockets allow about 100 bytes)."""
+    """Where grading kernels' Unix sockets go (`<folder>/k-1` ...): in the temporary folder when their paths
+    fit the socket limit (`course.processes.SOCKET_PATH_MAX`, 107 bytes on Linux), else in /tmp. A longer
+    path fails the kernel's start with ZMQError "File name too long" (tests/test_long_tmpdir.py)."""
     digest = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"grade-ipc-{digest}"
+    for base in (tempfile.gettempdir(), *SOCKET_FALLBACK_DIRS):
+        folder = Path(base) / f"grade-ipc-{digest}"
+        if len(str(folder / "k-99999").encode()) <= SOCKET_PATH_MAX:
+            break
+    return folder
 
 
 def _write_config(root: Path, cell_timeout_s: int, cell_timeouts: dict[str, float] | None = None) -> None:

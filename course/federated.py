@@ -753,7 +753,8 @@ def _start_ray(init_args: dict, exclude: set[int], attempts: int = 3) -> None:
                 raise processes.SocketFolderError(
                     f"Ray cannot start: {exc}.\nSet RAY_TMPDIR to a short folder you can write to: "
                     "`export RAY_TMPDIR=/tmp/r` in the terminal before starting Jupyter, or "
-                    "os.environ[\"RAY_TMPDIR\"] = \"/tmp/r\" in the notebook; then run the cell again.") from None
+                    "os.environ[\"RAY_TMPDIR\"] = \"/tmp/r\" in the notebook; then run the cell again."
+                ) from None
             if attempt == attempts:
                 raise
 

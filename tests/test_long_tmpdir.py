@@ -308,6 +308,30 @@ print("KERNEL", nb.cells[0].outputs[0]["text"].strip())
     assert f"KERNEL {LONG - 1}" in output
 
 
+def test_a_grading_kernel_starts_on_unix_sockets_under_a_long_tmpdir(long_tmpdir, tmp_path):
+    """The grader's kernels talk over Unix sockets (transport "ipc") in `grade._ipc_folder`; under TMPDIR
+    their paths were too long and the kernel's start failed (ZMQError "File name too long")."""
+    output = run_under(long_tmpdir, f"""
+from pathlib import Path
+from jupyter_client import KernelManager
+from autograders import grade
+folder = grade._ipc_folder(Path({str(tmp_path)!r}))
+folder.mkdir()
+manager = KernelManager(transport="ipc", ip=str(folder / "k"))
+manager.start_kernel()
+client = manager.client()
+client.start_channels()
+try:
+    client.wait_for_ready(timeout=60)
+    print("READY", folder)
+finally:
+    client.stop_channels()
+    manager.shutdown_kernel(now=True)
+    __import__("shutil").rmtree(folder)
+""", timeout=120)
+    assert "READY /tmp/grade-ipc-" in output
+
+
 @pytest.mark.slow
 def test_flower_deployment_runs_under_a_long_tmpdir(long_tmpdir):
     """05's deployment engine: a SuperLink, two SuperNodes and `flwr run` (gRPC over TCP)."""
