@@ -116,11 +116,28 @@ def _join_pids_cgroup(max_tasks: int) -> bool:
 
 def _tasks_of_this_user() -> int:
     uid, count = os.getuid(), 0
-    for entry in os.listdir("/proc"):
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no /proc (macOS): ask psutil, slower
+        return _tasks_of_this_user_psutil(uid)
+    for entry in entries:
         try:
             if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
                 count += len(os.listdir(f"/proc/{entry}/task"))
         except OSError:
+            pass
+    return count
+
+
+def _tasks_of_this_user_psutil(uid: int) -> int:
+    import psutil
+
+    count = 0
+    for proc in psutil.process_iter():
+        try:
+            if proc.uids().real == uid:
+                count += proc.num_threads()
+        except (psutil.Error, OSError):
             pass
     return count
 

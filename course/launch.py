@@ -76,12 +76,21 @@ def set_start_method(method: str) -> None:
     one warm Python that imported torch once; much cheaper to start, used while grading).
 
     Launches that need torchrun itself (``max_restarts``, or an ``env`` read at import time such
-    as TORCH_DISTRIBUTED_DEBUG) use torchrun whatever is set. Raises ValueError for another name.
+    as TORCH_DISTRIBUTED_DEBUG) use torchrun whatever is set, as does every launch where the fork server
+    cannot run (`fork_server_supported`: not on macOS). Raises ValueError for another name.
     """
     global _start_method
     if method not in START_METHODS:
         raise ValueError(f"start method must be one of {START_METHODS}, got {method!r}")
     _start_method = method
+
+
+def fork_server_supported() -> bool:
+    """Whether the fork server can run here: Linux only. It checks that it is single-threaded through
+    /proc (absent on macOS), and on macOS a process that has loaded torch's libraries must not fork without
+    exec (Apple's frameworks are not fork-safe; Python's own default there is "spawn"). Elsewhere a launch
+    asking for "fork-server" uses torchrun (tests/test_long_tmpdir.py)."""
+    return sys.platform.startswith("linux")
 
 
 def torchrun_command(nproc: int, job: str | os.PathLike, max_restarts: int = 0) -> list[str]:
@@ -130,7 +139,7 @@ def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, thread
                      "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
                      **(env or {})}
         start = time.perf_counter()
-        if _start_method == "fork-server" and not max_restarts and not env:
+        if _start_method == "fork-server" and not max_restarts and not env and fork_server_supported():
             returncode, output = _fork_server(child_env).run(job, nproc, threads, timeout)
             shown = f"fork-server --nproc_per_node={nproc} -m course.launch JOB"
         else:

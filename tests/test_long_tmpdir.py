@@ -340,3 +340,45 @@ from course.flower_deploy import deploy
 print("DEPLOYED", "test accuracy per round" in deploy(rounds=1))
 """, timeout=240)
     assert "DEPLOYED True" in output
+
+
+# ----------------------------------------------------------------- what macOS lacks
+
+def _rank_and_world():
+    import torch.distributed as dist
+
+    return dist.get_rank(), dist.get_world_size()
+
+
+def test_without_linux_a_fork_server_launch_uses_torchrun(monkeypatch):
+    """04's notebooks ask for the fork server; it needs Linux (/proc, fork after loading torch), so on macOS
+    the same launch runs on torchrun instead of failing."""
+    from course import launch as L
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert not L.fork_server_supported()
+    L.set_start_method("fork-server")
+    try:
+        run = L.launch(_rank_and_world, 2, quiet=True, timeout=90)
+    finally:
+        L.set_start_method("torchrun")
+        L.stop_fork_server()
+    assert run.command.startswith("torchrun") and run.results == [(0, 2), (1, 2)]
+
+
+def test_the_grading_kernel_counts_this_users_tasks_without_proc(monkeypatch):
+    """Outside the namespaces (macOS has none) the grading kernel caps tasks at RLIMIT_NPROC set above what
+    this user runs; it counted them in /proc, which macOS lacks, so the kernel crashed at start."""
+    from autograders import kernel
+
+    with_proc = kernel._tasks_of_this_user()
+    listdir = os.listdir
+
+    def no_proc(path="."):
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", no_proc)
+    without = kernel._tasks_of_this_user()
+    assert without >= psutil.Process().num_threads() and with_proc >= psutil.Process().num_threads()
