@@ -14,6 +14,7 @@ put under TMPDIR would fail; `MACOS_LIKE` (49) is macOS's length, which Ray's so
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,8 +135,6 @@ def test_a_short_tmpdir_and_ray_tmpdir_are_used(tmpdir_env, monkeypatch):
         folder = processes.short_temp_dir("ray-", processes.RAY_SOCKET_TAIL)
         assert Path(folder).parent == Path(chosen)
     finally:
-        import shutil
-
         shutil.rmtree(short)
 
 
