@@ -1,0 +1,75 @@
+"""The gpu-check harness (tests/gpu_check.py) on a tiny generated notebook, on the CPU: per-cell records reach
+the right cell ids, deliberate CPU runs and errors are reported, expected errors are not, and the harness
+refuses to run without a GPU unless told it is a dry run."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import torch
+
+from tests import gpu_check
+
+
+def _notebook(path):
+    cells = [
+        nbformat.v4.new_code_cell("from course import devices\nx = 1", id="first"),
+        nbformat.v4.new_code_cell("devices.on_cpu('ONNX Runtime runs on the CPU')", id="fallback"),
+        nbformat.v4.new_code_cell("raise ValueError('wrong on purpose')", id="broken"),
+        nbformat.v4.new_code_cell("raise KeyError('expected')", id="expected",
+                                  metadata={"tags": ["raises-exception"]}),
+        nbformat.v4.new_code_cell("y = x + 1\ndevices.on_cpu('gloo workers')", id="after"),
+    ]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    return path
+
+
+def test_harness_reports_cells_fallbacks_and_errors(tmp_path):
+    root = str(gpu_check.Path(gpu_check.__file__).resolve().parent.parent)
+    env = dict(gpu_check.os.environ, PYTHONPATH=root)
+    row = gpu_check.run_notebook(_notebook(tmp_path / "tiny.ipynb"), tmp_path, timeout_s=60, env=env)
+    assert [c["cell"] for c in row["cells"]] == ["first", "fallback", "broken", "expected", "after"]
+    assert row["fallbacks"] == [
+        {"cell": "fallback", "reason": "ONNX Runtime runs on the CPU", "caller": "__main__.<module>"},
+        {"cell": "after", "reason": "gloo workers", "caller": "__main__.<module>"}]
+    assert row["errors"] == [{"cell": "broken", "error": "ValueError: wrong on purpose"}]  # not the tagged one
+    assert row["kernel_cuda_peak_bytes"] is None and row["wall_s"] > 0
+    lines = gpu_check.format_row(row)
+    assert lines[0].startswith("tiny") and "FAILED (1 cell(s))" in lines[0]
+    assert "    cpu fallback in fallback: ONNX Runtime runs on the CPU" in lines
+    assert "    error in broken: ValueError: wrong on purpose" in lines
+
+
+def test_refuses_without_a_gpu(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["00_orientation", "--out", str(tmp_path)]) == 2
+    assert "gpu-check needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_unknown_module_is_refused(monkeypatch, capsys, tmp_path):
+    assert gpu_check.main(["99_nothing", "--allow-cpu", "--out", str(tmp_path)]) == 2
+    assert "unknown module" in capsys.readouterr().err
+
+
+def test_device_sampler_reports_what_the_notebook_added():
+    readings = iter([1000, 1500, 4000, None, 1200])                   # bytes used by every process on the GPU
+    sampler = gpu_check.DeviceMemorySampler(interval_s=0.001, reader=lambda: next(readings, 1200))
+    sampler.start()
+    gpu_check.time.sleep(0.2)
+    sampler.done.set()
+    sampler.join()
+    assert (sampler.baseline, sampler.peak, sampler.added()) == (1000, 4000, 3000)
+    assert gpu_check.DeviceMemorySampler(reader=None).added() in (None, 0)   # no NVML here: n/a, not a crash
+
+
+@pytest.mark.slow
+def test_dry_run_of_a_course_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_FAST", "1")
+    assert gpu_check.main(["00_orientation", "--allow-cpu", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    (row,) = report["notebooks"]
+    assert row["module"] == "00_orientation" and not row["errors"]
+    assert [c["cell"] for c in row["cells"]][0] == "setup"
