@@ -761,6 +761,9 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
     def main(grid: Grid, context: Context) -> None:
         run_experiments(grid, experiments, n_clients, progress=progress, errors=errors)
 
+    from course.devices import on_cpu
+
+    on_cpu("Flower's simulated cars are Ray workers given no GPU (num_gpus=0): small models, one CPU each")
     ray_dir = tempfile.mkdtemp(prefix="ray-")
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False,

@@ -169,6 +169,9 @@ def pipeline(model: nn.Module, digits, epochs: int = 2, seed: int = 0, batch_siz
     unknown = set(fixes) - set(FIXES)
     if unknown:
         raise ValueError(f"unknown fixes {sorted(unknown)}; choose from {FIXES}")
+    from course.devices import on_cpu
+
+    on_cpu("03's case-study pipeline trains on the CPU: its five wastes are CPU-side ones")
     train, val = digits.train, digits.val
     dtype = torch.float32 if "float32" in fixes else torch.float64
     model = model.to(dtype)

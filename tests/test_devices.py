@@ -116,3 +116,20 @@ def test_setup_applies_the_t4_cap_on_cuda(gpu, monkeypatch):
     ctx = env.setup("00_orientation", device="cuda", quiet=True)
     assert ctx.device.type == "cuda"
     assert state["fractions"] == [pytest.approx(15 / 141)]
+
+
+def test_helpers_that_run_on_the_cpu_by_design_say_so(monkeypatch, tmp_path):
+    """Two of the helpers that record a deliberate CPU run (ONNX Runtime's session, 06's training process),
+    with what they would start replaced: each leaves one record naming itself."""
+    import onnxruntime
+
+    from course import edge, processes, reliability
+
+    monkeypatch.setattr(devices, "FALLBACKS", [])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *args, **kwargs: "session")
+    monkeypatch.setattr(processes, "start", lambda *args, **kwargs: "process")
+    monkeypatch.setattr(reliability, "_STARTED", [])
+    assert edge.onnx_session(tmp_path / "model.onnx") == "session"
+    reliability.start_training(tmp_path, steps=1, every=1, log_path=tmp_path / "log")
+    assert [f.caller for f in devices.FALLBACKS] == ["course.edge.onnx_session", "course.reliability.start_training"]
+    assert "CPU execution provider" in devices.FALLBACKS[0].reason
