@@ -126,7 +126,8 @@ def gpu_memory_bytes(device: torch.device | str | None = None) -> int | None:
 
 def apply_profile(device: torch.device | str | None = None) -> GpuProfile | None:
     """Cap this process's CUDA allocator at the emulated profile's memory (``COURSE_GPU_PROFILE``); a no-op
-    without a profile or on a device that is not CUDA. Returns the profile applied. Called by `course.setup`."""
+    without a profile or on a device that is not CUDA. Returns the profile applied. Called by
+    `course.setup`."""
     emulated = profile()
     device = _device(device)
     if emulated is None or device.type != "cuda":
@@ -158,15 +159,16 @@ def fits(device: torch.device | str | None, nbytes: int, what: str, headroom: fl
     held = torch.cuda.memory_reserved(device)
     if held + nbytes <= headroom * limit:
         return True
+    left = (headroom * limit - held) / 2**30
     print(f"skipped: {what} needs {nbytes / 2**30:.1f} GiB on the GPU, and the {device_name(device)} has "
-          f"{(headroom * limit - held) / 2**30:.1f} GiB left of the {limit / 2**30:.1f} GiB this process may use.")
+          f"{left:.1f} GiB left of the {limit / 2**30:.1f} GiB this process may use.")
     return False
 
 
 def _current_cell() -> str | None:
-    """The id of the notebook cell running now, where IPython knows it (cells run by nbclient or JupyterLab)."""
+    """The id of the notebook cell running now, where IPython knows it (nbclient, JupyterLab)."""
     shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
-    info = getattr(shell, "_course_cell_info", None)   # set by the gpu-check hook: IPython's pre_run_cell info
+    info = getattr(shell, "_course_cell_info", None)   # the gpu-check hook's: IPython's pre_run_cell info
     return getattr(info, "cell_id", None)
 
 

@@ -104,7 +104,8 @@ class DeviceMemorySampler(threading.Thread):
 
         def smi() -> int | None:
             out = subprocess.run(["nvidia-smi", f"--id={self.index}", "--query-gpu=memory.used",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+                                  "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10)
             return int(out.stdout.split()[0]) * 2**20 if out.returncode == 0 and out.stdout.strip() else None
 
         try:
@@ -160,7 +161,8 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 600, env: dict[str,
     try:
         client.execute(env={**(os.environ if env is None else env), "GPU_CHECK_LOG": str(log)})
     except Exception as err:  # noqa: BLE001 - a timeout or a dead kernel: report, go on to the next notebook
-        stopped = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
+        last = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
+        stopped = f"{type(err).__name__}: {last}"
     wall = time.monotonic() - start
     sampler.done.set()
     sampler.join()
@@ -178,7 +180,8 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 600, env: dict[str,
     top = max(peaks, key=lambda r: r["cuda_peak"], default=None)
     return {
         "module": path.stem, "wall_s": round(wall, 1),
-        "kernel_cuda_peak_bytes": top["cuda_peak"] if top else None, "kernel_cuda_peak_cell": top and top["cell"],
+        "kernel_cuda_peak_bytes": top["cuda_peak"] if top else None,
+        "kernel_cuda_peak_cell": top["cell"] if top else None,
         "device_peak_added_bytes": sampler.added(), "device_baseline_bytes": sampler.baseline,
         "fallbacks": [{"cell": r["cell"], **f} for r in cells for f in r["fallbacks"]],
         "errors": errors, "cells": cells,
@@ -197,7 +200,8 @@ def format_row(row: dict) -> list[str]:
     reasons: dict[str, list[str]] = {}
     for f in row["fallbacks"]:
         reasons.setdefault(f["reason"], []).append(str(f["cell"]))
-    lines += [f"    cpu fallback in {', '.join(dict.fromkeys(ids))}: {reason}" for reason, ids in reasons.items()]
+    lines += [f"    cpu fallback in {', '.join(dict.fromkeys(ids))}: {reason}"
+              for reason, ids in reasons.items()]
     lines += [f"    error in {e['cell']}: {e['error']}" for e in row["errors"]]
     return lines
 
@@ -208,15 +212,16 @@ def device_report(profile: str | None = None) -> dict:
 
     from course import devices
 
-    report = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-              "profile": profile}
+    report = {"torch": torch.__version__, "cuda": torch.version.cuda,
+              "cuda_available": torch.cuda.is_available(), "profile": profile}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         emulated = devices.PROFILES[profile] if profile else None
         cap = emulated.capability if emulated else (props.major, props.minor)
-        report.update(name=props.name, capability=f"{props.major}.{props.minor}", total_bytes=props.total_memory,
+        total = props.total_memory
+        report.update(name=props.name, capability=f"{props.major}.{props.minor}", total_bytes=total,
                       bf16_native=cap >= devices.BF16_CAPABILITY,
-                      usable_bytes=min(props.total_memory, emulated.memory_bytes) if emulated else props.total_memory)
+                      usable_bytes=min(total, emulated.memory_bytes) if emulated else total)
     return report
 
 
@@ -225,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="module ids (default: every solution notebook)")
     parser.add_argument("--profile", choices=["t4"], help="emulate Colab's T4 (bf16 not native, 15 GiB)")
     parser.add_argument("--out", default="build/gpu-check", help="folder for gpu_check.json and cell logs")
-    parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (a dry run of the harness)")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="run without a GPU (a dry run of the harness)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds one cell may run (default 600)")
     args = parser.parse_args(argv)
 
@@ -243,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings.tools_on_path()
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
-               COURSE_DEVICE="cuda" if torch.cuda.is_available() else "cpu")
+    paths = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=paths, COURSE_DEVICE="cuda" if torch.cuda.is_available() else "cpu")
     if args.profile:
         env["COURSE_GPU_PROFILE"] = args.profile
     out_dir = Path(args.out)
@@ -261,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "gpu_check.json").write_text(json.dumps({"device": device, "notebooks": rows}, indent=1))
     total = sum(r["wall_s"] for r in rows)
     failed = [r["module"] for r in rows if r["errors"]]
-    print(f"{len(rows)} notebook(s) in {total:.0f} s; kernel MiB = torch.cuda.max_memory_allocated of the largest "
-          f"cell, device MiB = all processes on the GPU above the level before the notebook; "
-          f"{'failed: ' + ', '.join(failed) if failed else 'no errors'}. Details: {out_dir / 'gpu_check.json'}")
+    print(f"{len(rows)} notebook(s) in {total:.0f} s; kernel MiB = torch.cuda.max_memory_allocated of the "
+          f"largest cell, device MiB = all processes on the GPU above the level before the notebook; "
+          f"{'failed: ' + ', '.join(failed) if failed else 'no errors'}. "
+          f"Details: {out_dir / 'gpu_check.json'}")
     return int(bool(failed))
 
 

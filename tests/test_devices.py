@@ -131,5 +131,6 @@ def test_helpers_that_run_on_the_cpu_by_design_say_so(monkeypatch, tmp_path):
     monkeypatch.setattr(reliability, "_STARTED", [])
     assert edge.onnx_session(tmp_path / "model.onnx") == "session"
     reliability.start_training(tmp_path, steps=1, every=1, log_path=tmp_path / "log")
-    assert [f.caller for f in devices.FALLBACKS] == ["course.edge.onnx_session", "course.reliability.start_training"]
+    assert [f.caller for f in devices.FALLBACKS] == ["course.edge.onnx_session",
+                                                     "course.reliability.start_training"]
     assert "CPU execution provider" in devices.FALLBACKS[0].reason

@@ -34,7 +34,7 @@ def test_harness_reports_cells_fallbacks_and_errors(tmp_path):
     assert row["fallbacks"] == [
         {"cell": "fallback", "reason": "ONNX Runtime runs on the CPU", "caller": "__main__.<module>"},
         {"cell": "after", "reason": "gloo workers", "caller": "__main__.<module>"}]
-    assert row["errors"] == [{"cell": "broken", "error": "ValueError: wrong on purpose"}]  # not the tagged one
+    assert row["errors"] == [{"cell": "broken", "error": "ValueError: wrong on purpose"}]  # not "expected"
     assert row["kernel_cuda_peak_bytes"] is None and row["wall_s"] > 0
     lines = gpu_check.format_row(row)
     assert lines[0].startswith("tiny") and "FAILED (1 cell(s))" in lines[0]
