@@ -263,6 +263,9 @@ def federate(n_clients: int = 4, rounds: int = 10, partitioning: str = "iid", al
     """FedAvg (FedProx when mu > 0) in this process, every client every round: the loop Flower's strategy
     runs, without Flower, so several seeds are affordable. `seed` picks the partition, the initial model
     and the local shuffles. Returns (test accuracy after each round, the final global state dict)."""
+    from course.devices import on_cpu
+
+    on_cpu("05's in-process FedAvg runs on the CPU, one thread: tiny models, many seeds")
     train, test = load_digit_splits().train, load_digit_splits().test
     parts = partition(partitioning, n_clients, alpha=alpha, seed=seed)
     model = digit_mlp(HIDDEN, seed=seed)

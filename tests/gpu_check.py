@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-cpu", action="store_true",
                         help="run without a GPU (a dry run of the harness)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds one cell may run (default 600)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="notebooks run at once, each by its own harness process (default 1; the device "
+                             "column then overlaps with the others')")
     args = parser.parse_args(argv)
 
     import torch
@@ -260,18 +263,54 @@ def main(argv: list[str] | None = None) -> int:
     print("gpu-check on", ", ".join(f"{k}={v}" for k, v in device.items()), flush=True)
     print(f"{'notebook':<24} {'wall (s)':>8} {'kernel MiB':>12} {'device MiB':>12}  status", flush=True)
     rows = []
-    for module in modules:
-        row = run_notebook(settings.solution_notebook(module), out_dir, args.timeout, env)
+    started = time.monotonic()
+    if args.jobs > 1:
+        finished = run_parallel(modules, args, env, out_dir)
+    else:
+        finished = (run_notebook(settings.solution_notebook(m), out_dir, args.timeout, env) for m in modules)
+    for row in finished:
         rows.append(row)
         print("\n".join(format_row(row)), flush=True)
-        (out_dir / "gpu_check.json").write_text(json.dumps({"device": device, "notebooks": rows}, indent=1))
-    total = sum(r["wall_s"] for r in rows)
+        (out_dir / "gpu_check.json").write_text(json.dumps({"device": device, "jobs": args.jobs,
+                                                            "notebooks": rows}, indent=1))
     failed = [r["module"] for r in rows if r["errors"]]
-    print(f"{len(rows)} notebook(s) in {total:.0f} s; kernel MiB = torch.cuda.max_memory_allocated of the "
-          f"largest cell, device MiB = all processes on the GPU above the level before the notebook; "
+    overlap = f" (with {args.jobs} notebooks at once: overlapping)" if args.jobs > 1 else ""
+    print(f"{len(rows)} notebook(s) in {time.monotonic() - started:.0f} s; kernel MiB = "
+          f"torch.cuda.max_memory_allocated of the largest cell, device MiB = all processes on the GPU above "
+          f"the level before the notebook{overlap}; "
           f"{'failed: ' + ', '.join(failed) if failed else 'no errors'}. "
           f"Details: {out_dir / 'gpu_check.json'}")
     return int(bool(failed))
+
+
+def run_parallel(modules: list[str], args, env: dict[str, str], out_dir: Path):
+    """Run each module by a harness process of its own (``--jobs 1``, its own folder under `out_dir`),
+    `args.jobs` at a time; yield each notebook's row as its process ends, in the order they end."""
+    root = Path(__file__).resolve().parent.parent
+    pending, running = list(modules), {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            module = pending.pop(0)
+            folder = out_dir / module
+            folder.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "tests.gpu_check", module, "--out", str(folder),
+                       "--timeout", str(args.timeout)]
+            command += (["--profile", args.profile] if args.profile else []) + (
+                ["--allow-cpu"] if args.allow_cpu else [])
+            with open(folder / "harness.log", "w") as log:
+                running[module] = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=log)
+        time.sleep(0.2)
+        for module, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[module]
+            try:
+                yield json.loads((out_dir / module / "gpu_check.json").read_text())["notebooks"][0]
+            except (OSError, ValueError, KeyError, IndexError):
+                yield {"module": module, "wall_s": float("nan"), "kernel_cuda_peak_bytes": None,
+                       "device_peak_added_bytes": None, "fallbacks": [], "cells": [],
+                       "errors": [{"cell": None, "error": f"its harness exited with code {proc.returncode} "
+                                   f"and no report: see {out_dir / module / 'harness.log'}"}]}
 
 
 if __name__ == "__main__":

@@ -73,3 +73,16 @@ def test_dry_run_of_a_course_notebook(tmp_path, monkeypatch):
     (row,) = report["notebooks"]
     assert row["module"] == "00_orientation" and not row["errors"]
     assert [c["cell"] for c in row["cells"]][0] == "setup"
+
+
+def test_parallel_run_reports_a_harness_that_died(monkeypatch, tmp_path):
+    """With --jobs, a child harness that ends without its JSON (killed, or crashed) still gets a row."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(gpu_check.sys, "executable", "false")          # exits 1 at once, writes nothing
+    args = SimpleNamespace(jobs=2, timeout=5, profile=None, allow_cpu=True)
+    env = dict(gpu_check.os.environ)
+    rows = list(gpu_check.run_parallel(["00_orientation", "02_snn"], args, env, tmp_path))
+    assert sorted(r["module"] for r in rows) == ["00_orientation", "02_snn"]
+    assert all("exited with code 1" in r["errors"][0]["error"] for r in rows)
+    assert "FAILED" in gpu_check.format_row(rows[0])[0]
