@@ -7,8 +7,8 @@
 #                    [ZIP_ENCODING=cp1251] [ACCEPT='student1 student2'],
 #         make bench-grading [MODULE=..] [JOBS=..] (grading throughput against plain serial nbgrader),
 #         make binder-box (every notebook in Binder's environment, under 2 GB and one CPU; root),
-#         make gpu-check [NB="00_orientation 03_profiling"] [PROFILE=t4] (every notebook on the GPU: time,
-#                        peak GPU memory, CPU fallbacks, errors; PROFILE=t4 predicts Colab's T4)
+#         make gpu-check [NB="00_orientation 03_profiling"] [PROFILE=t4] [JOBS=4] (every notebook on the GPU:
+#                        time, peak GPU memory, CPU fallbacks, errors; PROFILE=t4 predicts Colab's T4)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -74,7 +74,8 @@ binder-box: $(STAMP)
 	$(BIN)/python -m tests.binder_box
 
 gpu-check: $(STAMP)
-	$(BIN)/python -m tests.gpu_check $(NB) $(if $(PROFILE),--profile $(PROFILE)) $(GPU_CHECK_ARGS)
+	$(BIN)/python -m tests.gpu_check $(NB) $(if $(PROFILE),--profile $(PROFILE)) $(if $(JOBS),--jobs $(JOBS)) \
+	  $(GPU_CHECK_ARGS)
 
 bench-grading: $(STAMP)
 	$(BIN)/python -m tests.bench_grading $(MODULE) $(if $(JOBS),--jobs $(JOBS)) $(BENCH_ARGS)

@@ -86,3 +86,29 @@ def test_parallel_run_reports_a_harness_that_died(monkeypatch, tmp_path):
     assert sorted(r["module"] for r in rows) == ["00_orientation", "02_snn"]
     assert all("exited with code 1" in r["errors"][0]["error"] for r in rows)
     assert "FAILED" in gpu_check.format_row(rows[0])[0]
+
+
+def test_main_selects_the_gpu_and_the_t4_profile(monkeypatch, tmp_path, capsys):
+    """The device-selection path on a simulated H200 run with PROFILE=t4: the kernels get COURSE_DEVICE=cuda
+    and COURSE_GPU_PROFILE=t4, and the report says what they will see (no native bf16, 15 GiB)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(
+        name="NVIDIA H200", major=9, minor=0, total_memory=141 * 2**30))
+    seen = {}
+
+    def fake_run(path, out_dir, timeout_s=600, env=None):
+        seen[path.stem] = env
+        return {"module": path.stem, "wall_s": 1.0, "kernel_cuda_peak_bytes": 2**20,
+                "kernel_cuda_peak_cell": "x",
+                "device_peak_added_bytes": 3 * 2**20, "fallbacks": [], "errors": [], "cells": []}
+
+    monkeypatch.setattr(gpu_check, "run_notebook", fake_run)
+    assert gpu_check.main(["00_orientation", "--profile", "t4", "--out", str(tmp_path)]) == 0
+    env = seen["00_orientation"]
+    assert env["COURSE_DEVICE"] == "cuda" and env["COURSE_GPU_PROFILE"] == "t4"
+    report = json.loads((tmp_path / "gpu_check.json").read_text())["device"]
+    assert report["bf16_native"] is False and report["usable_bytes"] == 15 * 2**30
+    assert report["capability"] == "9.0"
+    assert "00_orientation" in capsys.readouterr().out
