@@ -5,11 +5,11 @@ says why where it does (03_profiling's bfloat16 rows, 07's model sizes, 04's tor
 
 - `bf16_native(device)`: does the device compute bfloat16 in hardware? The CPU: True (torch computes it
   everywhere, fast only with AVX-512 BF16 or AMX). CUDA: compute capability 8.0 (Ampere) or newer. Colab's
-  free T4 is a Turing GPU, capability 7.5 (NVIDIA's deviceQuery on a Tesla T4: "CUDA Capability Major/Minor
-  version number: 7.5", "15102 MBytes"): no bfloat16 units. ``torch.cuda.is_bf16_supported()`` is not this
-  test: by default (``including_emulation=True``) it answers True on any GPU that can *hold* a bfloat16
-  tensor, a T4 included (torch/cuda/__init__.py, torch 2.13); here it is asked with
-  ``including_emulation=False`` and compared with the capability.
+  free T4 is a Turing GPU, capability 7.5 (deviceQuery on a Tesla T4: "CUDA Capability Major/Minor version
+  number: 7.5"): no bfloat16 units. ``torch.cuda.is_bf16_supported()`` is not this test: by default
+  (``including_emulation=True``) it answers True on any GPU that can *hold* a bfloat16 tensor, a T4 included
+  (torch/cuda/__init__.py in torch 2.13: capability >= 8 or a bf16 tensor allocates; a real Colab T4 printed
+  "Tesla T4 (sm_75) bf16 supported True", MakazhanAlpamys/Soup #385, 2026-08); the capability decides here.
 - `gpu_memory_bytes(device)`, `fits(device, nbytes, what)`, `require_bf16(device, what)`: checks a cell makes
   before it allocates or casts; they print why the cell shrinks, skips or falls back instead of failing.
 - `on_cpu(reason, cell=None)`: helpers call it where, a GPU present or not, they run on the CPU by design
@@ -17,7 +17,7 @@ says why where it does (03_profiling's bfloat16 rows, 07's model sizes, 04's tor
   is kept in `FALLBACKS`, which ``make gpu-check`` (tests/gpu_check.py) reads after every cell; with a GPU
   present, each reason is also printed once as a note.
 - ``COURSE_GPU_PROFILE=t4``: on a bigger GPU, behave as Colab's T4 would: bfloat16 is reported not native,
-  and `apply_profile` (called by `course.setup`) caps this process's CUDA allocator at 15 GiB with
+  and `apply_profile` (called by `course.setup`) caps this process's CUDA allocator at a T4's 14.74 GiB with
   ``torch.cuda.set_per_process_memory_fraction``, so that an H100/H200 run predicts what a T4 can hold.
   Limits of the emulation: a T4 is also ~20x slower, has no TF32 and its own kernels; the cap covers the
   caching allocator of this process only (not the CUDA context, not other processes).
@@ -45,9 +45,12 @@ class GpuProfile:
     memory_bytes: int
 
 
-#: Colab's free GPU, as of 2026-11: a Tesla T4, capability 7.5, 16 GB GDDR6 of which about 15 GiB is usable
-#: (deviceQuery reports 15102 MB; nvidia-smi on Colab shows 15360 MiB total).
-PROFILES = {"t4": GpuProfile("Tesla T4 (emulated)", (7, 5), 15 * 2**30)}
+#: Colab's free GPU (as of 2026-11; Colab does not guarantee it): a Tesla T4, capability 7.5, "16 GB" GDDR6 of
+#: which CUDA reports 15,828,320,256 bytes (14.74 GiB) as totalGlobalMem, the figure torch's
+#: ``get_device_properties(0).total_memory`` returns (cudaGetDeviceProperties output of T4s in public repos;
+#: nvidia-smi shows 15360 MiB). The CUDA context takes some of that too (not measured here).
+T4_TOTAL_BYTES = 15_828_320_256
+PROFILES = {"t4": GpuProfile("Tesla T4 (emulated)", (7, 5), T4_TOTAL_BYTES)}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ runs, and every cell that raised is listed (a later error may follow from an ear
 
 Everything is also written to ``<out>/gpu_check.json`` (default ``build/gpu-check/``). The exit code is 1
 when a notebook had an unexpected error. ``--profile t4`` sets ``COURSE_GPU_PROFILE=t4`` (see
-course/devices.py): bf16 reported not native and the allocator capped at 15 GiB, to predict Colab's T4.
+course/devices.py): bf16 reported not native and the allocator capped at a T4's 14.74 GiB, to predict Colab.
 ``--allow-cpu`` runs without a GPU (a dry run of the harness itself: GPU columns read n/a).
 """
 
@@ -228,7 +228,7 @@ def device_report(profile: str | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("modules", nargs="*", help="module ids (default: every solution notebook)")
-    parser.add_argument("--profile", choices=["t4"], help="emulate Colab's T4 (bf16 not native, 15 GiB)")
+    parser.add_argument("--profile", choices=["t4"], help="emulate Colab's T4 (bf16 not native, 14.74 GiB)")
     parser.add_argument("--out", default="build/gpu-check", help="folder for gpu_check.json and cell logs")
     parser.add_argument("--allow-cpu", action="store_true",
                         help="run without a GPU (a dry run of the harness)")

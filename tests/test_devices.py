@@ -1,4 +1,4 @@
-"""course.devices on a simulated T4 (capability 7.5, 15 GiB) and H200 (9.0, 141 GiB): torch.cuda is
+"""course.devices on a simulated T4 (capability 7.5, 14.74 GiB) and H200 (9.0, 141 GiB): torch.cuda is
 monkeypatched, so these run without a GPU. What they cannot show: that a real T4's allocator stops at the
 cap, or that bfloat16 kernels are slow there (see tests/gpu_check.py for the run on a real GPU)."""
 
@@ -12,7 +12,7 @@ import torch
 from course import devices
 
 GiB = 2**30
-T4 = dict(name="Tesla T4", capability=(7, 5), total=15 * GiB)
+T4 = dict(name="Tesla T4", capability=(7, 5), total=devices.T4_TOTAL_BYTES)   # 14.74 GiB
 H200 = dict(name="NVIDIA H200", capability=(9, 0), total=141 * GiB)
 
 
@@ -68,9 +68,9 @@ def test_h200_runs_bf16_until_the_t4_profile_says_otherwise(gpu, monkeypatch, ca
     assert capsys.readouterr().out == ""
     monkeypatch.setenv(devices.PROFILE_ENV, "t4")
     assert not devices.bf16_native("cuda")
-    assert devices.gpu_memory_bytes("cuda") == 15 * GiB
+    assert devices.gpu_memory_bytes("cuda") == devices.T4_TOTAL_BYTES
     assert devices.apply_profile("cuda").name.startswith("Tesla T4")
-    assert state["fractions"] == [pytest.approx(15 / 141)]
+    assert state["fractions"] == [pytest.approx(devices.T4_TOTAL_BYTES / (141 * GiB))]
     assert "Tesla T4 (emulated) (capability 7.5)" == devices.device_name("cuda")
 
 
@@ -84,10 +84,10 @@ def test_unknown_profile_is_an_error_not_a_silent_full_gpu(gpu, monkeypatch):
 def test_fits_counts_what_the_allocator_holds(gpu, capsys):
     state = gpu(T4)
     assert devices.fits("cuda", 4 * GiB, "the 4 GiB cache")
-    assert not devices.fits("cuda", 14 * GiB, "the 14 GiB model")       # over 90% of 15 GiB
+    assert not devices.fits("cuda", 14 * GiB, "the 14 GiB model")       # over 90% of 14.74 GiB
     assert "skipped: the 14 GiB model needs 14.0 GiB" in capsys.readouterr().out
     state["reserved"] = 12 * GiB
-    assert not devices.fits("cuda", 2 * GiB, "the 2 GiB batch")           # 12 + 2 > 13.5
+    assert not devices.fits("cuda", 2 * GiB, "the 2 GiB batch")           # 12 + 2 > 13.3
     gpu(H200)
     assert devices.fits("cuda", 14 * GiB, "the 14 GiB model")
 
@@ -115,7 +115,7 @@ def test_setup_applies_the_t4_cap_on_cuda(gpu, monkeypatch):
     monkeypatch.setattr(torch, "manual_seed", lambda seed: None)        # would initialise CUDA's generators
     ctx = env.setup("00_orientation", device="cuda", quiet=True)
     assert ctx.device.type == "cuda"
-    assert state["fractions"] == [pytest.approx(15 / 141)]
+    assert state["fractions"] == [pytest.approx(devices.T4_TOTAL_BYTES / (141 * GiB))]
 
 
 def test_helpers_that_run_on_the_cpu_by_design_say_so(monkeypatch, tmp_path):

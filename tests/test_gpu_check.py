@@ -109,6 +109,6 @@ def test_main_selects_the_gpu_and_the_t4_profile(monkeypatch, tmp_path, capsys):
     env = seen["00_orientation"]
     assert env["COURSE_DEVICE"] == "cuda" and env["COURSE_GPU_PROFILE"] == "t4"
     report = json.loads((tmp_path / "gpu_check.json").read_text())["device"]
-    assert report["bf16_native"] is False and report["usable_bytes"] == 15 * 2**30
+    assert report["bf16_native"] is False and report["usable_bytes"] == 15_828_320_256
     assert report["capability"] == "9.0"
     assert "00_orientation" in capsys.readouterr().out
