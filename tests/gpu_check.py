@@ -24,6 +24,7 @@ course/devices.py): bf16 reported not native and the allocator capped at a T4's 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -32,9 +33,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-import nbformat
-from nbclient import NotebookClient
 
 from autograders import settings
 
@@ -134,6 +132,9 @@ def _expected_error(cell) -> bool:
 def run_notebook(path: Path, out_dir: Path, timeout_s: int = 600, env: dict[str, str] | None = None) -> dict:
     """Run one notebook with the hook in a kernel whose environment is `env` (default: this process's);
     return its row (see the module docstring) as a dict."""
+    import nbformat
+    from nbclient import NotebookClient
+
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell(HOOK_SOURCE, id=HOOK_ID))
     log = out_dir / f"{path.stem}.cells.jsonl"
@@ -206,6 +207,32 @@ def format_row(row: dict) -> list[str]:
     return lines
 
 
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+
+
+def package_report(requirements: Path = REQUIREMENTS) -> dict:
+    """{"missing": [...], "differ": ["torch 2.11.0 (pinned 2.13.0)", ...]} for the pins of requirements.txt in
+    this environment: a GPU machine's own image may lack packages (then the notebooks that import them fail,
+    and the table says so) or hold other versions (whose numbers then differ from the course's)."""
+    import importlib.metadata
+    import re
+
+    missing, differ = [], []
+    for line in requirements.read_text().splitlines():
+        pin = re.match(r"^([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==([^\s;#]+)", line.strip())
+        if not pin:
+            continue
+        name, wanted = pin.groups()
+        try:
+            found = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        if found.split("+")[0] != wanted:
+            differ.append(f"{name} {found} (pinned {wanted})")
+    return {"missing": missing, "differ": differ}
+
+
 def device_report(profile: str | None = None) -> dict:
     """What the run ran on: torch's view of the GPU, and what the kernels will see under `profile`."""
     import torch
@@ -240,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    harness = [name for name in ("nbclient", "nbformat", "ipykernel")
+               if importlib.util.find_spec(name) is None]
+    if harness:
+        print(f"gpu-check runs notebooks with {', '.join(harness)}, missing in {sys.executable}: install "
+              "them (or carry their wheels to a machine with no index).", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available() and not args.allow_cpu:
         print(f"gpu-check needs a CUDA GPU, and torch {torch.__version__} sees none "
               f"(torch.version.cuda={torch.version.cuda}: a CPU-only build of torch also reads None). "
@@ -261,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
 
     device = device_report(args.profile)
     print("gpu-check on", ", ".join(f"{k}={v}" for k, v in device.items()), flush=True)
+    device["packages"] = package_report()
+    for kind, names in device["packages"].items():
+        if names:
+            print(f"packages {kind} here: {', '.join(names)}", flush=True)
     print(f"{'notebook':<24} {'wall (s)':>8} {'kernel MiB':>12} {'device MiB':>12}  status", flush=True)
     rows = []
     started = time.monotonic()

@@ -112,3 +112,17 @@ def test_main_selects_the_gpu_and_the_t4_profile(monkeypatch, tmp_path, capsys):
     assert report["bf16_native"] is False and report["usable_bytes"] == 15_828_320_256
     assert report["capability"] == "9.0"
     assert "00_orientation" in capsys.readouterr().out
+
+
+def test_package_report_names_missing_and_other_versions(tmp_path):
+    """A GPU machine's own image lacks some pins and holds other versions of others: the report says which."""
+    import importlib.metadata
+
+    pytest_version = importlib.metadata.version("pytest")
+    requirements = tmp_path / "requirements.txt"
+    flwr_version = importlib.metadata.version("flwr")
+    requirements.write_text(f"# a comment\npytest=={pytest_version}\nflwr[simulation]=={flwr_version}\n"
+                            "numpy==0.0.1\nno-such-course-package==1.0\n")
+    report = gpu_check.package_report(requirements)
+    assert report["missing"] == ["no-such-course-package"]
+    assert report["differ"] == [f"numpy {importlib.metadata.version('numpy')} (pinned 0.0.1)"]
