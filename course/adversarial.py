@@ -76,7 +76,9 @@ class RateCodedSNN(nn.Module):
     Rate coding samples Bernoulli spikes, which have no gradient; the spikes here pass the gradient
     straight through to the pixel (d spike / d pixel = 1, the derivative of the expected spike), and
     the network's own LIF neurons use their surrogate gradient. The generator is reseeded on every
-    call, so the same image always gets the same spikes (a fixed, deterministic classifier)."""
+    call, so the same image always gets the same spikes (a fixed, deterministic classifier). The spikes are
+    drawn on the CPU (the same spikes on every machine) and sent to the device of `net`'s parameters (a CUDA
+    SNN from 02's training); the spike counts come back to the device of x, gradient included."""
 
     def __init__(self, net: nn.Module, num_steps: int, seed: int = 0):
         super().__init__()
@@ -85,8 +87,9 @@ class RateCodedSNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         probs = x.clamp(0, 1).expand(self.num_steps, *x.shape)
-        spikes = straight_through(torch.bernoulli(probs.detach(), generator=generator), probs)
-        return self.net(spikes).sum(0)
+        spikes = straight_through(torch.bernoulli(probs.detach().cpu(), generator=generator).to(x.device), probs)
+        device = next(self.net.parameters(), x).device
+        return self.net(spikes.to(device)).sum(0).to(x.device)
 
 
 class ConvertedSNN(nn.Module):

@@ -249,6 +249,9 @@ def onnx_session(path: str | os.PathLike, threads: int = 1):
     """An ONNX Runtime CPU session; one thread by default, like a small in-cabin core."""
     import onnxruntime as ort
 
+    from course.devices import on_cpu
+
+    on_cpu("ONNX Runtime runs with its CPU execution provider: 01 deploys to an in-cabin CPU")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

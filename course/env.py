@@ -115,6 +115,9 @@ def setup(module: str, seed: int = DEFAULT_SEED, device: str | None = None,
     if chosen.type == "cuda":
         torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: not reproducible
         torch.backends.cudnn.deterministic = True
+        from course import devices
+
+        devices.apply_profile(chosen)  # COURSE_GPU_PROFILE=t4: cap the allocator at a T4's 14.74 GiB
 
     from course import plots  # matplotlib loads only when a notebook sets up
 

@@ -263,6 +263,9 @@ def federate(n_clients: int = 4, rounds: int = 10, partitioning: str = "iid", al
     """FedAvg (FedProx when mu > 0) in this process, every client every round: the loop Flower's strategy
     runs, without Flower, so several seeds are affordable. `seed` picks the partition, the initial model
     and the local shuffles. Returns (test accuracy after each round, the final global state dict)."""
+    from course.devices import on_cpu
+
+    on_cpu("05's in-process FedAvg runs on the CPU, one thread: tiny models, many seeds")
     train, test = load_digit_splits().train, load_digit_splits().test
     parts = partition(partitioning, n_clients, alpha=alpha, seed=seed)
     model = digit_mlp(HIDDEN, seed=seed)
@@ -782,6 +785,9 @@ def simulate(experiments: dict[str, Experiment], n_clients: int = 4,
     def main(grid: Grid, context: Context) -> None:
         run_experiments(grid, experiments, n_clients, progress=progress, errors=errors)
 
+    from course.devices import on_cpu
+
+    on_cpu("Flower's simulated cars are Ray workers given no GPU (num_gpus=0): small models, one CPU each")
     ray_dir = ray_temp_dir()  # before anything starts: fails at once where Ray's sockets cannot fit
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False,

@@ -285,6 +285,9 @@ def simulate_secagg(n_clients: int = 8, rounds: int = 2, drops: dict[int, Collec
     log = ProtocolLog()
     server = ServerApp()
     server.main()(server_main(log, n_clients, rounds, True, num_shares, reconstruction_threshold, seed))
+    from course.devices import on_cpu
+
+    on_cpu("Flower's simulated cars are Ray workers given no GPU (num_gpus=0): small models, one CPU each")
     ray_dir = ref.ray_temp_dir()  # short enough for Ray's sockets, or fails at once saying what to do
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "_temp_dir": ray_dir,

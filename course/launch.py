@@ -128,6 +128,10 @@ def launch(fn, nproc: int = 2, *args, timeout: float = DEFAULT_TIMEOUT_S, thread
             "A function that uses a global no process can copy (an open file, a figure, a lock, a "
             "process group) fails like this: create it inside the function, or pass what it needs "
             "as arguments.") from exc
+    from course.devices import on_cpu
+
+    on_cpu("torchrun workers form a gloo group on the CPU: N processes on a machine's cores, as taught in "
+           "04/06, not N GPUs")
     with tempfile.TemporaryDirectory(prefix="torchrun-") as folder:
         job = Path(folder)
         (job / "job.pkl").write_bytes(payload)

@@ -83,6 +83,9 @@ def interpreter(path: str | os.PathLike, batch: int | None = None, threads: int 
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    from course.devices import on_cpu
+
+    on_cpu("LiteRT runs on the CPU (XNNPACK or reference kernels), as on the phone 01 deploys to")
     options = {}
     if reference:
         options = dict(experimental_op_resolver_type=OpResolverType.BUILTIN_REF, experimental_preserve_all_tensors=True)

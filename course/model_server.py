@@ -720,6 +720,9 @@ class ModelServer:
 
         if self.process is not None:
             return self
+        from course.devices import on_cpu
+
+        on_cpu("the model server process serves TinyLM on the CPU (lm.load_model's default device)")
         self.port = self.port or free_port(self.host)
         _remove_stale_logs()
         handle, name = tempfile.mkstemp(prefix=f"model_server_{self.port}_pid{os.getpid()}_", suffix=".log")

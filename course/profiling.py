@@ -46,16 +46,22 @@ def benchmark(fn, threads: int = 1, min_run_time: float = 0.2):
 
 def op_table(prof, k: int = 8, sort_by: str = "self_cpu_time_total", width: int = 40) -> str:
     """A narrow text table of a profile's top-k operators (fits a notebook; key_averages().table
-    has ten wide columns): name, self CPU time, its share, calls and self CPU memory."""
+    has ten wide columns): name, self CPU time, its share, calls and self CPU memory; and, when the profile
+    recorded a GPU (ProfilerActivity.CUDA), self GPU time, since on CUDA an operator's CPU time is mostly the
+    cost of launching its kernel (``sort_by="self_device_time_total"`` ranks by GPU time)."""
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     memory = any(e.self_cpu_memory_usage for e in events)    # recorded only with profile_memory=True
+    gpu = any(getattr(e, "self_device_time_total", 0) for e in events)
     events = sorted(events, key=lambda e: getattr(e, sort_by), reverse=True)[:k]
-    lines = [f"{'operator':<{width}} {'self CPU':>10} {'share':>6} {'calls':>6}" + (f" {'self mem':>9}" if memory else "")]
+    lines = [f"{'operator':<{width}} {'self CPU':>10} {'share':>6} {'calls':>6}"
+             + (f" {'self GPU':>10}" if gpu else "") + (f" {'self mem':>9}" if memory else "")]
     for e in events:
         name = e.key if len(e.key) <= width else e.key[:width - 3] + "..."
-        lines.append(f"{name:<{width}} {e.self_cpu_time_total / 1e3:>8.2f}ms {e.self_cpu_time_total / total:>6.1%} "
-                     f"{e.count:>6}" + (f" {e.self_cpu_memory_usage / 2**20:>7.2f}MB" if memory else ""))
+        cpu = e.self_cpu_time_total
+        lines.append(f"{name:<{width}} {cpu / 1e3:>8.2f}ms {cpu / total:>6.1%} {e.count:>6}"
+                     + (f" {e.self_device_time_total / 1e3:>8.2f}ms" if gpu else "")
+                     + (f" {e.self_cpu_memory_usage / 2**20:>7.2f}MB" if memory else ""))
     return "\n".join(lines)
 
 
@@ -169,6 +175,9 @@ def pipeline(model: nn.Module, digits, epochs: int = 2, seed: int = 0, batch_siz
     unknown = set(fixes) - set(FIXES)
     if unknown:
         raise ValueError(f"unknown fixes {sorted(unknown)}; choose from {FIXES}")
+    from course.devices import on_cpu
+
+    on_cpu("03's case-study pipeline trains on the CPU: its five wastes are CPU-side ones")
     train, val = digits.train, digits.val
     dtype = torch.float32 if "float32" in fixes else torch.float64
     model = model.to(dtype)

@@ -493,8 +493,11 @@ def start_training(folder: str | os.PathLike, steps: int, every: int, log_path: 
     `make_checkpoint` and `restore_checkpoint`) may be functions defined in a notebook: they are
     copied to the process by value with cloudpickle. If one raises there, `crash_report` brings the
     traceback back."""
+    from course.devices import on_cpu
     from course.launch import _course_root
 
+    on_cpu("06's training processes run on the CPU: a bit-exact resume is checked, and CUDA kernels need not "
+           "be bit-reproducible")
     command = [sys.executable, "-m", "course.reliability", str(folder), str(steps), str(every),
                str(log_path), str(step_delay)]
     if make is not None or restore is not None:

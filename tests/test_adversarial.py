@@ -73,6 +73,25 @@ def test_rate_coded_snn_is_deterministic_and_differentiable():
     assert grad.shape == x.shape
 
 
+def test_rate_coded_snn_feeds_the_net_on_its_own_device():
+    """02's attacks wrap SNNs trained on ctx.device (CUDA on a GPU) and attack CPU images. The "meta" device
+    stands in for CUDA here: the net must receive its spikes there, and x's device must get the counts back."""
+
+    class OnMeta(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.empty(10, 64, device="meta"))
+            self.seen = []
+
+        def forward(self, spikes):
+            self.seen.append(spikes.device.type)
+            return torch.ones(spikes.shape[0], spikes.shape[1], 10)
+
+    net = OnMeta()
+    out = adv.RateCodedSNN(net, num_steps=4, seed=0)(torch.rand(3, 64))
+    assert net.seen == ["meta"] and out.device.type == "cpu" and out.shape == (3, 10)
+
+
 def test_bit_depth_reduction_and_its_gradients():
     x = torch.tensor([[0.1, 0.4, 0.6, 0.95]])
     assert torch.equal(adv.reduce_bit_depth(x, 1), torch.tensor([[0.0, 0.0, 1.0, 1.0]]))

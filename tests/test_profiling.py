@@ -86,3 +86,22 @@ def test_op_table_is_narrow_and_interleaved_times_run_in_rounds():
     order = []
     seconds = profiling.interleaved_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2)
     assert order == ["a", "b", "a", "b"] and all(len(t) == 2 and min(t) >= 0 for t in seconds.values())
+
+
+def test_op_table_shows_gpu_time_when_the_profile_has_it():
+    """On CUDA an operator's self CPU time is its launch: the table must show the GPU's time beside it (a
+    profile with CUDA activity, faked here: no GPU on these machines)."""
+    from types import SimpleNamespace
+
+    def event(key, cpu_us, gpu_us):
+        return SimpleNamespace(key=key, self_cpu_time_total=cpu_us, self_device_time_total=gpu_us, count=5,
+                               self_cpu_memory_usage=0)
+
+    events = [event("aten::mm", 40.0, 9000.0), event("aten::add_", 60.0, 100.0)]
+    prof = SimpleNamespace(key_averages=lambda: events)
+    table = profiling.op_table(prof, 2).splitlines()
+    assert "self GPU" in table[0] and "9.00ms" in table[2] and table[1].startswith("aten::add_")
+    by_gpu = profiling.op_table(prof, 2, sort_by="self_device_time_total").splitlines()
+    assert by_gpu[1].startswith("aten::mm")
+    cpu_only = SimpleNamespace(key_averages=lambda: [event("aten::mm", 40.0, 0.0)])
+    assert "self GPU" not in profiling.op_table(cpu_only, 1)
