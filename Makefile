@@ -7,6 +7,8 @@
 #                    [ZIP_ENCODING=cp1251] [ACCEPT='student1 student2'],
 #         make bench-grading [MODULE=..] [JOBS=..] (grading throughput against plain serial nbgrader),
 #         make binder-box (every notebook in Binder's environment, under 2 GB and one CPU; root)
+#         make colab-check [COLAB_ARGS='--only 02_snn'] (every notebook's install cell, setup and first exercise
+#                    in a Colab-like environment: Python 3.12, another torch and numpy, no course; not in make test)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,7 +27,7 @@ LAB_ROOT ?= $(CURDIR)
 # Jupyter and nbgrader find tools (alembic, jupyter-*) on PATH: put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: lab test release bench bench-grading binder-box check grade constraints
+.PHONY: lab test release bench bench-grading binder-box colab-check check grade constraints
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"Python 3.11 or newer is needed (flwr 1.42); {sys.executable} is {v.major}.{v.minor}. Try: make PYTHON=python3.11 ...")'
@@ -70,6 +72,9 @@ bench: $(STAMP)
 
 binder-box: $(STAMP)
 	$(BIN)/python -m tests.binder_box
+
+colab-check: $(STAMP)
+	$(BIN)/python -m tests.colab_like $(COLAB_ARGS)
 
 bench-grading: $(STAMP)
 	$(BIN)/python -m tests.bench_grading $(MODULE) $(if $(JOBS),--jobs $(JOBS)) $(BENCH_ARGS)
