@@ -4,15 +4,15 @@ Colab has no `course` package and ships its own torch (a CUDA build), numpy and 
 every solution notebook (cell id ``install``) installs this package with the notebook's extra (the pinned
 libraries Colab lacks, see pyproject.toml's ``[project.optional-dependencies]``) when ``course`` cannot be
 imported, and does nothing where it can (``make lab``, Binder, grading). One setting names where it installs
-from: the environment variable ``COURSE_SOURCE`` (a pip direct reference: ``git+https://...``, or ``file://`` of a
-wheel or a checkout); its default, the course's GitHub repository, is written into the cells by::
+from: the environment variable ``COURSE_SOURCE`` (a pip direct reference: ``git+https://...``, or ``file://``
+of a wheel or a checkout); its default, the course's GitHub repository, is written into the cells by::
 
     python -m course.colab --write     # (re)write the install cell of every solution notebook
     python -m course.colab --check     # exit 1 when a cell differs from what --write would write
 
-The repository comes from pyproject.toml's ``[project.urls]`` (the one place the links name it); tests/test_colab.py
-checks that the cells agree with it. `describe_install` turns pip's installation report into the cell's summary.
-"""
+The repository comes from pyproject.toml's ``[project.urls]`` (the one place the links name it);
+tests/test_colab.py checks that the cells agree with it. `describe_install` turns pip's installation report
+into the cell's summary."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ DISTRIBUTION = "sysml-course"
 #: Until pyproject.toml names the repository in [project.urls], the slug the README's links assume.
 FALLBACK_REPOSITORY = "https://github.com/sysml-course/systems-for-ml"
 #: Libraries whose version Colab chooses and loads: the install cell holds pip to their installed versions (a
-#: constraints file), as pip must not swap what the kernel already imported (numpy is loaded at a Colab kernel's
-#: start; a new ipykernel, ipython, tornado or pyzmq can crash the runtime: /tmp/work/facts23.md, section 1).
+#: constraints file), as pip must not swap what the kernel already imported (a Colab kernel loads numpy at its
+#: start, colabtools issue #5197; a new ipykernel, ipython, tornado or pyzmq can crash the runtime,
+#: bowang-lab/MedSAM issue #214; as of 2026-11).
 COLAB_KEEPS = ("torch", "numpy", "pandas", "ipykernel", "ipython", "tornado", "pyzmq")
 
 CELL_ID = "install"
@@ -57,7 +58,8 @@ def extra_name(module: str) -> str:
 
 def repository_url(pyproject: Path | None = None) -> str:
     """The course's GitHub repository (https://github.com/OWNER/NAME) from pyproject.toml's [project.urls]:
-    the entry named Repository (or Source, Homepage), else the first github.com one, else FALLBACK_REPOSITORY."""
+    the entry named Repository (or Source, Homepage), else the first github.com one, else
+    FALLBACK_REPOSITORY."""
     path = pyproject or ROOT / "pyproject.toml"
     urls = tomllib.loads(path.read_text())["project"].get("urls", {}) if path.exists() else {}
     lowered = {key.lower(): value for key, value in urls.items()}
@@ -84,7 +86,8 @@ if importlib.util.find_spec("course") is None:
     # pip may not change what the runtime has loaded (torch, numpy, the kernel): a constraints file holds them
     loaded = {keep}
     with open(os.path.join(work, "keep.txt"), "w") as keep:
-        keep.writelines(f"{{d.name}}=={{d.version}}\\n" for d in md.distributions() if d.name.lower() in loaded)
+        keep.writelines(f"{{d.name}}=={{d.version}}\\n" for d in md.distributions()
+                        if d.name.lower() in loaded)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", keep.name, "--report",
                     os.path.join(work, "pip.json"), f"{distribution}[{extra}] @ {{source}}"], check=True)
     importlib.invalidate_caches()
@@ -115,13 +118,13 @@ def describe_install(report: str | os.PathLike, seconds: float, source: str = ""
     if kept:
         lines.append(f"Kept this runtime's {', '.join(kept)}.")
     replaced = [name for name in COLAB_KEEPS if name in names]
-    loaded = [name for name in replaced if name in sys.modules]  # the old version stays imported until a restart
+    loaded = [name for name in replaced if name in sys.modules]  # the old one stays imported until a restart
     if replaced and not loaded:
         lines.append(f"pip upgraded {', '.join(replaced)} (a pinned library needs a newer one); nothing had "
                      "imported it yet, so the new version is the one this notebook uses.")
     if loaded:
-        lines.append(f"pip replaced {', '.join(loaded)}, already imported here: restart the runtime (Runtime > "
-                     "Restart session) and run the notebook again from the top.")
+        lines.append(f"pip replaced {', '.join(loaded)}, already imported here: restart the runtime "
+                     "(Runtime > Restart session) and run the notebook again from the top.")
     return "\n".join(lines)
 
 
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m course.colab", description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="only report notebooks whose cell is out of date")
+    parser.add_argument("--check", action="store_true",
+                        help="only report notebooks whose cell is out of date")
     parser.add_argument("--write", action="store_true", help="write the install cells (the default)")
     args = parser.parse_args(argv)
     changed = write_install_cells(check=args.check)

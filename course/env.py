@@ -142,8 +142,8 @@ def version_notes(versions: dict[str, str], colab: bool | None = None) -> list[s
         notes.append(f"Not the course's pins: {', '.join(differ)}. The course was verified with the pinned "
                      "versions (requirements.txt); if a cell fails, say which versions you ran.")
     if colab if colab is not None else _on_colab():
-        notes.append("On Google Colab: the course's helpers are installed in this runtime only; in a new runtime "
-                     "the notebook's first code cell installs them again.")
+        notes.append("On Google Colab: the course's helpers are installed in this runtime only; in a new "
+                     "runtime the notebook's first code cell installs them again.")
     return notes
 
 

@@ -1,22 +1,22 @@
 """Every notebook as Google Colab meets it: `make colab-check` (minutes; not part of `make test`).
 
-Colab opens one .ipynb, with no `course` package, on its own Python, torch (a CUDA build) and numpy. This builds
-(once; reused while its spec is unchanged) a virtual environment like that under /tmp: Python 3.12, torch and numpy
-at versions other than requirements.txt's pins, and Colab's usual libraries at Colab's versions (facts as of
-2026-08-19 from github.com/googlecolab/backend-info, pip-freeze.gpu.txt: pandas 2.2.3, matplotlib 3.10,
-scikit-learn 1.6.1, psutil 5.9.5, ipywidgets 7.7.1, cloudpickle, fastapi, httpx, pydantic). It builds the course's
-wheel and points the install cell's one setting (COURSE_SOURCE) at it, then for every solution notebook, starting
-each time from that same base environment, runs in a kernel of that Python, in an empty folder (Colab's /content):
-the install cell, the setup cell, every cell up to the first exercise's test cell, and that test (the solution is
-in). COLAB_RELEASE_TAG is set, so `course.colab.on_colab()` is true as on Colab. It prints a table: notebook,
-install seconds, what pip installed, setup, exercise, the first error.
+Colab opens one .ipynb, with no `course` package, on its own Python, torch (a CUDA build) and numpy. This
+builds (once; reused while its spec is unchanged) a virtual environment like that under /tmp: Python 3.12,
+torch and numpy at versions other than requirements.txt's pins, and Colab's usual libraries at Colab's
+versions (facts as of 2026-08-19 from github.com/googlecolab/backend-info, pip-freeze.gpu.txt: pandas 2.2.3,
+matplotlib 3.10, scikit-learn 1.6.1, psutil 5.9.5, ipywidgets 7.7.1, cloudpickle, fastapi, httpx, pydantic).
+It builds the course's wheel and points the install cell's one setting (COURSE_SOURCE) at it, then for every
+solution notebook, starting each time from that same base environment, runs in a kernel of that Python, in an
+empty folder (Colab's /content): the install cell, the setup cell, every cell up to the first exercise's test
+cell, and that test (the solution is in). COLAB_RELEASE_TAG is set, so `course.colab.on_colab()` is true as on
+Colab. It prints a table: notebook, install seconds, what pip installed, setup, exercise, the first error.
 
     python -m tests.colab_like [--only 02_snn 07b_serving] [--rebuild] [--venv DIR]
 
 Differences from Colab it cannot remove: no GPU (torch's CUDA build sees none), pip's download cache is this
-machine's (Colab downloads everything: its install times are longer), Python 3.12 (Colab moved to 3.13 in 2026-08;
-its pinned 2026.07 runtime is 3.12), IPython 8/9 and ipykernel 7 (Colab: IPython 7.34, ipykernel 6.17).
-"""
+machine's (Colab downloads everything: its install times are longer), Python 3.12 (Colab moved to 3.13 in
+2026-08; its pinned 2026.07 runtime is 3.12), IPython 8/9 and ipykernel 7 (Colab: IPython 7.34, ipykernel
+6.17)."""
 
 from __future__ import annotations
 
@@ -50,11 +50,13 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def pip(venv: Path, *args: str) -> None:
-    links = ["--find-links", FIND_LINKS] if FIND_LINKS and Path(FIND_LINKS).exists() and args[0] == "install" else []
+    local = FIND_LINKS and Path(FIND_LINKS).exists() and args[0] == "install"
+    links = ["--find-links", FIND_LINKS] if local else []
     done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", *args,
                            *links], text=True, capture_output=True)
     noise = ("is ignored: it is neither a file nor a directory",)  # this machine's pip.conf find-links
-    sys.stderr.write("".join(line for line in done.stderr.splitlines(True) if not any(n in line for n in noise)))
+    sys.stderr.write("".join(line for line in done.stderr.splitlines(True)
+                             if not any(n in line for n in noise)))
     done.check_returncode()
 
 
@@ -93,8 +95,8 @@ def build_wheel(folder: Path) -> Path:
     """The course's wheel, as `pip install` from the repository would build it."""
     with tempfile.TemporaryDirectory() as work:  # out of tree: no build/ or *.egg-info left in the checkout
         shutil.copytree(REPO, work, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(".git", ".venv", "modules", "test-artifacts", "grading", "build",
-                                                      "*.egg-info", ".binder-box"))
+                        ignore=shutil.ignore_patterns(".git", ".venv", "modules", "test-artifacts", "grading",
+                                                      "build", "*.egg-info", ".binder-box"))
         run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
             str(folder), work)
     return next(folder.glob("sysml_course-*.whl"))
@@ -136,10 +138,11 @@ def run_notebook(path: Path, home: Path, timeout: int) -> dict:
     nb = nbformat.read(path, as_version=4)
     nb.cells = nb.cells[:first_exercise(nb) + 1]
     content = Path(tempfile.mkdtemp(prefix="content-", dir=home))  # the notebook's folder: empty, as on Colab
-    row = {"notebook": path.stem, "install_s": None, "installed": "", "setup": "not run", "exercise": "not run",
-           "error": "", "seconds": 0.0}
+    row = {"notebook": path.stem, "install_s": None, "installed": "", "setup": "not run",
+           "exercise": "not run", "error": "", "seconds": 0.0}
     start = time.monotonic()
-    client = NotebookClient(nb, kernel_name=KERNEL, timeout=timeout, resources={"metadata": {"path": str(content)}})
+    client = NotebookClient(nb, kernel_name=KERNEL, timeout=timeout,
+                            resources={"metadata": {"path": str(content)}})
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
@@ -169,7 +172,8 @@ def run_notebook(path: Path, home: Path, timeout: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.colab_like", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="*", default=[], help="notebook ids (default: every solution notebook)")
+    parser.add_argument("--only", nargs="*", default=[],
+                        help="notebook ids (default: every solution notebook)")
     parser.add_argument("--rebuild", action="store_true", help="build the base environment anew")
     parser.add_argument("--venv", type=Path, default=VENV)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
@@ -179,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base = ensure_base(args.venv, args.rebuild)
     base.pop("sysml-course", None)
-    print(f"base: python {Path(PYTHON).parent.parent.name}, torch {base.get('torch')}, numpy {base.get('numpy')}, "
-          f"pandas {base.get('pandas')}, no course", flush=True)
+    print(f"base: python {Path(PYTHON).parent.parent.name}, torch {base.get('torch')}, "
+          f"numpy {base.get('numpy')}, pandas {base.get('pandas')}, no course", flush=True)
     work = Path(tempfile.mkdtemp(prefix="colab-like-"))
     wheel = build_wheel(work / "dist")
     os.environ.update(COURSE_SOURCE=wheel.resolve().as_uri(), COLAB_RELEASE_TAG="colab-like",
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     failed = [r["notebook"] for r in rows if r["setup"] != "ok" or r["exercise"] != "passed"]
-    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed" + (f": {' '.join(failed)}" if failed else ""))
+    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed"
+          + (f": {' '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

@@ -29,7 +29,8 @@ NOTEBOOKS = colab.solution_notebooks(REPO)
 
 
 def requirement_pins() -> dict[str, str]:
-    """requirements.txt as {name: version}, under its name as written (lower case, extras and all) and bare."""
+    """requirements.txt as {name: version}, under its name as written (lower case, extras and all) and
+    bare."""
     pins = {}
     for line in (REPO / "requirements.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
@@ -48,7 +49,7 @@ def install_cell(path: Path):
     ids = [cell.get("id") for cell in nb.cells]
     assert colab.CELL_ID in ids, f"{path.name}: no install cell (python -m course.colab --write)"
     index = ids.index(colab.CELL_ID)
-    assert index + 1 == colab.setup_index(nb, path.stem), f"{path.name}: the install cell goes right before setup"
+    assert index + 1 == colab.setup_index(nb, path.stem), f"{path.name}: the install cell goes before setup"
     return nb.cells[index]
 
 
@@ -181,8 +182,9 @@ def test_extra_names_are_pep685_normalised_notebook_ids():
 
 
 #: Top-level import -> the distribution (in `dependencies` or the notebook's extra) that provides it.
-PROVIDED_BY = {"torch": "torch", "numpy": "numpy", "matplotlib": "matplotlib", "scipy": "scipy", "psutil": "psutil",
-               "tqdm": "tqdm", "IPython": "ipython", "ipywidgets": "ipywidgets", "snntorch": "snntorch",
+PROVIDED_BY = {"torch": "torch", "numpy": "numpy", "matplotlib": "matplotlib", "scipy": "scipy",
+               "psutil": "psutil", "tqdm": "tqdm", "IPython": "ipython", "ipywidgets": "ipywidgets",
+               "snntorch": "snntorch",
                "flwr": "flwr", "ray": "flwr", "opacus": "opacus", "torchao": "torchao", "onnx": "onnx",
                "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "litert_torch": "litert-torch",
                "ai_edge_litert": "ai-edge-litert", "fastapi": "fastapi", "starlette": "fastapi",
@@ -226,7 +228,8 @@ def third_party_imports(path: Path) -> set[str]:
             if name in seen:
                 continue
             seen.add(name)
-            for candidate in (REPO / f"{name.replace('.', '/')}.py", REPO / name.replace(".", "/") / "__init__.py"):
+            path = REPO / name.replace(".", "/")
+            for candidate in (path.with_suffix(".py"), path / "__init__.py"):
                 if candidate.exists():
                     todo += sorted(imports_of(candidate.read_text()))
         elif top not in sys.stdlib_module_names and top != "__future__":
@@ -255,8 +258,9 @@ def test_scan_sees_imports_through_course_modules():
 
 
 def test_setuptools_ships_every_subpackage_and_data_file():
-    """A non-editable install ships only what pyproject.toml lists: every folder of course/ with Python in it,
-    and every file git tracks under course/ (corpus, Flower's app pyproject.toml files, the project's brief)."""
+    """A non-editable install ships only what pyproject.toml lists: every folder of course/ with Python in
+    it, and every file git tracks under course/ (corpus, Flower's app pyproject.toml files, the project's
+    brief)."""
     from setuptools import find_packages
 
     find = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
@@ -273,7 +277,7 @@ def test_setuptools_ships_every_subpackage_and_data_file():
         owner = max((p for p in data if file.startswith(p.replace(".", "/") + "/")), key=len, default=None)
         relative = file[len(owner.replace(".", "/")) + 1:] if owner else file
         assert owner and any(Path(relative).match(pattern) and relative.count("/") == pattern.count("/")
-                             for pattern in data[owner]), f"{file} is not in the wheel: add it to package-data"
+                             for pattern in data[owner]), f"{file} is not in the wheel: add it to package-data"  # noqa: E501
 
 
 @pytest.mark.slow
@@ -292,7 +296,7 @@ def test_built_wheel_holds_every_tracked_file(tmp_path):
 def test_pinned_versions_are_requirements_txt_pins():
     pins = requirement_pins()
     for name, version in env.PINNED.items():
-        assert pins[name] == version, f"course.env.PINNED[{name!r}] = {version}, requirements.txt {pins[name]}"
+        assert pins[name] == version, f"course.env.PINNED[{name!r}] = {version}, requirements {pins[name]}"
 
 
 def test_version_notes_name_what_differs_and_colab():
@@ -315,8 +319,8 @@ def test_setup_prints_the_notes(capsys, monkeypatch):
 
 
 def test_environment_report_on_colab_passes_libraries_other_notebooks_install(monkeypatch):
-    """00's environment check on Colab: snntorch or nbgrader missing there is no fault (each notebook's install
-    cell brings its own); torch missing still is."""
+    """00's environment check on Colab: snntorch or nbgrader missing there is no fault (each notebook's
+    install cell brings its own); torch missing still is."""
     monkeypatch.setattr(env.package_versions, "__defaults__", (("torch", "snntorch", "no-such-package-xyz"),))
     monkeypatch.setattr(env, "_on_colab", lambda: True)
     rows = {name: (ok, detail) for name, ok, detail in env.environment_report()}
