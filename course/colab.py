@@ -71,8 +71,12 @@ def repository_url(pyproject: Path | None = None) -> str:
 
 
 def default_source(pyproject: Path | None = None) -> str:
-    """What the install cell installs from when COURSE_SOURCE is unset: the repository's default branch."""
-    return f"git+{repository_url(pyproject)}.git"
+    """What the install cell installs from when COURSE_SOURCE is unset: the repository at the branch the links
+    open (pyproject.toml's ``[tool.sysml-course] branch``, as course/links.py reads it; default ``main``)."""
+    path = pyproject or ROOT / "pyproject.toml"
+    data = tomllib.loads(path.read_text()) if path.exists() else {}
+    branch = data.get("tool", {}).get("sysml-course", {}).get("branch", "main")
+    return f"git+{repository_url(path)}.git@{branch}"
 
 
 CELL_TEMPLATE = '''\

@@ -79,7 +79,9 @@ def test_default_source_is_the_repository_named_in_pyproject(tmp_path):
     assert colab.default_source(REPO / "pyproject.toml").startswith(f"git+{expected.rstrip('/')}")
     other = tmp_path / "pyproject.toml"
     other.write_text('[project]\nname = "x"\n[project.urls]\nRepository = "https://github.com/me/fork/"\n')
-    assert colab.default_source(other) == "git+https://github.com/me/fork.git"
+    assert colab.default_source(other) == "git+https://github.com/me/fork.git@main"
+    other.write_text(other.read_text() + '[tool.sysml-course]\nbranch = "v2"\n')
+    assert colab.default_source(other) == "git+https://github.com/me/fork.git@v2"
 
 
 def run_cell(source: str, monkeypatch, *, course_missing: bool):
