@@ -121,15 +121,26 @@ def describe_install(report: str | os.PathLike, seconds: float, source: str = ""
     kept = [f"{name} {_version(name)}" for name in COLAB_KEEPS[:2] if name not in names and _version(name)]
     if kept:
         lines.append(f"Kept this runtime's {', '.join(kept)}.")
-    replaced = [name for name in COLAB_KEEPS if name in names]
-    loaded = [name for name in replaced if name in sys.modules]  # the old one stays imported until a restart
-    if replaced and not loaded:
-        lines.append(f"pip upgraded {', '.join(replaced)} (a pinned library needs a newer one); nothing had "
-                     "imported it yet, so the new version is the one this notebook uses.")
+    loaded = _loaded_before(names)
     if loaded:
-        lines.append(f"pip replaced {', '.join(loaded)}, already imported here: restart the runtime "
+        lines.append(f"pip changed {', '.join(loaded)}, which this kernel had already imported: it goes on "
+                     "with the versions it loaded. If a later cell fails on an import, restart the runtime "
                      "(Runtime > Restart session) and run the notebook again from the top.")
     return "\n".join(lines)
+
+
+def _loaded_before(names: dict[str, str]) -> list[str]:
+    """Which of the distributions pip just installed or changed have a module this process already imported
+    (its old version stays in memory until a restart); pip's names compared as PEP 503 normalises them."""
+    import importlib.metadata
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    wanted = {norm(name) for name in names}
+    found = {dist for module, dists in importlib.metadata.packages_distributions().items()
+             if module in sys.modules for dist in dists if norm(dist) in wanted}
+    return sorted(found, key=str.lower)
 
 
 def _version(name: str) -> str | None:

@@ -138,14 +138,21 @@ def test_install_cell_default_source_is_the_repository(monkeypatch):
     assert calls[0][0][-1] == f"sysml-course[07b-serving] @ {colab.default_source()}"
 
 
-def test_describe_install_asks_for_a_restart_only_when_an_imported_library_was_replaced(tmp_path):
+def test_describe_install_names_what_pip_changed_under_the_running_kernel(tmp_path):
+    """A library this process had imported before pip replaced it: the note says so (its old version stays
+    loaded); a distribution nothing here imported gets no note."""
     report = tmp_path / "pip.json"
-    report.write_text(json.dumps({"install": [{"metadata": {"name": "numpy", "version": "9.9.9"}}]}))
-    assert "numpy" in sys.modules
-    assert "restart the runtime" in colab.describe_install(report, 3.2)
-    report.write_text(json.dumps({"install": [{"metadata": {"name": "sysml-course", "version": "0.1.0"}}]}))
+    report.write_text(json.dumps({"install": [
+        {"metadata": {"name": "typing_extensions", "version": "4.12.2"}},
+        {"metadata": {"name": "numpy", "version": "9.9.9"}}]}))
+    assert "numpy" in sys.modules and "typing_extensions" in sys.modules
+    text = colab.describe_install(report, 3.2)
+    assert "pip changed numpy, typing_extensions, which this kernel had already imported" in text
+    assert "Kept this runtime's torch" in text and "numpy" not in text.split("Kept")[1].split(".")[0]
+    report.write_text(json.dumps({"install": [{"metadata": {"name": "sysml-course", "version": "0.1.0"}},
+                                              {"metadata": {"name": "no-such-dist", "version": "1.0"}}]}))
     text = colab.describe_install(report, 3.2, "git+https://x")
-    assert "restart" not in text and "in 3 s, with 0 other packages." in text
+    assert "already imported" not in text and "in 3 s, with 1 other package: no-such-dist 1.0" in text
 
 
 def test_on_colab_follows_colab_release_tag(monkeypatch):
