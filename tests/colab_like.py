@@ -157,6 +157,7 @@ def run_notebook(path: Path, home: Path, timeout: int) -> dict:
                 row["error"] = f"{cell.get('id')}: {lines[-1][:150] if lines else type(error).__name__}"
             if cell.get("id") == "install":
                 row["install_s"] = round(time.monotonic() - began)
+                row["install_output"] = text_of(cell)
                 found = re.search(r"with (\d+) other packages?(?:: (.*))?", text_of(cell))
                 row["installed"] = (f"{found.group(1)}: {found.group(2) or ''}" if found
                                     else text_of(cell).strip()[:200] or "(nothing printed)")
