@@ -8,7 +8,9 @@
 #         make bench-grading [MODULE=..] [JOBS=..] (grading throughput against plain serial nbgrader),
 #         make binder-box (every notebook in Binder's environment, under 2 GB and one CPU; root),
 #         make gpu-check [NB="00_orientation 03_profiling"] [PROFILE=t4] [JOBS=4] (every notebook on the GPU:
-#                        time, peak GPU memory, CPU fallbacks, errors; PROFILE=t4 predicts Colab's T4)
+#                        time, peak GPU memory, CPU fallbacks, errors; PROFILE=t4 predicts Colab's T4),
+#         make colab-check [COLAB_ARGS='--only 02_snn'] (every notebook's install cell, setup and first exercise
+#                    in a Colab-like environment: another Python, torch and numpy, no course; not in make test)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,7 +29,7 @@ LAB_ROOT ?= $(CURDIR)
 # Jupyter and nbgrader find tools (alembic, jupyter-*) on PATH: put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: lab test release bench bench-grading binder-box gpu-check check grade constraints
+.PHONY: lab test release bench bench-grading binder-box gpu-check colab-check check grade constraints
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"Python 3.11 or newer is needed (flwr 1.42); {sys.executable} is {v.major}.{v.minor}. Try: make PYTHON=python3.11 ...")'
@@ -76,6 +78,9 @@ binder-box: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python -m tests.gpu_check $(NB) $(if $(PROFILE),--profile $(PROFILE)) $(if $(JOBS),--jobs $(JOBS)) \
 	  $(GPU_CHECK_ARGS)
+
+colab-check: $(STAMP)
+	$(BIN)/python -m tests.colab_like $(COLAB_ARGS)
 
 bench-grading: $(STAMP)
 	$(BIN)/python -m tests.bench_grading $(MODULE) $(if $(JOBS),--jobs $(JOBS)) $(BENCH_ARGS)

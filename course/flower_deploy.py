@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--run-config", default=None,
                         help="the app's --run-config (replaces --rounds and --partitioning)")
     args = parser.parse_args()
+    if not args.app.is_absolute() and not args.app.exists():  # course/... in the installed course (Colab)
+        args.app = Path(__file__).resolve().parents[1] / args.app
     start = time.perf_counter()
     partitions = args.num_partitions or args.nodes
     output = deploy(args.rounds, args.partitioning, app=args.app, nodes=args.nodes,

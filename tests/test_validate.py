@@ -288,4 +288,4 @@ def test_make_lab_and_binder_install_the_course_validate():
     assert "\npython -m autograders.validate --sys-prefix\n" in post
     assert post.index("pip install") < post.index("-m autograders.validate")
     packages = tomllib.loads((settings.REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    assert "autograders" in packages
+    assert "autograders" in packages["find"]["include"]

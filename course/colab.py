@@ -1,0 +1,208 @@
+"""Google Colab: knowing we are on it, and the install cell that opens every notebook. Course infrastructure.
+
+Colab has no `course` package and ships its own torch (a CUDA build), numpy and Python. The first code cell of
+every solution notebook (cell id ``install``) installs this package with the notebook's extra (the pinned
+libraries Colab lacks, see pyproject.toml's ``[project.optional-dependencies]``) when ``course`` cannot be
+imported, and does nothing where it can (``make lab``, Binder, grading). One setting names where it installs
+from: the environment variable ``COURSE_SOURCE`` (a pip direct reference: ``git+https://...``, or ``file://``
+of a wheel or a checkout); its default, the course's GitHub repository, is written into the cells by::
+
+    python -m course.colab --write     # (re)write the install cell of every solution notebook
+    python -m course.colab --check     # exit 1 when a cell differs from what --write would write
+
+The repository comes from pyproject.toml's ``[project.urls]`` (the one place the links name it);
+tests/test_colab.py checks that the cells agree with it. `describe_install` turns pip's installation report
+into the cell's summary."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+#: The environment variable the install cell reads: where pip installs the course from.
+SOURCE_VARIABLE = "COURSE_SOURCE"
+#: The package's name on an install line (pyproject.toml's [project] name).
+DISTRIBUTION = "sysml-course"
+#: Until pyproject.toml names the repository in [project.urls], the slug the README's links assume.
+FALLBACK_REPOSITORY = "https://github.com/sysml-course/systems-for-ml"
+#: Libraries whose version Colab chooses and loads: the install cell holds pip to their installed versions (a
+#: constraints file), as pip must not swap what the kernel already imported (a Colab kernel loads numpy at its
+#: start, colabtools issue #5197; a new ipykernel, ipython, tornado or pyzmq can crash the runtime,
+#: bowang-lab/MedSAM issue #214; as of 2026-11).
+COLAB_KEEPS = ("torch", "numpy", "pandas", "ipykernel", "ipython", "tornado", "pyzmq")
+
+CELL_ID = "install"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def on_colab() -> bool:
+    """True inside a Google Colab runtime: ``google.colab`` is importable or ``COLAB_RELEASE_TAG`` is set
+    (Colab sets it in every runtime's environment)."""
+    if os.environ.get("COLAB_RELEASE_TAG"):
+        return True
+    try:
+        return importlib.util.find_spec("google.colab") is not None
+    except (ModuleNotFoundError, ValueError):  # no `google` namespace at all
+        return False
+
+
+def extra_name(module: str) -> str:
+    """The pyproject extra of a notebook: its id normalised as PEP 685 says (``01_edge`` -> ``01-edge``)."""
+    return re.sub(r"[-_.]+", "-", module).lower()
+
+
+def repository_url(pyproject: Path | None = None) -> str:
+    """The course's GitHub repository (https://github.com/OWNER/NAME) from pyproject.toml's [project.urls]:
+    the entry named Repository (or Source, Homepage), else the first github.com one, else
+    FALLBACK_REPOSITORY."""
+    path = pyproject or ROOT / "pyproject.toml"
+    urls = tomllib.loads(path.read_text())["project"].get("urls", {}) if path.exists() else {}
+    lowered = {key.lower(): value for key, value in urls.items()}
+    for key in ("repository", "source", "homepage"):
+        if "github.com/" in lowered.get(key, ""):
+            return lowered[key].rstrip("/").removesuffix(".git")
+    found = [value for value in urls.values() if "github.com/" in value]
+    return found[0].rstrip("/").removesuffix(".git") if found else FALLBACK_REPOSITORY
+
+
+def default_source(pyproject: Path | None = None) -> str:
+    """What the install cell installs from when COURSE_SOURCE is unset: the repository at the branch the links
+    open (pyproject.toml's ``[tool.sysml-course] branch``, as course/links.py reads it; default ``main``)."""
+    path = pyproject or ROOT / "pyproject.toml"
+    data = tomllib.loads(path.read_text()) if path.exists() else {}
+    branch = data.get("tool", {}).get("sysml-course", {}).get("branch", "main")
+    return f"git+{repository_url(path)}.git@{branch}"
+
+
+CELL_TEMPLATE = '''\
+# On Colab (or any Python without the course) this installs the course's helpers and the pinned libraries this
+# notebook needs, keeping Colab's own torch, numpy and kernel (a minute or two); elsewhere it does nothing.
+import importlib.util
+if importlib.util.find_spec("course") is None:
+    import importlib.metadata as md, os, subprocess, sys, tempfile, time
+    source = os.environ.get("{variable}", "{source}")
+    work, start = tempfile.mkdtemp(), time.time()
+    # pip may not change what the runtime has loaded (torch, numpy, the kernel): a constraints file holds them
+    loaded = {keep}
+    with open(os.path.join(work, "keep.txt"), "w") as keep:
+        keep.writelines(f"{{d.name}}=={{d.version}}\\n" for d in md.distributions()
+                        if d.name.lower() in loaded)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", keep.name, "--report",
+                    os.path.join(work, "pip.json"), f"{distribution}[{extra}] @ {{source}}"], check=True)
+    importlib.invalidate_caches()
+    from course.colab import describe_install
+    print(describe_install(os.path.join(work, "pip.json"), time.time() - start, source))'''
+
+
+def install_cell_source(module: str, source: str | None = None) -> str:
+    """The code of notebook `module`'s install cell; identical in every notebook but for the extra."""
+    return CELL_TEMPLATE.format(variable=SOURCE_VARIABLE, source=source or default_source(),
+                                distribution=DISTRIBUTION, extra=extra_name(module),
+                                keep="(" + ", ".join(f'"{name}"' for name in COLAB_KEEPS) + ")")
+
+
+def describe_install(report: str | os.PathLike, seconds: float, source: str = "") -> str:
+    """One short paragraph from pip's ``--report`` JSON: what was installed, how long it took, and whether
+    Colab's torch and numpy were kept (pip installs nothing it already has at a version the pins allow)."""
+    try:
+        installed = json.loads(Path(report).read_text()).get("install", [])
+    except (OSError, ValueError):
+        installed = []
+    names = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installed}
+    course = names.pop(DISTRIBUTION, None)
+    lines = [f"Installed the course{f' {course}' if course else ''} from {source or 'its repository'} "
+             f"in {seconds:.0f} s, with {len(names)} other package{'s' if len(names) != 1 else ''}"
+             + (f": {', '.join(f'{n} {v}' for n, v in sorted(names.items()))}" if names else ".")]
+    kept = [f"{name} {_version(name)}" for name in COLAB_KEEPS[:2] if name not in names and _version(name)]
+    if kept:
+        lines.append(f"Kept this runtime's {', '.join(kept)}.")
+    loaded = _loaded_before(names)
+    if loaded:
+        lines.append(f"pip changed {', '.join(loaded)}, which this kernel had already imported: it goes on "
+                     "with the versions it loaded. If a later cell fails on an import, restart the runtime "
+                     "(Runtime > Restart session) and run the notebook again from the top.")
+    return "\n".join(lines)
+
+
+def _loaded_before(names: dict[str, str]) -> list[str]:
+    """Which of the distributions pip just installed or changed have a module this process already imported
+    (its old version stays in memory until a restart); pip's names compared as PEP 503 normalises them."""
+    import importlib.metadata
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    wanted = {norm(name) for name in names}
+    found = {dist for module, dists in importlib.metadata.packages_distributions().items()
+             if module in sys.modules for dist in dists if norm(dist) in wanted}
+    return sorted(found, key=str.lower)
+
+
+def _version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def solution_notebooks(root: Path = ROOT) -> list[Path]:
+    return sorted((root / "solutions").glob("*/*.ipynb"))
+
+
+def setup_index(nb, module: str) -> int:
+    """Index of the notebook's setup cell: its first code cell calling ``setup("<module>")``."""
+    return next(i for i, cell in enumerate(nb.cells)
+                if cell.cell_type == "code" and f'setup("{module}"' in cell.source)
+
+
+def write_install_cells(root: Path = ROOT, check: bool = False) -> list[Path]:
+    """Put the install cell (id ``install``) right before the ``setup`` cell of every solution notebook, or
+    bring its code up to date. Returns the notebooks that changed (with `check`: that would change)."""
+    import nbformat
+
+    changed = []
+    for path in solution_notebooks(root):
+        nb = nbformat.read(path, as_version=4)
+        module = path.stem
+        code = install_cell_source(module, default_source(root / "pyproject.toml"))
+        ids = [cell.get("id") for cell in nb.cells]
+        if CELL_ID in ids:
+            cell = nb.cells[ids.index(CELL_ID)]
+            if cell.source == code and ids.index(CELL_ID) + 1 == setup_index(nb, module):
+                continue
+            nb.cells.remove(cell)
+        cell = nbformat.v4.new_code_cell(code)
+        cell.id = CELL_ID
+        nb.cells.insert(setup_index(nb, module), cell)
+        changed.append(path)
+        if not check:
+            nbformat.write(nb, path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m course.colab", description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="only report notebooks whose cell is out of date")
+    parser.add_argument("--write", action="store_true", help="write the install cells (the default)")
+    args = parser.parse_args(argv)
+    changed = write_install_cells(check=args.check)
+    for path in changed:
+        print(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(ROOT)}")
+    if args.check and changed:
+        print("run: python -m course.colab --write, then python -m autograders.release", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
