@@ -67,7 +67,8 @@ class Setting:
 def parse_repository_url(url: str) -> str:
     """``https://github.com/OWNER/NAME`` (optionally ``.git`` or a trailing slash) -> ``"OWNER/NAME"``.
 
-    Raises ValueError for anything else: the links below are GitHub's, Binder's ``gh/`` and Colab's ``github/``.
+    Raises ValueError for anything else: the links below are GitHub's, Binder's ``gh/`` and Colab's
+    ``github/``.
     """
     match = _GITHUB.match(url.strip())
     if not match:
@@ -112,18 +113,18 @@ def github_url(path: str = "", setting: Setting | None = None, kind: str = "blob
 
 
 def binder_url(path: str, setting: Setting | None = None) -> str:
-    """mybinder.org building the branch and opening `path` (a notebook, relative to the root) in JupyterLab."""
+    """mybinder.org building the branch and opening `path` (relative to the root) in JupyterLab."""
     s = setting or read_setting()
     return f"https://mybinder.org/v2/gh/{s.repository}/{s.branch}?labpath={path}"
 
 
 def colab_url(path: str, setting: Setting | None = None) -> str:
-    """Google Colab opening the notebook `path` from GitHub (Colab loads that one file, not the repository)."""
+    """Google Colab opening the notebook `path` from GitHub (Colab loads that file, not the repository)."""
     s = setting or read_setting()
     return f"https://colab.research.google.com/github/{s.repository}/blob/{s.branch}/{path}"
 
 
-# --- what the links point at -------------------------------------------------------------------------------
+# --- what the links point at ---
 
 def notebooks() -> dict[str, str]:
     """Module id -> the learner's notebook, ``modules/<folder>/<id>.ipynb``, in teaching order.
@@ -169,8 +170,10 @@ def _readme_table(text: str, setting: Setting) -> str:
 
 
 def _readme_slug(_: str, setting: Setting) -> str:
-    return (f"\nThe Binder and Colab links open `{setting.repository}` on GitHub (branch `{setting.branch}`): the\n"
-            "course's intended public name, set once in `pyproject.toml` (`[project.urls] Repository`). To publish\n"
+    return (f"\nThe Binder and Colab links open `{setting.repository}` on GitHub "
+            f"(branch `{setting.branch}`): the\n"
+            "course's intended public name, set once in `pyproject.toml` (`[project.urls] Repository`). "
+            "To publish\n"
             "under another name, change that line and run `python -m course.links --write`, then\n"
             "`python -m autograders.release`.\n")
 
@@ -281,7 +284,7 @@ def stale(setting: Setting | None = None, write: bool = False) -> list[str]:
     return problems
 
 
-# --- every link, for the checker and --external ------------------------------------------------------------
+# --- every link, for the checker and --external ---
 
 _FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1[^\n]*$", re.S | re.M)
 _CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
@@ -333,7 +336,7 @@ DESCRIBES_FORMS = ("course/links.py", "tests/test_links.py")
 
 
 def documents() -> list[str]:
-    """Files whose links are checked: every tracked markdown file and every notebook (solutions and modules)."""
+    """Files whose links are checked: every tracked markdown file and notebook (solutions and modules)."""
     return [f for f in tracked_files() if f.endswith((".md", ".ipynb")) and not f.startswith(SKIPPED)]
 
 

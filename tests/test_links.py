@@ -22,7 +22,7 @@ def problem(target: str, file: str = "README.md", files=FILES, setting: Setting 
     return links.link_problem(Link(file, 1, target), files, setting)
 
 
-# --- the repository as it is ---------------------------------------------------------------------------------
+# --- the repository as it is ---
 
 def test_the_slug_lives_in_pyproject_only():
     data = tomllib.loads((links.REPO / "pyproject.toml").read_text())
@@ -55,7 +55,7 @@ def test_check_command_exits_zero_here():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-# --- the checker discriminates ---------------------------------------------------------------------------------
+# --- the checker discriminates ---
 
 def test_a_broken_relative_link_is_caught_and_a_good_one_passes():
     assert problem("modules/01_edge/01_edge.ipynb") is None
@@ -79,7 +79,8 @@ def test_a_bad_labpath_a_wrong_branch_and_a_missing_colab_file_are_caught():
     assert "not a file" in problem(good.replace("01_edge.ipynb", "01_edge_v2.ipynb"))
     assert "not a file" in problem(links.binder_url("modules/01_edge/solutions.ipynb"))
     assert "not the configured branch" in problem(good.replace(f"/{SETTING.branch}?", "/HEAD?"))
-    urlpath = f"https://mybinder.org/v2/gh/{SETTING.repository}/{SETTING.branch}?urlpath=lab/tree/nothing.ipynb"
+    binder = f"https://mybinder.org/v2/gh/{SETTING.repository}/{SETTING.branch}"
+    urlpath = f"{binder}?urlpath=lab/tree/nothing.ipynb"
     assert "not a file" in problem(urlpath)
     assert problem(links.colab_url("solutions/01_edge/01_edge.ipynb")) is None
     assert "not a file" in problem(links.colab_url("solutions/01_edge/missing.ipynb"))
@@ -94,7 +95,7 @@ def test_placeholders_and_other_spellings_of_the_name_are_caught_other_sites_are
     assert "not the course's" in problem(links.binder_url("README.md", other))
     assert "not the course's" in problem(links.colab_url("README.md", other))
     assert "not the course's" in problem(f"https://github.com/{SETTING.owner}/another-name")
-    assert "not the course's" in problem(f"https://github.com/someone-else/{SETTING.name}/blob/main/README.md")
+    assert "not the course's" in problem(f"https://github.com/someone-else/{SETTING.name}/blob/main/x.md")
     assert problem("https://github.com/pytorch/pytorch/blob/main/README.md") is None  # another project
     assert problem("https://docs.python.org/3/library/tomllib.html") is None
 
@@ -141,7 +142,8 @@ def test_the_setting_parses_only_a_github_repository_url(tmp_path):
 
 def test_external_links_are_listed_not_fetched():
     listed = links.external([Link("README.md", 1, "https://example.org/x"),
-                             Link("README.md", 2, links.binder_url("README.md")), Link("README.md", 3, "a.md")])
+                             Link("README.md", 2, links.binder_url("README.md")),
+                             Link("README.md", 3, "a.md")])
     assert [link.target for link in listed] == ["https://example.org/x"]
     done = subprocess.run([sys.executable, "-m", "course.links", "--external"], cwd=links.REPO,
                           capture_output=True, text=True, timeout=60)
