@@ -249,6 +249,39 @@ def _header(nb_path: Path) -> str:
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
 
+def previous_repository(readme: str) -> str | None:
+    """The ``owner/name`` the README's generated Binder links open now (before a rename is written)."""
+    region = re.search(r"<!-- links:start modules -->(.*?)<!-- links:end modules -->", readme, re.S)
+    match = re.search(r"https://mybinder\.org/v2/gh/([\w.-]+/[\w.-]+)/", region.group(1) if region else "")
+    return match.group(1) if match else None
+
+
+def rename(text: str, old: str, new: str) -> str:
+    """`text` with the course's GitHub, Binder and Colab URLs of repository `old` pointed at `new`."""
+    return re.sub(r"(https?://(?:www\.)?(?:github\.com|raw\.githubusercontent\.com|mybinder\.org/v2/gh"
+                  rf"|colab\.research\.google\.com/github)/){re.escape(old)}(?=[/?#\s\"'`)\]>]|\.git\b|$)",
+                  lambda m: m.group(1) + new, text, flags=re.M)
+
+
+def _rename_elsewhere(old: str, new: str) -> list[str]:
+    """After a rename: rewrite `old`'s URLs in every tracked text file but modules/ (the release does those),
+    the corpus and the files that describe the forms. Returns the files changed."""
+    changed = []
+    for relative in tracked_files():
+        if relative.startswith((*SKIPPED, "modules/")) or relative in DESCRIBES_FORMS:
+            continue
+        path = REPO / relative
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        edited = rename(text, old, new)
+        if edited != text:
+            path.write_text(edited)
+            changed.append(relative)
+    return changed
+
+
 def stale(setting: Setting | None = None, write: bool = False) -> list[str]:
     """Every generated link that differs from the setting, as ``"file: what"``; with `write`, fix them.
 
@@ -256,6 +289,10 @@ def stale(setting: Setting | None = None, write: bool = False) -> list[str]:
     """
     s = setting or read_setting()
     problems = []
+    previous = previous_repository((REPO / "README.md").read_text())
+    if write and previous and previous != s.repository:
+        renamed = _rename_elsewhere(previous, s.repository)
+        problems += [f"{name}: {previous} renamed {s.repository}" for name in renamed]
     for name, generators in REGIONS.items():
         path = REPO / name
         text = path.read_text()
@@ -476,13 +513,21 @@ def link_problem(link: Link, files: set[str], setting: Setting) -> str | None:
 
 
 def slug_urls(relative: str) -> list[Link]:
-    """Every URL naming a GitHub repository in a text file (any file type: scripts, configs, markdown)."""
+    """Every URL naming a GitHub repository in a text file (scripts, configs, markdown) or in a notebook's
+    code cells (line: the cell's number; its markdown cells are read by `links_in`)."""
+    def found(text: str) -> list[tuple[int, str]]:
+        return [(text.count("\n", 0, m.start()) + 1, m.group(0).rstrip(".,;:'\"`)]>"))
+                for m in re.finditer(r"https?://[^\s\"'<>)\]`\\]+", text) if SLUG_URL.match(m.group(0))]
+
     try:
         text = (REPO / relative).read_text()
     except (UnicodeDecodeError, OSError):
         return []
-    return [Link(relative, text.count("\n", 0, m.start()) + 1, m.group(0).rstrip(".,;:'\"`)]>"))
-            for m in re.finditer(r"https?://[^\s\"'<>)\]`]+", text) if SLUG_URL.match(m.group(0))]
+    if relative.endswith(".ipynb"):
+        cells = json.loads(text)["cells"]
+        return [Link(relative, number, url) for number, cell in enumerate(cells, 1)
+                if cell["cell_type"] == "code" for _, url in found("".join(cell["source"]))]
+    return [Link(relative, line, url) for line, url in found(text)]
 
 
 def broken_links(setting: Setting | None = None) -> list[str]:
@@ -498,7 +543,7 @@ def broken_links(setting: Setting | None = None) -> list[str]:
                 out.append(f"{link.file}:{link.line}: {link.target}: {problem}")
     seen = {(line.split(": ")[0], line.split(": ")[1]) for line in out}
     for relative in tracked:
-        if relative.startswith(SKIPPED) or relative in DESCRIBES_FORMS or relative.endswith(".ipynb"):
+        if relative.startswith(SKIPPED) or relative in DESCRIBES_FORMS:
             continue
         for link in slug_urls(relative):
             problem = link_problem(link, files, s)

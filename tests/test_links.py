@@ -148,3 +148,34 @@ def test_external_links_are_listed_not_fetched():
     done = subprocess.run([sys.executable, "-m", "course.links", "--external"], cwd=links.REPO,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and links.COLAB_BADGE in done.stdout
+
+
+def test_publishing_under_another_name_is_one_line_and_one_command(tmp_path):
+    """In a copy of the repository: edit pyproject's Repository line, run --write; every generated link and
+    every other URL of the old name moves (modules/ waits for the release: --check still names them)."""
+    listed = subprocess.run(["git", "ls-files"], cwd=links.REPO, capture_output=True, text=True, check=True)
+    copy = tmp_path / "repo"
+    for name in listed.stdout.split():
+        if (links.REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (copy / name).write_bytes((links.REPO / name).read_bytes())
+    (copy / "solutions/00_orientation/extra.md").write_text(f"clone {links.github_url('')}.git\n")
+    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
+    pyproject = copy / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace(links.github_url(""), "https://github.com/new-org/new-name"))
+    env = {"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "course.links", *args], cwd=copy, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    assert run("--check").returncode == 1
+    assert run("--write").returncode == 0
+    after = run("--check")
+    assert after.returncode == 1 and "solutions/" not in after.stdout and "README" not in after.stdout
+    assert "modules/00_orientation/00_orientation.ipynb: header badge line out of date" in after.stdout
+    for name in ("README.md", "autograders/INSTRUCTORS.md", "solutions/01_edge/01_edge.ipynb",
+                 "solutions/00_orientation/extra.md"):
+        text = (copy / name).read_text()
+        assert SETTING.repository not in text and "new-org/new-name" in text, name
