@@ -163,7 +163,8 @@ def test_publishing_under_another_name_is_one_line_and_one_command(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
     pyproject = copy / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace(links.github_url(""), "https://github.com/new-org/new-name"))
+    new_url = "https://github.com/new-org/new-name"
+    pyproject.write_text(pyproject.read_text().replace(links.github_url(""), new_url))
     env = {"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"}
 
     def run(*args):
