@@ -24,7 +24,8 @@ URL forms, as of 2026-11 (checked with the search tool): Binder ``https://mybind
 ?labpath=PATH`` (BinderHub's JupyterLab path; ``urlpath=lab/tree/PATH`` is the older form) and its badge
 ``https://mybinder.org/badge_logo.svg`` (jupyterhub/mybinder.org-user-guide, docs/examples/sample_repos.md);
 Colab ``https://colab.research.google.com/github/OWNER/NAME/blob/BRANCH/PATH`` and its badge
-``https://colab.research.google.com/assets/colab-badge.svg`` (Colab's GitHub notebook).
+``https://colab.research.google.com/assets/colab-badge.svg`` (googlecolab/colabtools,
+notebooks/colab-github-demo.ipynb at 102b4a5d; Colab opens that one file, not the repository).
 """
 
 from __future__ import annotations
