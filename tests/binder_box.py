@@ -70,21 +70,39 @@ def runtime_version(text: str) -> str:
     return parts[1]
 
 
-def runtime_python(version: str, pyenv: Path = PYENV, current: str = sys.executable) -> tuple[str, str]:
-    """An interpreter of `version` (``"3.11"``) and its full version: the newest pyenv build of it when
-    there is one (repo2docker takes the newest 3.11 too), else this one if it matches. SystemExit if none."""
-    builds = sorted((tuple(int(x) for x in p.name.split(".")), p) for p in pyenv.glob(f"{version}.*")
-                    if re.fullmatch(r"\d+\.\d+\.\d+", p.name) and (p / "bin" / "python").exists())
-    if builds:
-        numbers, folder = builds[-1]
-        return str(folder / "bin" / "python"), ".".join(map(str, numbers))
-    done = subprocess.run([current, "-c", "import platform; print(platform.python_version())"],
-                          capture_output=True, text=True, check=True)
-    found = done.stdout.strip()
-    if found.rsplit(".", 1)[0] != version:
-        raise SystemExit(f"binder/runtime.txt asks for Python {version}; no {pyenv}/{version}.* and "
-                         f"{current} is {found}")
-    return current, found
+def others_can_run(path: Path) -> bool:
+    """Whether a user other than root can run `path`: every folder on its real path searchable by others."""
+    real = Path(os.path.realpath(path))
+    return all(os.stat(p).st_mode & 0o001 for p in (real, *real.parents))
+
+
+def runtime_python(version: str, pyenv: Path = PYENV, current: str = sys.executable,
+                   system: tuple[Path, ...] = (Path("/usr/local/bin"), Path("/usr/bin")),
+                   for_others: bool = False) -> tuple[str, str]:
+    """An interpreter of `version` (``"3.11"``) and its full version: the newest pyenv or system build of it
+    (repo2docker takes the newest 3.11 too), else this one if it matches; with `for_others`, only one another
+    user can run (pyenv under /root is not). SystemExit if there is none."""
+    builds = [p for p in pyenv.glob(f"{version}.*") if re.fullmatch(r"\d+\.\d+\.\d+", p.name)]
+    candidates = [(2, p / "bin" / "python") for p in builds]  # at the same version: pyenv, system, this one
+    candidates += [(1, folder / f"python{version}") for folder in system] + [(0, Path(current))]
+    found = []
+    for rank, path in candidates:
+        if not path.exists() or (for_others and not others_can_run(path)):
+            continue
+        if path.parent.parent.parent == pyenv:  # pyenv's folder names its version
+            full = path.parent.parent.name
+        else:
+            done = subprocess.run([str(path), "-c", "import platform; print(platform.python_version())"],
+                                  capture_output=True, text=True)
+            full = done.stdout.strip()
+        if full.rsplit(".", 1)[0] == version:
+            found.append((tuple(int(x) for x in full.split(".")), rank, str(path), full))
+    if not found:
+        raise SystemExit(f"binder/runtime.txt asks for Python {version}: none in {pyenv}, "
+                         f"{', '.join(map(str, system))} or {current}"
+                         + (" that another user can run" if for_others else ""))
+    *_, path, full = max(found)
+    return path, full
 
 
 def cpu_model() -> str:
@@ -284,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                         "default root")
     args = parser.parse_args(argv)
     runtime = runtime_version((REPO / "binder" / "runtime.txt").read_text())
-    python, version = runtime_python(runtime)
     if args.user:
         pwd.getpwnam(args.user)  # KeyError now, not in the first notebook
+    python, version = runtime_python(runtime, for_others=bool(args.user))
     print("binder box: what still differs from mybinder.org")
     for line in differences(version, runtime, args.user):
         print(f"  - {line}")
@@ -312,9 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     with Cage(memory, args.cpus) as cage:
         for module in args.modules or settings.modules():
             line, peak, kills = run_in_cage(ENV, module, cage, HOME, args.user)
-            fields = line.split()
+            fields = line.split() if line.startswith(module) else []
             wall, pss = (fields[1], fields[2]) if len(fields) >= 3 else ("?", "?")
-            status = " ".join(fields[3:]) if len(fields) > 3 else line
+            status = " ".join(fields[3:]) if len(fields) > 3 else " ".join(line.split())
             if kills:
                 status = f"KILLED at the memory cap ({kills} process(es)); {status}"
             failed |= status != "ok"

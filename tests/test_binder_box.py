@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,12 +61,26 @@ def test_the_box_takes_the_newest_build_of_runtime_txts_python(tmp_path):
     for version in ("3.11.2", "3.11.14", "3.12.1", "3.11.9-debug"):
         (tmp_path / version / "bin").mkdir(parents=True)
         (tmp_path / version / "bin" / "python").touch()
-    path, version = binder_box.runtime_python("3.11", pyenv=tmp_path)
+    none = (tmp_path / "no-system",)
+    path, version = binder_box.runtime_python("3.11", pyenv=tmp_path, system=none)
     assert version == "3.11.14" and path == str(tmp_path / "3.11.14" / "bin" / "python")  # not "3.11.9"
     here = "{}.{}".format(*sys.version_info[:2])
-    assert binder_box.runtime_python(here, pyenv=tmp_path / "none")[0] == sys.executable
+    assert binder_box.runtime_python(here, pyenv=tmp_path / "none", system=none)[0] == sys.executable
     with pytest.raises(SystemExit, match="3.9"):
-        binder_box.runtime_python("3.9", pyenv=tmp_path / "none")
+        binder_box.runtime_python("3.9", pyenv=tmp_path / "none", system=none)
+
+
+def test_a_non_root_run_gets_a_python_other_users_can_run(tmp_path):
+    """pyenv's builds live under /root (mode 700 here): a venv made from one cannot start as another user."""
+    (tmp_path / "3.11.14" / "bin").mkdir(parents=True)
+    (tmp_path / "3.11.14" / "bin" / "python").touch(mode=0o755)
+    tmp_path.chmod(0o700)
+    assert not binder_box.others_can_run(tmp_path / "3.11.14" / "bin" / "python")
+    assert binder_box.others_can_run(Path("/bin/sh"))
+    where = {"pyenv": tmp_path, "system": (tmp_path / "no-system",), "current": str(tmp_path / "no-python")}
+    assert binder_box.runtime_python("3.11", **where)[1] == "3.11.14"
+    with pytest.raises(SystemExit, match="another user"):
+        binder_box.runtime_python("3.11", **where, for_others=True)
 
 
 def test_the_box_says_what_differs_from_mybinder():
