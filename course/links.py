@@ -7,13 +7,15 @@ from them; nothing else may spell the name (tests/test_links.py checks both)::
 
     python -m course.links              print the setting and one notebook's links
     python -m course.links --write      rewrite every generated link from the setting
-    python -m course.links --check      exit 1 when a generated link is out of date, listing where
+    python -m course.links --check      exit 1, listing where, when a generated link is out of date or any
+                                        link is broken (the checks tests/test_links.py runs)
     python -m course.links --external   print every link to another site, to open by hand
 
 Generated regions: in markdown files, between ``<!-- links:start NAME -->`` and ``<!-- links:end NAME -->``;
 in a notebook, the header cell's line that starts with ``[![Open in Colab]``. `--write` edits ``solutions/``
 only: ``python -m autograders.release`` then gives the student copies the same header (``--check`` reads
-both, so a forgotten release fails).
+both, so a forgotten release fails). After a rename, `--write` also moves every other URL of the previous
+name (read from the README's generated links) in the tracked files, but modules/ and the corpus.
 
 Nothing here (no network) can tell whether GitHub has that repository: the name is the course's intended
 public name. The setting is read from a source checkout (the links are maintainers' tools); an installed
@@ -557,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--write", action="store_true", help="rewrite every generated link from the setting")
-    group.add_argument("--check", action="store_true", help="exit 1 when a generated link is out of date")
+    group.add_argument("--check", action="store_true",
+                       help="exit 1 when a generated link is out of date or a link is broken")
     group.add_argument("--external", action="store_true", help="print every link to another site")
     args = parser.parse_args(argv)
     setting = read_setting()
