@@ -262,7 +262,7 @@ def previous_repository(readme: str) -> str | None:
 def rename(text: str, old: str, new: str) -> str:
     """`text` with the course's GitHub, Binder and Colab URLs of repository `old` pointed at `new`."""
     return re.sub(r"(https?://(?:www\.)?(?:github\.com|raw\.githubusercontent\.com|mybinder\.org/v2/gh"
-                  rf"|colab\.research\.google\.com/github)/){re.escape(old)}(?=[/?#\s\"'`)\]>]|\.git\b|$)",
+                  rf"|colab\.research\.google\.com/github)/){re.escape(old)}(?=[/?#@\s\"'`)\]>]|\.git\b|$)",
                   lambda m: m.group(1) + new, text, flags=re.M)
 
 

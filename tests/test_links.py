@@ -159,7 +159,8 @@ def test_publishing_under_another_name_is_one_line_and_one_command(tmp_path):
         if (links.REPO / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             (copy / name).write_bytes((links.REPO / name).read_bytes())
-    (copy / "solutions/00_orientation/extra.md").write_text(f"clone {links.github_url('')}.git\n")
+    (copy / "solutions/00_orientation/extra.md").write_text(
+        f"clone {links.github_url('')}.git\npip install git+{links.github_url('')}@main\n")
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
     pyproject = copy / "pyproject.toml"
