@@ -175,6 +175,23 @@ def local_requirements(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def lock_differences(freeze: str, lock: str) -> list[str]:
+    """Packages whose version in the box (``pip freeze`` text) is not the one constraints.txt locks, which
+    every other environment of the course is installed with: Binder installs binder/requirements.txt with no
+    lock, over repo2docker's base packages, so these are what a Binder learner runs that tests never did."""
+    def versions(text: str) -> dict[str, str]:
+        found = {}
+        for line in text.splitlines():
+            match = re.match(r"([A-Za-z0-9_.\-]+)==([^\s;#+]+)", line.strip())
+            if match:
+                found[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+        return found
+
+    box, locked = versions(freeze), versions(lock)
+    return [f"{name} {box[name]} (lock: {locked[name]})" for name in sorted(box)
+            if name in locked and locked[name] != box[name]]
+
+
 def build(venv: Path = ENV, home: Path = HOME, python: str = sys.executable) -> float:
     """A fresh environment as Binder builds it, postBuild run in the staged copy `home`; seconds it took."""
     start = time.monotonic()
@@ -318,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     else:  # the editable install points at the copy, which was just refreshed
         subprocess.run(["bash", str(HOME / "binder" / "postBuild")], check=True, cwd=HOME,
                        env=binder_env(ENV, HOME), capture_output=True)
+    freeze = subprocess.run([str(ENV / "bin" / "python"), "-m", "pip", "freeze", "--exclude-editable"],
+                            capture_output=True, text=True).stdout
+    unlocked = lock_differences(freeze, (HOME / "constraints.txt").read_text())
+    print("versions that differ from constraints.txt (what Binder runs untested): "
+          + ("; ".join(unlocked) if unlocked else "none"), flush=True)
     if args.user:
         ids = pwd.getpwnam(args.user)
         for folder, _, names in os.walk(BOX):

@@ -120,3 +120,9 @@ def test_notebooks_see_binders_home_and_none_of_this_machines_settings(monkeypat
     assert env["HOME"] == env["REPO_DIR"] == str(tmp_path / "home")
     assert env["PATH"].startswith(str(tmp_path / "env" / "bin")) and env["USER"] == binder_box.BINDER_USER
     assert "PYTHONPATH" not in env and "OMP_NUM_THREADS" not in env
+
+
+def test_versions_that_binder_would_run_untested_are_named():
+    freeze = "ipykernel==7.0.1\ntorch==2.13.0+cpu\nJupyter_Server==2.17.0\njupyter-resource-usage==1.2.0\n"
+    lock = "# header\nipykernel==7.2.0\ntorch==2.13.0\njupyter-server==2.17.0\n"
+    assert binder_box.lock_differences(freeze, lock) == ["ipykernel 7.0.1 (lock: 7.2.0)"]
