@@ -6,7 +6,8 @@
 #         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip [JOBS=2] [ID_REGEX=...]
 #                    [ZIP_ENCODING=cp1251] [ACCEPT='student1 student2'],
 #         make bench-grading [MODULE=..] [JOBS=..] (grading throughput against plain serial nbgrader),
-#         make binder-box (every notebook in Binder's environment, under 2 GB and one CPU; root)
+#         make binder-box [BOX_ARGS='--user jovyan 00_orientation'] (every notebook in Binder's environment,
+#                    built from binder/ alone, under 2 GB and one CPU; root)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -69,7 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench_notebooks
 
 binder-box: $(STAMP)
-	$(BIN)/python -m tests.binder_box
+	$(BIN)/python -m tests.binder_box $(BOX_ARGS)
 
 bench-grading: $(STAMP)
 	$(BIN)/python -m tests.bench_grading $(MODULE) $(if $(JOBS),--jobs $(JOBS)) $(BENCH_ARGS)
