@@ -6,7 +6,8 @@
 #         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip [JOBS=2] [ID_REGEX=...]
 #                    [ZIP_ENCODING=cp1251] [ACCEPT='student1 student2'],
 #         make bench-grading [MODULE=..] [JOBS=..] (grading throughput against plain serial nbgrader),
-#         make binder-box (every notebook in Binder's environment, under 2 GB and one CPU; root),
+#         make binder-box [BOX_ARGS='--user jovyan 00_orientation'] (every notebook in Binder's environment,
+#                    built from binder/ alone, under 2 GB and one CPU; root),
 #         make gpu-check [NB="00_orientation 03_profiling"] [PROFILE=t4] [JOBS=4] (every notebook on the GPU:
 #                        time, peak GPU memory, CPU fallbacks, errors; PROFILE=t4 predicts Colab's T4),
 #         make colab-check [COLAB_ARGS='--only 02_snn'] (every notebook's install cell, setup and first exercise
@@ -73,7 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench_notebooks
 
 binder-box: $(STAMP)
-	$(BIN)/python -m tests.binder_box
+	$(BIN)/python -m tests.binder_box $(BOX_ARGS)
 
 gpu-check: $(STAMP)
 	$(BIN)/python -m tests.gpu_check $(NB) $(if $(PROFILE),--profile $(PROFILE)) $(if $(JOBS),--jobs $(JOBS)) \
