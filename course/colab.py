@@ -10,7 +10,7 @@ of a wheel or a checkout); its default, the course's GitHub repository, is writt
     python -m course.colab --write     # (re)write the install cell of every solution notebook
     python -m course.colab --check     # exit 1 when a cell differs from what --write would write
 
-The repository comes from pyproject.toml's ``[project.urls]`` (the one place the links name it);
+The repository comes from pyproject.toml's ``[project.urls]``, read by course.links (the one place it is named);
 tests/test_colab.py checks that the cells agree with it. `describe_install` turns pip's installation report
 into the cell's summary."""
 
@@ -21,15 +21,12 @@ import json
 import os
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 #: The environment variable the install cell reads: where pip installs the course from.
 SOURCE_VARIABLE = "COURSE_SOURCE"
 #: The package's name on an install line (pyproject.toml's [project] name).
 DISTRIBUTION = "sysml-course"
-#: Until pyproject.toml names the repository in [project.urls], the slug the README's links assume.
-FALLBACK_REPOSITORY = "https://github.com/sysml-course/systems-for-ml"
 #: Libraries whose version Colab chooses and loads: the install cell holds pip to their installed versions (a
 #: constraints file), as pip must not swap what the kernel already imported (a Colab kernel loads numpy at its
 #: start, colabtools issue #5197; a new ipykernel, ipython, tornado or pyzmq can crash the runtime,
@@ -56,27 +53,13 @@ def extra_name(module: str) -> str:
     return re.sub(r"[-_.]+", "-", module).lower()
 
 
-def repository_url(pyproject: Path | None = None) -> str:
-    """The course's GitHub repository (https://github.com/OWNER/NAME) from pyproject.toml's [project.urls]:
-    the entry named Repository (or Source, Homepage), else the first github.com one, else
-    FALLBACK_REPOSITORY."""
-    path = pyproject or ROOT / "pyproject.toml"
-    urls = tomllib.loads(path.read_text())["project"].get("urls", {}) if path.exists() else {}
-    lowered = {key.lower(): value for key, value in urls.items()}
-    for key in ("repository", "source", "homepage"):
-        if "github.com/" in lowered.get(key, ""):
-            return lowered[key].rstrip("/").removesuffix(".git")
-    found = [value for value in urls.values() if "github.com/" in value]
-    return found[0].rstrip("/").removesuffix(".git") if found else FALLBACK_REPOSITORY
-
-
 def default_source(pyproject: Path | None = None) -> str:
     """What the install cell installs from when COURSE_SOURCE is unset: the repository at the branch the links
-    open (pyproject.toml's ``[tool.sysml-course] branch``, as course/links.py reads it; default ``main``)."""
-    path = pyproject or ROOT / "pyproject.toml"
-    data = tomllib.loads(path.read_text()) if path.exists() else {}
-    branch = data.get("tool", {}).get("sysml-course", {}).get("branch", "main")
-    return f"git+{repository_url(path)}.git@{branch}"
+    open, as course.links reads them from pyproject.toml (``[project.urls] Repository``, ``[tool.sysml-course]
+    branch``), as a pip direct reference: ``git+`` the repository URL, ``.git@`` the branch."""
+    from course.links import github_url, read_setting
+
+    return f"git+{github_url(setting=read_setting(pyproject))}.git@{read_setting(pyproject).branch}"
 
 
 CELL_TEMPLATE = '''\

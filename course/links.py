@@ -288,7 +288,8 @@ def _rename_elsewhere(old: str, new: str) -> list[str]:
 def stale(setting: Setting | None = None, write: bool = False) -> list[str]:
     """Every generated link that differs from the setting, as ``"file: what"``; with `write`, fix them.
 
-    Writes markdown regions and ``solutions/`` headers; student copies (``modules/``) are only checked.
+    Writes markdown regions, ``solutions/`` headers and install cells (course.colab); student copies
+    (``modules/``) are only checked.
     """
     s = setting or read_setting()
     problems = []
@@ -321,6 +322,10 @@ def stale(setting: Setting | None = None, write: bool = False) -> list[str]:
             problems.append(f"{root}/{folder}/{module}.ipynb: header badge line out of date")
             if write and root == "solutions":
                 nb_path.write_text(_edit_notebook_text(nb_path.read_text(), new))
+    from course.colab import write_install_cells  # the install cells' default source: the same setting
+
+    problems += [f"{path.relative_to(REPO)}: install cell out of date"
+                 for path in write_install_cells(REPO, check=not write)]
     return problems
 
 

@@ -73,9 +73,7 @@ def test_cells_are_up_to_date_with_the_generator():
 
 def test_default_source_is_the_repository_named_in_pyproject(tmp_path):
     """One place names the repository: pyproject.toml's [project.urls] (the links helper writes it there)."""
-    urls = PYPROJECT["project"].get("urls", {})
-    github = [url for url in urls.values() if "github.com/" in url]
-    expected = github[0] if github else colab.FALLBACK_REPOSITORY
+    expected = PYPROJECT["project"]["urls"]["Repository"]
     assert colab.default_source(REPO / "pyproject.toml").startswith(f"git+{expected.rstrip('/')}")
     other = tmp_path / "pyproject.toml"
     other.write_text('[project]\nname = "x"\n[project.urls]\nRepository = "https://github.com/me/fork/"\n')
