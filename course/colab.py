@@ -134,9 +134,11 @@ def describe_install(report: str | os.PathLike, seconds: float, source: str = ""
         lines.append(f"Kept this runtime's {', '.join(kept)}.")
     majors = [int(v.split(".")[0]) for v in replaced.get("protobuf", ("0", "0"))]
     if majors[0] < 6 <= majors[1]:
+        # grpcio-status 1.71.2 requires protobuf<6 (its METADATA); tensorflow 2.20.0 only protobuf>=5.28.0
         lines.append("pip's red 'dependency conflicts' ERROR above (grpcio-status wants protobuf < 6) is "
-                     "expected and harmless here: only Colab's TensorFlow and Google Cloud clients want the "
-                     "old protobuf, and this notebook uses neither: do not import tensorflow here.")
+                     "expected and harmless here: grpcio-status serves Colab's Google Cloud clients, which "
+                     "this notebook does not use (for those, start a fresh runtime: Runtime > Disconnect and "
+                     "delete runtime).")
     loaded = _loaded_before(names)
     new = {_norm(name): version for name, version in names.items()}
     newer = [name for name in loaded if _older(new.get(_norm(name), ""), old.get(_norm(name), ""))]
