@@ -177,9 +177,11 @@ def text_of(cell) -> str:
 
 
 def run_notebook(path: Path, home: Path, timeout: int) -> dict:
-    """Execute `path`'s cells up to its first exercise's test in the Colab-like kernel; a table row."""
+    """Execute `path`'s cells up to its first exercise's test in the Colab-like kernel; a table row. When the
+    install cell says RESTART NEEDED, do what it tells the learner: restart the kernel and run again from the
+    top (row["restarted"]; the install cell then prints nothing)."""
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from nbclient.util import run_sync
 
     nb = nbformat.read(path, as_version=4)
     nb.cells = nb.cells[:first_exercise(nb) + 1]
@@ -190,31 +192,49 @@ def run_notebook(path: Path, home: Path, timeout: int) -> dict:
     client = NotebookClient(nb, kernel_name=KERNEL, timeout=timeout,
                             resources={"metadata": {"path": str(content)}})
     with client.setup_kernel():
-        for index, cell in enumerate(nb.cells):
-            if cell.cell_type != "code":
-                continue
-            began = time.monotonic()
-            try:
-                client.execute_cell(cell, index)
-                ok = True
-            except (CellExecutionError, CellTimeoutError) as error:
-                ok = False
-                lines = [line for line in str(error).strip().splitlines() if line.strip()]
-                row["error"] = f"{cell.get('id')}: {lines[-1][:150] if lines else type(error).__name__}"
-            if cell.get("id") == "install":
-                row["install_s"] = round(time.monotonic() - began)
-                row["install_output"] = text_of(cell)
-                found = re.search(r"with (\d+) other packages?(?:: (.*))?", text_of(cell))
-                row["installed"] = (f"{found.group(1)}: {found.group(2) or ''}" if found
-                                    else text_of(cell).strip()[:200] or "(nothing printed)")
-            elif re.search(r'\bsetup\("', cell.source):
-                row["setup"] = "ok" if ok else "FAILED"
-            elif index == len(nb.cells) - 1:
-                row["exercise"] = "passed" if ok else "FAILED"
-            if not ok:
-                break
+        if execute(client, nb, row):
+            row["restarted"] = True
+            run_sync(client.km.restart_kernel)(now=True)
+            run_sync(client.kc.wait_for_ready)(timeout=120)
+            execute(client, nb, row, again=True)
     row["seconds"] = round(time.monotonic() - start)
     return row
+
+
+def execute(client, nb, row: dict, again: bool = False) -> bool:
+    """Run the code cells in order until one fails, filling `row`; True when the install cell asked for a
+    restart (then it stops there)."""
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        began = time.monotonic()
+        try:
+            client.execute_cell(cell, index)
+            ok = True
+            row["error"] = ""
+        except (CellExecutionError, CellTimeoutError) as error:
+            ok = False
+            lines = [line for line in str(error).strip().splitlines() if line.strip()]
+            row["error"] = f"{cell.get('id')}: {lines[-1][:150] if lines else type(error).__name__}"
+        if cell.get("id") == "install" and again:
+            row["install_after_restart"] = text_of(cell)
+        elif cell.get("id") == "install":
+            row["install_s"] = round(time.monotonic() - began)
+            row["install_output"] = text_of(cell)
+            found = re.search(r"with (\d+) other packages?(?:: (.*))?", text_of(cell))
+            row["installed"] = (f"{found.group(1)}: {found.group(2) or ''}" if found
+                                else text_of(cell).strip()[:200] or "(nothing printed)")
+            if ok and "RESTART NEEDED" in text_of(cell):
+                return True
+        elif re.search(r'\bsetup\("', cell.source):
+            row["setup"] = "ok" if ok else "FAILED"
+        elif index == len(nb.cells) - 1:
+            row["exercise"] = "passed" if ok else "FAILED"
+        if not ok:
+            break
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, help="the environment's folder (default: the runtime's own)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--preload", nargs="*", default=list(PRELOADED),
+                        help=f"modules the kernel imports at its start (default: {' '.join(PRELOADED)})")
     args = parser.parse_args(argv)
     os.environ.pop("PYTHONPATH", None)  # neither pip nor the kernel may see this checkout's course/
 
@@ -246,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                       MPLBACKEND="agg")
     startup = work / "home" / ".ipython" / "profile_default" / "startup"
     startup.mkdir(parents=True)
-    (startup / "00-colab-preload.py").write_text("".join(f"import {name}\n" for name in PRELOADED))
+    (startup / "00-colab-preload.py").write_text("".join(f"import {name}\n" for name in args.preload))
     notebooks = sorted((REPO / "solutions").glob("*/*.ipynb"))
     if args.only:
         notebooks = [p for p in notebooks if p.stem in args.only]
@@ -266,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         installed = r["installed"] if len(r["installed"]) < 120 else r["installed"][:117] + "..."
-        print(f"| {r['notebook']} | {r['install_s']} | {installed} | {r['setup']} | {r['exercise']} | "
+        setup = r["setup"] + (" (after the restart the cell asked for)" if r.get("restarted") else "")
+        print(f"| {r['notebook']} | {r['install_s']} | {installed} | {setup} | {r['exercise']} | "
               f"{r['seconds']} | {r['error']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
