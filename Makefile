@@ -11,7 +11,8 @@
 #         make gpu-check [NB="00_orientation 03_profiling"] [PROFILE=t4] [JOBS=4] (every notebook on the GPU:
 #                        time, peak GPU memory, CPU fallbacks, errors; PROFILE=t4 predicts Colab's T4),
 #         make colab-check [COLAB_ARGS='--only 02_snn'] (every notebook's install cell, setup and first exercise
-#                    in a Colab-like environment: another Python, torch and numpy, no course; not in make test)
+#                    in a Colab-like environment: Colab's 2026-08 runtime, Python 3.13, torch 2.11, IPython 7.34,
+#                    no course; COLAB_ARGS='--runtime py312-torch2.14' for the older one; not in make test)
 
 PYTHON ?= python3
 VENV ?= .venv

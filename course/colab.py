@@ -72,14 +72,15 @@ if importlib.util.find_spec("course") is None:
     work, start = tempfile.mkdtemp(), time.time()
     # pip may not change what the runtime has loaded (torch, numpy, the kernel): a constraints file holds them
     loaded = {keep}
+    before = {{d.name: d.version for d in md.distributions()}}
     with open(os.path.join(work, "keep.txt"), "w") as keep:
-        keep.writelines(f"{{d.name}}=={{d.version}}\\n" for d in md.distributions()
-                        if d.name.lower() in loaded)
+        keep.writelines(f"{{name}}=={{version}}\\n" for name, version in before.items()
+                        if name.lower() in loaded)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", keep.name, "--report",
                     os.path.join(work, "pip.json"), f"{distribution}[{extra}] @ {{source}}"], check=True)
     importlib.invalidate_caches()
     from course.colab import describe_install
-    print(describe_install(os.path.join(work, "pip.json"), time.time() - start, source))'''
+    print(describe_install(os.path.join(work, "pip.json"), time.time() - start, source, before))'''
 
 
 def install_cell_source(module: str, source: str | None = None) -> str:
@@ -89,9 +90,13 @@ def install_cell_source(module: str, source: str | None = None) -> str:
                                 keep="(" + ", ".join(f'"{name}"' for name in COLAB_KEEPS) + ")")
 
 
-def describe_install(report: str | os.PathLike, seconds: float, source: str = "") -> str:
-    """One short paragraph from pip's ``--report`` JSON: what was installed, how long it took, and whether
-    Colab's torch and numpy were kept (pip installs nothing it already has at a version the pins allow)."""
+def describe_install(report: str | os.PathLike, seconds: float, source: str = "",
+                     before: dict[str, str] | None = None) -> str:
+    """The install cell's summary, from pip's ``--report`` JSON and `before` ({distribution: version} as the
+    runtime had them before pip ran): what was installed, how long it took, which of the runtime's own
+    packages pip replaced, whether Colab's torch and numpy were kept, and what the learner must do next:
+    restart when pip replaced a package this kernel had already imported (its old version stays in memory;
+    Colab preloads numpy and pandas, colabtools issue #5197), else nothing."""
     try:
         installed = json.loads(Path(report).read_text()).get("install", [])
     except (OSError, ValueError):
@@ -101,15 +106,51 @@ def describe_install(report: str | os.PathLike, seconds: float, source: str = ""
     lines = [f"Installed the course{f' {course}' if course else ''} from {source or 'its repository'} "
              f"in {seconds:.0f} s, with {len(names)} other package{'s' if len(names) != 1 else ''}"
              + (f": {', '.join(f'{n} {v}' for n, v in sorted(names.items()))}" if names else ".")]
+    old = {_norm(name): version for name, version in (before or {}).items()}
+    replaced = {name: (old[_norm(name)], version) for name, version in sorted(names.items())
+                if old.get(_norm(name)) not in (None, version)}
+    if replaced:
+        changes = ", ".join(f"{name} {was} -> {now}" for name, (was, now) in replaced.items())
+        lines.append(f"Replaced this runtime's {changes} (this notebook's libraries need them).")
     kept = [f"{name} {_version(name)}" for name in COLAB_KEEPS[:2] if name not in names and _version(name)]
     if kept:
         lines.append(f"Kept this runtime's {', '.join(kept)}.")
+    majors = [int(v.split(".")[0]) for v in replaced.get("protobuf", ("0", "0"))]
+    if majors[0] < 6 <= majors[1]:
+        # grpcio-status 1.71.2 requires protobuf<6 (its METADATA); tensorflow 2.20.0 only protobuf>=5.28.0
+        lines.append("pip's red 'dependency conflicts' ERROR above (grpcio-status wants protobuf < 6) is "
+                     "expected and harmless here: grpcio-status serves Colab's Google Cloud clients, which "
+                     "this notebook does not use (for those, start a fresh runtime: Runtime > Disconnect and "
+                     "delete runtime).")
     loaded = _loaded_before(names)
-    if loaded:
-        lines.append(f"pip changed {', '.join(loaded)}, which this kernel had already imported: it goes on "
-                     "with the versions it loaded. If a later cell fails on an import, restart the runtime "
-                     "(Runtime > Restart session) and run the notebook again from the top.")
-    return "\n".join(lines)
+    new = {_norm(name): version for name, version in names.items()}
+    newer = [name for name in loaded if _older(new.get(_norm(name), ""), old.get(_norm(name), ""))]
+    restart = [name for name in loaded if name not in newer]
+    if newer:
+        lines.append(f"pip downgraded {', '.join(newer)}, which this kernel had already imported: "
+                     "the newer version it loaded stays in use and serves what asked for the older one.")
+    if restart:
+        lines.append(f"RESTART NEEDED: pip changed {', '.join(restart)}, which this kernel had "
+                     "already imported (the old version stays in memory). Do this now: Runtime > Restart "
+                     "session, then run the notebook again from the top; this cell then finds the course "
+                     "and skips at once.")
+    else:
+        lines.append("No restart needed: go on with the next cell." if names else "")
+    return "\n".join(line for line in lines if line)
+
+
+def _older(version: str, than: str) -> bool:
+    """Whether `version` sorts before `than` (release numbers only, e.g. 4.12.2 < 4.16.0); False if either is
+    unknown or not numeric."""
+    def key(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:4])
+
+    return bool(version and than) and key(version) < key(than)
+
+
+def _norm(name: str) -> str:
+    """A distribution's name as PEP 503 normalises it (typing_extensions == typing-extensions)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _loaded_before(names: dict[str, str]) -> list[str]:
@@ -117,12 +158,9 @@ def _loaded_before(names: dict[str, str]) -> list[str]:
     (its old version stays in memory until a restart); pip's names compared as PEP 503 normalises them."""
     import importlib.metadata
 
-    def norm(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
-
-    wanted = {norm(name) for name in names}
+    wanted = {_norm(name) for name in names}
     found = {dist for module, dists in importlib.metadata.packages_distributions().items()
-             if module in sys.modules for dist in dists if norm(dist) in wanted}
+             if module in sys.modules for dist in dists if _norm(dist) in wanted}
     return sorted(found, key=str.lower)
 
 

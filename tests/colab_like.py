@@ -1,22 +1,26 @@
 """Every notebook as Google Colab meets it: `make colab-check` (minutes; not part of `make test`).
 
 Colab opens one .ipynb, with no `course` package, on its own Python, torch (a CUDA build) and numpy. This
-builds (once; reused while its spec is unchanged) a virtual environment like that under /tmp: Python 3.12,
-torch and numpy at versions other than requirements.txt's pins, and Colab's usual libraries at Colab's
-versions (facts as of 2026-08-19 from github.com/googlecolab/backend-info, pip-freeze.gpu.txt: pandas 2.2.3,
-matplotlib 3.10, scikit-learn 1.6.1, psutil 5.9.5, ipywidgets 7.7.1, cloudpickle, fastapi, httpx, pydantic).
+builds (once per runtime; reused while its spec is unchanged) a virtual environment like that under
+/tmp/colab-like, by default Colab's newest known runtime (RUNTIMES["2026-08"], from
+github.com/googlecolab/backend-info commit a7240792 of 2026-08-19: Python 3.13, torch 2.11.0, numpy 2.1.3,
+pandas 2.2.3, IPython 7.34 with ipykernel 6.17.1, ipywidgets 7.7.1, protobuf 5.29.6 with grpcio-status 1.71.2,
+...); `--runtime py312-torch2.14` is the first environment (Python 3.12, torch 2.14.1, numpy 2.0.2, newest
+IPython). The kernel imports numpy and pandas before the first cell, as Colab's does (PRELOADED).
 It builds the course's wheel and points the install cell's one setting (COURSE_SOURCE) at it, then for every
 solution notebook, starting each time from that same base environment, runs in a kernel of that Python, in an
 empty folder (Colab's /content): the install cell, the setup cell, every cell up to the first exercise's test
 cell, and that test (the solution is in). COLAB_RELEASE_TAG is set, so `course.colab.on_colab()` is true as on
 Colab. It prints a table: notebook, install seconds, what pip installed, setup, exercise, the first error.
 
-    python -m tests.colab_like [--only 02_snn 07b_serving] [--rebuild] [--venv DIR]
+    python -m tests.colab_like [--runtime 2026-08|py312-torch2.14] [--only 02_snn 07b_serving] [--rebuild]
 
-Differences from Colab it cannot remove: no GPU (torch's CUDA build sees none), pip's download cache is this
-machine's (Colab downloads everything: its install times are longer), Python 3.12 (Colab moved to 3.13 in
-2026-08; its pinned 2026.07 runtime is 3.12), IPython 8/9 and ipykernel 7 (Colab: IPython 7.34, ipykernel
-6.17)."""
+Differences from Colab it cannot remove: no GPU (torch's CUDA build sees none); torch is PyPI's 2.11.0 (a
+CUDA 13.0 build) where Colab has 2.11.0+cu128 from PyTorch's index; Python 3.13.0 (Colab: 3.13.15); only the
+~50 of Colab's ~700 preinstalled packages that the course's installs touch (no tensorflow, so nothing here
+imports the protobuf pip replaces); Colab's kernel is its own fork with google.colab loaded (more modules
+imported before the first cell); pip's download cache is this machine's (Colab downloads everything: its
+install times are longer)."""
 
 from __future__ import annotations
 
@@ -34,15 +38,54 @@ from pathlib import Path
 import nbformat
 
 REPO = Path(__file__).resolve().parents[1]
-PYTHON = os.environ.get("COLAB_LIKE_PYTHON", "/root/.pyenv/versions/3.12.1/bin/python")
-VENV = Path(os.environ.get("COLAB_LIKE_VENV", "/tmp/colab-like/venv"))
 #: Wheels pip's index lacks here (torch's CUDA build needs nvidia-* wheels); empty elsewhere.
 FIND_LINKS = os.environ.get("COLAB_LIKE_FIND_LINKS", "/opt/pypi-more/files")
-#: Not the course's pins (torch 2.13.0, numpy 2.4.6), as on Colab; the rest at Colab's versions.
-BASE = ["torch==2.14.1", "numpy==2.0.2", "pandas==2.2.3", "matplotlib==3.10.*", "scikit-learn==1.6.1",
-        "scipy", "tqdm", "psutil==5.9.5", "ipywidgets==7.7.1", "requests", "ipykernel", "ipython",
-        "cloudpickle==3.1.2", "fastapi", "uvicorn", "httpx==0.28.1", "pydantic"]
+
+#: Colab's runtimes this check can imitate: the Python it runs, its own venv folder (both are kept, each
+#: reused while its spec is unchanged), and the preinstalled packages that matter for the course's installs
+#: (what the install cell may replace, conflict with, or must leave alone).
+#: "2026-08" is Colab's newest known GPU runtime: github.com/googlecolab/backend-info commit a7240792
+#: "Upgrade to Python 3.13" (2026-08-19), pip-freeze.gpu.txt and os-info-gpu.txt (Python 3.13.15 there; the
+#: nearest here is 3.13.0). torch is PyPI's 2.11.0 build (Colab has 2.11.0+cu128 from PyTorch's index).
+#: Left out although Colab has them: tensorflow 2.20 / tf_keras / jax's CUDA plugins (big; they bound
+#: protobuf too), and the rest of Colab's ~700 packages.
+#: "py312-torch2.14" is the check's first environment: Python 3.12 with torch and numpy deliberately off
+#: both the course's pins and Colab's (a Colab that has moved on), IPython/ipykernel at pip's newest.
+RUNTIMES = {
+    "2026-08": {
+        "python": "/root/.pyenv/versions/3.13.0/bin/python",
+        "venv": "/tmp/colab-like/py313-2026-08",
+        "packages": [
+            "pip==24.1.2", "setuptools==75.2.0", "packaging==26.3",
+            "torch==2.11.0", "torchao==0.10.0", "numpy==2.1.3", "pandas==2.2.3", "scipy==1.16.3",
+            "matplotlib==3.10.0", "scikit-learn==1.6.1", "tqdm==4.67.3", "psutil==5.9.5", "requests==2.32.4",
+            "typing_extensions==4.16.0", "pydantic==2.13.4", "pydantic_core==2.46.4",
+            "ipykernel==6.17.1", "ipython==7.34.0", "ipywidgets==7.7.1", "widgetsnbextension==3.6.10",
+            "jupyterlab_widgets==3.0.16", "jupyter_client==7.4.9", "jupyter_core==5.9.1", "traitlets==5.7.1",
+            "tornado==6.5.7", "pyzmq==26.2.1", "debugpy==1.8.15", "prompt_toolkit==3.0.53",
+            "matplotlib-inline==0.2.2", "nest-asyncio==1.6.0",
+            "protobuf==5.29.6", "grpcio==1.83.0", "grpcio-status==1.71.2",
+            "cloudpickle==3.1.2", "fastapi==0.141.1", "starlette==1.6.0", "uvicorn==0.52.3", "httpx==0.28.1",
+            "rich==13.9.4", "transformers==5.15.0", "tokenizers==0.22.2", "huggingface_hub==1.27.0",
+            "safetensors==0.8.0", "sentencepiece==0.2.2", "regex==2025.11.3",
+            "jax==0.7.2", "jaxlib==0.7.2", "ml_dtypes==0.6.0", "absl-py==1.4.0", "flatbuffers==25.12.19",
+        ],
+    },
+    "py312-torch2.14": {
+        "python": "/root/.pyenv/versions/3.12.1/bin/python",
+        "venv": "/tmp/colab-like/venv",
+        "packages": [
+            "torch==2.14.1", "numpy==2.0.2", "pandas==2.2.3", "matplotlib==3.10.*", "scikit-learn==1.6.1",
+            "scipy", "tqdm", "psutil==5.9.5", "ipywidgets==7.7.1", "requests", "ipykernel", "ipython",
+            "cloudpickle==3.1.2", "fastapi", "uvicorn", "httpx==0.28.1", "pydantic"],
+    },
+}
+DEFAULT_RUNTIME = "2026-08"
 KERNEL = "colab-like"
+#: What a Colab kernel has imported before the first cell runs (an IPython startup file here): numpy and
+#: pandas are loaded at runtime start (colabtools issues #5197, #298, #327; numpy/numpy #25725), so pip
+#: changing them under the kernel is what the install cell must avoid, and its summary must notice.
+PRELOADED = ("numpy", "pandas")
 
 
 def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -66,16 +109,19 @@ def freeze(venv: Path) -> dict[str, str]:
     return {item["name"].lower(): item["version"] for item in json.loads(out)}
 
 
-def ensure_base(venv: Path, rebuild: bool = False) -> dict[str, str]:
-    """The Colab-like environment (built when missing, when BASE changed, or with `rebuild`); its packages."""
+def ensure_base(venv: Path, python: str, packages: list[str], rebuild: bool = False) -> dict[str, str]:
+    """The Colab-like environment in `venv`: `python` with `packages` (built when missing, when its spec
+    changed, or with `rebuild`); {package: version} as installed."""
     marker = venv / "colab-like-base.json"
-    if rebuild or not marker.exists() or json.loads(marker.read_text()).get("spec") != BASE:
+    spec = {"python": python, "packages": packages}
+    if rebuild or not marker.exists() or json.loads(marker.read_text()).get("spec") != spec:
         shutil.rmtree(venv, ignore_errors=True)
-        print(f"building {venv} with {PYTHON} (a few minutes) ...", flush=True)
-        run(PYTHON, "-m", "venv", str(venv))
-        pip(venv, "install", "--quiet", "--upgrade", "pip")
-        pip(venv, "install", "--quiet", *BASE)
-        marker.write_text(json.dumps({"spec": BASE, "packages": freeze(venv)}))
+        print(f"building {venv} with {python} (a few minutes) ...", flush=True)
+        run(python, "-m", "venv", str(venv))
+        tools = [p for p in packages if re.match(r"(pip|setuptools)==", p)]
+        pip(venv, "install", "--quiet", *(tools or ["--upgrade", "pip"]))
+        pip(venv, "install", "--quiet", *[p for p in packages if p not in tools])
+        marker.write_text(json.dumps({"spec": spec, "packages": freeze(venv)}))
     return json.loads(marker.read_text())["packages"]
 
 
@@ -131,9 +177,11 @@ def text_of(cell) -> str:
 
 
 def run_notebook(path: Path, home: Path, timeout: int) -> dict:
-    """Execute `path`'s cells up to its first exercise's test in the Colab-like kernel; a table row."""
+    """Execute `path`'s cells up to its first exercise's test in the Colab-like kernel; a table row. When the
+    install cell says RESTART NEEDED, do what it tells the learner: restart the kernel and run again from the
+    top (row["restarted"]; the install cell then prints nothing)."""
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from nbclient.util import run_sync
 
     nb = nbformat.read(path, as_version=4)
     nb.cells = nb.cells[:first_exercise(nb) + 1]
@@ -144,31 +192,49 @@ def run_notebook(path: Path, home: Path, timeout: int) -> dict:
     client = NotebookClient(nb, kernel_name=KERNEL, timeout=timeout,
                             resources={"metadata": {"path": str(content)}})
     with client.setup_kernel():
-        for index, cell in enumerate(nb.cells):
-            if cell.cell_type != "code":
-                continue
-            began = time.monotonic()
-            try:
-                client.execute_cell(cell, index)
-                ok = True
-            except (CellExecutionError, CellTimeoutError) as error:
-                ok = False
-                lines = [line for line in str(error).strip().splitlines() if line.strip()]
-                row["error"] = f"{cell.get('id')}: {lines[-1][:150] if lines else type(error).__name__}"
-            if cell.get("id") == "install":
-                row["install_s"] = round(time.monotonic() - began)
-                row["install_output"] = text_of(cell)
-                found = re.search(r"with (\d+) other packages?(?:: (.*))?", text_of(cell))
-                row["installed"] = (f"{found.group(1)}: {found.group(2) or ''}" if found
-                                    else text_of(cell).strip()[:200] or "(nothing printed)")
-            elif re.search(r'\bsetup\("', cell.source):
-                row["setup"] = "ok" if ok else "FAILED"
-            elif index == len(nb.cells) - 1:
-                row["exercise"] = "passed" if ok else "FAILED"
-            if not ok:
-                break
+        if execute(client, nb, row):
+            row["restarted"] = True
+            run_sync(client.km.restart_kernel)(now=True)
+            run_sync(client.kc.wait_for_ready)(timeout=120)
+            execute(client, nb, row, again=True)
     row["seconds"] = round(time.monotonic() - start)
     return row
+
+
+def execute(client, nb, row: dict, again: bool = False) -> bool:
+    """Run the code cells in order until one fails, filling `row`; True when the install cell asked for a
+    restart (then it stops there)."""
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        began = time.monotonic()
+        try:
+            client.execute_cell(cell, index)
+            ok = True
+            row["error"] = ""
+        except (CellExecutionError, CellTimeoutError) as error:
+            ok = False
+            lines = [line for line in str(error).strip().splitlines() if line.strip()]
+            row["error"] = f"{cell.get('id')}: {lines[-1][:150] if lines else type(error).__name__}"
+        if cell.get("id") == "install" and again:
+            row["install_after_restart"] = text_of(cell)
+        elif cell.get("id") == "install":
+            row["install_s"] = round(time.monotonic() - began)
+            row["install_output"] = text_of(cell)
+            found = re.search(r"with (\d+) other packages?(?:: (.*))?", text_of(cell))
+            row["installed"] = (f"{found.group(1)}: {found.group(2) or ''}" if found
+                                else text_of(cell).strip()[:200] or "(nothing printed)")
+            if ok and "RESTART NEEDED" in text_of(cell):
+                return True
+        elif re.search(r'\bsetup\("', cell.source):
+            row["setup"] = "ok" if ok else "FAILED"
+        elif index == len(nb.cells) - 1:
+            row["exercise"] = "passed" if ok else "FAILED"
+        if not ok:
+            break
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,15 +242,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=[],
                         help="notebook ids (default: every solution notebook)")
     parser.add_argument("--rebuild", action="store_true", help="build the base environment anew")
-    parser.add_argument("--venv", type=Path, default=VENV)
+    parser.add_argument("--runtime", choices=sorted(RUNTIMES), default=DEFAULT_RUNTIME,
+                        help=f"which Colab to imitate (default {DEFAULT_RUNTIME}, Colab's newest known)")
+    parser.add_argument("--venv", type=Path, help="the environment's folder (default: the runtime's own)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--preload", nargs="*", default=list(PRELOADED),
+                        help=f"modules the kernel imports at its start (default: {' '.join(PRELOADED)})")
     args = parser.parse_args(argv)
     os.environ.pop("PYTHONPATH", None)  # neither pip nor the kernel may see this checkout's course/
 
-    base = ensure_base(args.venv, args.rebuild)
+    runtime = RUNTIMES[args.runtime]
+    python = os.environ.get("COLAB_LIKE_PYTHON", runtime["python"])
+    args.venv = args.venv or Path(os.environ.get("COLAB_LIKE_VENV", runtime["venv"]))
+    base = ensure_base(args.venv, python, runtime["packages"], args.rebuild)
     base.pop("sysml-course", None)
-    print(f"base: python {Path(PYTHON).parent.parent.name}, torch {base.get('torch')}, "
+    print(f"base ({args.runtime}): python {Path(python).parent.parent.name}, ipython {base.get('ipython')}, "
+          f"ipykernel {base.get('ipykernel')}, torch {base.get('torch')}, "
           f"numpy {base.get('numpy')}, pandas {base.get('pandas')}, no course", flush=True)
     work = Path(tempfile.mkdtemp(prefix="colab-like-"))
     wheel = build_wheel(work / "dist")
@@ -192,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                       JUPYTER_PATH=str(kernelspec(work / "jupyter", args.venv)), HOME=str(work / "home"),
                       PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip")),
                       MPLBACKEND="agg")
-    (work / "home").mkdir()
+    startup = work / "home" / ".ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-colab-preload.py").write_text("".join(f"import {name}\n" for name in args.preload))
     notebooks = sorted((REPO / "solutions").glob("*/*.ipynb"))
     if args.only:
         notebooks = [p for p in notebooks if p.stem in args.only]
@@ -212,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         installed = r["installed"] if len(r["installed"]) < 120 else r["installed"][:117] + "..."
-        print(f"| {r['notebook']} | {r['install_s']} | {installed} | {r['setup']} | {r['exercise']} | "
+        setup = r["setup"] + (" (after the restart the cell asked for)" if r.get("restarted") else "")
+        print(f"| {r['notebook']} | {r['install_s']} | {installed} | {setup} | {r['exercise']} | "
               f"{r['seconds']} | {r['error']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

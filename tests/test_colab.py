@@ -151,6 +151,33 @@ def test_describe_install_names_what_pip_changed_under_the_running_kernel(tmp_pa
                                               {"metadata": {"name": "no-such-dist", "version": "1.0"}}]}))
     text = colab.describe_install(report, 3.2, "git+https://x")
     assert "already imported" not in text and "in 3 s, with 1 other package: no-such-dist 1.0" in text
+    assert "No restart needed" in text and "RESTART" not in text
+
+
+def test_describe_install_tells_what_to_do_after_replacing_the_runtimes_packages(tmp_path):
+    """01_edge on Colab (tests/colab_like.py, 2026-08 runtime): pip replaces Colab's protobuf 5 by 7 (onnx)
+    and downgrades typing_extensions; the summary names both with their old versions and explains pip's red
+    conflict ERROR. A loaded package pip downgraded needs no restart (the newer one stays loaded); one it
+    upgraded does, and the summary says exactly how."""
+    report = tmp_path / "pip.json"
+    report.write_text(json.dumps({"install": [
+        {"metadata": {"name": "protobuf", "version": "7.36.2"}},
+        {"metadata": {"name": "typing_extensions", "version": "4.12.2"}},
+        {"metadata": {"name": "onnx", "version": "1.23.2"}}]}))
+    assert "typing_extensions" in sys.modules
+    before = {"protobuf": "5.29.6", "typing-extensions": "4.16.0", "torch": "2.11.0"}
+    text = colab.describe_install(report, 20, "x", before)
+    assert "Replaced this runtime's protobuf 5.29.6 -> 7.36.2, typing_extensions 4.16.0 -> 4.12.2 (" in text
+    assert "onnx" not in text.split("Replaced")[1].split("\n")[0]
+    assert "grpcio-status wants protobuf < 6" in text
+    assert "pip downgraded typing_extensions" in text and "RESTART" not in text
+    assert "No restart needed" in text
+    text = colab.describe_install(report, 20, "x", {**before, "typing_extensions": "4.10.0"})
+    assert "RESTART NEEDED: pip changed typing_extensions" in text
+    assert "Runtime > Restart session, then run the notebook again from the top" in text
+    text = colab.describe_install(report, 20, "x", {"protobuf": "7.0.0"})
+    assert "protobuf 7.0.0 -> 7.36.2" in text and "grpcio-status" not in text
+    assert "Replaced" not in colab.describe_install(report, 20, "x")
 
 
 def test_on_colab_follows_colab_release_tag(monkeypatch):
