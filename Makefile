@@ -46,8 +46,9 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 # JupyterLab settings the course ships (no "get Jupyter news?" pop-up); Binder's postBuild installs the same.
 LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+# (not `install -D`: macOS's BSD install has no -D)
 $(LAB_OVERRIDES): binder/overrides.json $(STAMP)
-	install -D -m 644 $< $@
+	mkdir -p $(dir $@) && cp $< $@ && chmod 644 $@
 
 # Validate in JupyterLab judges as `make check` and grading do (course settings, stderr ignored):
 # the course serves it in place of nbgrader's (autograders/validate.py); Binder's postBuild runs the same.

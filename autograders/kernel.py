@@ -54,7 +54,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def limit(memory_bytes: int, file_bytes: int) -> None:
     # RLIMIT_DATA counts what a process allocates (heap and private mappings) but not address
     # space reserved and never touched, which torch reserves generously: RLIMIT_AS would break it.
-    resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
+    # macOS does not enforce RLIMIT_DATA for mmap'd memory and may refuse to set it (EINVAL): there the
+    # kernel starts without a memory cap (sandbox.isolation() says so) instead of dying at start.
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
+    except (ValueError, OSError):
+        if sys.platform != "darwin":
+            raise
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError, no kill

@@ -128,8 +128,9 @@ def after_run(mark: str) -> int:
 
 def isolation() -> str:
     """One line for the report: what the grading kernel is and is not kept from."""
-    limits = (f"memory {MEMORY_BYTES // 2**30} GB per process, files {FILE_BYTES // 2**20} MB, "
-              f"{MAX_TASKS} processes and threads")
+    memory = ("memory NOT capped (macOS does not enforce RLIMIT_DATA)" if sys.platform == "darwin"
+              else f"memory {MEMORY_BYTES // 2**30} GB per process")
+    limits = f"{memory}, files {FILE_BYTES // 2**20} MB, {MAX_TASKS} processes and threads"
     if namespaces_available():
         ends = ("everything a kernel starts ends with it (PID namespace)" if pid_namespace_available() else
                 "what a kernel starts is found by its environment and killed after grading "

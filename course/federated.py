@@ -741,9 +741,10 @@ def _start_ray(init_args: dict, exclude: set[int], attempts: int = 3) -> None:
 
     import ray
 
-    pythonpath = os.pathsep.join(sys.path)  # what Flower's backend hands its workers
-    if os.environ.get("PYTHONPATH"):
-        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    # What Flower's backend hands its workers: this kernel's sys.path, then PYTHONPATH, each entry once (several
+    # simulations in one kernel must not grow it: every process started later inherits it).
+    entries = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    pythonpath = os.pathsep.join(dict.fromkeys(entry for entry in entries if entry))
     os.environ["PYTHONPATH"] = pythonpath
     for attempt in range(1, attempts + 1):
         try:

@@ -228,3 +228,24 @@ def test_local_grid_raises_a_clients_bug_and_reports_a_dropout_as_a_failed_reply
     assert run.grid.messages_sent == 4
     with pytest.raises(ValueError):
         fl.LocalGrid(fl.make_client_app(), 0)
+
+
+def test_starting_ray_again_does_not_grow_pythonpath(monkeypatch):
+    """Each simulation hands Ray this kernel's path; several in one kernel must not append it again and again
+    (every process started later inherits PYTHONPATH)."""
+    import os
+    import sys
+    import types
+
+    from course import federated
+
+    seen = []
+    fake = types.SimpleNamespace(init=lambda runtime_env, **kw: seen.append(runtime_env["env_vars"]["PYTHONPATH"]),
+                                 shutdown=lambda: None)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    for _ in range(3):
+        federated._start_ray({}, exclude=set())
+    assert seen[0] == seen[1] == seen[2]
+    entries = seen[0].split(os.pathsep)
+    assert len(entries) == len(set(entries)) and "/somewhere/else" in entries
