@@ -337,6 +337,7 @@ _MD_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+
 _MD_IMAGE = re.compile(r"!\[[^\[\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _HTML_LINK = re.compile(r"<(?:a|img)\b[^>]*?\b(?:href|src)=[\"']([^\"']+)[\"']", re.I)
 _AUTOLINK = re.compile(r"<(https?://[^>\s]+)>")
+_REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?([^\s>]+)>?", re.M)  # [label]: target (reference-style)
 
 
 @dataclass(frozen=True)
@@ -349,14 +350,15 @@ class Link:
 
 
 def markdown_links(text: str) -> list[tuple[int, str]]:
-    """``(line, target)`` of every markdown link and image, HTML ``href``/``src`` and ``<https://...>`` in
+    """``(line, target)`` of every markdown link and image (inline or a reference definition ``[label]: target``),
+    HTML ``href``/``src`` and ``<https://...>`` in
     `text`; code blocks and code spans are skipped (blanked, so line numbers stay right)."""
     def blank(match: re.Match) -> str:
         return re.sub(r"[^\n]", " ", match.group(0))
 
     text = _CODE_SPAN.sub(blank, _FENCE.sub(blank, text))
     found = {}  # where the target starts -> (line, target): an image inside a link is found by both patterns
-    for pattern in (_MD_LINK, _MD_IMAGE, _HTML_LINK, _AUTOLINK):
+    for pattern in (_MD_LINK, _MD_IMAGE, _HTML_LINK, _AUTOLINK, _REFERENCE):
         for match in pattern.finditer(text):
             found[match.start(1)] = (text.count("\n", 0, match.start()) + 1, match.group(1))
     return [found[start] for start in sorted(found)]

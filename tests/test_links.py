@@ -181,3 +181,8 @@ def test_publishing_under_another_name_is_one_line_and_one_command(tmp_path):
                  "solutions/00_orientation/extra.md"):
         text = (copy / name).read_text()
         assert SETTING.repository not in text and "new-org/new-name" in text, name
+
+
+def test_reference_style_links_are_links():
+    text = "the [guide][g] and more\n\n[g]: docs/missing.md\n  [h]: <other.md> \"title\"\n"
+    assert links.markdown_links(text) == [(3, "docs/missing.md"), (4, "other.md")]
