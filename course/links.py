@@ -176,9 +176,12 @@ def _readme_slug(_: str, setting: Setting) -> str:
     return (f"\nThe Binder and Colab links open `{setting.repository}` on GitHub "
             f"(branch `{setting.branch}`): the\n"
             "course's intended public name, set once in `pyproject.toml` (`[project.urls] Repository`). "
-            "To publish\n"
-            "under another name, change that line and run `python -m course.links --write`, then\n"
-            "`python -m autograders.release`.\n")
+            "They work once\n"
+            "the course is published there (nothing offline can check that; `python -m course.links "
+            "--external`\n"
+            "lists the addresses to open once by hand). To publish under another name, change that line and "
+            "run\n"
+            "`python -m course.links --write`, then `python -m autograders.release`.\n")
 
 
 def _clone(_: str, setting: Setting) -> str:
@@ -572,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setting = read_setting()
     if args.external:
+        first = next(iter(notebooks().values()))
+        print("# the course's own pages (checked offline against this checkout; open them once after publishing):")
+        for url in (github_url("", setting), binder_url(first, setting), colab_url(first, setting)):
+            print(url)
+        print("# links to other sites:")
         places: dict[str, list[str]] = {}
         for link in external([link for doc in documents() for link in links_in(doc)]):
             places.setdefault(link.target, []).append(f"{link.file}:{link.line}")
