@@ -23,10 +23,10 @@ import re
 import sys
 from pathlib import Path
 
+from course.links import DISTRIBUTION  # the package's name on an install line ([project] name)
+
 #: The environment variable the install cell reads: where pip installs the course from.
 SOURCE_VARIABLE = "COURSE_SOURCE"
-#: The package's name on an install line (pyproject.toml's [project] name).
-DISTRIBUTION = "sysml-course"
 #: Libraries whose version Colab chooses and loads: the install cell holds pip to their installed versions (a
 #: constraints file), as pip must not swap what the kernel already imported (a Colab kernel loads numpy at its
 #: start, colabtools issue #5197; a new ipykernel, ipython, tornado or pyzmq can crash the runtime,
@@ -71,13 +71,20 @@ if importlib.util.find_spec("course") is None:
     source = os.environ.get("{variable}", "{source}")
     work, start = tempfile.mkdtemp(), time.time()
     # pip may not change what the runtime has loaded (torch, numpy, the kernel): a constraints file holds them
-    loaded = {keep}
     before = {{d.name: d.version for d in md.distributions()}}
     with open(os.path.join(work, "keep.txt"), "w") as keep:
-        keep.writelines(f"{{name}}=={{version}}\\n" for name, version in before.items()
-                        if name.lower() in loaded)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", keep.name, "--report",
-                    os.path.join(work, "pip.json"), f"{distribution}[{extra}] @ {{source}}"], check=True)
+        for name in {keep}:
+            try:  # the version Python imports (one line per name, though two folders may list it)
+                keep.write(f"{{name}}=={{md.version(name)}}\\n")
+            except md.PackageNotFoundError:
+                pass
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", keep.name, "--report",
+                          os.path.join(work, "pip.json"), f"{distribution}[{extra}] @ {{source}}"])
+    if pip.returncode:
+        raise RuntimeError(f"Could not install the course from {{source}} (pip's message is above). Check "
+                           "that this runtime reaches the internet, or set {variable} to where the course "
+                           "is, in a cell before this one: import os; os.environ['{variable}'] = "
+                           "'git+https://github.com/OWNER/REPO.git@main'. Then run this cell again.")
     importlib.invalidate_caches()
     from course.colab import describe_install
     print(describe_install(os.path.join(work, "pip.json"), time.time() - start, source, before))'''

@@ -23,12 +23,63 @@ import torch
 DEFAULT_SEED = 0
 MAX_THREADS = 4  # more threads than this only add contention on tiny course workloads
 
-#: Packages whose versions a learner (or a bug report) needs to see.
+#: Packages whose versions a learner (or a bug report) needs to see (on Colab: `reported_packages`).
 REPORTED_PACKAGES = ("torch", "numpy", "scikit-learn", "snntorch", "flwr", "nbgrader")
-#: The versions the course was verified with: requirements.txt's pins (tests/test_colab.py keeps them equal).
-#: An installed package (Colab's install cell) carries no requirements.txt, so setup() compares with these.
+#: The versions the course was verified with: requirements.txt's pins (tests/test_colab.py keeps them equal to
+#: `requirement_pins`). An installed package (Colab's install cell) carries no requirements.txt, so setup()
+#: compares with these.
 PINNED = {"torch": "2.13.0", "numpy": "2.4.6", "scikit-learn": "1.9.1", "snntorch": "1.0.0", "flwr": "1.42.0",
           "nbgrader": "0.9.6"}
+#: Packages the course reads only a data file of (course.data reads scikit-learn's digits, imports no code of
+#: it): their version is no reason to warn.
+DATA_ONLY = ("scikit-learn",)
+_last_module: str | None = None  # the notebook setup() last ran for: environment_report's default
+
+
+def requirement_pins(path: str | os.PathLike) -> dict[str, str]:
+    """A requirements file's exact pins as {name: version}: each under its name as written, lower case
+    (``flwr[simulation]``), and bare (``flwr``; ``_`` as ``-``). Lines without ``==`` are left out."""
+    import re
+
+    pins = {}
+    for line in open(path).read().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = (part.strip() for part in line.split("==", 1))
+            bare = re.sub(r"\[.*\]", "", name).lower().replace("_", "-")
+            pins[name.lower()] = pins[bare] = version.split(";")[0].strip()
+    return pins
+
+
+def extra_packages(module: str, requires: list[str] | None = None) -> list[str]:
+    """The libraries notebook `module`'s extra installs (pyproject.toml's
+    ``[project.optional-dependencies]``), read from the installed package's metadata (`requires`: its
+    ``Requires-Dist`` lines); [] when the course is not installed as a package (a checkout on PYTHONPATH)."""
+    import re
+
+    from course.colab import extra_name
+    from course.links import DISTRIBUTION
+
+    if requires is None:
+        try:
+            requires = importlib.metadata.requires(DISTRIBUTION) or []
+        except importlib.metadata.PackageNotFoundError:
+            requires = []
+    names = []
+    for line in requires:
+        marker = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", line)
+        if marker and marker.group(1) == extra_name(module):
+            names.append(re.match(r"[A-Za-z0-9._-]+", line).group(0))
+    return names
+
+
+def reported_packages(module: str | None, colab: bool | None = None) -> tuple[str, ...]:
+    """What setup() reports: `REPORTED_PACKAGES`, and on Colab only what matters there: torch, numpy and the
+    libraries of the notebook's extra (what its install cell brought; nbgrader is never installed there)."""
+    if not (colab if colab is not None else _on_colab()):
+        return REPORTED_PACKAGES
+    extra = extra_packages(module) if module else []
+    return ("torch", "numpy", *[name for name in extra if name not in ("torch", "numpy")])
 
 
 @dataclass(frozen=True)
@@ -125,9 +176,11 @@ def setup(module: str, seed: int = DEFAULT_SEED, device: str | None = None,
 
     from course import plots  # matplotlib loads only when a notebook sets up
 
+    global _last_module
+    _last_module = module
     plots.apply_defaults()
     ctx = Context(module=module, seed=seed, device=chosen, threads=threads,
-                  fast=fast_mode(), versions=package_versions())
+                  fast=fast_mode(), versions=package_versions(reported_packages(module)))
     if not quiet:
         print(ctx.summary(), file=sys.stdout)
         for note in version_notes(ctx.versions):
@@ -137,9 +190,11 @@ def setup(module: str, seed: int = DEFAULT_SEED, device: str | None = None,
 
 def version_notes(versions: dict[str, str], colab: bool | None = None) -> list[str]:
     """Lines for setup's report: installed versions that differ from `PINNED` (local tags such as ``+cpu``
-    ignored, missing packages left out), and on Google Colab (`course.colab.on_colab`) what that means."""
+    ignored, missing packages and `DATA_ONLY` ones left out), and on Google Colab (`course.colab.on_colab`)
+    what that means."""
     differ = [f"{name} {version} (pinned {PINNED[name]})" for name, version in versions.items()
-              if name in PINNED and version != "missing" and version.split("+")[0] != PINNED[name]]
+              if name in PINNED and name not in DATA_ONLY and version != "missing"
+              and version.split("+")[0] != PINNED[name]]
     notes = []
     if differ:
         notes.append(f"Not the course's pins: {', '.join(differ)}. The course was verified with the pinned "
@@ -168,18 +223,18 @@ def memory_limit_bytes() -> int | None:
     return None
 
 
-def environment_report(min_python=(3, 11), min_memory_gb: float = 1.5) -> list[tuple[str, bool, str]]:
-    """Rows of (check, passed, detail) for the orientation's environment check."""
+def environment_report(min_python=(3, 11), min_memory_gb: float = 1.5,
+                       module: str | None = None) -> list[tuple[str, bool, str]]:
+    """Rows of (check, passed, detail) for the orientation's environment check. On Colab the packages are
+    `reported_packages` of `module` (default: the notebook setup() last ran for): torch, numpy and that
+    notebook's extra, as each notebook's install cell brings its own."""
     import psutil
 
     rows = [("python", sys.version_info[:2] >= min_python,
              f"{platform.python_version()} (needs {'.'.join(map(str, min_python))}+)")]
     colab = _on_colab()
-    for name, version in package_versions().items():
-        if colab and version == "missing" and name not in ("torch", "numpy"):
-            # On Colab each notebook's first cell installs what that notebook needs; nbgrader only grades.
-            rows.append((name, True, "not installed: the notebook that uses it installs it"))
-            continue
+    names = reported_packages(module or _last_module, colab) if colab else REPORTED_PACKAGES
+    for name, version in package_versions(names).items():
         rows.append((name, version != "missing", version))
     device = pick_device()
     detail = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU: CPU is fine"

@@ -29,15 +29,7 @@ NOTEBOOKS = colab.solution_notebooks(REPO)
 
 
 def requirement_pins() -> dict[str, str]:
-    """requirements.txt as {name: version}, under its name as written (lower case, extras and all) and
-    bare."""
-    pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if "==" in line:
-            name, version = line.split("==")
-            pins[name.strip().lower()] = pins[bare(name.strip())] = version.strip()
-    return pins
+    return env.requirement_pins(REPO / "requirements.txt")
 
 
 def bare(name: str) -> str:
@@ -82,8 +74,9 @@ def test_default_source_is_the_repository_named_in_pyproject(tmp_path):
     assert colab.default_source(other) == "git+https://github.com/me/fork.git@v2"
 
 
-def run_cell(source: str, monkeypatch, *, course_missing: bool):
-    """Execute the cell's code as a kernel would, with pip replaced by a recorder; (pip calls, printed)."""
+def run_cell(source: str, monkeypatch, *, course_missing: bool, pip_fails: bool = False):
+    """Execute the cell's code as a kernel would, with pip replaced by a recorder (exiting 1 with
+    `pip_fails`); (pip calls, printed)."""
     import importlib.util
 
     calls = []
@@ -94,6 +87,9 @@ def run_cell(source: str, monkeypatch, *, course_missing: bool):
 
     def fake_run(args, **kwargs):
         calls.append((list(args), Path(args[args.index("-c") + 1]).read_text()))
+        if pip_fails:
+            print("ERROR: pip's own message")
+            return subprocess.CompletedProcess(args, 1)
         report = args[args.index("--report") + 1]
         Path(report).write_text(json.dumps({"install": [
             {"metadata": {"name": "sysml-course", "version": "0.1.0"}},
@@ -128,6 +124,35 @@ def test_install_cell_installs_from_course_source_and_holds_torch(monkeypatch):
     assert f"numpy=={numpy.__version__}" in constraints.splitlines()
     assert "Installed the course 0.1.0 from file:///wheels" in printed and "snntorch 1.0.0" in printed
     assert f"Kept this runtime's torch {torch.__version__}" in printed
+
+
+def test_install_cell_says_what_to_do_when_pip_fails(monkeypatch):
+    """No network, no repository, a resolver conflict: pip's message stays, then one paragraph that says what
+    failed and what to do, as the exception's message (not pip's command line)."""
+    monkeypatch.setenv("COURSE_SOURCE", "git+https://github.com/nobody/nothing.git@main")
+    with pytest.raises(RuntimeError) as raised:
+        run_cell(colab.install_cell_source("02_snn"), monkeypatch, course_missing=True, pip_fails=True)
+    text = str(raised.value)
+    assert text.startswith("Could not install the course from git+https://github.com/nobody/nothing.git@main")
+    assert "internet" in text and "os.environ['COURSE_SOURCE'] = " in text and "run this cell again" in text
+    assert "-m pip" not in text and len(text) < 400
+
+
+def test_constraints_hold_each_kept_package_once(monkeypatch, tmp_path):
+    """Two dist-infos of numpy on sys.path (Colab's /usr/local and /usr/lib dist-packages): one line each,
+    the version Python imports (importlib.metadata.version), or pip finds the constraints unsatisfiable."""
+    import importlib.metadata as md
+
+    for name in ("numpy", "torch"):
+        info = tmp_path / f"{name}-1.0.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0.0\n")
+    monkeypatch.setattr(sys, "path", sys.path + [str(tmp_path)])
+    assert sorted(d.version for d in md.distributions() if d.name == "numpy") != [md.version("numpy")]
+    (_, constraints), = run_cell(colab.install_cell_source("02_snn"), monkeypatch, course_missing=True)[0]
+    lines = constraints.splitlines()
+    assert len(lines) == len({line.split("==")[0] for line in lines})
+    assert f"numpy=={md.version('numpy')}" in lines and "numpy==1.0.0" not in lines
 
 
 def test_install_cell_default_source_is_the_repository(monkeypatch):
@@ -222,18 +247,27 @@ PROVIDED_BY = {"torch": "torch", "numpy": "numpy", "matplotlib": "matplotlib", "
                "flwr": "flwr", "ray": "flwr", "opacus": "opacus", "torchao": "torchao", "onnx": "onnx",
                "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "litert_torch": "litert-torch",
                "ai_edge_litert": "ai-edge-litert", "fastapi": "fastapi", "starlette": "fastapi",
-               "pydantic": "fastapi", "uvicorn": "uvicorn", "httpx": "httpx", "cloudpickle": "cloudpickle"}
+               "pydantic": "fastapi", "uvicorn": "uvicorn", "httpx": "httpx", "cloudpickle": "cloudpickle",
+               "sklearn": "scikit-learn"}
 #: Imports a notebook reaches in the scan but never runs, with the reason.
 NOT_NEEDED = {
     "pynvml": "course.accelerators reads NVML only when pynvml imports (Colab ships nvidia-ml-py)",
     "nbformat": "course.colab's cell writer only: a maintainer's tool (python -m course.colab --write)",
+    "google": "course.colab.on_colab asks whether google.colab exists (Colab's own package)",
     "02_snn:onnx": "course.edge imports these inside 01's export and quantization functions; 02 uses its "
                    "energy table and distillation loss only",
     "02_snn:onnxruntime": "as onnx", "02_snn:torchao": "as onnx",
 }
 
 
+#: Calls that import (or locate) a module named by a string: find_spec("sklearn") is how course.data finds the
+#: digits file scikit-learn ships without importing it.
+STRING_IMPORTS = {"find_spec", "import_module", "__import__"}
+
+
 def imports_of(source: str) -> set[str]:
+    """Module names `source` imports: import statements (inside functions too) and `STRING_IMPORTS` calls
+    with a literal name."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -242,6 +276,10 @@ def imports_of(source: str) -> set[str]:
             found.add(node.module)
             if node.module == "course":
                 found |= {f"course.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) and node.args[0].value \
+                and getattr(node.func, "attr", getattr(node.func, "id", None)) in STRING_IMPORTS:
+            found.add(node.args[0].value)
     return found
 
 
@@ -271,9 +309,10 @@ def third_party_imports(path: Path) -> set[str]:
     return third
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_every_import_is_colabs_or_in_the_notebooks_extra(path):
-    provided = {bare(re.split(r"[<>=!~ ;]", r)[0]) for r in PYPROJECT["project"]["dependencies"]}
+def missing_imports(path: Path, dependencies: list[str]) -> list[str]:
+    """What notebook `path` imports (itself or through course/) that neither `dependencies` nor its extra
+    installs."""
+    provided = {bare(re.split(r"[<>=!~ ;]", r)[0]) for r in dependencies}
     provided |= {bare(r.split("==")[0]) for r in EXTRAS[colab.extra_name(path.stem)]}
     missing = []
     for name in sorted(third_party_imports(path)):
@@ -281,7 +320,24 @@ def test_every_import_is_colabs_or_in_the_notebooks_extra(path):
             continue
         if PROVIDED_BY.get(name) not in provided:
             missing.append(f"{name} ({PROVIDED_BY.get(name, 'unknown: add it to PROVIDED_BY')})")
+    return missing
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_import_is_colabs_or_in_the_notebooks_extra(path):
+    missing = missing_imports(path, PYPROJECT["project"]["dependencies"])
     assert not missing, f"{path.stem} imports {', '.join(missing)}: add to its extra in pyproject.toml"
+
+
+def test_scan_sees_string_imports_and_flags_the_old_dependencies():
+    """course.data finds scikit-learn's digits with find_spec("sklearn"): the scan sees it, and the
+    dependencies before scikit-learn was added (review of issue 23, item 10) fail the coverage check."""
+    path = REPO / "solutions/00_orientation/00_orientation.ipynb"
+    assert "sklearn" in third_party_imports(path)
+    old = ["torch", "numpy>=2.0", "matplotlib", "scipy", "psutil", "tqdm", "ipython", "ipywidgets"]
+    assert missing_imports(path, old) == ["sklearn (scikit-learn)"]
+    assert imports_of('import importlib\nimportlib.import_module("onnx")\nfind_spec(name)') == \
+        {"importlib", "onnx"}
 
 
 def test_scan_sees_imports_through_course_modules():
@@ -346,20 +402,54 @@ def test_version_notes_name_what_differs_and_colab():
 
 def test_setup_prints_the_notes(capsys, monkeypatch):
     monkeypatch.setenv("COLAB_RELEASE_TAG", "x")
-    monkeypatch.setattr(env, "package_versions", lambda: {"torch": "0.0.1"})
+    monkeypatch.setattr(env, "package_versions", lambda names: {"torch": "0.0.1"})
     env.setup("unit")
     out = capsys.readouterr().out
     assert "torch 0.0.1 (pinned" in out and "On Google Colab" in out
 
 
-def test_environment_report_on_colab_passes_libraries_other_notebooks_install(monkeypatch):
-    """00's environment check on Colab: snntorch or nbgrader missing there is no fault (each notebook's
-    install cell brings its own); torch missing still is."""
-    monkeypatch.setattr(env.package_versions, "__defaults__", (("torch", "snntorch", "no-such-package-xyz"),))
-    monkeypatch.setattr(env, "_on_colab", lambda: True)
-    rows = {name: (ok, detail) for name, ok, detail in env.environment_report()}
-    assert rows["no-such-package-xyz"] == (True, "not installed: the notebook that uses it installs it")
-    assert rows["torch"][0] is True
+def test_version_notes_leave_out_data_only_packages():
+    """Colab's scikit-learn differs from the pin, but the course only reads its digits file: no warning."""
+    assert env.version_notes({**env.PINNED, "scikit-learn": "1.6.1"}, colab=False) == []
+    assert "scikit-learn" in env.REPORTED_PACKAGES and "scikit-learn" in env.DATA_ONLY
+
+
+REQUIRES = ["torch", "numpy>=2.0", "scikit-learn", 'snntorch==1.0.0; extra == "02-snn"',
+            'flwr[simulation]==1.42.0; extra == "05b-federated-privacy"',
+            'opacus==1.6.0 ; extra == "05b-federated-privacy"']
+
+
+def test_extra_packages_come_from_the_installed_metadata():
+    assert env.extra_packages("05b_federated_privacy", REQUIRES) == ["flwr", "opacus"]
+    assert env.extra_packages("02_snn", REQUIRES) == ["snntorch"]
+    assert env.extra_packages("00_orientation", REQUIRES) == []
+
+
+def test_setup_on_colab_reports_torch_numpy_and_the_notebooks_extra(capsys, monkeypatch):
+    """On Colab the setup line names what this notebook runs on, not 'nbgrader missing | flwr missing'."""
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "x")
+    monkeypatch.setattr(env, "extra_packages", lambda module: [] if module == "unit" else ["snntorch"])
+    assert env.reported_packages("02_snn") == ("torch", "numpy", "snntorch")
+    ctx = env.setup("unit")
+    assert list(ctx.versions) == ["torch", "numpy"]
+    out = capsys.readouterr().out
+    assert "nbgrader" not in out and "flwr" not in out and "scikit-learn" not in out
+    monkeypatch.delenv("COLAB_RELEASE_TAG")
     monkeypatch.setattr(env, "_on_colab", lambda: False)
+    assert env.reported_packages("02_snn") == env.REPORTED_PACKAGES
+
+
+def test_environment_report_on_colab_checks_what_this_notebook_needs(monkeypatch):
+    """00's environment check on Colab: torch, numpy and the notebook's extra (a missing one of those is a
+    fault); snntorch or nbgrader, which other notebooks' install cells bring, are not listed."""
+    monkeypatch.setattr(env, "_on_colab", lambda: True)
+    monkeypatch.setattr(env, "extra_packages", lambda module: ["no-such-package-xyz"] if module == "x" else [])
+    rows = {name: (ok, detail) for name, ok, detail in env.environment_report(module="x")}
+    assert rows["no-such-package-xyz"] == (False, "missing")
+    assert rows["torch"][0] is True and rows["numpy"][0] is True
+    assert "snntorch" not in rows and "nbgrader" not in rows and "scikit-learn" not in rows
+    monkeypatch.setattr(env, "_on_colab", lambda: False)
+    monkeypatch.setattr(env.package_versions, "__defaults__", (("torch", "no-such-package-xyz"),))
+    monkeypatch.setattr(env, "REPORTED_PACKAGES", ("torch", "no-such-package-xyz"))
     rows = {name: (ok, detail) for name, ok, detail in env.environment_report()}
     assert rows["no-such-package-xyz"] == (False, "missing")
