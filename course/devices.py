@@ -1,7 +1,10 @@
 """What the GPU in use can do, and where the course runs on the CPU on purpose.
 
-Course infrastructure: cells and helpers call these where a GPU changes what runs; each module that does
-says why where it does (03_profiling's bfloat16 rows, 07's model sizes, 04's torchrun workers on gloo).
+Course infrastructure. Callers: 03_profiling's bfloat16 row (`require_bf16`), `course.setup`
+(`apply_profile`), the helpers that run on the CPU by design (`on_cpu`), and ``make gpu-check``
+(tests/gpu_check.py: `FALLBACKS`, `bf16_native`, `gpu_memory_bytes`). No notebook checks free GPU memory
+before it allocates: none was written to need more than a T4's 14.74 GiB (the course's models are small; not
+yet measured on a GPU: the reserved-MiB column of ``make gpu-check PROFILE=t4`` is that evidence).
 
 - `bf16_native(device)`: does the device compute bfloat16 in hardware? The CPU: True (torch computes it
   everywhere, fast only with AVX-512 BF16 or AMX). CUDA: compute capability 8.0 (Ampere) or newer. Colab's
@@ -10,8 +13,9 @@ says why where it does (03_profiling's bfloat16 rows, 07's model sizes, 04's tor
   (``including_emulation=True``) it answers True on any GPU that can *hold* a bfloat16 tensor, a T4 included
   (torch/cuda/__init__.py in torch 2.13: capability >= 8 or a bf16 tensor allocates; a real Colab T4 printed
   "Tesla T4 (sm_75) bf16 supported True", MakazhanAlpamys/Soup #385, 2026-08); the capability decides here.
-- `gpu_memory_bytes(device)`, `fits(device, nbytes, what)`, `require_bf16(device, what)`: checks a cell makes
-  before it allocates or casts; they print why the cell shrinks, skips or falls back instead of failing.
+- `gpu_memory_bytes(device)`: the bytes this process may use (the T4 profile's when emulated);
+  `require_bf16(device, what)`: the check a cell makes before it casts to bfloat16; it prints why the cell
+  skips instead of failing.
 - `on_cpu(reason, cell=None)`: helpers call it where, a GPU present or not, they run on the CPU by design
   (torchrun workers on gloo, ONNX Runtime and LiteRT, Flower's simulated clients, the model server). Each call
   is kept in `FALLBACKS`, which ``make gpu-check`` (tests/gpu_check.py) reads after every cell; with a GPU
@@ -148,23 +152,6 @@ def require_bf16(device: torch.device | str | None, what: str) -> bool:
         return True
     print(f"skipped: {what} needs bfloat16, which the {device_name(device)} does not compute natively "
           f"(capability 8.0 or newer does; torch would emulate it, slowly and not as on an A100 or H100).")
-    return False
-
-
-def fits(device: torch.device | str | None, nbytes: int, what: str, headroom: float = 0.9) -> bool:
-    """True when `nbytes` more can be allocated on `device` within `headroom` of the memory this process may
-    use (`gpu_memory_bytes`), counting what torch's allocator already holds; else print why `what` shrinks or
-    skips and return False. Always True on the CPU (the notebooks' RAM budgets are checked elsewhere)."""
-    device = _device(device)
-    limit = gpu_memory_bytes(device)
-    if limit is None:
-        return True
-    held = torch.cuda.memory_reserved(device)
-    if held + nbytes <= headroom * limit:
-        return True
-    left = (headroom * limit - held) / 2**30
-    print(f"skipped: {what} needs {nbytes / 2**30:.1f} GiB on the GPU, and the {device_name(device)} has "
-          f"{left:.1f} GiB left of the {limit / 2**30:.1f} GiB this process may use.")
     return False
 
 

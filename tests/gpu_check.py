@@ -1,4 +1,4 @@
-"""Run every solution notebook on the GPU; print time, peak GPU memory, CPU fallbacks and errors of each.
+"""Run every solution notebook on the GPU; print time, peak GPU memory, CPU runs and errors of each.
 
     python -m tests.gpu_check [MODULE ...] [--profile t4] [--out DIR] [--allow-cpu]
     make gpu-check [NB="00_orientation 03_profiling"] [PROFILE=t4]
@@ -8,11 +8,20 @@ Each notebook runs top to bottom in a fresh kernel (nbclient) with ``COURSE_DEVI
 runs, and every cell that raised is listed (a later error may follow from an earlier one). Per notebook:
 
 - wall time;
-- the kernel's peak GPU memory, ``torch.cuda.max_memory_allocated``, read and reset after every cell by an
-  IPython ``post_run_cell`` hook injected as an extra first cell (the largest cell is named);
+- the kernel's peak GPU memory, read and reset after every cell by IPython ``pre_run_cell``/``post_run_cell``
+  hooks injected as an extra first cell (the largest cell is named): ``torch.cuda.max_memory_reserved``, the
+  table's column (the caching allocator's blocks: what ``--profile t4``'s cap binds on), and
+  ``max_memory_allocated`` (tensors only, in the JSON). Neither counts the CUDA context and the kernel
+  libraries' code (torch's memory_allocated docs: "some context needs to be created on GPU"; nvidia-smi showed
+  781 MB for a small torch process in pytorch/pytorch#34323): a T4 holds less than the cap suggests by that
+  much. The device column below includes it;
 - the whole device's peak (every process: torchrun workers, the model server), sampled every 0.2 s from
   NVML (pynvml) or ``nvidia-smi --query-gpu=memory.used``, minus its level before the notebook started;
 - the cells that recorded a deliberate CPU run (``course.devices.on_cpu``: id and reason);
+- the cells that ran on the CPU undeclared: over `CPU_FLAG_S` (1 s) of the kernel's CPU time (``os.times``,
+  its own and its waited-for children's; Ray workers and other processes it did not start are not counted),
+  no CUDA allocation (``memory_stats()["allocation.all.allocated"]`` unchanged) and no ``on_cpu`` record:
+  a forgotten ``.to(ctx.device)`` looks like this, and so does honest CPU work (data, plots) worth declaring;
 - the cells that raised (id and error), cells tagged ``raises-exception`` excepted.
 
 Everything is also written to ``<out>/gpu_check.json`` (default ``build/gpu-check/``). The exit code is 1
@@ -37,8 +46,14 @@ from pathlib import Path
 from autograders import settings
 
 HOOK_ID = "gpu-check-hook"
-# Runs in the notebook's kernel before its first cell. After every cell: the CUDA peak since the last reset,
-# the new CPU fallbacks, and the error if any, as one JSON line in the file named by GPU_CHECK_LOG.
+#: A cell that used more CPU time than this (seconds, the kernel process and its waited-for children), made no
+#: CUDA allocation and recorded no `on_cpu` is reported as "ran on the CPU (undeclared)".
+CPU_FLAG_S = 1.0
+# Runs in the notebook's kernel before its first cell. Per cell, as one JSON line in the file named by
+# GPU_CHECK_LOG: the CUDA peaks since the last reset (allocated and reserved), how many CUDA allocations the
+# cell made (torch.cuda.memory_stats()["allocation.all.allocated"], a count that includes blocks served from
+# the cache; read only once CUDA is initialised), the kernel's CPU seconds (os.times: user + system of the
+# process and of the children it waited for), the new CPU fallbacks and the error if any.
 HOOK_SOURCE = """\
 import json as _gc_json, os as _gc_os, IPython as _gc_ipython
 
@@ -48,14 +63,25 @@ def _gc_install():
     shell = _gc_ipython.get_ipython()
     log = _gc_os.environ["GPU_CHECK_LOG"]
     seen = [len(devices.FALLBACKS)]
+    start = {}
+
+    def cpu_seconds():
+        t = _gc_os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def allocations():
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return 0
+        return int(torch.cuda.memory_stats().get("allocation.all.allocated", 0))
 
     def pre(info):
         shell._course_cell_info = info
+        start.update(cpu=cpu_seconds(), allocations=allocations())
 
     def post(result):
-        peak = None
+        peak = reserved = None
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            peak = torch.cuda.max_memory_allocated()
+            peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
             torch.cuda.reset_peak_memory_stats()
         new = devices.FALLBACKS[seen[0]:]
         seen[0] = len(devices.FALLBACKS)
@@ -64,6 +90,8 @@ def _gc_install():
         with open(log, "a") as out:
             out.write(_gc_json.dumps({
                 "count": result.execution_count, "cell": getattr(info, "cell_id", None), "cuda_peak": peak,
+                "cuda_reserved": reserved, "cuda_allocations": allocations() - start.get("allocations", 0),
+                "cpu_s": round(cpu_seconds() - start.get("cpu", cpu_seconds()), 3),
                 "fallbacks": [{"reason": f.reason, "caller": f.caller} for f in new],
                 "error": None if error is None else f"{type(error).__name__}: {str(error)[:300]}"}) + "\\n")
 
@@ -72,6 +100,14 @@ def _gc_install():
 
 _gc_install()
 """
+
+
+def undeclared_cpu(cell: dict, threshold_s: float = CPU_FLAG_S) -> bool:
+    """True for a cell record that used over `threshold_s` CPU seconds with no CUDA allocation and no
+    `on_cpu` record: compute that a forgotten ``.to(ctx.device)`` left on the CPU, or CPU work nobody
+    declared. On a run without a GPU (``--allow-cpu``) every heavy cell is such a cell."""
+    heavy = (cell.get("cpu_s") or 0) > threshold_s
+    return heavy and not cell.get("cuda_allocations") and not cell["fallbacks"]
 
 
 class DeviceMemorySampler(threading.Thread):
@@ -129,9 +165,11 @@ def _expected_error(cell) -> bool:
     return "raises-exception" in cell.get("metadata", {}).get("tags", [])
 
 
-def run_notebook(path: Path, out_dir: Path, timeout_s: int = 600, env: dict[str, str] | None = None) -> dict:
+def run_notebook(path: Path, out_dir: Path, timeout_s: int = 600, env: dict[str, str] | None = None,
+                 cpu_flag_s: float = CPU_FLAG_S) -> dict:
     """Run one notebook with the hook in a kernel whose environment is `env` (default: this process's);
-    return its row (see the module docstring) as a dict."""
+    return its row (see the module docstring) as a dict. A cell over `cpu_flag_s` CPU seconds with no CUDA
+    allocation and no `on_cpu` record is listed under "undeclared_cpu"."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -172,6 +210,7 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 600, env: dict[str,
     for rec in cells:
         rec["cell"] = rec["cell"] or counts.get(rec["count"])
         rec["seconds"] = round(timings.get(rec["cell"], float("nan")), 3)
+        rec["outputs"] = len(by_id[rec["cell"]].get("outputs", [])) if rec["cell"] in by_id else None
     cells = [rec for rec in cells if rec["cell"] != HOOK_ID]
     errors = [{"cell": r["cell"], "error": r["error"]} for r in cells
               if r["error"] and not (r["cell"] in by_id and _expected_error(by_id[r["cell"]]))]
@@ -179,12 +218,17 @@ def run_notebook(path: Path, out_dir: Path, timeout_s: int = 600, env: dict[str,
         errors.append({"cell": None, "error": f"run stopped: {stopped}"})
     peaks = [r for r in cells if r["cuda_peak"] is not None]
     top = max(peaks, key=lambda r: r["cuda_peak"], default=None)
+    top_reserved = max(peaks, key=lambda r: r["cuda_reserved"] or 0, default=None)
     return {
         "module": path.stem, "wall_s": round(wall, 1),
         "kernel_cuda_peak_bytes": top["cuda_peak"] if top else None,
         "kernel_cuda_peak_cell": top["cell"] if top else None,
+        "kernel_cuda_reserved_bytes": top_reserved["cuda_reserved"] if top_reserved else None,
+        "kernel_cuda_reserved_cell": top_reserved["cell"] if top_reserved else None,
         "device_peak_added_bytes": sampler.added(), "device_baseline_bytes": sampler.baseline,
         "fallbacks": [{"cell": r["cell"], **f} for r in cells for f in r["fallbacks"]],
+        "undeclared_cpu": [{"cell": r["cell"], "cpu_s": r["cpu_s"]} for r in cells
+                           if undeclared_cpu(r, cpu_flag_s)],
         "errors": errors, "cells": cells,
     }
 
@@ -194,35 +238,34 @@ def _mib(nbytes: int | None) -> str:
 
 
 def format_row(row: dict) -> list[str]:
-    """The table's line for one notebook, then one indented line per fallback and error."""
+    """The table's line for one notebook, then indented lines: declared CPU runs (one per reason), cells that
+    ran on the CPU undeclared (one line), errors (one per cell)."""
     status = "ok" if not row["errors"] else f"FAILED ({len(row['errors'])} cell(s))"
-    lines = [f"{row['module']:<24} {row['wall_s']:>8.1f} {_mib(row['kernel_cuda_peak_bytes']):>12} "
+    lines = [f"{row['module']:<24} {row['wall_s']:>8.1f} {_mib(row.get('kernel_cuda_reserved_bytes')):>12} "
              f"{_mib(row['device_peak_added_bytes']):>12}  {status}"]
     reasons: dict[str, list[str]] = {}
     for f in row["fallbacks"]:
         reasons.setdefault(f["reason"], []).append(str(f["cell"]))
     lines += [f"    cpu fallback in {', '.join(dict.fromkeys(ids))}: {reason}"
               for reason, ids in reasons.items()]
+    if row.get("undeclared_cpu"):
+        lines.append("    ran on the CPU (undeclared) in " + ", ".join(
+            f"{u['cell']} ({u['cpu_s']:.1f} s CPU)" for u in row["undeclared_cpu"]) + ": no CUDA allocation")
     lines += [f"    error in {e['cell']}: {e['error']}" for e in row["errors"]]
     return lines
 
 
-REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
-
-
-def package_report(requirements: Path = REQUIREMENTS) -> dict:
-    """{"missing": [...], "differ": ["torch 2.11.0 (pinned 2.13.0)", ...]} for the pins of requirements.txt in
-    this environment: a GPU machine's own image may lack packages (then the notebooks that import them fail,
-    and the table says so) or hold other versions (whose numbers then differ from the course's)."""
+def package_report(pins: dict[str, str] | None = None) -> dict:
+    """{"missing": [...], "differ": ["torch 2.11.0 (pinned 2.13.0)", ...]} for `pins` ({name: version};
+    default `course.env.PINNED`, the pins setup() reports against) in this environment: a GPU machine's own
+    image may lack packages (then the notebooks that import them fail, and the table says so) or hold other
+    versions (whose numbers then differ from the course's)."""
     import importlib.metadata
-    import re
+
+    from course import env
 
     missing, differ = [], []
-    for line in requirements.read_text().splitlines():
-        pin = re.match(r"^([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==([^\s;#]+)", line.strip())
-        if not pin:
-            continue
-        name, wanted = pin.groups()
+    for name, wanted in (env.PINNED if pins is None else pins).items():
         try:
             found = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -234,7 +277,8 @@ def package_report(requirements: Path = REQUIREMENTS) -> dict:
 
 
 def device_report(profile: str | None = None) -> dict:
-    """What the run ran on: torch's view of the GPU, and what the kernels will see under `profile`."""
+    """What the run ran on: torch's view of the GPU, and what the kernels will see under `profile` (bfloat16
+    native or not, bytes usable), as `course.devices` answers with ``COURSE_GPU_PROFILE=<profile>``."""
     import torch
 
     from course import devices
@@ -243,12 +287,17 @@ def device_report(profile: str | None = None) -> dict:
               "cuda_available": torch.cuda.is_available(), "profile": profile}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        emulated = devices.PROFILES[profile] if profile else None
-        cap = emulated.capability if emulated else (props.major, props.minor)
-        total = props.total_memory
-        report.update(name=props.name, capability=f"{props.major}.{props.minor}", total_bytes=total,
-                      bf16_native=cap >= devices.BF16_CAPABILITY,
-                      usable_bytes=min(total, emulated.memory_bytes) if emulated else total)
+        before = os.environ.pop(devices.PROFILE_ENV, None)
+        if profile:
+            os.environ[devices.PROFILE_ENV] = profile
+        try:
+            report.update(name=props.name, capability=f"{props.major}.{props.minor}",
+                          total_bytes=props.total_memory, bf16_native=devices.bf16_native("cuda:0"),
+                          usable_bytes=devices.gpu_memory_bytes("cuda:0"))
+        finally:
+            os.environ.pop(devices.PROFILE_ENV, None)
+            if before is not None:
+                os.environ[devices.PROFILE_ENV] = before
     return report
 
 
@@ -298,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, names in device["packages"].items():
         if names:
             print(f"packages {kind} here: {', '.join(names)}", flush=True)
-    print(f"{'notebook':<24} {'wall (s)':>8} {'kernel MiB':>12} {'device MiB':>12}  status", flush=True)
+    print(f"{'notebook':<24} {'wall (s)':>8} {'reserved MiB':>12} {'device MiB':>12}  status", flush=True)
     rows = []
     started = time.monotonic()
     if args.jobs > 1:
@@ -311,10 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "gpu_check.json").write_text(json.dumps({"device": device, "jobs": args.jobs,
                                                             "notebooks": rows}, indent=1))
     failed = [r["module"] for r in rows if r["errors"]]
+    undeclared = sum(len(r.get("undeclared_cpu", [])) for r in rows)
     overlap = f" (with {args.jobs} notebooks at once: overlapping)" if args.jobs > 1 else ""
-    print(f"{len(rows)} notebook(s) in {time.monotonic() - started:.0f} s; kernel MiB = "
-          f"torch.cuda.max_memory_allocated of the largest cell, device MiB = all processes on the GPU above "
-          f"the level before the notebook{overlap}; "
+    print(f"{len(rows)} notebook(s) in {time.monotonic() - started:.0f} s; reserved MiB = "
+          f"torch.cuda.max_memory_reserved of the largest cell (the caching allocator's blocks, what "
+          f"PROFILE=t4's cap binds on; not counted: the CUDA context, which the device column includes), "
+          f"device MiB = all processes on the GPU above the level before the notebook{overlap}; "
+          f"{undeclared} cell(s) ran on the CPU undeclared (over {CPU_FLAG_S:.0f} s CPU, no CUDA allocation, "
+          f"no on_cpu); "
           f"{'failed: ' + ', '.join(failed) if failed else 'no errors'}. "
           f"Details: {out_dir / 'gpu_check.json'}")
     return int(bool(failed))
@@ -345,7 +398,8 @@ def run_parallel(modules: list[str], args, env: dict[str, str], out_dir: Path):
                 yield json.loads((out_dir / module / "gpu_check.json").read_text())["notebooks"][0]
             except (OSError, ValueError, KeyError, IndexError):
                 yield {"module": module, "wall_s": float("nan"), "kernel_cuda_peak_bytes": None,
-                       "device_peak_added_bytes": None, "fallbacks": [], "cells": [],
+                       "kernel_cuda_reserved_bytes": None, "device_peak_added_bytes": None, "fallbacks": [],
+                       "undeclared_cpu": [], "cells": [],
                        "errors": [{"cell": None, "error": f"its harness exited with code {proc.returncode} "
                                    f"and no report: see {out_dir / module / 'harness.log'}"}]}
 

@@ -1,6 +1,6 @@
 """The gpu-check harness (tests/gpu_check.py) on a tiny generated notebook, on the CPU: per-cell records reach
-the right cell ids, deliberate CPU runs and errors are reported, expected errors are not, and the harness
-refuses to run without a GPU unless told it is a dry run."""
+the right cell ids, deliberate CPU runs, undeclared CPU work and errors are reported, expected errors are not,
+and the harness refuses to run without a GPU unless told it is a dry run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,19 @@ import torch
 
 from tests import gpu_check
 
+BUSY = "import time\n_t = time.process_time()\nwhile time.process_time() - _t < 0.8:\n    pass\n"
+# CUDA as the kernel's hook sees it, without a GPU: initialised, 8 MiB reserved, allocations counted in _cuda
+FAKE_CUDA = """import torch
+_cuda = {"allocations": 0}
+torch.cuda.is_available = lambda: True
+torch.cuda.is_initialized = lambda: True
+torch.cuda.memory_stats = lambda device=None: {"allocation.all.allocated": _cuda["allocations"]}
+torch.cuda.max_memory_allocated = lambda device=None: 3 * 2**20
+torch.cuda.max_memory_reserved = lambda device=None: 8 * 2**20
+torch.cuda.reset_peak_memory_stats = lambda device=None: None
+_cuda["allocations"] += 3
+"""
+
 
 def _notebook(path):
     cells = [
@@ -20,25 +33,41 @@ def _notebook(path):
         nbformat.v4.new_code_cell("raise ValueError('wrong on purpose')", id="broken"),
         nbformat.v4.new_code_cell("raise KeyError('expected')", id="expected",
                                   metadata={"tags": ["raises-exception"]}),
+        nbformat.v4.new_code_cell(BUSY, id="heavy-cpu"),                      # undeclared: no GPU here
+        nbformat.v4.new_code_cell("devices.on_cpu('declared')\n" + BUSY, id="declared"),
+        nbformat.v4.new_code_cell(FAKE_CUDA + BUSY, id="fake-cuda"),           # heavy, but CUDA allocated
+        nbformat.v4.new_code_cell(BUSY, id="heavy-no-alloc"),                # CUDA initialised, no allocation
         nbformat.v4.new_code_cell("y = x + 1\ndevices.on_cpu('gloo workers')", id="after"),
     ]
     nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
     return path
 
 
-def test_harness_reports_cells_fallbacks_and_errors(tmp_path):
+def test_harness_reports_cells_fallbacks_undeclared_cpu_and_errors(tmp_path):
     root = str(gpu_check.Path(gpu_check.__file__).resolve().parent.parent)
     env = dict(gpu_check.os.environ, PYTHONPATH=root)
-    row = gpu_check.run_notebook(_notebook(tmp_path / "tiny.ipynb"), tmp_path, timeout_s=60, env=env)
-    assert [c["cell"] for c in row["cells"]] == ["first", "fallback", "broken", "expected", "after"]
+    row = gpu_check.run_notebook(_notebook(tmp_path / "tiny.ipynb"), tmp_path, timeout_s=60, env=env,
+                                 cpu_flag_s=0.5)
+    cells = {c["cell"]: c for c in row["cells"]}
+    assert list(cells) == ["first", "fallback", "broken", "expected", "heavy-cpu", "declared", "fake-cuda",
+                           "heavy-no-alloc", "after"]
     assert row["fallbacks"] == [
         {"cell": "fallback", "reason": "ONNX Runtime runs on the CPU", "caller": "__main__.<module>"},
+        {"cell": "declared", "reason": "declared", "caller": "__main__.<module>"},
         {"cell": "after", "reason": "gloo workers", "caller": "__main__.<module>"}]
     assert row["errors"] == [{"cell": "broken", "error": "ValueError: wrong on purpose"}]  # not "expected"
-    assert row["kernel_cuda_peak_bytes"] is None and row["wall_s"] > 0
+    assert [u["cell"] for u in row["undeclared_cpu"]] == ["heavy-cpu", "heavy-no-alloc"]
+    assert all(u["cpu_s"] >= 0.75 for u in row["undeclared_cpu"])        # 0.8 s busy, os.times' 10 ms ticks
+    assert cells["first"]["cpu_s"] < 0.5
+    assert cells["fake-cuda"]["cuda_allocations"] == 3 and cells["heavy-no-alloc"]["cuda_allocations"] == 0
+    assert cells["heavy-cpu"]["cuda_peak"] is None                            # CUDA not initialised yet
+    assert (row["kernel_cuda_reserved_bytes"], row["kernel_cuda_reserved_cell"]) == (8 * 2**20, "fake-cuda")
+    assert row["kernel_cuda_peak_bytes"] == 3 * 2**20 and row["wall_s"] > 0
     lines = gpu_check.format_row(row)
-    assert lines[0].startswith("tiny") and "FAILED (1 cell(s))" in lines[0]
+    assert lines[0].startswith("tiny") and "FAILED (1 cell(s))" in lines[0] and " 8 " in lines[0]
     assert "    cpu fallback in fallback: ONNX Runtime runs on the CPU" in lines
+    assert any(line.startswith("    ran on the CPU (undeclared) in heavy-cpu (") and "heavy-no-alloc" in line
+               and "declared (" not in line for line in lines)
     assert "    error in broken: ValueError: wrong on purpose" in lines
 
 
@@ -62,7 +91,21 @@ def test_device_sampler_reports_what_the_notebook_added():
     sampler.done.set()
     sampler.join()
     assert (sampler.baseline, sampler.peak, sampler.added()) == (1000, 4000, 3000)
-    assert gpu_check.DeviceMemorySampler(reader=None).added() in (None, 0)   # no NVML here: n/a, not a crash
+
+
+@pytest.mark.parametrize("printed, expected", [("1234\n", 1234 * 2**20), ("[N/A]\n", None), (None, None)])
+def test_device_sampler_reads_nvidia_smi(monkeypatch, tmp_path, printed, expected):
+    """No NVML (pynvml not importable): the sampler reads a fake ``nvidia-smi`` on PATH, MiB -> bytes; one
+    that prints "[N/A]" (as on some GPUs) or none at all leaves the device column n/a instead of crashing."""
+    monkeypatch.setitem(gpu_check.sys.modules, "pynvml", None)       # import pynvml -> ImportError
+    if printed is not None:
+        smi = tmp_path / "nvidia-smi"
+        smi.write_text(f"#!/bin/sh\nprintf '{printed}'\n")
+        smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sampler = gpu_check.DeviceMemorySampler()
+    assert (sampler.baseline, sampler.added()) == (expected, None if expected is None else 0)
+    assert (sampler.reader is None) is (expected is None)
 
 
 @pytest.mark.slow
@@ -72,7 +115,10 @@ def test_dry_run_of_a_course_notebook(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     (row,) = report["notebooks"]
     assert row["module"] == "00_orientation" and not row["errors"]
-    assert [c["cell"] for c in row["cells"]][0] == "setup"
+    install, setup = row["cells"][:2]
+    assert (install["cell"], setup["cell"]) == ("install", "setup")
+    assert install["outputs"] == 0 and install["error"] is None     # a no-op where course is importable
+    assert "undeclared_cpu" in row and not row["kernel_cuda_reserved_bytes"]
 
 
 def test_parallel_run_reports_a_harness_that_died(monkeypatch, tmp_path):
@@ -90,7 +136,7 @@ def test_parallel_run_reports_a_harness_that_died(monkeypatch, tmp_path):
 
 def test_main_selects_the_gpu_and_the_t4_profile(monkeypatch, tmp_path, capsys):
     """The device-selection path on a simulated H200 run with PROFILE=t4: the kernels get COURSE_DEVICE=cuda
-    and COURSE_GPU_PROFILE=t4, and the report says what they will see (no native bf16, 15 GiB)."""
+    and COURSE_GPU_PROFILE=t4, and the report says what they will see (no native bf16, 14.74 GiB)."""
     from types import SimpleNamespace
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -114,15 +160,35 @@ def test_main_selects_the_gpu_and_the_t4_profile(monkeypatch, tmp_path, capsys):
     assert "00_orientation" in capsys.readouterr().out
 
 
-def test_package_report_names_missing_and_other_versions(tmp_path):
+def test_device_report_asks_course_devices(monkeypatch):
+    """device_report's bf16 and memory answers are course.devices' (under the profile asked for), and the
+    harness's own COURSE_GPU_PROFILE is left as it was."""
+    from types import SimpleNamespace
+
+    from course import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(
+        name="NVIDIA H200", major=9, minor=0, total_memory=141 * 2**30))
+    monkeypatch.delenv(devices.PROFILE_ENV, raising=False)
+    plain = gpu_check.device_report()
+    assert (plain["bf16_native"], plain["usable_bytes"]) == (True, 141 * 2**30)
+    monkeypatch.setattr(devices, "bf16_native", lambda device=None: "asked devices")
+    assert gpu_check.device_report("t4")["bf16_native"] == "asked devices"
+    assert devices.PROFILE_ENV not in gpu_check.os.environ
+
+
+def test_package_report_names_missing_and_other_versions():
     """A GPU machine's own image lacks some pins and holds other versions of others: the report says which."""
     import importlib.metadata
 
-    pytest_version = importlib.metadata.version("pytest")
-    requirements = tmp_path / "requirements.txt"
-    flwr_version = importlib.metadata.version("flwr")
-    requirements.write_text(f"# a comment\npytest=={pytest_version}\nflwr[simulation]=={flwr_version}\n"
-                            "numpy==0.0.1\nno-such-course-package==1.0\n")
-    report = gpu_check.package_report(requirements)
+    from course import env
+
+    pins = {"pytest": importlib.metadata.version("pytest"), "flwr": importlib.metadata.version("flwr"),
+            "numpy": "0.0.1", "no-such-course-package": "1.0"}
+    report = gpu_check.package_report(pins)
     assert report["missing"] == ["no-such-course-package"]
     assert report["differ"] == [f"numpy {importlib.metadata.version('numpy')} (pinned 0.0.1)"]
+    default = gpu_check.package_report()                                 # course.env's pins, setup()'s
+    assert sorted(default["missing"] + [d.split()[0] for d in default["differ"]]) <= sorted(env.PINNED)
