@@ -14,6 +14,13 @@ cell, and that test (the solution is in). COLAB_RELEASE_TAG is set, so `course.c
 Colab. It prints a table: notebook, install seconds, what pip installed, setup, exercise, the first error.
 
     python -m tests.colab_like [--runtime 2026-08|py312-torch2.14] [--only 02_snn 07b_serving] [--rebuild]
+                               [--python /path/to/python3.13] [--venv FOLDER]
+
+Its Python (`find_python`): --python, else COLAB_LIKE_PYTHON, else the runtime's pyenv interpreter, else
+python3.13 (python3.12 for py312-torch2.14) on PATH; with none it exits 2 saying so. The venv folder
+(--venv, COLAB_LIKE_VENV, else the runtime's) is only ever deleted when it holds this check's marker file
+(colab-like-base.json) or is empty: any other folder is refused (exit 2). A lock file beside it (FOLDER.lock)
+keeps two runs from sharing one venv at once: the second exits 2.
 
 Differences from Colab it cannot remove: no GPU (torch's CUDA build sees none); torch is PyPI's 2.11.0 (a
 CUDA 13.0 build) where Colab has 2.11.0+cu128 from PyTorch's index; Python 3.13.0 (Colab: 3.13.15); only the
@@ -25,6 +32,7 @@ install times are longer)."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -53,6 +61,7 @@ FIND_LINKS = os.environ.get("COLAB_LIKE_FIND_LINKS", "/opt/pypi-more/files")
 #: both the course's pins and Colab's (a Colab that has moved on), IPython/ipykernel at pip's newest.
 RUNTIMES = {
     "2026-08": {
+        "version": "3.13",
         "python": "/root/.pyenv/versions/3.13.0/bin/python",
         "venv": "/tmp/colab-like/py313-2026-08",
         "packages": [
@@ -72,6 +81,7 @@ RUNTIMES = {
         ],
     },
     "py312-torch2.14": {
+        "version": "3.12",
         "python": "/root/.pyenv/versions/3.12.1/bin/python",
         "venv": "/tmp/colab-like/venv",
         "packages": [
@@ -86,6 +96,45 @@ KERNEL = "colab-like"
 #: pandas are loaded at runtime start (colabtools issues #5197, #298, #327; numpy/numpy #25725), so pip
 #: changing them under the kernel is what the install cell must avoid, and its summary must notice.
 PRELOADED = ("numpy", "pandas")
+
+
+class Refused(Exception):
+    """A reason not to run at all (no Python, a folder that is not ours, a venv in use): exit 2."""
+
+
+def find_python(runtime: dict, given: str | None = None) -> str:
+    """The interpreter for `runtime`: `given` (--python), else COLAB_LIKE_PYTHON, else the runtime's pyenv
+    path, else ``python<version>`` on PATH; Refused when none exists."""
+    explicit = given or os.environ.get("COLAB_LIKE_PYTHON")
+    if explicit:
+        if shutil.which(explicit):
+            return shutil.which(explicit)
+        raise Refused(f"colab-check: no Python at {explicit} (from "
+                      f"{'--python' if given else 'COLAB_LIKE_PYTHON'}).")
+    if Path(runtime["python"]).is_file():
+        return runtime["python"]
+    found = shutil.which(f"python{runtime['version']}")
+    if found:
+        return found
+    version = runtime["version"]
+    raise Refused(f"colab-check needs a Python {version} (Colab's): none at {runtime['python']} nor "
+                  f"python{version} on PATH. Pass --python /path/to/python{version} or set "
+                  "COLAB_LIKE_PYTHON.")
+
+
+def lock(venv: Path):
+    """Hold ``<venv>.lock`` for this run (an open file; released when it closes or the process ends); Refused
+    when another run holds it."""
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    path = venv.with_name(venv.name + ".lock")
+    handle = open(path, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise Refused(f"colab-check: another run is using {venv} (it holds {path}); wait for it, or pass "
+                      "--venv another folder.") from None
+    return handle
 
 
 def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -115,6 +164,9 @@ def ensure_base(venv: Path, python: str, packages: list[str], rebuild: bool = Fa
     marker = venv / "colab-like-base.json"
     spec = {"python": python, "packages": packages}
     if rebuild or not marker.exists() or json.loads(marker.read_text()).get("spec") != spec:
+        if venv.exists() and any(venv.iterdir()) and not marker.exists():
+            raise Refused(f"colab-check: {venv} is not empty and is no colab-check venv (no {marker.name}): "
+                          "it would be deleted. Pass --venv a new or empty folder.")
         shutil.rmtree(venv, ignore_errors=True)
         print(f"building {venv} with {python} (a few minutes) ...", flush=True)
         run(python, "-m", "venv", str(venv))
@@ -245,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=sorted(RUNTIMES), default=DEFAULT_RUNTIME,
                         help=f"which Colab to imitate (default {DEFAULT_RUNTIME}, Colab's newest known)")
     parser.add_argument("--venv", type=Path, help="the environment's folder (default: the runtime's own)")
+    parser.add_argument("--python", help="the interpreter (default: COLAB_LIKE_PYTHON, the runtime's pyenv "
+                                         "Python, python3.13 or python3.12 on PATH)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--preload", nargs="*", default=list(PRELOADED),
@@ -253,9 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("PYTHONPATH", None)  # neither pip nor the kernel may see this checkout's course/
 
     runtime = RUNTIMES[args.runtime]
-    python = os.environ.get("COLAB_LIKE_PYTHON", runtime["python"])
     args.venv = args.venv or Path(os.environ.get("COLAB_LIKE_VENV", runtime["venv"]))
-    base = ensure_base(args.venv, python, runtime["packages"], args.rebuild)
+    try:
+        python = find_python(runtime, args.python)
+        held = lock(args.venv)
+        base = ensure_base(args.venv, python, runtime["packages"], args.rebuild)
+    except Refused as reason:
+        print(reason, file=sys.stderr)
+        return 2
     base.pop("sysml-course", None)
     print(f"base ({args.runtime}): python {Path(python).parent.parent.name}, ipython {base.get('ipython')}, "
           f"ipykernel {base.get('ipykernel')}, torch {base.get('torch')}, "
@@ -296,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r["notebook"] for r in rows if r["setup"] != "ok" or r["exercise"] != "passed"]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed"
           + (f": {' '.join(failed)}" if failed else ""))
+    held.close()
     return 1 if failed else 0
 
 

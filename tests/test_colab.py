@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -453,3 +454,58 @@ def test_environment_report_on_colab_checks_what_this_notebook_needs(monkeypatch
     monkeypatch.setattr(env, "REPORTED_PACKAGES", ("torch", "no-such-package-xyz"))
     rows = {name: (ok, detail) for name, ok, detail in env.environment_report()}
     assert rows["no-such-package-xyz"] == (False, "missing")
+
+
+# ---------------------------------------------------------------- make colab-check's own guards
+
+def test_colab_like_finds_its_python_or_says_how_to_give_one(monkeypatch, tmp_path):
+    """tests/colab_like.py: the runtime's pyenv Python, else python3.X on PATH, else exit 2 with a sentence
+    (not a FileNotFoundError traceback); an explicit one must exist."""
+    from tests import colab_like
+
+    monkeypatch.delenv("COLAB_LIKE_PYTHON", raising=False)
+    fake = tmp_path / "bin" / "python3.13"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    runtime = {"version": "3.13", "python": str(tmp_path / "no-pyenv" / "python")}
+    monkeypatch.setenv("PATH", str(fake.parent))
+    assert colab_like.find_python(runtime) == str(fake)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(colab_like.Refused, match="needs a Python 3.13.*--python.*COLAB_LIKE_PYTHON"):
+        colab_like.find_python(runtime)
+    monkeypatch.setenv("COLAB_LIKE_PYTHON", str(tmp_path / "python3.12-nope"))
+    with pytest.raises(colab_like.Refused, match="no Python at .*python3.12-nope .from COLAB_LIKE_PYTHON"):
+        colab_like.find_python({**runtime, "python": str(fake)})
+    assert colab_like.find_python(runtime, str(fake)) == str(fake)
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # main() drops it; restored after
+    assert colab_like.main(["--venv", str(tmp_path / "v")]) == 2
+
+
+def test_colab_like_never_deletes_a_folder_that_is_not_its_venv(tmp_path):
+    from tests import colab_like
+
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("x")
+    with pytest.raises(colab_like.Refused, match="not empty and is no colab-check venv"):
+        colab_like.ensure_base(mine, sys.executable, ["pip"])
+    assert (mine / "precious.txt").exists()
+
+
+def test_colab_like_runs_do_not_share_a_venv(tmp_path):
+    """A second run on the same venv (another process holding the lock) is refused; after it ends, allowed."""
+    from tests import colab_like
+
+    venv = tmp_path / "venv"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); print('held', "
+        "flush=True); time.sleep(30)"), str(tmp_path / "venv.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(colab_like.Refused, match="another run is using"):
+            colab_like.lock(venv)
+    finally:
+        holder.kill()
+        holder.wait()
+    colab_like.lock(venv).close()

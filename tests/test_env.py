@@ -81,3 +81,13 @@ def test_environment_report_flags_small_memory(monkeypatch):
     monkeypatch.setattr(env, "memory_limit_bytes", lambda: 512 * 2**20)
     rows = {name: (ok, detail) for name, ok, detail in env.environment_report()}
     assert rows["memory"][0] is False and "limit" in rows["memory"][1]
+
+
+def test_requirement_pins_reads_names_as_written_and_bare(tmp_path):
+    """The one parser of requirements.txt's pins (tests/test_colab.py compares env.PINNED and the extras with
+    it): comments and unpinned lines skipped, extras kept in one key and dropped in the other."""
+    path = tmp_path / "requirements.txt"
+    path.write_text("# c\ntorch==2.13.0  # cpu\nflwr[simulation]==1.42.0\nTyping_Extensions==4.1\nrich>=13\n")
+    pins = env.requirement_pins(path)
+    assert pins == {"torch": "2.13.0", "flwr[simulation]": "1.42.0", "flwr": "1.42.0",
+                    "typing_extensions": "4.1", "typing-extensions": "4.1"}
