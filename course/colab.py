@@ -83,8 +83,8 @@ if importlib.util.find_spec("course") is None:
     if pip.returncode:
         raise RuntimeError(f"Could not install the course from {{source}} (pip's message is above). Check "
                            "that this runtime reaches the internet, or set {variable} to where the course "
-                           "is, in a cell before this one: import os; os.environ['{variable}'] = "
-                           "'git+https://github.com/OWNER/REPO.git@main'. Then run this cell again.")
+                           "is (git+ and a repository's URL, or a wheel's file:// path) in a cell before "
+                           "this one: import os; os.environ['{variable}'] = '...'. Then run this cell again.")
     importlib.invalidate_caches()
     from course.colab import describe_install
     print(describe_install(os.path.join(work, "pip.json"), time.time() - start, source, before))'''
