@@ -27,7 +27,8 @@ runs, and every cell that raised is listed (a later error may follow from an ear
 Everything is also written to ``<out>/gpu_check.json`` (default ``build/gpu-check/``). The exit code is 1
 when a notebook had an unexpected error. ``--profile t4`` sets ``COURSE_GPU_PROFILE=t4`` (see
 course/devices.py): bf16 reported not native and the allocator capped at a T4's 14.74 GiB, to predict Colab.
-``--allow-cpu`` runs without a GPU (a dry run of the harness itself: GPU columns read n/a).
+``--allow-cpu`` runs without a GPU (a dry run of the harness itself: GPU columns read n/a, and every cell
+over 1 s of CPU time without an ``on_cpu`` record is listed as undeclared CPU work).
 """
 
 from __future__ import annotations
@@ -255,17 +256,23 @@ def format_row(row: dict) -> list[str]:
     return lines
 
 
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+
+
 def package_report(pins: dict[str, str] | None = None) -> dict:
     """{"missing": [...], "differ": ["torch 2.11.0 (pinned 2.13.0)", ...]} for `pins` ({name: version};
-    default `course.env.PINNED`, the pins setup() reports against) in this environment: a GPU machine's own
-    image may lack packages (then the notebooks that import them fail, and the table says so) or hold other
-    versions (whose numbers then differ from the course's)."""
+    default requirements.txt's, as `course.env.requirement_pins` reads them, each package once under its bare
+    name) in this environment: a GPU machine's own image may lack packages (then the notebooks that import
+    them fail, and the table says so) or hold other versions (whose numbers then differ from the course's)."""
     import importlib.metadata
 
     from course import env
 
+    if pins is None:
+        pins = {name: version for name, version in env.requirement_pins(REQUIREMENTS).items()
+                if "[" not in name and "_" not in name}
     missing, differ = [], []
-    for name, wanted in (env.PINNED if pins is None else pins).items():
+    for name, wanted in pins.items():
         try:
             found = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -179,16 +179,18 @@ def test_device_report_asks_course_devices(monkeypatch):
     assert devices.PROFILE_ENV not in gpu_check.os.environ
 
 
-def test_package_report_names_missing_and_other_versions():
+def test_package_report_names_missing_and_other_versions(monkeypatch, tmp_path):
     """A GPU machine's own image lacks some pins and holds other versions of others: the report says which."""
     import importlib.metadata
-
-    from course import env
 
     pins = {"pytest": importlib.metadata.version("pytest"), "flwr": importlib.metadata.version("flwr"),
             "numpy": "0.0.1", "no-such-course-package": "1.0"}
     report = gpu_check.package_report(pins)
     assert report["missing"] == ["no-such-course-package"]
     assert report["differ"] == [f"numpy {importlib.metadata.version('numpy')} (pinned 0.0.1)"]
-    default = gpu_check.package_report()                                 # course.env's pins, setup()'s
-    assert sorted(default["missing"] + [d.split()[0] for d in default["differ"]]) <= sorted(env.PINNED)
+    requirements = tmp_path / "requirements.txt"                       # read by course.env.requirement_pins
+    requirements.write_text("flwr[simulation]==0.0.2  # extras and all\nNo_Such_Pkg==1.0\n")
+    monkeypatch.setattr(gpu_check, "REQUIREMENTS", requirements)
+    flwr = importlib.metadata.version("flwr")
+    assert gpu_check.package_report() == {"missing": ["no-such-pkg"],
+                                          "differ": [f"flwr {flwr} (pinned 0.0.2)"]}
