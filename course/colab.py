@@ -10,8 +10,8 @@ of a wheel or a checkout); its default, the course's GitHub repository, is writt
     python -m course.colab --write     # (re)write the install cell of every solution notebook
     python -m course.colab --check     # exit 1 when a cell differs from what --write would write
 
-The repository comes from pyproject.toml's ``[project.urls]``, read by course.links (the one place it is named);
-tests/test_colab.py checks that the cells agree with it. `describe_install` turns pip's installation report
+The repository comes from pyproject.toml's ``[project.urls]``, read by course.links (the one place it is
+named); tests/test_colab.py checks that the cells agree with it. `describe_install` turns pip's installation report
 into the cell's summary."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ CELL_TEMPLATE = '''\
 # On Colab (or any Python without the course) this installs the course's helpers and the pinned libraries this
 # notebook needs, keeping Colab's own torch, numpy and kernel (a minute or two); elsewhere it does nothing.
 import importlib.util
-if importlib.util.find_spec("course") is None:
+if any(importlib.util.find_spec(name) is None for name in {needs}):
     import importlib.metadata as md, os, subprocess, sys, tempfile, time
     source = os.environ.get("{variable}", "{source}")
     work, start = tempfile.mkdtemp(), time.time()
@@ -90,10 +90,29 @@ if importlib.util.find_spec("course") is None:
     print(describe_install(os.path.join(work, "pip.json"), time.time() - start, source, before))'''
 
 
-def install_cell_source(module: str, source: str | None = None) -> str:
-    """The code of notebook `module`'s install cell; identical in every notebook but for the extra."""
+def extra_modules(module: str, pyproject: Path | None = None) -> list[str]:
+    """The import names of what notebook `module`'s extra installs (pyproject.toml's
+    ``[project.optional-dependencies]``): ``flwr[simulation]==1.42.0`` -> ``flwr``, ``ai-edge-litert`` ->
+    ``ai_edge_litert``. The install cell runs when ``course`` or any of these cannot be imported, so a Python
+    that has the course but not this notebook's libraries (another notebook's install) gets them too."""
+    import tomllib
+
+    path = pyproject or ROOT / "pyproject.toml"
+    data = tomllib.loads(path.read_text()) if path.exists() else {}
+    extras = data.get("project", {}).get("optional-dependencies", {})
+    names = [re.split(r"[\[=<>!~; ]", requirement, maxsplit=1)[0]
+             for requirement in extras.get(extra_name(module), [])]
+    return list(dict.fromkeys(name.replace("-", "_").lower() for name in names))
+
+
+def install_cell_source(module: str, source: str | None = None, pyproject: Path | None = None) -> str:
+    """The code of notebook `module`'s install cell; identical in every notebook but for the extra and the
+    import names that tell whether it is installed."""
+    needs = ["course", *extra_modules(module, pyproject)]
+    needs_tuple = "(" + ", ".join(f'"{name}"' for name in needs) + ("," if len(needs) == 1 else "") + ")"
     return CELL_TEMPLATE.format(variable=SOURCE_VARIABLE, source=source or default_source(),
                                 distribution=DISTRIBUTION, extra=extra_name(module),
+                                needs=needs_tuple,
                                 keep="(" + ", ".join(f'"{name}"' for name in COLAB_KEEPS) + ")")
 
 
@@ -199,7 +218,7 @@ def write_install_cells(root: Path = ROOT, check: bool = False) -> list[Path]:
     for path in solution_notebooks(root):
         nb = nbformat.read(path, as_version=4)
         module = path.stem
-        code = install_cell_source(module, default_source(root / "pyproject.toml"))
+        code = install_cell_source(module, default_source(root / "pyproject.toml"), root / "pyproject.toml")
         ids = [cell.get("id") for cell in nb.cells]
         if CELL_ID in ids:
             cell = nb.cells[ids.index(CELL_ID)]

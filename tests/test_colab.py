@@ -7,6 +7,7 @@ The heavy check, every notebook's first cells in a Colab-like environment, is `m
 from __future__ import annotations
 
 import ast
+import importlib.util
 import io
 import json
 import os
@@ -56,8 +57,13 @@ def test_install_cell_is_the_same_in_every_notebook_but_for_the_extra(path):
     assert colab.extra_name(path.stem) in EXTRAS, f"pyproject.toml has no extra for {path.stem}"
     assert not cell.get("metadata", {}).get("nbgrader"), "the install cell is no graded or solution cell"
     other = install_cell(NOTEBOOKS[0])
-    assert cell.source.replace(colab.extra_name(path.stem), "X") == \
-        other.source.replace(colab.extra_name(NOTEBOOKS[0].stem), "X")
+
+    def generic(source: str, module: str) -> str:  # the extra's name and its import names made generic
+        source = source.replace(colab.extra_name(module), "X")
+        return re.sub(r'for name in \("course"[^)]*\)', 'for name in NEEDS', source)
+
+    assert generic(cell.source, path.stem) == generic(other.source, NOTEBOOKS[0].stem)
+    assert all(f'"{name}"' in cell.source for name in colab.extra_modules(path.stem))
 
 
 def test_cells_are_up_to_date_with_the_generator():
@@ -75,16 +81,18 @@ def test_default_source_is_the_repository_named_in_pyproject(tmp_path):
     assert colab.default_source(other) == "git+https://github.com/me/fork.git@v2"
 
 
-def run_cell(source: str, monkeypatch, *, course_missing: bool, pip_fails: bool = False):
+def run_cell(source: str, monkeypatch, *, course_missing: bool, pip_fails: bool = False,
+             missing: tuple[str, ...] = ()):
     """Execute the cell's code as a kernel would, with pip replaced by a recorder (exiting 1 with
-    `pip_fails`); (pip calls, printed)."""
+    `pip_fails`) and `missing` (plus ``course`` with `course_missing`) not importable; (pip calls, printed)."""
     import importlib.util
 
     calls = []
     real_find_spec = importlib.util.find_spec
+    missing = (*missing, "course") if course_missing else missing
 
     def find_spec(name, *args):
-        return None if course_missing and name == "course" else real_find_spec(name, *args)
+        return None if name in missing else real_find_spec(name, *args)
 
     def fake_run(args, **kwargs):
         calls.append((list(args), Path(args[args.index("-c") + 1]).read_text()))
@@ -509,3 +517,15 @@ def test_colab_like_runs_do_not_share_a_venv(tmp_path):
         holder.kill()
         holder.wait()
     colab_like.lock(venv).close()
+
+
+def test_install_cell_runs_where_the_course_is_but_this_notebooks_libraries_are_not(monkeypatch):
+    """A Python that has the course (another notebook's install) but not snntorch: 02's cell installs its extra;
+    where every library is importable (this venv) no cell of any notebook runs pip."""
+    for path in colab.solution_notebooks():
+        assert all(importlib.util.find_spec(name) for name in colab.extra_modules(path.stem)), path.stem
+    calls, _ = run_cell(colab.install_cell_source("02_snn"), monkeypatch, course_missing=False,
+                        missing=("snntorch",))
+    assert len(calls) == 1 and calls[0][0][-1].startswith("sysml-course[02-snn] @ ")
+    assert colab.extra_modules("05b_federated_privacy") == ["flwr", "opacus"]
+    assert "ai_edge_litert" in colab.extra_modules("01_edge") and colab.extra_modules("00_orientation") == []
