@@ -9,9 +9,10 @@
 #         make binder-box [BOX_ARGS='--user jovyan 00_orientation'] (every notebook in Binder's environment,
 #                    built from binder/ alone, under 2 GB and one CPU; root),
 #         make gpu-check [NB="00_orientation 03_profiling"] [PROFILE=t4] [JOBS=4] (every notebook on the GPU:
-#                        time, peak GPU memory, CPU fallbacks, errors; PROFILE=t4 predicts Colab's T4),
-#         make colab-check [COLAB_ARGS='--only 02_snn'] (every notebook's install cell, setup and first exercise
-#                    in a Colab-like environment: Colab's 2026-08 runtime, Python 3.13, torch 2.11, IPython 7.34,
+#                        time, peak GPU memory, declared CPU runs, heavy cells with no CUDA work, errors;
+#                        PROFILE=t4 predicts Colab's T4),
+#         make colab-check [COLAB_ARGS='--only 02_snn --python /path/to/python3.13'] (every notebook's install
+#                    cell, setup and first exercise in a Colab-like environment: Colab's 2026-08 runtime, Python 3.13, torch 2.11, IPython 7.34,
 #                    no course; COLAB_ARGS='--runtime py312-torch2.14' for the older one; not in make test)
 
 PYTHON ?= python3
