@@ -67,3 +67,21 @@ def test_what_the_grader_undid_in_the_kernel_becomes_a_review_flag():
         "before t_tests, the grader undid an AST transformer added (P)",
         "before t_tests, the grader undid sys.excepthook replaced",
         "t_tests: not run, the grader could not restore the kernel before it"]
+
+
+def test_an_install_cell_pointed_elsewhere_or_from_another_notebook_is_not_held():
+    """The install cell uses importlib (a flagged module): a learner who points COURSE_SOURCE at a fork, or who
+    holds another notebook's copy, keeps a final score; anything else added to it is read."""
+    from course import colab
+
+    released = {"install": colab.install_cell_source("00_orientation")}
+
+    def flags(source):
+        cell = nbformat.v4.new_code_cell(source)
+        cell.id = "install"
+        return guard.review_flags(nbformat.v4.new_notebook(cells=[cell]), released)
+
+    assert flags(colab.install_cell_source("00_orientation", "git+https://github.com/me/fork.git@v2")) == []
+    assert flags(colab.install_cell_source("05b_federated_privacy")) == []
+    tampered = released["install"] + "\nimportlib.reload(importlib)"
+    assert any("import system" in flag and "(install)" in flag for flag in flags(tampered))
