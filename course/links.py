@@ -588,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.write or args.check:
         problems = stale(setting, write=args.write)
+        generated = bool(problems)  # out-of-date generated links: --write fixes those, not a broken one
         if args.check:
             problems += broken_links(setting)
         for problem in problems:
@@ -596,8 +597,10 @@ def main(argv: list[str] | None = None) -> int:
             if any(p.startswith("solutions/") for p in problems):
                 print("now regenerate the student copies: python -m autograders.release")
             return 0
-        if problems:
+        if generated:
             print("run `python -m course.links --write` (then `python -m autograders.release`)")
+        if len(problems) > 0 and not generated:
+            print("fix or remove the links listed above (a missing file, anchor or path; --write cannot)")
         return int(bool(problems))
     first = next(iter(notebooks().values()))
     print(f"repository {setting.repository} (branch {setting.branch}), from {PYPROJECT}")
