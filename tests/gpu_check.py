@@ -21,7 +21,9 @@ runs, and every cell that raised is listed (a later error may follow from an ear
 - the cells that ran on the CPU undeclared: over `CPU_FLAG_S` (1 s) of the kernel's CPU time (``os.times``,
   its own and its waited-for children's; Ray workers and other processes it did not start are not counted),
   no CUDA allocation (``memory_stats()["allocation.all.allocated"]`` unchanged) and no ``on_cpu`` record:
-  a forgotten ``.to(ctx.device)`` looks like this, and so does honest CPU work (data, plots) worth declaring;
+  a cell whose model was never moved with ``.to(ctx.device)`` looks like this, and so does honest CPU work
+  (data, plots) worth declaring; a cell that sends even one tensor to the GPU and computes the rest on the CPU
+  does not (one CUDA allocation clears it: read the time column too);
 - the cells that raised (id and error), cells tagged ``raises-exception`` excepted.
 
 Everything is also written to ``<out>/gpu_check.json`` (default ``build/gpu-check/``). The exit code is 1
