@@ -71,7 +71,7 @@ if any(importlib.util.find_spec(name) is None for name in {needs}):
     source = os.environ.get("{variable}", "{source}")
     work, start = tempfile.mkdtemp(), time.time()
     # pip may not change what the runtime has loaded (torch, numpy, the kernel): a constraints file holds them
-    before = {{d.name: d.version for d in md.distributions()}}
+    before = {{d.name: d.version for d in md.distributions() if d.name}}  # no name: a broken dist-info
     with open(os.path.join(work, "keep.txt"), "w") as keep:
         for name in {keep}:
             try:  # the version Python imports (one line per name, though two folders may list it)
@@ -79,15 +79,29 @@ if any(importlib.util.find_spec(name) is None for name in {needs}):
             except md.PackageNotFoundError:
                 pass
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", keep.name, "--report",
-                          os.path.join(work, "pip.json"), f"{distribution}[{extra}] @ {{source}}"])
+                          os.path.join(work, "pip.json"), f"{distribution}[{extra}] @ {{source}}"],
+                         capture_output=True, text=True)  # some kernels (Colab's) never show a child's output
+    log = (pip.stdout or "") + (pip.stderr or "")
     if pip.returncode:
-        raise RuntimeError(f"Could not install the course from {{source}} (pip's message is above). Check "
-                           "that this runtime reaches the internet, or set {variable} to where the course "
-                           "is (git+ and a repository's URL, or a wheel's file:// path) in a cell before "
-                           "this one: import os; os.environ['{variable}'] = '...'. Then run this cell again.")
+        print("\\n".join(log.strip().splitlines()[-15:]))
+        has = lambda *words: any(word in log for word in words)
+        where = ("set {variable} to where the course is (git+ and a repository's URL, or a wheel's "
+                 "file:// path) in a cell before this one: import os; os.environ['{variable}'] = '...'")
+        why = ("a version conflict with the packages this runtime holds (torch, numpy, the kernel; pip's "
+               "lines above name them): ask the course staff" if has("ResolutionImpossible", "conflict")
+               else "no internet: check that this runtime reaches it" if has(
+                   "resolve host", "Network is unreachable", "Temporary failure")
+               else "no course at that address: " + where if has(
+                   "Repository not found", "could not read Username", "does not exist")
+               else "see pip's lines above; check that this runtime reaches the internet, or " + where)
+        raise RuntimeError(f"Could not install the course from {{source}}: {{why}}. Then run this cell "
+                           "again.")
+    import site  # pip may install to the user site, which Python skips when it was missing at start
+    if os.path.isdir(site.getusersitepackages()) and site.getusersitepackages() not in sys.path:
+        site.addsitedir(site.getusersitepackages())
     importlib.invalidate_caches()
     from course.colab import describe_install
-    print(describe_install(os.path.join(work, "pip.json"), time.time() - start, source, before))'''
+    print(describe_install(os.path.join(work, "pip.json"), time.time() - start, source, before, log))'''
 
 
 def extra_modules(module: str, pyproject: Path | None = None) -> list[str]:
@@ -117,22 +131,34 @@ def install_cell_source(module: str, source: str | None = None, pyproject: Path 
 
 
 def describe_install(report: str | os.PathLike, seconds: float, source: str = "",
-                     before: dict[str, str] | None = None) -> str:
+                     before: dict[str, str] | None = None, pip_output: str = "") -> str:
     """The install cell's summary, from pip's ``--report`` JSON and `before` ({distribution: version} as the
     runtime had them before pip ran): what was installed, how long it took, which of the runtime's own
     packages pip replaced, whether Colab's torch and numpy were kept, and what the learner must do next:
     restart when pip replaced a package this kernel had already imported (its old version stays in memory;
-    Colab preloads numpy and pandas, colabtools issue #5197), else nothing."""
+    Colab preloads numpy and pandas, colabtools issue #5197), else nothing. `pip_output` (what pip printed,
+    captured by the cell): its "dependency conflicts" lines are shown here, as the cell shows nothing else."""
     try:
         installed = json.loads(Path(report).read_text()).get("install", [])
+        known = True
     except (OSError, ValueError):
-        installed = []
-    names = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installed}
+        installed, known = [], False
+    names = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installed
+             if item.get("metadata", {}).get("name")}
     course = names.pop(DISTRIBUTION, None)
-    lines = [f"Installed the course{f' {course}' if course else ''} from {source or 'its repository'} "
-             f"in {seconds:.0f} s, with {len(names)} other package{'s' if len(names) != 1 else ''}"
-             + (f": {', '.join(f'{n} {v}' for n, v in sorted(names.items()))}" if names else ".")]
-    old = {_norm(name): version for name, version in (before or {}).items()}
+    listed = f": {', '.join(f'{n} {v}' for n, v in sorted(names.items()))}" if names else "."
+    if known and not course:  # another notebook's cell installed the course: only this one's extra is new
+        plural = "s" if len(names) != 1 else ""
+        lines = [f"The course was already installed; added {len(names)} package{plural} "
+                 f"from {source or 'its repository'} in {seconds:.0f} s" + listed]
+    else:
+        lines = [f"Installed the course{f' {course}' if course else ''} from {source or 'its repository'} in "
+                 f"{seconds:.0f} s, with {len(names)} other package{'s' if len(names) != 1 else ''}" + listed]
+    output = pip_output.splitlines()
+    start = next((i for i, line in enumerate(output) if "dependency conflicts" in line), None)
+    conflicts = [line for line in output[start:start + 12] if line.strip()] if start is not None else []
+    lines += conflicts
+    old = {_norm(name): version for name, version in (before or {}).items() if name}
     replaced = {name: (old[_norm(name)], version) for name, version in sorted(names.items())
                 if old.get(_norm(name)) not in (None, version)}
     if replaced:
@@ -144,8 +170,9 @@ def describe_install(report: str | os.PathLike, seconds: float, source: str = ""
     majors = [int(v.split(".")[0]) for v in replaced.get("protobuf", ("0", "0"))]
     if majors[0] < 6 <= majors[1]:
         # grpcio-status 1.71.2 requires protobuf<6 (its METADATA); tensorflow 2.20.0 only protobuf>=5.28.0
-        lines.append("pip's red 'dependency conflicts' ERROR above (grpcio-status wants protobuf < 6) is "
-                     "expected and harmless here: grpcio-status serves Colab's Google Cloud clients, which "
+        lines.append(f"pip's 'dependency conflicts' ERROR{' above' if conflicts else ''} (grpcio-status "
+                     "wants protobuf < 6) is expected and harmless here: grpcio-status serves Colab's Google "
+                     "Cloud clients, which "
                      "this notebook does not use (for those, start a fresh runtime: Runtime > Disconnect and "
                      "delete runtime).")
     loaded = _loaded_before(names)

@@ -82,9 +82,11 @@ def test_default_source_is_the_repository_named_in_pyproject(tmp_path):
 
 
 def run_cell(source: str, monkeypatch, *, course_missing: bool, pip_fails: bool = False,
-             missing: tuple[str, ...] = ()):
+             missing: tuple[str, ...] = (), pip_output: str = "", installed: tuple[str, ...] = (
+                 "sysml-course 0.1.0", "snntorch 1.0.0")):
     """Execute the cell's code as a kernel would, with pip replaced by a recorder (exiting 1 with
-    `pip_fails`) and `missing` (plus ``course`` with `course_missing`) not importable; (pip calls, printed)."""
+    `pip_fails`) that returns `pip_output` as its captured stderr and reports `installed` ("name version");
+    `missing` (plus ``course`` with `course_missing`) not importable; (pip calls, printed)."""
     import importlib.util
 
     calls = []
@@ -96,20 +98,23 @@ def run_cell(source: str, monkeypatch, *, course_missing: bool, pip_fails: bool 
 
     def fake_run(args, **kwargs):
         calls.append((list(args), Path(args[args.index("-c") + 1]).read_text()))
+        assert kwargs.get("capture_output") and kwargs.get("text"), "pip's output must be captured as text"
         if pip_fails:
-            print("ERROR: pip's own message")
-            return subprocess.CompletedProcess(args, 1)
+            return subprocess.CompletedProcess(args, 1, "", pip_output or "ERROR: pip's own message")
         report = args[args.index("--report") + 1]
         Path(report).write_text(json.dumps({"install": [
-            {"metadata": {"name": "sysml-course", "version": "0.1.0"}},
-            {"metadata": {"name": "snntorch", "version": "1.0.0"}}]}))
-        return subprocess.CompletedProcess(args, 0)
+            {"metadata": dict(zip(("name", "version"), item.split()))} for item in installed]}))
+        return subprocess.CompletedProcess(args, 0, "", pip_output)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(subprocess, "run", fake_run)
     out = io.StringIO()
-    with redirect_stdout(out):
-        exec(compile(source, "install", "exec"), {})
+    try:
+        with redirect_stdout(out):
+            exec(compile(source, "install", "exec"), {})
+    except Exception as error:  # what the cell printed before it raised
+        error.printed = out.getvalue()
+        raise
     return calls, out.getvalue()
 
 
@@ -135,9 +140,39 @@ def test_install_cell_installs_from_course_source_and_holds_torch(monkeypatch):
     assert f"Kept this runtime's torch {torch.__version__}" in printed
 
 
+#: pip's last lines for three causes of failure, and what the cell's advice must then say (review 23b, B1).
+PIP_FAILURES = {
+    "conflict": ("ERROR: Cannot install sysml-course because these package versions have conflicting "
+                 "dependencies.\nERROR: ResolutionImpossible: for help visit https://pip.pypa.io/",
+                 "a version conflict with the packages this runtime holds"),
+    "network": ("WARNING: Retrying ... NewConnectionError: Failed to establish a new connection: [Errno -3] "
+                "Temporary failure in name resolution\nfatal: unable to access 'https://github.com/x/': Could "
+                "not resolve host: github.com", "no internet"),
+    "source": ("fatal: could not read Username for 'https://github.com': No such device or address\n"
+               "error: subprocess-exited-with-error", "no course at that address: set COURSE_SOURCE"),
+}
+
+
+@pytest.mark.parametrize("cause", PIP_FAILURES)
+def test_install_cell_says_what_failed_from_pips_captured_output(monkeypatch, cause):
+    """pip's output is captured (Colab's kernel may never show a child's), its last 15 lines are printed,
+    and the advice follows from them: resolver conflict, no network, or no course at the source."""
+    output, advice = PIP_FAILURES[cause]
+    output = "\n".join(f"noise {i}" for i in range(30)) + "\n" + output
+    monkeypatch.setenv("COURSE_SOURCE", "git+https://github.com/nobody/nothing.git@main")
+    with pytest.raises(RuntimeError) as raised:
+        run_cell(colab.install_cell_source("02_snn"), monkeypatch, course_missing=True, pip_fails=True,
+                 pip_output=output)
+    text = str(raised.value)
+    assert text.startswith("Could not install the course from git+https://github.com/nobody/nothing.git@main")
+    assert advice in text and text.endswith("run this cell again.") and "-m pip" not in text
+    assert ("internet" in text) == (cause == "network") and ("COURSE_SOURCE" in text) == (cause == "source")
+    shown = raised.value.printed.splitlines()
+    assert shown[-1] == output.splitlines()[-1] and len(shown) == 15 and "noise 14" not in shown
+
+
 def test_install_cell_says_what_to_do_when_pip_fails(monkeypatch):
-    """No network, no repository, a resolver conflict: pip's message stays, then one paragraph that says what
-    failed and what to do, as the exception's message (not pip's command line)."""
+    """An unrecognised failure: pip's lines, then one paragraph naming both remedies (not pip's command)."""
     monkeypatch.setenv("COURSE_SOURCE", "git+https://github.com/nobody/nothing.git@main")
     with pytest.raises(RuntimeError) as raised:
         run_cell(colab.install_cell_source("02_snn"), monkeypatch, course_missing=True, pip_fails=True)
@@ -145,6 +180,44 @@ def test_install_cell_says_what_to_do_when_pip_fails(monkeypatch):
     assert text.startswith("Could not install the course from git+https://github.com/nobody/nothing.git@main")
     assert "internet" in text and "os.environ['COURSE_SOURCE'] = " in text and "run this cell again" in text
     assert "-m pip" not in text and len(text) < 400
+
+
+def test_install_cell_shows_pips_conflict_lines_and_skips_nameless_dists(monkeypatch, tmp_path):
+    """After a successful pip the summary shows pip's 'dependency conflicts' lines itself (B1); a dist-info
+    without METADATA (an interrupted pip) is skipped, not a TypeError (m1)."""
+    (tmp_path / "broken-1.0.dist-info").mkdir()
+    monkeypatch.setattr(sys, "path", sys.path + [str(tmp_path)])
+    conflicts = ("ERROR: pip's dependency resolver does not currently take into account all the packages that "
+                 "are installed. This behaviour is the source of the following dependency conflicts.\n"
+                 "grpcio-status 1.71.2 requires protobuf<6.0dev,>=5.26.1, but you have protobuf 7.36.2 which "
+                 "is incompatible.")
+    _, printed = run_cell(colab.install_cell_source("01_edge"), monkeypatch, course_missing=True,
+                          pip_output=conflicts, installed=("sysml-course 0.1.0", "protobuf 7.36.2"))
+    assert conflicts in printed
+    report = tmp_path / "pip.json"
+    report.write_text(json.dumps({"install": [{"metadata": {"name": "protobuf", "version": "7.36.2"}}]}))
+    text = colab.describe_install(report, 1, "x", {None: None, "protobuf": "5.29.6"}, conflicts)
+    assert text.index("grpcio-status 1.71.2 requires") < text.index("'dependency conflicts' ERROR above")
+
+
+def test_install_summary_says_when_the_course_was_already_there(monkeypatch, tmp_path):
+    """02's cell after 00's in one Python: pip adds snntorch only; the summary does not claim the course (m2)."""
+    _, printed = run_cell(colab.install_cell_source("02_snn"), monkeypatch, course_missing=False,
+                          missing=("snntorch",), installed=("snntorch 1.0.0",))
+    assert printed.startswith("The course was already installed; added 1 package from ")
+    assert "snntorch 1.0.0" in printed and "Installed the course" not in printed
+
+
+def test_install_cell_puts_a_new_user_site_on_sys_path(monkeypatch, tmp_path):
+    """pip fell back to --user and created the user site after Python started: the cell adds it (m10)."""
+    import site
+
+    user = tmp_path / "user-site"
+    monkeypatch.setattr(site, "getusersitepackages", lambda: str(user))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    user.mkdir()
+    run_cell(colab.install_cell_source("02_snn"), monkeypatch, course_missing=True)
+    assert str(user) in sys.path
 
 
 def test_constraints_hold_each_kept_package_once(monkeypatch, tmp_path):
