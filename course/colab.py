@@ -70,6 +70,7 @@ if any(importlib.util.find_spec(name) is None for name in {needs}):
     import importlib.metadata as md, os, subprocess, sys, tempfile, time
     source = os.environ.get("{variable}", "{source}")
     work, start = tempfile.mkdtemp(), time.time()
+    print(f"Installing the course and this notebook's libraries from {{source}} (a minute or two) ...")
     # pip may not change what the runtime has loaded (torch, numpy, the kernel): a constraints file holds them
     before = {{d.name: d.version for d in md.distributions() if d.name}}  # no name: a broken dist-info
     with open(os.path.join(work, "keep.txt"), "w") as keep:
