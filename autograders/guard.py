@@ -387,16 +387,17 @@ def _same(source: str) -> str:
 
 
 _INSTALL_PARTS = (
-    (re.compile(r'(os\.environ\.get\("COURSE_SOURCE", )"[^"\n]*"'), r'\1"SOURCE"'),  # where it installs from
-    (re.compile(r"(sysml-course\[)[a-z0-9-]+(\])"), r"\1EXTRA\2"),                   # the notebook's extra
-    (re.compile(r"(for name in )\([^()\n]*\)"), r"\1NEEDS"),                          # the import names it checks
+    (re.compile(r'(os\.environ\.get\("COURSE_SOURCE", )"[^"\n]*"'), r'\1"SOURCE"'),  # where from
+    (re.compile(r"(sysml-course\[)[a-z0-9-]+(\])"), r"\1EXTRA\2"),                   # the extra
+    (re.compile(r"(for name in )\([^()\n]*\)"), r"\1NEEDS"),                          # what it checks
 )
 
 
 def _install_form(source: str) -> str:
-    """An install cell (course.colab's, id ``install``) with the parts that may differ without changing what it
-    does (the source it installs from, the extra, the import names it checks) made generic: a learner who points
-    COURSE_SOURCE at a fork, or who holds another notebook's copy of the cell, is not held for review."""
+    """An install cell (course.colab's, id ``install`` or ``install-04b``) with the parts that may differ
+    without changing what it does (the source it installs from, the extra, the import names it checks) made
+    generic: a learner who points COURSE_SOURCE at a fork, or holds another notebook's copy of the cell, is
+    not held for review."""
     text = _same(source)
     for pattern, generic in _INSTALL_PARTS:
         text = pattern.sub(generic, text)
@@ -413,7 +414,8 @@ def review_flags(nb, released: dict[str, str] | None = None) -> list[str]:
     """
     released = released or {}
     course_sources = {_same(source) for source in released.values()}
-    install = _install_form(released["install"]) if "install" in released else None
+    install = next((_install_form(source) for key, source in released.items()
+                    if key == "install" or key.startswith("install-")), None)  # course.colab.cell_id
     found: list[str] = []
     for index, cell in enumerate(nb.cells):
         meta = cell.get("metadata", {}).get("nbgrader", {})
@@ -428,7 +430,8 @@ def review_flags(nb, released: dict[str, str] | None = None) -> list[str]:
         except SyntaxError:
             continue  # it fails on its own when it runs
         flags = _cell_flags(tree, _magic_calls(tree))
-        where = meta.get("grade_id") or f"cell {index + 1}" + (f" ({cell.get('id')})" if cell.get("id") else "")
+        named = f" ({cell.get('id')})" if cell.get("id") else ""
+        where = meta.get("grade_id") or f"cell {index + 1}{named}"
         found += [f"{where}: {flag}" for flag in dict.fromkeys(flags)]
     return found
 

@@ -11,8 +11,8 @@ of a wheel or a checkout); its default, the course's GitHub repository, is writt
     python -m course.colab --check     # exit 1 when a cell differs from what --write would write
 
 The repository comes from pyproject.toml's ``[project.urls]``, read by course.links (the one place it is
-named); tests/test_colab.py checks that the cells agree with it. `describe_install` turns pip's installation report
-into the cell's summary."""
+named); tests/test_colab.py checks that the cells agree with it. `describe_install` turns pip's installation
+report into the cell's summary."""
 
 from __future__ import annotations
 
@@ -34,6 +34,19 @@ SOURCE_VARIABLE = "COURSE_SOURCE"
 COLAB_KEEPS = ("torch", "numpy", "pandas", "ipykernel", "ipython", "tornado", "pyzmq")
 
 CELL_ID = "install"
+
+
+def cell_id(module: str) -> str:
+    """The install cell's id in notebook `module`: ``install`` in a folder's first notebook, ``install-04b``
+    in its second (two notebooks of one folder may share no cell id: a submission is matched to its notebook
+    by them, autograders/repair.py)."""
+    prefix = module.split("_")[0]
+    return CELL_ID if prefix.isdigit() else f"{CELL_ID}-{prefix}"
+
+
+def is_install_cell_id(cell_id_: str | None) -> bool:
+    """Whether a cell id is an install cell's (``install`` or ``install-<prefix>``)."""
+    return bool(cell_id_) and (cell_id_ == CELL_ID or cell_id_.startswith(f"{CELL_ID}-"))
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -248,13 +261,17 @@ def write_install_cells(root: Path = ROOT, check: bool = False) -> list[Path]:
         module = path.stem
         code = install_cell_source(module, default_source(root / "pyproject.toml"), root / "pyproject.toml")
         ids = [cell.get("id") for cell in nb.cells]
-        if CELL_ID in ids:
-            cell = nb.cells[ids.index(CELL_ID)]
-            if cell.source == code and ids.index(CELL_ID) + 1 == setup_index(nb, module):
+        for stale in [cell for cell in nb.cells
+                      if is_install_cell_id(cell.get("id")) and cell.id != cell_id(module)]:
+            nb.cells.remove(stale)  # an install cell under another id (before ids were per notebook)
+        ids = [cell.get("id") for cell in nb.cells]
+        if cell_id(module) in ids:
+            cell = nb.cells[ids.index(cell_id(module))]
+            if cell.source == code and ids.index(cell_id(module)) + 1 == setup_index(nb, module):
                 continue
             nb.cells.remove(cell)
         cell = nbformat.v4.new_code_cell(code)
-        cell.id = CELL_ID
+        cell.id = cell_id(module)
         nb.cells.insert(setup_index(nb, module), cell)
         changed.append(path)
         if not check:

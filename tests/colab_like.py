@@ -270,9 +270,9 @@ def execute(client, nb, row: dict, again: bool = False) -> bool:
             ok = False
             lines = [line for line in str(error).strip().splitlines() if line.strip()]
             row["error"] = f"{cell.get('id')}: {lines[-1][:150] if lines else type(error).__name__}"
-        if cell.get("id") == "install" and again:
+        if str(cell.get("id")).startswith("install") and again:
             row["install_after_restart"] = text_of(cell)
-        elif cell.get("id") == "install":
+        elif str(cell.get("id")).startswith("install"):
             row["install_s"] = round(time.monotonic() - began)
             row["install_output"] = text_of(cell)
             found = re.search(r"with (\d+) other packages?(?:: (.*))?", text_of(cell))

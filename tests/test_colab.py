@@ -41,8 +41,8 @@ def bare(name: str) -> str:
 def install_cell(path: Path):
     nb = nbformat.read(path, as_version=4)
     ids = [cell.get("id") for cell in nb.cells]
-    assert colab.CELL_ID in ids, f"{path.name}: no install cell (python -m course.colab --write)"
-    index = ids.index(colab.CELL_ID)
+    assert colab.cell_id(path.stem) in ids, f"{path.name}: no install cell (python -m course.colab --write)"
+    index = ids.index(colab.cell_id(path.stem))
     assert index + 1 == colab.setup_index(nb, path.stem), f"{path.name}: the install cell goes before setup"
     return nb.cells[index]
 
@@ -373,7 +373,7 @@ def third_party_imports(path: Path) -> set[str]:
 
     names = set()
     for cell in nbformat.read(path, as_version=4).cells:
-        if cell.cell_type == "code" and cell.get("id") != colab.CELL_ID:
+        if cell.cell_type == "code" and not colab.is_install_cell_id(cell.get("id")):
             names |= imports_of(TransformerManager().transform_cell(cell.source))
     seen, todo, third = set(), sorted(names), set()
     while todo:

@@ -57,7 +57,7 @@ def test_anatomy_header_setup_and_closing(module):
     header = source(cells[0])
     assert header.startswith("# ") and "Budget" in header and "Last verified" in header
     assert re.search(r"\d+ (s|min).*\d(\.\d)? GB", header, re.S), "state the measured time and memory"
-    first_code = next(source(c) for c in cells if c["cell_type"] == "code" and c["id"] != "install")
+    first_code = next(source(c) for c in cells if c["cell_type"] == "code" and not c["id"].startswith("install"))
     assert f'setup("{module}")' in first_code
     closing = " ".join(source(c) for c in cells[-2:] if c["cell_type"] == "markdown")
     assert "Reflect" in closing or "Where next" in closing
