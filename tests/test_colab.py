@@ -262,7 +262,7 @@ def test_describe_install_names_what_pip_changed_under_the_running_kernel(tmp_pa
     assert "No restart needed" in text and "RESTART" not in text
 
 
-def test_describe_install_tells_what_to_do_after_replacing_the_runtimes_packages(tmp_path):
+def test_describe_install_tells_what_to_do_after_replacing_the_runtimes_packages(tmp_path, monkeypatch):
     """01_edge on Colab (tests/colab_like.py, 2026-08 runtime): pip replaces Colab's protobuf 5 by 7 (onnx)
     and downgrades typing_extensions; the summary names both with their old versions and explains pip's red
     conflict ERROR. A loaded package pip downgraded needs no restart (the newer one stays loaded); one it
@@ -273,6 +273,8 @@ def test_describe_install_tells_what_to_do_after_replacing_the_runtimes_packages
         {"metadata": {"name": "typing_extensions", "version": "4.12.2"}},
         {"metadata": {"name": "onnx", "version": "1.23.2"}}]}))
     assert "typing_extensions" in sys.modules
+    # protobuf not imported by this process (the whole suite may have imported it: onnx, ray)
+    monkeypatch.delitem(sys.modules, "google", raising=False)
     before = {"protobuf": "5.29.6", "typing-extensions": "4.16.0", "torch": "2.11.0"}
     text = colab.describe_install(report, 20, "x", before)
     assert "Replaced this runtime's protobuf 5.29.6 -> 7.36.2, typing_extensions 4.16.0 -> 4.12.2 (" in text
