@@ -273,8 +273,9 @@ def test_describe_install_tells_what_to_do_after_replacing_the_runtimes_packages
         {"metadata": {"name": "typing_extensions", "version": "4.12.2"}},
         {"metadata": {"name": "onnx", "version": "1.23.2"}}]}))
     assert "typing_extensions" in sys.modules
-    # protobuf not imported by this process (the whole suite may have imported it: onnx, ray)
-    monkeypatch.delitem(sys.modules, "google", raising=False)
+    # protobuf and onnx not imported by this process (the whole suite may have imported them)
+    for module in ("google", "onnx"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
     before = {"protobuf": "5.29.6", "typing-extensions": "4.16.0", "torch": "2.11.0"}
     text = colab.describe_install(report, 20, "x", before)
     assert "Replaced this runtime's protobuf 5.29.6 -> 7.36.2, typing_extensions 4.16.0 -> 4.12.2 (" in text
