@@ -652,7 +652,7 @@ def _choose(student: str, attempts: list[_Attempt], module: str, scratch: Path) 
         notes.append(f"graded {best.label} ({_answered(best.answered)}); not graded: "
                      + ", ".join(what(c) for c in reversed(others)))
     elif best.ours and best.answered == 0 and best.nb is not None:
-        notes.append("no exercise answered: the notebook is the release as handed out")
+        notes.append("no exercise answered: every solution cell is as the release hands it out")
     if len(attempts) > 1 and best.ours and best.answered == 0:
         earlier = [a.entry.name for a in attempts if a is not chosen
                    and any(c.answered for c in a.candidates)]

@@ -601,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
             print("run `python -m course.links --write` (then `python -m autograders.release`)")
         if len(problems) > 0 and not generated:
             print("fix or remove the links listed above (a missing file, anchor or path; --write cannot)")
+        if not problems:
+            print(f"every generated link is current for {setting.repository} (branch {setting.branch}), "
+                  "and no link is broken")
         return int(bool(problems))
     first = next(iter(notebooks().values()))
     print(f"repository {setting.repository} (branch {setting.branch}), from {PYPROJECT}")
