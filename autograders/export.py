@@ -1,0 +1,569 @@
+"""Grades out: files that Canvas and Moodle import into their gradebooks, made from grades.csv.
+
+Course infrastructure (not taught in a module). The instructor guide's section "Grades into Canvas
+or Moodle" (autograders/INSTRUCTORS.md) says how to use it.
+
+    python -m autograders.export canvas grading/00_orientation/grades.csv [more grades.csv] \
+        --roster canvas_gradebook_export.csv --out canvas_import.csv
+    python -m autograders.export moodle grading/00_orientation/grades.csv \
+        --roster moodle_grades_export.csv [--worksheet 00_orientation=worksheet.csv] --out moodle_import.csv
+
+ROSTER is the LMS's own export (Canvas: Grades > Export; Moodle: Export grades to CSV, the
+participants list, or an assignment's offline grading worksheet), so every row written carries the
+LMS's own ids. Each grades.csv (``grading/<module>/grades.csv``, written by autograders/grade.py)
+gives one column, named by its folder, scored in points (``score``) out of ``max_score``.
+
+What is never done: a student without a grade (held for review, not gradable, grading failed, no
+submission) never gets 0, the cell stays empty; a student of grades.csv who is not in the roster is
+never dropped silently (listed on stderr, exit status 3 unless ``--allow-unmatched``); two
+grades.csv rows never land in one roster row, and a roster row is found by one id column only, so
+one student's id can never pick another student's row by matching a different column.
+
+Vendor facts this relies on (read in the vendors' source, as of 2026-11-30):
+
+Canvas, ``lib/gradebook_importer.rb`` (github.com/instructure/canvas-lms, commit 00b222d7):
+- the header row must start with a column containing "Student" and one containing "ID"; the student
+  columns run up to "Section" (Student, ID, SIS User ID, SIS Login ID, [Integration ID],
+  [Root Account], Section); every later column is an assignment, "Title (assignment id)" matched by
+  its id, else by its title, else Canvas creates a NEW assignment of that title; "Current Score",
+  "Final Grade" and the like are skipped (``NON_ASSIGNMENT_COLUMN_HEADERS``);
+- a row whose first cell contains "Points Possible" sets the points of the columns' assignments
+  (``process_pp``), "read only" there marks a column that is not imported; rows that hold only
+  "Muted"/"Manual Posting" are skipped;
+- a row's student is found by the ID column (Canvas user id), else SIS User ID, else SIS Login ID,
+  else by name; an unknown student is shown as a new one on the import's review page;
+- a blank cell is "no change" where Canvas has no score, and shows as a change where it has one;
+  ``"7,5"`` is read as 7.5 (``decimal_comma_to_period``) but so is ``"1,234"`` as 1.234: write a
+  dot and no thousands separator; ``;`` is taken as the separator only when it splits the first
+  lines more evenly than ``,`` (``identify_delimiter``).
+
+Moodle, ``grade/import/csv/classes/load_data.php`` (github.com/moodle/moodle, commit 0289d8c7):
+- "Import grades from CSV" maps one column to a user field: user id, username, ID number or email
+  address (``map_user_data_with_value``); a row whose user is not found aborts the WHOLE import
+  (``usermappingerrorusernotfound``), so this writes only roster students;
+- each other column is mapped, on the import page, to an existing grade item or a new one; a blank
+  or ``-`` cell is "no grade" (``$value = null``), and that null is written over what the grade
+  item held (``grade/import/lib.php``, ``update_final_grade``): students with no grade in any
+  exported module are therefore left out of the file, and a partly blank row is reported;
+- numbers go through ``unformat_float``, which takes the site language's decimal separator or a dot:
+  a dot is always read.
+Moodle assignments, ``mod/assign`` (same repository): the submission download names a student's
+folder ``<Full name>_<participant id>_assignsubmission_file_`` where the participant id is the
+assignment's own id for that user (``get_uniqueid_for_user``), NOT the user id; the assignment's
+offline grading worksheet lists it as "Participant <id>" in its "Identifier" column
+(``mod/assign/feedback/offline/importgradeslib.php``) next to "Full name" and "Email address".
+So a grades.csv of Moodle ids is mapped through that module's worksheet (``--worksheet``), else
+by an id column that holds the grader's ids (when ``--id-regex`` read usernames or emails), else
+by a full name that is unique on both sides (each such match is listed on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import re
+import sys
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GRADED = ("graded", "timed out")  # statuses whose `score` is a grade (timed out: the other exercises count)
+
+CANVAS_ID_COLUMNS = ("ID", "SIS User ID", "SIS Login ID", "Integration ID")
+MOODLE_ID_COLUMNS = ("Email address", "Username", "ID number", "User ID", "Identifier")
+MOODLE_OUT_IDS = ("Email address", "Username", "ID number")   # what the Moodle import can map to
+PARTICIPANT = re.compile(r"^\D*?(\d+)$")                      # "Participant 4711" (any language)
+
+
+class ExportError(Exception):
+    """A reason not to write the file at all (the command exits with status 2), in one sentence."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# ---------------------------------------------------------------- reading
+
+def read_table(path: Path) -> tuple[list[list[str]], str]:
+    """Rows of a CSV file as the LMS or a spreadsheet wrote it, and a note on how it was read.
+
+    UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"); failing that Windows-1252
+    (Excel's plain "CSV" on a western Windows), with a note. Separator: comma, semicolon or tab,
+    whichever splits the first line into most fields; quoted fields keep commas, quotes and newlines.
+    """
+    data = Path(path).read_bytes()
+    note = ""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")
+        note = f"{path}: not UTF-8, read as Windows-1252 (save it as 'CSV UTF-8' to be sure of names)"
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=lambda sep: len(next(csv.reader([first], delimiter=sep), [])))
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    return [[cell.strip() for cell in row] for row in rows if any(cell.strip() for cell in row)], note
+
+
+def _norm(text: str) -> str:
+    """A name or id compared loosely: NFC, case-folded, inner whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+@dataclass
+class Grade:
+    student: str
+    name: str
+    points: float | None     # None: no grade (never written as 0)
+    why: str = ""            # why there is no grade, or what to know about it
+
+
+@dataclass
+class Module:
+    module: str
+    path: Path
+    max_points: float
+    grades: list[Grade] = field(default_factory=list)
+
+
+def read_grades(path: Path) -> Module:
+    """One grading run's grades.csv: per student the points, or None with the reason.
+
+    Points are `score` for statuses `GRADED`; "held for review" (empty score), "not gradable" and
+    "grading failed" have no grade. The module is the folder's name (``grading/<module>/grades.csv``).
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"student", "score", "max_score", "status"} <= set(rows[0]):
+        raise ExportError(f"{path}: not a grades.csv of autograders/grade.py "
+                          "(no student, score, max_score or status column)")
+    module = path.parent.name if path.name == "grades.csv" else path.stem
+    maxima = {float(r["max_score"]) for r in rows if r["max_score"] and float(r["max_score"]) > 0}
+    if len(maxima) > 1:
+        raise ExportError(f"{path}: students have different max_score ({sorted(maxima)}): "
+                          "grade them in one run")
+    result = Module(module, path, maxima.pop() if maxima else 0.0)
+    for r in rows:
+        status, score = r["status"], r["score"].strip()
+        if status in GRADED and score:
+            pending = float(r.get("manual_pending") or 0)
+            why = (f"{pending:g} points of written answers not graded yet (not in this score)"
+                   if pending else ("timed out: " + r["detail"] if status == "timed out" else ""))
+            result.grades.append(Grade(r["student"], r.get("name", ""), float(score), why))
+        else:
+            result.grades.append(Grade(r["student"], r.get("name", ""), None,
+                                       f"{status}" + (f": {r['detail']}" if r.get("detail") else "")))
+    return result
+
+
+# ---------------------------------------------------------------- matching
+
+@dataclass
+class Roster:
+    header: list[str]
+    rows: list[list[str]]
+    id_columns: list[int]           # columns that may hold a grader's id
+    names: list[str]                # per row, the full name as the LMS shows it ("" when none)
+
+    def column(self, name: str) -> int | None:
+        for i, head in enumerate(self.header):
+            if _norm(head) == _norm(name):
+                return i
+        return None
+
+
+@dataclass
+class Matching:
+    rows: dict[str, int]            # grader's student id -> roster row index
+    unmatched: list[Grade]
+    notes: list[str]
+
+
+def match(module: Module, roster: Roster, match_on: str | None = None,
+          participants: dict[str, str] | None = None, key_column: int | None = None,
+          by_name: bool = False) -> Matching:
+    """Which roster row each student of `module` is, by ONE id column.
+
+    `match_on`: the roster column to use (its header); else the id column holding most of the
+    grader's ids (ties: refused, name one with `match_on`). `participants` (Moodle worksheet:
+    participant id -> value of `key_column`) translates a grader's id first. `by_name`: students
+    still unmatched are matched by a full name unique in the roster and in grades.csv (each noted).
+    Roster values that occur twice in the column match nobody (noted). Two grader ids landing on one
+    row are refused.
+    """
+    notes: list[str] = []
+    ids = [g.student for g in module.grades]
+    if participants is not None and key_column is not None:
+        translated = {s: participants.get(_participant(s)) for s in ids}
+        candidates = [key_column]
+    else:
+        translated = {s: s for s in ids}
+        candidates = roster.id_columns
+    if match_on:
+        col = roster.column(match_on)
+        if col is None:
+            raise ExportError(f"--match-on {match_on!r}: no such column in the roster "
+                              f"({', '.join(roster.header)})")
+        candidates = [col]
+
+    def index(col: int) -> tuple[dict[str, int], set[str]]:
+        seen: dict[str, int] = {}
+        twice: set[str] = set()
+        for i, row in enumerate(roster.rows):
+            value = _norm(row[col]) if col < len(row) else ""
+            if not value:
+                continue
+            if value in seen:
+                twice.add(value)
+            seen[value] = i
+        return {v: i for v, i in seen.items() if v not in twice}, twice
+
+    best, best_hits, tied = None, 0, []
+    for col in candidates:
+        lookup, _ = index(col)
+        hits = sum(1 for s in ids if translated[s] and _norm(translated[s]) in lookup)
+        if hits > best_hits:
+            best, best_hits, tied = col, hits, []
+        elif hits == best_hits and hits:
+            tied.append(col)
+    def mapping(col: int) -> dict[str, int]:
+        lookup, _ = index(col)
+        keys = {s: _norm(translated[s] or "") for s in ids}
+        return {s: lookup[k] for s, k in keys.items() if k in lookup}
+
+    if tied and any(mapping(c) != mapping(best) for c in tied):  # columns that agree are no ambiguity
+        names = ", ".join(roster.header[c] for c in [best, *tied])
+        raise ExportError(f"{module.module}: the grader's ids match equally many rows in {names}: "
+                          "say which with --match-on")
+    rows: dict[str, int] = {}
+    if best is not None:
+        lookup, twice = index(best)
+        for s in ids:
+            key = _norm(translated[s] or "")
+            if key in lookup:
+                rows[s] = lookup[key]
+            elif key in twice:
+                notes.append(f"{module.module}: {s}: {roster.header[best]} {translated[s]!r} is on several "
+                             "roster rows: not matched")
+    if by_name:
+        by_names: dict[str, list[int]] = {}
+        for i, name in enumerate(roster.names):
+            if name:
+                by_names.setdefault(_norm(name), []).append(i)
+        ours: dict[str, list[str]] = {}
+        for g in module.grades:
+            ours.setdefault(_norm(g.name), []).append(g.student)
+        taken = set(rows.values())
+        for g in module.grades:
+            if g.student in rows or not g.name:
+                continue
+            found = by_names.get(_norm(g.name), [])
+            if len(found) == 1 and len(ours[_norm(g.name)]) == 1 and found[0] not in taken:
+                rows[g.student] = found[0]
+                taken.add(found[0])
+                notes.append(f"{module.module}: {g.student} matched BY NAME to {g.name!r}: check it")
+            elif len(found) > 1 or len(ours[_norm(g.name)]) > 1:
+                notes.append(f"{module.module}: {g.student}: name {g.name!r} is not unique: not matched")
+    owners: dict[int, list[str]] = {}
+    for s, i in rows.items():
+        owners.setdefault(i, []).append(s)
+    clash = {i: ss for i, ss in owners.items() if len(ss) > 1}
+    if clash:
+        said = "; ".join(f"{', '.join(ss)} -> row {i + 2}" for i, ss in clash.items())
+        raise ExportError(f"{module.module}: several graded students map to one roster row ({said}): "
+                          "nothing written")
+    unmatched = [g for g in module.grades if g.student not in rows]
+    return Matching(rows, unmatched, notes)
+
+
+def _participant(student: str) -> str:
+    found = PARTICIPANT.match(student.strip())
+    return found.group(1) if found else student.strip()
+
+
+def _points(value: float) -> str:
+    """Points as both LMSs read them: a dot, no thousands separator, at most 2 decimals."""
+    if not math.isfinite(value):
+        raise ExportError(f"score {value!r} is not a number")
+    return f"{round(value, 2):g}" if abs(value) < 1e15 else f"{value:.2f}"
+
+
+def _assignment(module: str, header: list[str], start: int, given: dict[str, str]) -> int | None:
+    """The roster column of `module`: named by --assignment, else the one title containing the module id."""
+    if module in given:
+        for i, head in enumerate(header):
+            if head == given[module] or re.sub(r"\s*\(\d+\)$", "", head) == given[module]:
+                return i
+        return None
+    found = [i for i in range(start, len(header)) if module in header[i]]
+    if len(found) > 1:
+        named = ", ".join(header[i] for i in found)
+        raise ExportError(f"{module}: several roster columns name it ({named}): "
+                          f"choose with --assignment {module}=TITLE")
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------- Canvas
+
+def canvas_roster(path: Path) -> tuple[Roster, list[str], int, str]:
+    """A Canvas gradebook export: its student rows, its Points Possible row, and where Section is."""
+    rows, note = read_table(path)
+    if not rows or "Student" not in rows[0][0] or len(rows[0]) < 2 or "ID" not in rows[0][1]:
+        raise ExportError(f"{path}: not a Canvas gradebook export (the first columns must be Student, ID)")
+    header = rows[0]
+    section = next((i for i, h in enumerate(header) if h == "Section"), None)
+    if section is None:
+        raise ExportError(f"{path}: no Section column: Canvas's import needs the columns up to Section")
+    points: list[str] = []
+    students = []
+    for row in rows[1:]:
+        row = row + [""] * (len(header) - len(row))
+        if "Points Possible" in row[0]:
+            points = row
+        elif all(re.fullmatch(r"(?i)\s*(muted|manual posting.*)?\s*", c) for c in row):
+            continue
+        else:
+            students.append(row)
+    ids = [i for i, h in enumerate(header[:section]) if h in CANVAS_ID_COLUMNS]
+    return Roster(header, students, ids, [r[0] for r in students]), points, section, note
+
+
+def export_canvas(modules: list[Module], roster_path: Path, assignment: dict[str, str],
+                  match_on: str | None = None) -> tuple[list[list[str]], list[str], list[Grade]]:
+    """Rows of a Canvas gradebook import: the roster's student columns, a Points Possible row, a
+    column per module (the roster's own assignment column when it has one), every roster student."""
+    roster, pp, section, note = canvas_roster(roster_path)
+    notes = [note] if note else []
+    header = roster.header[:section + 1]
+    columns = []
+    for m in modules:
+        col = _assignment(m.module, roster.header, section + 1, assignment)
+        title = roster.header[col] if col is not None else assignment.get(m.module, m.module)
+        if col is not None and pp and pp[col]:
+            if "read only" in pp[col].lower():
+                raise ExportError(f"{m.module}: Canvas column {title!r} is read only")
+            try:
+                theirs = float(pp[col].replace(",", "."))
+            except ValueError:
+                theirs = None
+            if theirs is not None and not math.isclose(theirs, m.max_points):
+                raise ExportError(f"{m.module}: Canvas assignment {title!r} has {pp[col]} points possible, "
+                                  f"grades.csv {m.max_points:g}: set it to {m.max_points:g} in Canvas first")
+        if col is None:
+            notes.append(f"{m.module}: no roster column names it: Canvas will create a new assignment "
+                         f"{title!r} worth {m.max_points:g} points")
+        columns.append(title)
+    out = [header + columns, ["Points Possible"] + [""] * section + [_points(m.max_points) for m in modules]]
+    cells = [[""] * len(modules) for _ in roster.rows]
+    unmatched: list[Grade] = []
+    for k, m in enumerate(modules):
+        found = match(m, roster, match_on)
+        notes += found.notes
+        unmatched += [_tag(g, m) for g in found.unmatched]
+        for g in m.grades:
+            if g.student in found.rows and g.points is not None:
+                cells[found.rows[g.student]][k] = _points(g.points)
+    for row, grades in zip(roster.rows, cells, strict=True):
+        out.append(row[:section + 1] + grades)
+    return out, notes, unmatched
+
+
+def _tag(g: Grade, m: Module) -> Grade:
+    return Grade(g.student, g.name, g.points, f"{m.module}: " + (g.why or "graded"))
+
+
+# ---------------------------------------------------------------- Moodle
+
+def moodle_roster(paths: list[Path]) -> tuple[Roster, list[str]]:
+    """One or more Moodle exports (gradebook CSV, participants, grading worksheet) as one roster."""
+    header: list[str] = []
+    rows: list[list[str]] = []
+    notes = []
+    for path in paths:
+        table, note = read_table(path)
+        notes += [note] if note else []
+        if not table:
+            raise ExportError(f"{path}: empty")
+        head = table[0]
+        for name in head:
+            if name not in header:
+                header.append(name)
+        for row in table[1:]:
+            values = dict(zip(head, row, strict=False))  # a short row: its missing cells are empty
+            rows.append([values.get(h, "") for h in header])
+    rows = [r + [""] * (len(header) - len(r)) for r in rows]
+    roster = Roster(header, rows, [], [])
+    roster.id_columns = [c for c in (roster.column(n) for n in MOODLE_ID_COLUMNS) if c is not None]
+    full, first, last = roster.column("Full name"), roster.column("First name"), roster.column("Last name")
+    for r in rows:
+        if full is not None and r[full]:
+            roster.names.append(r[full])
+        elif first is not None and last is not None:
+            roster.names.append(f"{r[first]} {r[last]}".strip())
+        else:
+            roster.names.append("")
+    return roster, notes
+
+
+def worksheet_map(path: Path, key: str) -> dict[str, str]:
+    """A Moodle offline grading worksheet: participant id -> the value of column `key` (an email)."""
+    table, _ = read_table(path)
+    if not table:
+        raise ExportError(f"{path}: empty")
+    head = [_norm(h) for h in table[0]]
+    if _norm(key) not in head:
+        raise ExportError(f"{path}: no {key!r} column to map participants by "
+                          f"(columns: {', '.join(table[0])})")
+    ident = head.index("identifier") if "identifier" in head else 0
+    col = head.index(_norm(key))
+    return {_participant(r[ident]): r[col] for r in table[1:] if len(r) > max(ident, col)}
+
+
+def export_moodle(modules: list[Module], roster_paths: list[Path], assignment: dict[str, str],
+                  worksheets: dict[str, Path], match_on: str | None = None, lms_id: str | None = None,
+                  by_name: bool = True) -> tuple[list[list[str]], list[str], list[Grade]]:
+    """Rows of a Moodle "Import grades from CSV" file: the id column, then a column per module.
+
+    Only roster students with a grade in at least one module are written (see the module docstring:
+    a blank cell clears a grade in Moodle, and an unknown user aborts the whole import).
+    """
+    roster, notes = moodle_roster(roster_paths)
+    if lms_id:
+        key = roster.column(lms_id)
+        if key is None:
+            raise ExportError(f"--lms-id {lms_id!r}: no such roster column ({', '.join(roster.header)})")
+    else:
+        key = next((c for c in (roster.column(n) for n in MOODLE_OUT_IDS) if c is not None), None)
+        if key is None:
+            raise ExportError("the roster has none of the columns Moodle's import maps users by "
+                              f"({', '.join(MOODLE_OUT_IDS)}): name one with --lms-id")
+    if len(modules) == 1 and not worksheets:
+        ident = roster.column("Identifier")
+        if ident is not None and any(PARTICIPANT.match(r[ident]) for r in roster.rows):
+            worksheets = {modules[0].module: None}   # the roster is this module's worksheet
+    cells: dict[int, list[str]] = {}
+    unmatched: list[Grade] = []
+    titles = [assignment.get(m.module, m.module) for m in modules]
+    for k, m in enumerate(modules):
+        participants = None
+        if m.module in worksheets:
+            path = worksheets[m.module]
+            if path is None:
+                ident = roster.column("Identifier")
+                participants = {_participant(r[ident]): r[key] for r in roster.rows if r[ident]}
+            else:
+                participants = worksheet_map(path, roster.header[key])
+        found = match(m, roster, match_on, participants, key if participants is not None else None, by_name)
+        notes += found.notes
+        unmatched += [_tag(g, m) for g in found.unmatched]
+        for g in m.grades:
+            i = found.rows.get(g.student)
+            if i is None:
+                continue
+            if not roster.rows[i][key]:
+                why = f"roster row has no {roster.header[key]}"
+                unmatched.append(_tag(Grade(g.student, g.name, g.points, why), m))
+                continue
+            row = cells.setdefault(i, [""] * len(modules))
+            if g.points is not None:
+                row[k] = _points(g.points)
+    out = [[roster.header[key], *titles]]
+    written = set()
+    for i, grades in sorted(cells.items()):
+        value = roster.rows[i][key]
+        if not any(grades) or value in written:
+            continue
+        written.add(value)
+        if not all(grades):
+            empty = ", ".join(t for t, c in zip(titles, grades, strict=True) if not c)
+            notes.append(f"{value}: no grade in {empty}: "
+                         "Moodle reads that blank as 'no grade' and clears what the item holds; "
+                         "import that module's column only if that is not wanted")
+        out.append([value, *grades])
+    notes.append("Moodle: on the import page map " + repr(roster.header[key]) + " to the user field of that "
+                 "name and each module column to its grade item, whose maximum must be "
+                 + ", ".join(f"{m.max_points:g} ({t})" for m, t in zip(modules, titles, strict=True)))
+    return out, notes, unmatched
+
+
+# ---------------------------------------------------------------- command line
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    """UTF-8 without byte-order mark, comma-separated, quoted where a cell needs it (RFC 4180)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\r\n").writerows(rows)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values or []:
+        module, sep, rest = value.partition("=")
+        if not sep or not module or not rest:
+            raise ExportError(f"{flag} {value!r}: write MODULE=VALUE")
+        out[module] = rest
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m autograders.export",
+        description="Write a Canvas or Moodle gradebook import file from grades.csv files "
+                    "(one column per module).",
+        epilog="Exit status: 0 written; 2 refused (nothing written); 3 written, but some graded students "
+               "are not in the roster (listed on stderr; --allow-unmatched makes that 0).")
+    parser.add_argument("lms", choices=["canvas", "moodle"])
+    parser.add_argument("grades", nargs="+", type=Path, help="grading/<module>/grades.csv, one per module")
+    parser.add_argument("--roster", action="append", type=Path, required=True,
+                        help="the LMS's own export (Canvas gradebook CSV; Moodle grades CSV, participants "
+                             "or grading worksheet); Moodle takes several")
+    parser.add_argument("--out", type=Path, required=True, help="the file to write (CSV)")
+    parser.add_argument("--assignment", action="append", metavar="MODULE=TITLE",
+                        help="the LMS column for a module (default: the roster column whose title holds the "
+                             "module id, else a new column named by the module)")
+    parser.add_argument("--match-on", help="roster column holding the grader's student ids (default: the id "
+                                           "column that matches most)")
+    parser.add_argument("--worksheet", action="append", metavar="MODULE=FILE",
+                        help="Moodle: that module's offline grading worksheet (participant ids)")
+    parser.add_argument("--lms-id", help="Moodle: the roster column to write as the user identifier "
+                                         "(default: Email address, else Username, else ID number)")
+    parser.add_argument("--no-names", action="store_true", help="Moodle: never match by full name")
+    parser.add_argument("--allow-unmatched", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        modules = [read_grades(p) for p in args.grades]
+        seen = [m.module for m in modules]
+        if len(set(seen)) != len(seen):
+            raise ExportError(f"one module given twice ({', '.join(seen)})")
+        assignment = _pairs(args.assignment, "--assignment")
+        if args.lms == "canvas":
+            if len(args.roster) != 1:
+                raise ExportError("canvas takes one --roster (the gradebook export)")
+            rows, notes, unmatched = export_canvas(modules, args.roster[0], assignment, args.match_on)
+        else:
+            worksheets = {k: Path(v) for k, v in _pairs(args.worksheet, "--worksheet").items()}
+            rows, notes, unmatched = export_moodle(modules, args.roster, assignment, worksheets,
+                                                   args.match_on, args.lms_id, not args.no_names)
+    except ExportError as error:
+        print(f"export: {error.message}", file=sys.stderr)
+        return 2
+    write_csv(args.out, rows)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    ungraded = [(m.module, g) for m in modules for g in m.grades if g.points is None]
+    for module, g in ungraded:
+        print(f"no grade (cell left empty): {module}: {g.student} {g.name}: {g.why}", file=sys.stderr)
+    for module, g in [(m.module, g) for m in modules for g in m.grades if g.points is not None and g.why]:
+        print(f"graded, but: {module}: {g.student}: {g.why}", file=sys.stderr)
+    for g in unmatched:
+        print(f"NOT IN THE ROSTER (not written): {g.student} {g.name} ({g.why})", file=sys.stderr)
+    print(f"wrote {args.out}: {len(rows) - 1 - (args.lms == 'canvas')} student rows, "
+          f"{len(modules)} module column(s); {len(unmatched)} graded student(s) not in the roster",
+          file=sys.stderr)
+    return 3 if unmatched and not args.allow_unmatched else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

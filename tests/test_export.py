@@ -1,0 +1,228 @@
+"""Grades out to Canvas and Moodle (autograders/export.py): golden files in the vendors' import formats.
+
+The rosters below are written as the LMSs export them (column names and rows as
+autograders/export.py's docstring cites from Canvas's and Moodle's importers); the grades.csv
+files are written by the grader's own writer (report.write_csv). Each test names the mistake it
+catches: a student's grade in another's row, a missing grade written as 0, a name with a comma
+or quote breaking the CSV, a student not in the roster dropped without a word.
+"""
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from autograders import export, report
+
+R = report.Result
+
+
+def grades_csv(folder: Path, module: str, results: list) -> Path:
+    out = folder / "grading" / module
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_csv(out / "grades.csv", results)
+    return out / "grades.csv"
+
+
+def rows_of(path: Path) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline="")))
+
+
+# Canvas: Grades > Export. Jane's SIS User ID is Sam's Canvas ID, to catch matching on "any id column".
+CANVAS_ROSTER = (
+    'Student,ID,SIS User ID,SIS Login ID,Section,Lab 0 00_orientation (9001),Quiz 1 (9002),'
+    'Current Score,Final Score\r\n'
+    '    Points Possible,,,,,6.00,10.00,(read only),(read only)\r\n'
+    '"Doe, Jane",12345,12346,jdoe,Lab A,,8.00,80.00,80.00\r\n'
+    '"O\'Brien, ""Sam""",12346,S-77,sobrien,Lab A,,,0.00,0.00\r\n'
+    '"Müller, Jürgen",12347,S-78,jmueller,Lab B,,9.00,90.00,90.00\r\n'
+    '"王, 小明",12348,S-79,xwang,Lab B,,,,\r\n'
+    '"Petrova, Анна",12350,S-80,apetrova,Lab B,,,,\r\n'
+)
+
+CANVAS_CLASS = [
+    R("12345", "graded", score=6, max_score=6, name="doejane", cells={"a": 6}),
+    R("12346", "graded", score=0, max_score=6, name="obriensam", cells={"a": 0}),   # graded 0: a real 0
+    R("12347", "held for review", score=6, max_score=6, name="mullerjurgen", review=["exec"]),
+    R("12350", "not gradable", score=0, max_score=6, name="petrovaanna", detail="an empty file"),
+    R("99999", "graded", score=4.5, max_score=6, name="latejoiner", cells={"a": 4.5}),  # not in Canvas
+]
+
+# What Canvas's importer reads: the student columns up to Section as exported, a Points Possible
+# row, the lab's own column "title (id)"; no grade is blank, never 0; Sam's graded 0 is 0.
+CANVAS_GOLDEN = [
+    ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Lab 0 00_orientation (9001)"],
+    ["Points Possible", "", "", "", "", "6"],
+    ["Doe, Jane", "12345", "12346", "jdoe", "Lab A", "6"],
+    ['O\'Brien, "Sam"', "12346", "S-77", "sobrien", "Lab A", "0"],
+    ["Müller, Jürgen", "12347", "S-78", "jmueller", "Lab B", ""],
+    ["王, 小明", "12348", "S-79", "xwang", "Lab B", ""],
+    ["Petrova, Анна", "12350", "S-80", "apetrova", "Lab B", ""],
+]
+
+
+@pytest.fixture
+def canvas(tmp_path):
+    roster = tmp_path / "canvas_export.csv"
+    roster.write_bytes(b"\xef\xbb\xbf" + CANVAS_ROSTER.encode())   # Excel-saved: UTF-8 with BOM
+    return roster, grades_csv(tmp_path, "00_orientation", CANVAS_CLASS), tmp_path / "canvas_import.csv"
+
+
+def test_canvas_golden(canvas, capsys):
+    roster, grades, out = canvas
+    code = export.main(["canvas", str(grades), "--roster", str(roster), "--out", str(out)])
+    assert rows_of(out) == CANVAS_GOLDEN
+    err = capsys.readouterr().err
+    # the student Canvas does not know is listed, and the exit status says so
+    assert code == 3 and "NOT IN THE ROSTER" in err and "99999" in err
+    assert "12347" in err and "held for review" in err and "12350" in err and "not gradable" in err
+    # raw bytes: comma and quote names quoted as RFC 4180 says, no BOM written, CRLF lines
+    raw = out.read_bytes()
+    assert raw.startswith(b"Student,ID,") and b'"Doe, Jane",12345' in raw
+    assert b'"O\'Brien, ""Sam""",12346' in raw and raw.endswith(b"\r\n")
+    assert export.main(["canvas", str(grades), "--roster", str(roster), "--out", str(out),
+                        "--allow-unmatched"]) == 0
+
+
+def test_canvas_what_the_importer_reads(canvas):
+    """Read the written file the way lib/gradebook_importer.rb does: header checks, Points Possible row,
+    student by the ID column, comma separator chosen over semicolon."""
+    roster, grades, out = canvas
+    export.main(["canvas", str(grades), "--roster", str(roster), "--out", str(out)])
+    lines = out.read_text(encoding="utf-8").splitlines()
+    by_comma = [len(next(csv.reader([line]))) for line in lines[:3]]
+    by_semicolon = [len(next(csv.reader([line], delimiter=";"))) for line in lines[:3]]
+    assert len(set(by_comma)) == 1 and not (len(set(by_semicolon)) == 1 and by_semicolon[0] > by_comma[0])
+    rows = rows_of(out)
+    assert "Student" in rows[0][0] and "ID" in rows[0][1] and rows[0][4] == "Section"
+    assert "Points Possible" in rows[1][0]
+    by_id = {r[1]: r[5] for r in rows[2:]}
+    assert by_id == {"12345": "6", "12346": "0", "12347": "", "12348": "", "12350": ""}
+
+
+def test_canvas_several_modules_and_new_column(tmp_path):
+    roster = tmp_path / "r.csv"
+    roster.write_text(CANVAS_ROSTER, encoding="utf-8")
+    a = grades_csv(tmp_path, "00_orientation", CANVAS_CLASS[:2])
+    b = grades_csv(tmp_path, "01_edge", [R("12348", "graded", score=7.25, max_score=20, cells={"x": 7.25}),
+                                         R("12345", "timed out", score=12, max_score=20, cells={"x": 12})])
+    rows, notes, unmatched = export.export_canvas([export.read_grades(a), export.read_grades(b)], roster, {})
+    assert rows[0][5:] == ["Lab 0 00_orientation (9001)", "01_edge"]     # no Canvas column: a new one
+    assert rows[1][5:] == ["6", "20"]                                     # its points from the file
+    assert {r[1]: r[5:] for r in rows[2:]}["12348"] == ["", "7.25"]
+    assert {r[1]: r[5:] for r in rows[2:]}["12345"] == ["6", "12"]
+    assert any("new assignment" in n for n in notes) and not unmatched
+
+
+def test_canvas_refuses_other_points_possible(tmp_path):
+    roster = tmp_path / "r.csv"
+    roster.write_text(CANVAS_ROSTER.replace(",,,,,6.00,", ",,,,,10.00,"), encoding="utf-8")
+    grades = grades_csv(tmp_path, "00_orientation", CANVAS_CLASS[:1])
+    with pytest.raises(export.ExportError, match="10.00 points possible"):
+        export.export_canvas([export.read_grades(grades)], roster, {})
+
+
+def test_canvas_ambiguous_id_columns_refused(tmp_path):
+    """Ids that match as many rows in two columns, differently, are a question for the instructor."""
+    roster = tmp_path / "r.csv"
+    roster.write_text("Student,ID,SIS User ID,SIS Login ID,Section\r\nA,1,2,a,S\r\nB,2,1,b,S\r\n",
+                      encoding="utf-8")
+    grades = grades_csv(tmp_path, "00_orientation", [R("1", "graded", score=1, max_score=6, cells={"a": 1})])
+    with pytest.raises(export.ExportError, match="--match-on"):
+        export.export_canvas([export.read_grades(grades)], roster, {})
+    rows, _, _ = export.export_canvas([export.read_grades(grades)], roster, {}, match_on="SIS User ID")
+    assert rows[2:] == [["A", "1", "2", "a", "S", ""], ["B", "2", "1", "b", "S", "1"]]
+
+
+# Moodle: the assignment's offline grading worksheet (participant ids) and "Export grades to CSV".
+MOODLE_WORKSHEET = (
+    "Identifier,Full name,Email address,Status,Grade,Maximum Grade,Grade can be changed,"
+    "Last modified (submission),Last modified (grade),Feedback comments\n"
+    "Participant 4711,Jane Doe,jane@example.org,Submitted for grading,,6.00,Yes,\"1 May 2026, 10:22 AM\",-,\n"
+    "Participant 4712,\"Sam O'Brien, Jr.\",sam@example.org,Submitted for grading,,6.00,Yes,-,-,\n"
+    "Participant 4713,Jürgen Müller,jm@example.org,Submitted for grading,,6.00,Yes,-,-,\n"
+    "Participant 4714,王小明,xw@example.org,No submission,,6.00,Yes,-,-,\n"
+)
+MOODLE_GRADES_EXPORT = (
+    "First name,Last name,ID number,Institution,Department,Email address,Assignment: Lab 0 (Real),"
+    "Last downloaded from this course\n"
+    "Jane,Doe,S-1,,,jane@example.org,-,1780000000\n"
+    "Sam,\"O'Brien, Jr.\",S-2,,,sam@example.org,-,1780000000\n"
+    "Jürgen,Müller,S-3,,,jm@example.org,-,1780000000\n"
+    "小明,王,S-4,,,xw@example.org,-,1780000000\n"
+)
+# ids as collect.py reads Moodle's download: "<Full name>_<participant id>_assignsubmission_file_"
+MOODLE_CLASS = [
+    R("4712", "graded", score=0, max_score=6, name="Sam O'Brien, Jr.", cells={"a": 0}),
+    R("4711", "graded", score=5.5, max_score=6, name="Jane Doe", cells={"a": 5.5}),
+    R("4713", "grading failed", score=0, max_score=6, name="Jürgen Müller", detail="the kernel died"),
+    R("5000", "graded", score=6, max_score=6, name="Late Joiner", cells={"a": 6}),
+]
+
+
+def test_moodle_worksheet_golden(tmp_path, capsys):
+    sheet = tmp_path / "worksheet.csv"
+    sheet.write_text(MOODLE_WORKSHEET, encoding="utf-8")
+    grades = grades_csv(tmp_path, "00_orientation", MOODLE_CLASS)
+    out = tmp_path / "moodle.csv"
+    code = export.main(["moodle", str(grades), "--roster", str(sheet), "--out", str(out)])
+    # only students with a grade: a blank would clear Moodle's grade; the failed one is not a 0
+    assert rows_of(out) == [["Email address", "00_orientation"],
+                            ["jane@example.org", "5.5"], ["sam@example.org", "0"]]
+    err = capsys.readouterr().err
+    assert code == 3 and "NOT IN THE ROSTER" in err and "5000" in err and "4713" in err
+
+
+def test_moodle_worksheet_with_gradebook_roster(tmp_path):
+    """Participant ids through the worksheet, written as the gradebook export's emails; two modules."""
+    sheet = tmp_path / "worksheet.csv"
+    sheet.write_text(MOODLE_WORKSHEET, encoding="utf-8")
+    roster = tmp_path / "grades_export.csv"
+    roster.write_text(MOODLE_GRADES_EXPORT, encoding="utf-8-sig")
+    a = export.read_grades(grades_csv(tmp_path, "00_orientation", MOODLE_CLASS[:3]))
+    # the second module's grader read emails (an --id-regex): matched on the Email address column
+    edge = [R("xw@example.org", "graded", score=17, max_score=20, cells={"x": 17})]
+    b = export.read_grades(grades_csv(tmp_path, "01_edge", edge))
+    rows, notes, unmatched = export.export_moodle([a, b], [roster], {"01_edge": "Lab 1"},
+                                                  {"00_orientation": sheet})
+    assert rows == [["Email address", "00_orientation", "Lab 1"], ["jane@example.org", "5.5", ""],
+                    ["sam@example.org", "0", ""], ["xw@example.org", "", "17"]]
+    assert not unmatched and any("clears" in n for n in notes)
+
+
+def test_moodle_by_unique_name(tmp_path):
+    """No worksheet: a participant id matches no Moodle column, so names that are unique both sides match
+    (and say so); a name twice in the class matches nobody."""
+    roster = tmp_path / "grades_export.csv"
+    twin = "Jane,Doe,S-9,,,jane2@example.org,-,1780000000\n"
+    roster.write_text(MOODLE_GRADES_EXPORT + twin, encoding="utf-8")
+    grades = export.read_grades(grades_csv(tmp_path, "00_orientation", MOODLE_CLASS))
+    rows, notes, unmatched = export.export_moodle([grades], [roster], {}, {})
+    assert rows[1:] == [["sam@example.org", "0"]]
+    assert any("BY NAME" in n and "4712" in n for n in notes)
+    assert {g.student for g in unmatched} == {"4711", "5000"}   # Jürgen matched, has no grade
+    rows, _, unmatched = export.export_moodle([grades], [roster], {}, {}, by_name=False)
+    assert rows[1:] == [] and len(unmatched) == 4
+
+
+def test_two_grades_for_one_row_refused(tmp_path):
+    roster = tmp_path / "r.csv"
+    roster.write_text(MOODLE_GRADES_EXPORT, encoding="utf-8")
+    grades = export.read_grades(grades_csv(tmp_path, "00_orientation", [
+        R("jane@example.org", "graded", score=1, max_score=6, cells={"a": 1}),
+        R("JANE@example.org ", "graded", score=6, max_score=6, cells={"a": 6})]))
+    with pytest.raises(export.ExportError, match="one roster row"):
+        export.export_moodle([grades], [roster], {}, {})
+
+
+def test_cp1252_roster_and_semicolons(tmp_path):
+    """A roster re-saved by Excel on a western Windows: Windows-1252, semicolons, decimal commas."""
+    roster = tmp_path / "r.csv"
+    roster.write_bytes("Student;ID;SIS User ID;SIS Login ID;Section\r\n"
+                       "\"Müller; Jürgen\";12347;S-78;jm;B\r\n".encode("cp1252"))
+    grades = export.read_grades(grades_csv(tmp_path, "00_orientation", [
+        R("12347", "graded", score=2.5, max_score=6, cells={"a": 2.5})]))
+    rows, notes, _ = export.export_canvas([grades], roster, {})
+    assert rows[2] == ["Müller; Jürgen", "12347", "S-78", "jm", "B", "2.5"]
+    assert any("Windows-1252" in n for n in notes)
