@@ -99,6 +99,17 @@ grade: $(STAMP)
 	  $(if $(ID_REGEX),--id-regex '$(ID_REGEX)') $(if $(ZIP_ENCODING),--zip-encoding $(ZIP_ENCODING)) \
 	  $(foreach s,$(ACCEPT),--accept $(s))
 
+# Grades out: a Canvas or Moodle gradebook import from grades.csv (autograders/export.py; INSTRUCTORS.md
+# "Grades into Canvas or Moodle"). GRADES: one grades.csv per module, space-separated; ROSTER: the LMS's export.
+.PHONY: export
+export: $(STAMP)
+	@test -n "$(LMS)" -a -n "$(or $(GRADES),$(MODULE))" -a -n "$(ROSTER)" -a -n "$(OUT)" || { echo "usage: make export \
+	  LMS=canvas|moodle GRADES='grading/00_orientation/grades.csv ...' ROSTER=lms_export.csv OUT=import.csv \
+	  [WORKSHEET=00_orientation=worksheet.csv] [MATCH_ON=column]"; exit 2; }
+	$(BIN)/python -m autograders.export $(LMS) $(or $(GRADES),grading/$(MODULE)/grades.csv) \
+	  $(foreach r,$(ROSTER),--roster "$(r)") --out "$(OUT)" $(foreach w,$(WORKSHEET),--worksheet "$(w)") \
+	  $(if $(MATCH_ON),--match-on "$(MATCH_ON)") $(if $(ALLOW_UNMATCHED),--allow-unmatched)
+
 constraints: $(STAMP)
 	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt

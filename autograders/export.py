@@ -552,7 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.out, rows)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    ungraded = [(m.module, g) for m in modules for g in m.grades if g.points is None]
+    lost = {(g.why.split(":")[0], g.student) for g in unmatched}   # listed below as not in the roster
+    ungraded = [(m.module, g) for m in modules for g in m.grades
+                if g.points is None and (m.module, g.student) not in lost]
     for module, g in ungraded:
         print(f"no grade (cell left empty): {module}: {g.student} {g.name}: {g.why}", file=sys.stderr)
     for module, g in [(m.module, g) for m in modules for g in m.grades if g.points is not None and g.why]:
@@ -560,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     for g in unmatched:
         print(f"NOT IN THE ROSTER (not written): {g.student} {g.name} ({g.why})", file=sys.stderr)
     print(f"wrote {args.out}: {len(rows) - 1 - (args.lms == 'canvas')} student rows, "
-          f"{len(modules)} module column(s); {len(unmatched)} graded student(s) not in the roster",
+          f"{len(modules)} module column(s); {len(unmatched)} student(s) of grades.csv not in the roster",
           file=sys.stderr)
     return 3 if unmatched and not args.allow_unmatched else 0
 
