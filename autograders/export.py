@@ -45,8 +45,9 @@ Moodle, ``grade/import/csv/classes/load_data.php`` (github.com/moodle/moodle, co
   or ``-`` cell is "no grade" (``$value = null``), and that null is written over what the grade
   item held (``grade/import/lib.php``, ``update_final_grade``): students with no grade in any
   exported module are therefore left out of the file, and a partly blank row is reported;
-- numbers go through ``unformat_float``, which takes the site language's decimal separator or a dot:
-  a dot is always read.
+- numbers go through ``unformat_float($value, true)`` ("if the value has a local decimal or can
+  correctly be unformatted"); a non-number aborts the import (``badgrade``). This writes a dot and
+  no thousands separator; on a site whose language writes decimal commas, check the import's preview.
 Moodle assignments, ``mod/assign`` (same repository): the submission download names a student's
 folder ``<Full name>_<participant id>_assignsubmission_file_`` where the participant id is the
 assignment's own id for that user (``get_uniqueid_for_user``), NOT the user id; the assignment's
