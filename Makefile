@@ -104,7 +104,7 @@ grade: $(STAMP)
 .PHONY: export
 export: $(STAMP)
 	@test -n "$(LMS)" -a -n "$(or $(GRADES),$(MODULE))" -a -n "$(ROSTER)" -a -n "$(OUT)" || { echo "usage: make export \
-	  LMS=canvas|moodle GRADES='grading/00_orientation/grades.csv ...' ROSTER=lms_export.csv OUT=import.csv \
+	  LMS=canvas|moodle|moodle-xml GRADES='grading/00_orientation/grades.csv ...' ROSTER=lms_export.csv OUT=import.csv \
 	  [WORKSHEET=00_orientation=worksheet.csv] [MATCH_ON=column]"; exit 2; }
 	$(BIN)/python -m autograders.export $(LMS) $(or $(GRADES),grading/$(MODULE)/grades.csv) \
 	  $(foreach r,$(ROSTER),--roster "$(r)") --out "$(OUT)" $(foreach w,$(WORKSHEET),--worksheet "$(w)") \

@@ -53,6 +53,12 @@ folder ``<Full name>_<participant id>_assignsubmission_file_`` where the partici
 assignment's own id for that user (``get_uniqueid_for_user``), NOT the user id; the assignment's
 offline grading worksheet lists it as "Participant <id>" in its "Identifier" column
 (``mod/assign/feedback/offline/importgradeslib.php``) next to "Full name" and "Email address".
+Moodle's XML import (``grade/import/xml/lib.php``, same repository; the format Moodle's XML export
+writes, ``grade/export/xml/grade_export_xml.php``, idnumbers XML-escaped since MDL-71016, 2021):
+``<results><result><assignment>GRADE ITEM ID NUMBER</assignment><student>USER ID NUMBER</student>
+<score>N</score></result>...</results>``; users are found by their ID number only, grade items by
+theirs (set it in the item's settings); an unknown one aborts the import; a score must be
+``is_numeric`` (a dot), and a result without ``<score>`` clears the grade, so none is written.
 So a grades.csv of Moodle ids is mapped through that module's worksheet (``--worksheet``), else
 by an id column that holds the grader's ids (when ``--id-regex`` read usernames or emails), else
 by a full name that is unique on both sides (each such match is listed on stderr).
@@ -69,6 +75,7 @@ import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 GRADED = ("graded", "timed out")  # statuses whose `score` is a grade (timed out: the other exercises count)
 
@@ -409,18 +416,21 @@ def moodle_roster(paths: list[Path]) -> tuple[Roster, list[str]]:
     return roster, notes
 
 
-def worksheet_map(path: Path, key: str) -> dict[str, str]:
-    """A Moodle offline grading worksheet: participant id -> the value of column `key` (an email)."""
+def worksheet_map(path: Path, roster: Roster) -> tuple[dict[str, str], int]:
+    """A Moodle offline grading worksheet: participant id -> a user field it shares with the roster
+    (Email address, else Username, else ID number), and that field's roster column."""
     table, _ = read_table(path)
     if not table:
         raise ExportError(f"{path}: empty")
     head = [_norm(h) for h in table[0]]
-    if _norm(key) not in head:
-        raise ExportError(f"{path}: no {key!r} column to map participants by "
-                          f"(columns: {', '.join(table[0])})")
+    shared = [n for n in MOODLE_OUT_IDS if _norm(n) in head and roster.column(n) is not None]
+    if not shared:
+        raise ExportError(f"{path}: shares none of {', '.join(MOODLE_OUT_IDS)} with the roster, so its "
+                          f"participants cannot be found there (columns: {', '.join(table[0])})")
     ident = head.index("identifier") if "identifier" in head else 0
-    col = head.index(_norm(key))
-    return {_participant(r[ident]): r[col] for r in table[1:] if len(r) > max(ident, col)}
+    col = head.index(_norm(shared[0]))
+    return ({_participant(r[ident]): r[col] for r in table[1:] if len(r) > max(ident, col)},
+            roster.column(shared[0]))
 
 
 def export_moodle(modules: list[Module], roster_paths: list[Path], assignment: dict[str, str],
@@ -449,15 +459,16 @@ def export_moodle(modules: list[Module], roster_paths: list[Path], assignment: d
     unmatched: list[Grade] = []
     titles = [assignment.get(m.module, m.module) for m in modules]
     for k, m in enumerate(modules):
-        participants = None
+        participants, join = None, None
         if m.module in worksheets:
             path = worksheets[m.module]
             if path is None:
                 ident = roster.column("Identifier")
                 participants = {_participant(r[ident]): r[key] for r in roster.rows if r[ident]}
+                join = key
             else:
-                participants = worksheet_map(path, roster.header[key])
-        found = match(m, roster, match_on, participants, key if participants is not None else None, by_name)
+                participants, join = worksheet_map(path, roster)
+        found = match(m, roster, match_on, participants, join, by_name)
         notes += found.notes
         unmatched += [_tag(g, m) for g in found.unmatched]
         for g in m.grades:
@@ -490,6 +501,20 @@ def export_moodle(modules: list[Module], roster_paths: list[Path], assignment: d
     return out, notes, unmatched
 
 
+def moodle_xml(rows: list[list[str]]) -> str:
+    """The Moodle XML import document for the rows `export_moodle` wrote with the ID number as the
+    identifier: one <result> per student and module that has a grade (module titles: item ID numbers)."""
+    items = rows[0][1:]
+    out = ['<?xml version="1.0" encoding="UTF-8"?>', "<results>"]
+    for row in rows[1:]:
+        for item, score in zip(items, row[1:], strict=True):
+            if score:
+                out += ["  <result>", f"    <assignment>{escape(item)}</assignment>",
+                        f"    <student>{escape(row[0])}</student>", f"    <score>{score}</score>",
+                        "  </result>"]
+    return "\n".join(out + ["</results>", ""])
+
+
 # ---------------------------------------------------------------- command line
 
 def write_csv(path: Path, rows: list[list[str]]) -> None:
@@ -515,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(one column per module).",
         epilog="Exit status: 0 written; 2 refused (nothing written); 3 written, but some graded students "
                "are not in the roster (listed on stderr; --allow-unmatched makes that 0).")
-    parser.add_argument("lms", choices=["canvas", "moodle"])
+    parser.add_argument("lms", choices=["canvas", "moodle", "moodle-xml"],
+                        help="moodle: Import grades from CSV; moodle-xml: the XML file import (ID numbers)")
     parser.add_argument("grades", nargs="+", type=Path, help="grading/<module>/grades.csv, one per module")
     parser.add_argument("--roster", action="append", type=Path, required=True,
                         help="the LMS's own export (Canvas gradebook CSV; Moodle grades CSV, participants "
@@ -545,12 +571,20 @@ def main(argv: list[str] | None = None) -> int:
             rows, notes, unmatched = export_canvas(modules, args.roster[0], assignment, args.match_on)
         else:
             worksheets = {k: Path(v) for k, v in _pairs(args.worksheet, "--worksheet").items()}
+            lms_id = args.lms_id or ("ID number" if args.lms == "moodle-xml" else None)
             rows, notes, unmatched = export_moodle(modules, args.roster, assignment, worksheets,
-                                                   args.match_on, args.lms_id, not args.no_names)
+                                                   args.match_on, lms_id, not args.no_names)
+            if args.lms == "moodle-xml":
+                notes = [n for n in notes if not n.startswith("Moodle: on the import page")]
+                notes.append("Moodle XML: each grade item's ID number must be "
+                             + ", ".join(repr(t) for t in rows[0][1:]) + " (--assignment MODULE=IDNUMBER)")
     except ExportError as error:
         print(f"export: {error.message}", file=sys.stderr)
         return 2
-    write_csv(args.out, rows)
+    if args.lms == "moodle-xml":
+        args.out.write_text(moodle_xml(rows), encoding="utf-8")
+    else:
+        write_csv(args.out, rows)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     lost = {(g.why.split(":")[0], g.student) for g in unmatched}   # listed below as not in the roster

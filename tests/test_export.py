@@ -10,6 +10,7 @@ or quote breaking the CSV, a student not in the roster dropped without a word.
 import csv
 import io
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -226,3 +227,23 @@ def test_cp1252_roster_and_semicolons(tmp_path):
     rows, notes, _ = export.export_canvas([grades], roster, {})
     assert rows[2] == ["Müller; Jürgen", "12347", "S-78", "jm", "B", "2.5"]
     assert any("Windows-1252" in n for n in notes)
+
+
+def test_moodle_xml(tmp_path):
+    """Moodle's XML import: users by ID number, items by theirs, only results with a score, escaped."""
+    sheet = tmp_path / "worksheet.csv"
+    sheet.write_text(MOODLE_WORKSHEET, encoding="utf-8")
+    roster = tmp_path / "grades_export.csv"
+    roster.write_text(MOODLE_GRADES_EXPORT.replace("S-2,", "S-2&<x>,"), encoding="utf-8")
+    grades = grades_csv(tmp_path, "00_orientation", MOODLE_CLASS)
+    sam = R("sam@example.org", "graded", score=3, max_score=20, cells={"x": 3})   # an --id-regex read emails
+    edge = grades_csv(tmp_path, "01_edge", [sam])
+    out = tmp_path / "grades.xml"
+    code = export.main(["moodle-xml", str(grades), str(edge), "--roster", str(roster), "--worksheet",
+                        f"00_orientation={sheet}", "--assignment", "00_orientation=lab0", "--out", str(out),
+                        "--no-names"])
+    assert code == 3   # 5000 is not in Moodle
+    results = [(r.findtext("assignment"), r.findtext("student"), r.findtext("score"))
+               for r in ElementTree.parse(out).getroot()]
+    # Jane has no 01_edge grade: no <result> at all (one without <score> would clear Moodle's grade)
+    assert results == [("lab0", "S-1", "5.5"), ("lab0", "S-2&<x>", "0"), ("01_edge", "S-2&<x>", "3")]
