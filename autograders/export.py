@@ -275,6 +275,12 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
                 notes.append(f"{module.module}: {g.student} matched BY NAME to {g.name!r}: check it")
             elif len(found) > 1 or len(ours[_norm(g.name)]) > 1:
                 notes.append(f"{module.module}: {g.student}: name {g.name!r} is not unique: not matched")
+    for g in module.grades:   # a second look: the name the LMS wrote in the download against its roster
+        i = rows.get(g.student)
+        named = g.name and g.name != g.student   # an id with no name read: nothing to compare
+        if i is not None and named and roster.names[i] and _letters(g.name) != _letters(roster.names[i]):
+            notes.append(f"{module.module}: {g.student} is {roster.names[i]!r} in the roster but "
+                         f"{g.name!r} in grades.csv: check it is one person")
     owners: dict[int, list[str]] = {}
     for s, i in rows.items():
         owners.setdefault(i, []).append(s)
@@ -285,6 +291,12 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
                           "nothing written")
     unmatched = [g for g in module.grades if g.student not in rows]
     return Matching(rows, unmatched, notes)
+
+
+def _letters(name: str) -> str:
+    """A name as LMS downloads shorten it: letters only (any script), accents dropped, case-folded
+    ("Doe, Jane" -> doejane)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", name).casefold() if c.isalpha())
 
 
 def _participant(student: str) -> str:

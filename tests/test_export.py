@@ -46,7 +46,7 @@ CANVAS_CLASS = [
     R("12345", "graded", score=6, max_score=6, name="doejane", cells={"a": 6}),
     R("12346", "graded", score=0, max_score=6, name="obriensam", cells={"a": 0}),   # graded 0: a real 0
     R("12347", "held for review", score=6, max_score=6, name="mullerjurgen", review=["exec"]),
-    R("12350", "not gradable", score=0, max_score=6, name="petrovaanna", detail="an empty file"),
+    R("12350", "not gradable", score=0, max_score=6, name="petrovaанна", detail="an empty file"),
     R("99999", "graded", score=4.5, max_score=6, name="latejoiner", cells={"a": 4.5}),  # not in Canvas
 ]
 
@@ -78,6 +78,7 @@ def test_canvas_golden(canvas, capsys):
     # the student Canvas does not know is listed, and the exit status says so
     assert code == 3 and "NOT IN THE ROSTER" in err and "99999" in err
     assert "12347" in err and "held for review" in err and "12350" in err and "not gradable" in err
+    assert "check it is one person" not in err   # doejane is "Doe, Jane", mullerjurgen "Müller, Jürgen"
     # raw bytes: comma and quote names quoted as RFC 4180 says, no BOM written, CRLF lines
     raw = out.read_bytes()
     assert raw.startswith(b"Student,ID,") and b'"Doe, Jane",12345' in raw
@@ -122,6 +123,17 @@ def test_canvas_refuses_other_points_possible(tmp_path):
     grades = grades_csv(tmp_path, "00_orientation", CANVAS_CLASS[:1])
     with pytest.raises(export.ExportError, match="10.00 points possible"):
         export.export_canvas([export.read_grades(grades)], roster, {})
+
+
+def test_canvas_name_disagreeing_with_id_is_noted(tmp_path):
+    """Right id, another name: the file is still written by id (ids decide), and the instructor is told."""
+    roster = tmp_path / "r.csv"
+    roster.write_text(CANVAS_ROSTER, encoding="utf-8")
+    bob = R("12345", "graded", score=6, max_score=6, name="smithbob", cells={"a": 6})
+    grades = grades_csv(tmp_path, "00_orientation", [bob])
+    rows, notes, _ = export.export_canvas([export.read_grades(grades)], roster, {})
+    assert rows[2][:2] + rows[2][5:] == ["Doe, Jane", "12345", "6"]
+    assert any("'Doe, Jane' in the roster but 'smithbob'" in n for n in notes)
 
 
 def test_canvas_ambiguous_id_columns_refused(tmp_path):
