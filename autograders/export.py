@@ -60,7 +60,8 @@ writes, ``grade/export/xml/grade_export_xml.php``, idnumbers XML-escaped since M
 theirs (set it in the item's settings); an unknown one aborts the import; a score must be
 ``is_numeric`` (a dot), and a result without ``<score>`` clears the grade, so none is written.
 So a grades.csv of Moodle ids is mapped through that module's worksheet (``--worksheet``), else
-by an id column that holds the grader's ids (when ``--id-regex`` read usernames or emails), else
+by an id column that holds the grader's ids (when ``--id-regex`` read usernames or emails; never
+for bare numbers, which are participant ids and may equal another student's ID number), else
 by a full name that is unique on both sides (each such match is listed on stderr).
 """
 
@@ -192,13 +193,14 @@ class Matching:
 
 def match(module: Module, roster: Roster, match_on: str | None = None,
           participants: dict[str, str] | None = None, key_column: int | None = None,
-          by_name: bool = False) -> Matching:
+          by_name: bool = False, use_ids: bool = True) -> Matching:
     """Which roster row each student of `module` is, by ONE id column.
 
     `match_on`: the roster column to use (its header); else the id column holding most of the
     grader's ids (ties: refused, name one with `match_on`). `participants` (Moodle worksheet:
     participant id -> value of `key_column`) translates a grader's id first. `by_name`: students
     still unmatched are matched by a full name unique in the roster and in grades.csv (each noted).
+    `use_ids` False: no id column is tried (unless `match_on` names one), names only.
     Roster values that occur twice in the column match nobody (noted). Two grader ids landing on one
     row are refused.
     """
@@ -209,7 +211,7 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
         candidates = [key_column]
     else:
         translated = {s: s for s in ids}
-        candidates = roster.id_columns
+        candidates = roster.id_columns if use_ids else []
     if match_on:
         col = roster.column(match_on)
         if col is None:
@@ -480,7 +482,13 @@ def export_moodle(modules: list[Module], roster_paths: list[Path], assignment: d
                 join = key
             else:
                 participants, join = worksheet_map(path, roster)
-        found = match(m, roster, match_on, participants, join, by_name)
+        # Moodle's download numbers are participant ids of one assignment: a number that happens to be
+        # someone's ID number is another person, so bare numbers are matched by the worksheet or by name
+        numeric = participants is None and all(g.student.isdigit() for g in m.grades)
+        if numeric and not match_on:
+            notes.append(f"{m.module}: its ids are Moodle participant ids: without --worksheet they are "
+                         "matched by name only (or name the column holding them with --match-on)")
+        found = match(m, roster, match_on, participants, join, by_name, use_ids=not numeric)
         notes += found.notes
         unmatched += [_tag(g, m) for g in found.unmatched]
         for g in m.grades:

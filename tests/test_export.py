@@ -209,7 +209,8 @@ def test_moodle_by_unique_name(tmp_path):
     (and say so); a name twice in the class matches nobody."""
     roster = tmp_path / "grades_export.csv"
     twin = "Jane,Doe,S-9,,,jane2@example.org,-,1780000000\n"
-    roster.write_text(MOODLE_GRADES_EXPORT + twin, encoding="utf-8")
+    # an ID number that is also a participant id (4712 is Sam's): a different person, never matched on it
+    roster.write_text(MOODLE_GRADES_EXPORT.replace("S-4", "4712") + twin, encoding="utf-8")
     grades = export.read_grades(grades_csv(tmp_path, "00_orientation", MOODLE_CLASS))
     rows, notes, unmatched = export.export_moodle([grades], [roster], {}, {})
     assert rows[1:] == [["sam@example.org", "0"]]
