@@ -239,6 +239,7 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
             best, best_hits, tied = col, hits, []
         elif hits == best_hits and hits:
             tied.append(col)
+
     def mapping(col: int) -> dict[str, int]:
         lookup, _ = index(col)
         keys = {s: _norm(translated[s] or "") for s in ids}
@@ -288,8 +289,9 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
         owners.setdefault(i, []).append(s)
     clash = {i: ss for i, ss in owners.items() if len(ss) > 1}
     if clash:
-        said = "; ".join(f"{', '.join(ss)} -> row {i + 2}" for i, ss in clash.items())
-        raise ExportError(f"{module.module}: several graded students map to one roster row ({said}): "
+        said = "; ".join(f"{', '.join(ss)} -> {roster.names[i] or roster.rows[i]!r}"
+                         for i, ss in clash.items())
+        raise ExportError(f"{module.module}: several students of grades.csv map to one roster row ({said}): "
                           "nothing written")
     unmatched = [g for g in module.grades if g.student not in rows]
     return Matching(rows, unmatched, notes)
