@@ -80,8 +80,9 @@ def test_the_graders_course_config_carries_the_limits(tmp_path):
     assert config.GuardedExecute.cell_timeouts == {"elastic_tests": 180}
 
 
-# The whole-notebook limit the hanging student waits out in full. An honest 00 takes about 14 s alone (CI run
-# 23 graded the three other students here, two worker starts included, in 35 s): 60 s leaves four times that.
+# The whole-notebook limit the hanging student waits out in full. An honest 00 takes about 14 s alone (in CI
+# run 23 all of this test but the 180 s wait took 35 s: three other students, two worker starts): 60 s leaves
+# four times that.
 # A machine busier than its cores when the test starts (load average per core above 1) stretches it, up to
 # grade.MAX_STRETCH times, for the honest students graded after the hang. (A flat 180 s made this test the
 # suite's slowest.)
