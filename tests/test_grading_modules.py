@@ -29,34 +29,16 @@ def written_answers(module):
             if c["cell_type"] == "markdown" and nbgrader_meta(c).get("solution")}
 
 
-# Recorded wrong answers not sent through the grader here: a demonstration cell after them runs into the cell
-# limit and grading waits it out, which proves nothing this test reads. 06's `job_mtbf` multiplied by the GPU
-# count instead of divided makes code-07's failure simulation (course.reliability.simulate_waste) take 16,384
-# times as many steps: the wrong notebook took 172 s, not 40, the 90 s limit waited out. test_answers.py still
-# tries each against its exercise's tests, and test_autograder.py's `loop` student tests the cell limit.
-OVERRUNS_A_DEMO = {("06_reliability", "multiplies the device MTBF by the number of devices")}
-
-
 def recorded(module, kind):
     """{exercise: answer source}: the first recorded answer of `kind` for each exercise (a visible one
-    first for wrong answers: the kind a learner could have seen and still handed in), less those in
-    OVERRUNS_A_DEMO."""
+    first for wrong answers: the kind a learner could have seen and still handed in)."""
     nb = load(solution_path(module))
     sources = {c["id"]: source(c) for c in nb["cells"]}
     chosen = {}
     for answer in sorted(answers.records(module), key=lambda a: not a.visible):
-        if (module, answer.why) in OVERRUNS_A_DEMO:
-            continue
         if answer.kind == kind and answer.cell not in chosen:
             chosen[answer.cell] = answer.code(sources[answer.cell])
     return chosen
-
-
-def test_answers_left_out_of_grading_are_recorded_wrong_answers():
-    """OVERRUNS_A_DEMO names recorded wrong answers, and each exercise keeps another to send."""
-    for module, why in OVERRUNS_A_DEMO:
-        (left_out,) = [a for a in answers.records(module) if a.why == why]
-        assert left_out.kind == "wrong" and left_out.cell in recorded(module, "wrong"), left_out
 
 
 def _blank_copy_fails_exactly_at_its_exercises(autograded):
