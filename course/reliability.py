@@ -90,14 +90,28 @@ def renewal_waste(interval: float, checkpoint_cost: float, mtbf: float, restart_
     return 1 - interval / per_segment
 
 
+MAX_SIMULATED_INTERVALS = 5_000_000  # about 5 s of Python loop; 06's demo needs under 30,000
+
+
 def simulate_waste(interval: float, checkpoint_cost: float, mtbf: float, restart_cost: float = 0.0,
                    work: float | None = None, seed: int = 0) -> float:
     """Monte-Carlo check of `expected_waste` and `renewal_waste`: run a job that needs `work`
     seconds of compute (default 2000 MTBFs), checkpointing every `interval` seconds of work, under
     failures with exponential inter-arrival times; return the fraction of wall time that was not
-    useful work."""
-    rng = np.random.default_rng(seed)
+    useful work.
+
+    Raises ValueError when the job would take over `MAX_SIMULATED_INTERVALS` checkpoint intervals (work /
+    interval): a job MTBF many orders too large (a device's MTBF multiplied by the device count instead of
+    divided) would otherwise keep a notebook cell running for hours."""
+    if interval <= 0 or mtbf <= 0:
+        raise ValueError(f"need interval > 0 and mtbf > 0, got {interval}, {mtbf}")
     work = 2000 * mtbf if work is None else work
+    if work / interval > MAX_SIMULATED_INTERVALS:
+        raise ValueError(
+            f"simulating {work / interval:.3g} checkpoint intervals (work {work:.3g} s / interval {interval:.3g} s) "
+            f"would take hours; the limit is {MAX_SIMULATED_INTERVALS:.0e}. Is the MTBF ({mtbf / 3600:.4g} h) "
+            "right? A job that stops when any device fails has a shorter MTBF than one device.")
+    rng = np.random.default_rng(seed)
     done, wall = 0.0, 0.0
     next_failure = rng.exponential(mtbf)
     while done < work:

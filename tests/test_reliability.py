@@ -294,3 +294,14 @@ def test_a_kernel_killed_outright_leaves_nothing_running_and_its_folders_are_swe
         finally:
             tempfile.tempdir = None
     assert not os.path.exists(folder) and mine.exists()
+
+
+def test_simulate_waste_refuses_a_job_that_would_run_for_hours():
+    """06's demo with a job MTBF multiplied by the GPU count instead of divided ran its cell for hours (grading
+    waited out the cell limit); the simulation now says why at once."""
+    mtbf = rel.LLAMA3["days"] * 24 / rel.LLAMA3["unexpected"] * rel.HOUR
+    wrong = mtbf * 16_384 * 16_384  # a device's MTBF times the device count: what the wrong answer gives
+    best = rel.young_daly_interval(60, wrong)
+    with pytest.raises(ValueError, match="shorter MTBF than one device"):
+        rel.simulate_waste(best / 10, 60, wrong, 300, work=300 * wrong)
+    assert 0 < rel.simulate_waste(rel.young_daly_interval(60, mtbf) / 10, 60, mtbf, 300, work=300 * mtbf) < 1
