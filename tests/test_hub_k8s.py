@@ -52,7 +52,8 @@ def merge(base: dict, extra: dict) -> dict:
 
 def schema_errors(values: dict) -> list[str]:
     validator = jsonschema.Draft7Validator(without_required(json.loads(SCHEMA.read_text())))
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in validator.iter_errors(values)]
+    return [f"{'.'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}"
+            for e in validator.iter_errors(values)]
 
 
 def chart() -> dict:
@@ -76,18 +77,18 @@ def yamllint():
 
 
 def test_values_lint():
-    """yamllint's default rules (duplicate keys above all: YAML keeps the last one silently), long lines allowed
-    as in the rest of the repository, no document-start marker demanded (Helm's values files have none)."""
+    """yamllint's default rules (duplicate keys above all: YAML keeps the last one silently), long lines
+    allowed as in the rest of the repository, no document-start marker (Helm's values files have none)."""
     config, linter = yamllint()
-    conf = config.YamlLintConfig("extends: default\nrules:\n  line-length: {max: 120}\n  document-start: disable\n"
-                                 "  comments: {min-spaces-from-content: 1}\n")
+    conf = config.YamlLintConfig("extends: default\nrules:\n  line-length: {max: 120}\n"
+                                 "  document-start: disable\n  comments: {min-spaces-from-content: 1}\n")
     problems = [f"{p.name}:{problem.line}: {problem.desc} ({problem.rule})"
                 for p in VALUES for problem in linter.run(p.read_text(), conf)]
     assert not problems, "\n".join(problems)
 
 
 def test_lint_catches_a_duplicate_key():
-    """The lint above is not vacuous: a key given twice (the trap of layering hub.config blocks) is reported."""
+    """The lint above is not vacuous: a key given twice (the trap of layering hub.config) is reported."""
     config, linter = yamllint()
     text = "hub:\n  config:\n    JupyterHub: {a: 1}\n    JupyterHub: {b: 2}\n"
     rules = {p.rule for p in linter.run(text, config.YamlLintConfig("extends: default"))}
@@ -151,15 +152,16 @@ def test_image_installs_exactly_binders_requirements():
     """Binder's file itself, never a copy that can drift; everything else named, pinned and not in it."""
     files, packages = dockerfile_installs()
     assert files == ["binder/requirements.txt"]
-    binder = {re.split(r"[=<>\[]", line)[0].lower() for line in requirement_lines(BINDER_REQUIREMENTS.read_text())
-              if not line.startswith("-")}
+    lines = requirement_lines(BINDER_REQUIREMENTS.read_text())
+    binder = {re.split(r"[=<>\[]", line)[0].lower() for line in lines if not line.startswith("-")}
     extra = [p for p in packages if not p.startswith("/tmp/sysml/src")]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.+]*", p) for p in extra), extra
-    assert not {p.split("==")[0].lower() for p in extra} & binder, "pinned twice: in the Dockerfile and Binder's file"
+    twice = {p.split("==")[0].lower() for p in extra} & binder
+    assert not twice, f"pinned in the Dockerfile and in Binder's file: {twice}"
 
 
 def test_image_jupyterhub_is_the_charts():
-    """The single-user server speaks to the chart's hub: the same JupyterHub (Z2JH pins it in the hub image)."""
+    """The single-user server speaks to the chart's hub: the same JupyterHub (pinned in Z2JH's hub image)."""
     _, packages = dockerfile_installs()
     assert f"jupyterhub=={chart()['appVersion']}" in packages
     assert f"jupyterhub.__version__ == '{chart()['appVersion']}'" in DOCKERFILE.read_text()
@@ -220,16 +222,17 @@ def test_only_instructors_get_formgrader(tmp_path):
     read alone (a learner) and under the instructor's config dir (JUPYTER_CONFIG_PATH ranks above it)."""
     image = tmp_path / "etc" / "jupyter"
     (image / "jupyter_server_config.d").mkdir(parents=True)
-    installed = {"nbgrader.server_extensions.formgrader": True, "nbgrader.server_extensions.course_list": True,
-                 "nbgrader.server_extensions.assignment_list": True}
+    installed = {f"nbgrader.server_extensions.{name}": True
+                 for name in ("formgrader", "course_list", "assignment_list")}
     disabled = re.search(r"for extension in ([\w ]+); do", DOCKERFILE.read_text()).group(1).split()
     installed.update({f"nbgrader.server_extensions.{name}": False for name in disabled})
     (image / "jupyter_server_config.d" / "nbgrader.json").write_text(
         json.dumps({"ServerApp": {"jpserver_extensions": installed}}))
     learner, instructor = server_extensions([image]), server_extensions([INSTRUCTOR_CONFIG, image])
-    assert learner["nbgrader.server_extensions.assignment_list"] and instructor["nbgrader.server_extensions.formgrader"]
-    assert not learner["nbgrader.server_extensions.formgrader"] and not learner["nbgrader.server_extensions.course_list"]
-    assert instructor["nbgrader.server_extensions.course_list"]
+    on = "nbgrader.server_extensions."
+    assert learner[on + "assignment_list"] and instructor[on + "assignment_list"]
+    assert not learner[on + "formgrader"] and not learner[on + "course_list"]
+    assert instructor[on + "formgrader"] and instructor[on + "course_list"]
 
 
 def test_instructor_lab_config_enables_what_the_image_disables():
@@ -246,7 +249,8 @@ def test_exchange_is_ngshare_where_values_say():
     url = values["singleuser"]["extraEnv"]["NGSHARE_URL"]
     assert url == values["hub"]["services"]["ngshare"]["url"] + "/services/ngshare"
     port = int(re.search(r":(\d+)/", url).group(1))
-    assert [p["port"] for rule in values["singleuser"]["networkPolicy"]["egress"] for p in rule["ports"]] == [port]
+    egress = values["singleuser"]["networkPolicy"]["egress"]
+    assert [p["port"] for rule in egress for p in rule["ports"]] == [port]
     assert "access:services!service=ngshare" in values["hub"]["loadRoles"]["user"]["scopes"]
     image_config = (K8S / "image" / "nbgrader_config.py").read_text()
     assert 'os.environ.get("NGSHARE_URL"' in image_config and "configureExchange(c," in image_config
@@ -264,7 +268,7 @@ def test_placeholders_are_marked():
 
 
 def test_no_helm_or_docker_was_needed():
-    """Documented plainly: these checks stand in for `helm template` and `docker build`, which were not run."""
+    """Said plainly: these checks stand in for `helm template` and `docker build`, which were not run."""
     section = (REPO / "autograders" / "INSTRUCTORS.md").read_text().split("## On Kubernetes", 1)
     assert len(section) == 2, "INSTRUCTORS.md has no section 'On Kubernetes'"
     assert "NOT run" in section[1].split("\n## ", 1)[0]
