@@ -272,3 +272,14 @@ def test_no_helm_or_docker_was_needed():
     section = (REPO / "autograders" / "INSTRUCTORS.md").read_text().split("## On Kubernetes", 1)
     assert len(section) == 2, "INSTRUCTORS.md has no section 'On Kubernetes'"
     assert "NOT run" in section[1].split("\n## ", 1)[0]
+
+
+def test_build_context_holds_only_what_the_image_copies():
+    """BuildKit's per-Dockerfile ignore file sends the builder nothing else (solutions above all)."""
+    rules = [line for line in (K8S / "Dockerfile.dockerignore").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert rules[0] == "*"
+    sources = {c for c in re.findall(r"^COPY (\S+)", DOCKERFILE.read_text(), re.M)}
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    assert all(any(s == a or s.startswith(a + "/") for a in allowed) for s in sources), sources - allowed
+    assert not [a for a in allowed if a.split("/")[0] in ("solutions", "tests", "modules")]
