@@ -283,3 +283,26 @@ def test_build_context_holds_only_what_the_image_copies():
     allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
     assert all(any(s == a or s.startswith(a + "/") for a in allowed) for s in sources), sources - allowed
     assert not [a for a in allowed if a.split("/")[0] in ("solutions", "tests", "modules")]
+
+
+def instructor_nbgrader_config(home: Path, env: dict, monkeypatch):
+    from traitlets.config.loader import PyFileConfigLoader
+    monkeypatch.setenv("HOME", str(home))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    loader = PyFileConfigLoader("nbgrader_config.py", path=str(INSTRUCTOR_CONFIG))
+    return loader.load_config()
+
+
+def test_instructor_grades_with_the_course_settings(tmp_path, monkeypatch):
+    """Formgrader's autograde on the hub judges as `make grade` does (stderr ignored, guarded tests), with the
+    cloned repository's solutions/ as source; without a clone, the course folder's own source/."""
+    from autograders import settings
+    config = instructor_nbgrader_config(tmp_path, {"SYSML_REPO": str(REPO)}, monkeypatch)
+    assert config.CourseDirectory.root == str(tmp_path / "sysml")
+    assert config.CourseDirectory.source_directory == str(REPO / "solutions")
+    assert config.CourseDirectory.course_id == settings.COURSE_ID
+    assert config.IgnorePattern.pattern == settings.IGNORE_STDERR_PATTERN
+    assert "GuardedExecute" in {p.__name__ for p in config.Autograde.autograde_preprocessors}
+    bare = instructor_nbgrader_config(tmp_path, {"SYSML_REPO": str(tmp_path / "no-clone")}, monkeypatch)
+    assert bare.CourseDirectory.source_directory == str(tmp_path / "sysml" / "source")
