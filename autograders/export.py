@@ -51,10 +51,11 @@ Moodle, ``grade/import/csv/classes/load_data.php`` (github.com/moodle/moodle, co
 Moodle assignments, ``mod/assign`` (same repository): the submission download names a student's
 folder ``<Full name>_<participant id>_assignsubmission_file_`` where the participant id is the
 assignment's own id for that user (``get_uniqueid_for_user``), NOT the user id; the assignment's
-offline grading worksheet lists it as "Participant <id>" in its "Identifier" column
-(``mod/assign/feedback/offline/importgradeslib.php``) next to "Full name" and "Email address".
+offline grading worksheet lists it as "Participant <id>" in its "Identifier" column (written by
+``mod/assign/gradingtable.php``, ``col_recordid``; read back by
+``mod/assign/feedback/offline/importgradeslib.php``) next to "Full name" and "Email address".
 Moodle's XML import (``grade/import/xml/lib.php``, same repository; the format Moodle's XML export
-writes, ``grade/export/xml/grade_export_xml.php``, idnumbers XML-escaped since MDL-71016, 2021):
+writes, ``grade/export/xml/grade_export_xml.php``, idnumbers XML-escaped, MDL-71016):
 ``<results><result><assignment>GRADE ITEM ID NUMBER</assignment><student>USER ID NUMBER</student>
 <score>N</score></result>...</results>``; users are found by their ID number only, grade items by
 theirs (set it in the item's settings); an unknown one aborts the import; a score must be
