@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from autograders.hub import MARKER, hub_constraints, read_accounts, write_accounts
+from autograders.hub import MARKER, Hub, HubError, hub_constraints, read_accounts, write_accounts
 from tests import hub_fixture
 from tests.hub_fixture import execute, run_as
 from tests.notebooks import grade_cells, submission
@@ -53,6 +53,16 @@ def test_constraints_relax_only_what_the_base_python_cannot_install(tmp_path):
     repo = (Path(__file__).parents[1] / "constraints.txt").read_text().splitlines()
     assert new == repo
     assert [line for line in old if line not in repo] == ["soupsieve==2.10"]
+
+
+def test_a_root_closed_to_learners_is_refused_by_name(tmp_path):
+    """pytest's tmp_path lies under /tmp/pytest-of-root (mode 700): learners could not run the environment."""
+    if os.geteuid() != 0:
+        pytest.skip("the hub runs as root only")
+    closed = next(p for p in tmp_path.parents if p.stat().st_mode & 0o001 == 0)
+    with pytest.raises(HubError, match=re.escape(str(closed))):
+        Hub(tmp_path / "hub").up()
+    assert not (tmp_path / "hub" / "env").exists()
 
 
 # ---------------------------------------------------------------- the hub

@@ -339,10 +339,17 @@ def install_proxy(root: Path) -> Path:
     want = _sha(HERE / "package-lock.json")
     if command.exists() and stamp.exists() and stamp.read_text() == want:
         return command
-    if not shutil.which("npm"):
+    if not shutil.which("npm") or not shutil.which("node"):
         raise HubError(
-            "npm is needed for JupyterHub's proxy (configurable-http-proxy): apt-get install nodejs npm"
+            "node and npm are needed for JupyterHub's proxy (configurable-http-proxy): "
+            "apt-get install nodejs npm"
         )
+    # configurable-http-proxy 5.3.0 loads commander 15, an ES module, with require(): Node 20.19 or newer
+    # (package-lock.json; commander's engines field asks for 22.12, but 20.19+ loads it, as tests/test_hub.py
+    # shows on Node 20.20)
+    version = _run(["node", "--version"], capture_output=True, text=True).stdout.strip().lstrip("v")
+    if tuple(int(x) for x in version.split(".")[:2]) < (20, 19):
+        raise HubError(f"node {version} is too old for configurable-http-proxy 5.3.0 (needs 20.19 or newer)")
     proxy.mkdir(parents=True, exist_ok=True)
     for name in ("package.json", "package-lock.json"):
         shutil.copy(HERE / name, proxy / name)
