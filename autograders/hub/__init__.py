@@ -1,0 +1,930 @@
+"""A JupyterHub for an instructor-led lab on this machine (`make hub`): course infrastructure.
+
+    python -m autograders.hub up [--root /srv/sysml-hub] [--learners 30] [--prefix sysml-]
+                                 [--modules 00_orientation ...]
+                                 [--port 8000] [--ssl-key KEY --ssl-cert CERT]
+    python -m autograders.hub status|down [--remove-accounts]
+
+Run as root (it makes Unix accounts and starts servers as them). What it builds under the hub root
+(``HUB_ROOT``, default /srv/sysml-hub), each part kept when present, so ``up`` is idempotent:
+
+- ``env/``: the learners' Python environment, a venv of a Python every user may execute (`base_python`;
+  the repository's own venv lives under /root/.pyenv, which only root can enter), holding the course as a
+  built wheel (never the repository: it holds solutions/ and hidden tests), JupyterHub, JupyterLab,
+  nbgrader and the modules' extras, pinned by constraints.txt (`build_env`);
+- ``proxy/``: JupyterHub's proxy, configurable-http-proxy, from package-lock.json beside this file
+  (``npm ci``);
+- ``accounts.csv`` (mode 600, root): the instructor and the learners, one generated password each, set with
+  chpasswd; JupyterHub logs them in with PAM (PAMAuthenticator, its default) and starts each server as that
+  Unix user (LocalProcessSpawner), so Unix permissions keep learners out of each other's homes;
+- ``exchange/`` (1777): nbgrader's exchange for course ``sysml`` (`settings.COURSE_ID`), named in the
+  environment's global nbgrader_config.py;
+- ``instructor-repo/`` (mode 700, the instructor's): the autograders, the course and the solutions, for the
+  instructor's nbgrader only; the instructor's course folder ``~/sysml`` holds source/, release/ and the
+  gradebook; the assignments (one per module id: 00_orientation ... 07b_serving) are released to the exchange;
+- ``hub/`` (mode 700, root): JupyterHub's configuration, database, secrets, log and pid file.
+
+Who sees what: learners get the Assignments panel and Validate; only the instructor gets Formgrader, Create
+Assignment and Courses (nbgrader's server and lab extensions are off in the environment and switched on in the
+instructor's own Jupyter config). The instructor's autograde (formgrader's button or ``nbgrader autograde``)
+runs each submission in the walled grading kernel of `autograders.sandbox`, as ``make grade`` does.
+
+Stdlib only: ``make hub`` runs it with the system's Python, before any course environment exists.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DEFAULT_ROOT = Path("/srv/sysml-hub")
+DEFAULT_PREFIX = "sysml-"
+COURSE_ID = "sysml"  # autograders.settings.COURSE_ID (not imported: settings needs nbgrader's stack)
+COURSE_FOLDER = "sysml"  # the instructor's course folder, in their home
+MARKER = "sysml-hub"  # the GECOS field of every account this module makes: only those are ever removed
+PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3.12", "/usr/bin/python3.13", "/usr/bin/python3")
+# Pinned JupyterHub and the packages of a learner's server; the rest comes from constraints.txt and the
+# modules' extras. jupyterhub 6.1.1: the newest release (PyPI, 2026-10) when this was written.
+HUB_PACKAGES = [
+    "jupyterhub==6.1.1",
+    "jupyterlab==4.6.6",
+    "nbgrader==0.9.6",
+    "ipykernel==7.2.0",
+    "notebook==7.6.5",
+]
+# nbgrader's extensions (nbgrader docs, "Installation: disabling extensions", 0.9): off for everyone in the
+# environment, on again in the instructor's own config. Learners keep assignment_list and validate.
+INSTRUCTOR_SERVER_EXTENSIONS = [
+    "nbgrader.server_extensions.formgrader",
+    "nbgrader.server_extensions.course_list",
+]
+INSTRUCTOR_LAB_EXTENSIONS = [
+    "@jupyter/nbgrader:formgrader",
+    "@jupyter/nbgrader:course-list",
+    "@jupyter/nbgrader:create-assignment",
+]
+HUB_START_TIMEOUT_S = 120
+SERVER_START_TIMEOUT_S = 180  # a learner's server imports JupyterLab and nbgrader; slow on a busy machine
+
+
+class HubError(RuntimeError):
+    """The hub cannot be built or started here; the message says why and what to do."""
+
+
+def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("check", True)
+    return subprocess.run([str(a) for a in argv], **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sha(*paths: Path, extra: str = "") -> str:
+    digest = hashlib.sha256(extra.encode())
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def blocking_directory(path: Path, user: str = "nobody") -> Path | None:
+    """The first folder on the way to `path` that `user` may not enter (no x bit for them), or None."""
+    for folder in [*reversed(Path(path).resolve().parents), Path(path).resolve()]:
+        if not folder.is_dir():
+            break
+        probe = _run(["runuser", "-u", user, "--", "test", "-x", folder], check=False)
+        if probe.returncode != 0:
+            return folder
+    return None
+
+
+def base_python() -> str:
+    """A Python 3.11+ that every user may execute (checked as `nobody`), for the learners' environment.
+
+    Raises HubError naming the folder that blocks it when none is found (the repository's own venv is made
+    from /root/.pyenv's, which only root can enter).
+    """
+    tried = []
+    for candidate in PYTHON_CANDIDATES:
+        if not os.path.exists(candidate):
+            continue
+        check = _run(
+            [
+                "runuser",
+                "-u",
+                "nobody",
+                "--",
+                candidate,
+                "-c",
+                "import sys, venv; assert sys.version_info >= (3, 11)",
+            ],
+            check=False,
+            capture_output=True,
+        )
+        if check.returncode == 0:
+            return candidate
+        blocked = blocking_directory(Path(candidate).parent)
+        tried.append(
+            f"{candidate} ({'blocked by ' + str(blocked) if blocked else 'older than 3.11 or no venv'})"
+        )
+    raise HubError(
+        "no Python 3.11+ that every user may run (the hub's learners run as their own Unix users); "
+        f"tried: {', '.join(tried) or ', '.join(PYTHON_CANDIDATES)}. Install one, e.g. "
+        "apt-get install python3.11 python3.11-venv"
+    )
+
+
+def python_version(python: str) -> tuple[int, int, int]:
+    out = _run(
+        [python, "-c", "import sys; print(*sys.version_info[:3])"], capture_output=True, text=True
+    ).stdout
+    return tuple(int(x) for x in out.split())
+
+
+# soupsieve 2.11+ requires Python >= 3.11.5 (its PyPI metadata); Debian 12's Python is 3.11.2. A bs4 helper
+# (nbconvert's HTML export), nothing a notebook imports: the hub environment takes the newest it may have.
+RELAXED_BELOW = {"soupsieve": ((3, 11, 5), "soupsieve==2.10")}
+
+
+def hub_constraints(version: tuple[int, int, int], target: Path) -> Path:
+    """constraints.txt for the hub environment: the repository's pins, less those the base Python (`version`)
+    cannot install (`RELAXED_BELOW`), written to `target`."""
+    lines = []
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        name = line.split("==")[0].strip().lower()
+        if name in RELAXED_BELOW and version < RELAXED_BELOW[name][0]:
+            line = RELAXED_BELOW[name][1]
+        lines.append(line)
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def extras(modules: list[str]) -> list[str]:
+    """The course's extras (pyproject.toml: one per notebook, PEP 685 names) for these module ids."""
+    return [m.replace("_", "-") for m in modules]
+
+
+def all_modules() -> list[str]:
+    return sorted(p.stem for p in (REPO / "solutions").glob("*/*.ipynb") if p.stem[:2] == p.parent.name[:2])
+
+
+def build_env(root: Path, modules: list[str], log=print) -> Path:
+    """Make (or bring up to date) the learners' environment in `root`/env; its python (seconds taken: in
+    env/.build-s). Raises HubError where no Python every user may run exists, or torch is not the CPU build.
+
+    Dependencies are installed once per set of pins and extras (a stamp); the course wheel is rebuilt and
+    reinstalled (without dependencies) whenever course/ or autograders/ changed.
+    """
+    env = root / "env"
+    python = env / "bin" / "python"
+    started = time.monotonic()
+    base = base_python()
+    version = python_version(base)
+    want = _sha(
+        REPO / "constraints.txt", REPO / "pyproject.toml", extra=" ".join(HUB_PACKAGES + sorted(modules))
+    )
+    stamp = env / ".deps-installed"
+    if not (python.exists() and stamp.exists() and stamp.read_text() == want):
+        log(f"building the hub environment in {env} from {base} (Python {'.'.join(map(str, version))})")
+        if not python.exists():
+            _run([base, "-m", "venv", env])
+        _run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip", "setuptools>=68"])
+        constraints = hub_constraints(version, env / "constraints.txt")
+        # torch first and alone, as the Makefile does: the CPU build, never swapped for a CUDA one later
+        torch_pin = next(line for line in constraints.read_text().splitlines() if line.startswith("torch=="))
+        _run([python, "-m", "pip", "install", "--quiet", "-c", constraints, torch_pin])
+        wheel = _course_wheel(root, python)
+        spec = f"{wheel}[{','.join(extras(modules))}]" if modules else str(wheel)
+        _run([python, "-m", "pip", "install", "--quiet", "-c", constraints, *HUB_PACKAGES, spec])
+        stamp.write_text(want)
+    wheel = _course_wheel(root, python)
+    configured = env / ".configured"
+    done = want + wheel.name + _sha(wheel, Path(__file__))
+    if configured.exists() and configured.read_text() == done:
+        return python
+    _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", wheel])
+    torch = _run(
+        [python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    ).stdout
+    if "+cpu" not in torch:
+        raise HubError(
+            f"the hub environment's torch is {torch.strip()}, not the CPU build: remove {env} and "
+            "make the CPU wheel findable (pip's find-links, or TORCH_INDEX as for make lab)"
+        )
+    _configure_env(root, env)
+    configured.write_text(done)
+    seconds = time.monotonic() - started
+    (env / ".build-s").write_text(f"{seconds:.0f}\n")
+    log(f"hub environment ready in {seconds:.0f} s")
+    return python
+
+
+def _course_wheel(root: Path, python: Path) -> Path:
+    """Build the course's wheel (course and autograders packages only: pyproject.toml lists them) into
+    root/wheels, once per content."""
+    out = root / "wheels"
+    digest = hashlib.sha256()
+    for folder in ("course", "autograders"):
+        for path in sorted((REPO / folder).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and "node_modules" not in path.parts:
+                digest.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
+    digest.update((REPO / "pyproject.toml").read_bytes())
+    target = out / digest.hexdigest()[:12]
+    found = sorted(target.glob("*.whl"))
+    if found:
+        return found[0]
+    shutil.rmtree(out, ignore_errors=True)
+    build = root / "wheel-build"
+    shutil.rmtree(build, ignore_errors=True)
+    shutil.copytree(
+        REPO,
+        build,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "node_modules",
+            "grading",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            "solutions",
+            "modules",
+            "tests",
+            ".binder-box",
+            "test-artifacts",
+        ),
+    )
+    _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", target, build])
+    shutil.rmtree(build, ignore_errors=True)
+    return sorted(target.glob("*.whl"))[0]
+
+
+def _configure_env(root: Path, env: Path) -> None:
+    """The environment's Jupyter config: course id and exchange for everyone, Validate judged as grading
+    judges (autograders.validate), and the instructor-only nbgrader extensions off."""
+    etc = env / "etc" / "jupyter"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "nbgrader_config.py").write_text(
+        "# Written by autograders/hub: every account's nbgrader finds this course's exchange.\n"
+        "c = get_config()  # noqa: F821\n"
+        f"c.CourseDirectory.course_id = {COURSE_ID!r}\n"
+        f"c.Exchange.root = {str(root / 'exchange')!r}\n"
+    )
+    _run(
+        [
+            env / "bin" / "python",
+            "-c",
+            TOGGLE.format(
+                on=False, user=False, server=INSTRUCTOR_SERVER_EXTENSIONS, lab=INSTRUCTOR_LAB_EXTENSIONS
+            )
+            + "\nimport autograders.validate as v; v.install()",
+        ],
+        capture_output=True,
+    )
+    overrides = REPO / "binder" / "overrides.json"  # as make lab: no "get Jupyter news?" pop-up
+    if overrides.exists():
+        settings = env / "share" / "jupyter" / "lab" / "settings"
+        settings.mkdir(parents=True, exist_ok=True)
+        shutil.copy(overrides, settings / "overrides.json")
+    for path in [env, *env.rglob("*")]:  # readable by everyone, writable by root only
+        if not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod((mode | stat.S_IRGRP | stat.S_IROTH | (0o011 if mode & 0o100 else 0)) & ~0o022)
+
+
+# Switch nbgrader's instructor extensions on or off in one Jupyter config: the environment's (sys.prefix) or
+# the user's (~/.jupyter, which JupyterLab and Jupyter Server read after the environment's, so it wins). As
+# `jupyter server extension enable --user` and `jupyter labextension enable --level=user` do, written
+# directly: the former's check fails for an instructor whose nbgrader_config imports the course.
+TOGGLE = """
+import json, os, sys
+from pathlib import Path
+from jupyter_server.extension.serverextension import toggle_server_extension_python
+for name in {server!r}:
+    toggle_server_extension_python(name, {on!r}, user={user!r}, sys_prefix=not {user!r})
+folder = (Path.home() / ".jupyter" if {user!r} else Path(sys.prefix) / "etc" / "jupyter") / "labconfig"
+folder.mkdir(parents=True, exist_ok=True)
+path = folder / "page_config.json"
+page = json.loads(path.read_text()) if path.exists() else {{}}
+page.setdefault("disabledExtensions", {{}}).update({{name: not {on!r} for name in {lab!r}}})
+for name in {lab!r}:
+    page.get("lockedExtensions", {{}}).pop(name, None)
+path.write_text(json.dumps(page, indent=2))
+"""
+
+
+def install_proxy(root: Path) -> Path:
+    """configurable-http-proxy, as pinned in package-lock.json beside this file, in root/proxy; its command.
+    Raises HubError without npm."""
+    proxy = root / "proxy"
+    command = proxy / "node_modules" / ".bin" / "configurable-http-proxy"
+    stamp = proxy / ".installed"
+    want = _sha(HERE / "package-lock.json")
+    if command.exists() and stamp.exists() and stamp.read_text() == want:
+        return command
+    if not shutil.which("npm") or not shutil.which("node"):
+        raise HubError(
+            "node and npm are needed for JupyterHub's proxy (configurable-http-proxy): "
+            "apt-get install nodejs npm"
+        )
+    # configurable-http-proxy 5.3.0 loads commander 15, an ES module, with require(): Node 20.19 or newer
+    # (package-lock.json; commander's engines field asks for 22.12, but 20.19+ loads it, as tests/test_hub.py
+    # shows on Node 20.20)
+    version = _run(["node", "--version"], capture_output=True, text=True).stdout.strip().lstrip("v")
+    if tuple(int(x) for x in version.split(".")[:2]) < (20, 19):
+        raise HubError(f"node {version} is too old for configurable-http-proxy 5.3.0 (needs 20.19 or newer)")
+    proxy.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(HERE / name, proxy / name)
+    _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=proxy)
+    stamp.write_text(want)
+    return command
+
+
+# ------------------------------------------------------------------------------------------- accounts
+
+
+def _user_exists(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+def ensure_user(name: str, role: str) -> pwd.struct_passwd:
+    """The Unix account `name`, made (home mode 700, a group of its own) if missing. Raises HubError for an
+    account this module did not make: it never takes over, nor later removes, anyone else's."""
+    found = _user_exists(name)
+    if found is None:
+        _run(
+            [
+                "useradd",
+                "--create-home",
+                "--user-group",
+                "--shell",
+                "/bin/bash",
+                "--comment",
+                f"{MARKER} {role}",
+                name,
+            ]
+        )
+        found = pwd.getpwnam(name)
+    elif not found.pw_gecos.startswith(MARKER):
+        raise HubError(
+            f"user {name} exists and was not made by the hub (GECOS {found.pw_gecos!r}): choose another "
+            "--prefix"
+        )
+    os.chmod(found.pw_dir, 0o700)
+    return found
+
+
+def remove_user(name: str) -> bool:
+    """Remove the account `name` and its home, only if this module made it; whether it did."""
+    found = _user_exists(name)
+    if found is None or not found.pw_gecos.startswith(MARKER):
+        return False
+    kill_user_processes(found.pw_uid)
+    _run(["userdel", "--remove", name], check=False, capture_output=True)
+    return _user_exists(name) is None
+
+
+def kill_user_processes(uid: int) -> int:
+    """SIGKILL every process of `uid` (by /proc, one by one by id); how many."""
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    os.kill(int(entry), signal.SIGKILL)
+                    killed += 1
+            except (OSError, ProcessLookupError):
+                pass
+    return killed
+
+
+def read_accounts(path: Path) -> dict[str, tuple[str, str]]:
+    """accounts.csv: name -> (role, password)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        return {row["user"]: (row["role"], row["password"]) for row in csv.DictReader(handle)}
+
+
+def write_accounts(path: Path, accounts: dict[str, tuple[str, str]]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["user", "role", "password"])
+        for name, (role, password) in accounts.items():
+            writer.writerow([name, role, password])
+    os.chmod(path, 0o600)
+
+
+# ------------------------------------------------------------------------------------------- the hub
+
+CONFIG_TEMPLATE = """\
+# Written by autograders/hub (python -m autograders.hub up); rewritten on every start.
+c = get_config()  # noqa: F821
+c.JupyterHub.bind_url = {bind_url!r}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.JupyterHub.db_url = {db_url!r}
+c.JupyterHub.cookie_secret_file = {cookie!r}
+c.JupyterHub.pid_file = {pid!r}
+c.ConfigurableHTTPProxy.command = [{proxy!r}]
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.ConfigurableHTTPProxy.pid_file = {proxy_pid!r}
+c.ConfigurableHTTPProxy.auth_token = {proxy_token!r}
+{ssl}
+# PAM (JupyterHub's default authenticator): the accounts' Unix passwords; only the hub's own accounts.
+c.JupyterHub.authenticator_class = "pam"
+c.Authenticator.allowed_users = {users!r}
+c.Authenticator.admin_users = set()
+# Each server runs as its Unix user (LocalProcessSpawner, the default), from the learners' environment.
+c.JupyterHub.spawner_class = "localprocess"
+c.Spawner.cmd = [{singleuser!r}]
+c.Spawner.notebook_dir = "~"
+c.Spawner.default_url = "/lab"
+c.Spawner.environment = {{"PATH": {path!r}}}
+c.Spawner.start_timeout = {start_timeout}
+c.Spawner.http_timeout = {start_timeout}
+# A service with the admin role: the hub's own tools (tests, `status`) use its token.
+c.JupyterHub.services = [{{"name": "sysml-hub-admin", "api_token": {admin_token!r}}}]
+c.JupyterHub.load_roles = [{{"name": "admin", "services": ["sysml-hub-admin"]}}]
+c.JupyterHub.cleanup_servers = True
+c.JupyterHub.cleanup_proxy = True
+"""
+
+INSTRUCTOR_CONFIG = """\
+# Written by autograders/hub: the instructor's nbgrader, configured as `make grade` configures a grading
+# folder (autograders.settings.configure), with the walled grading kernel of autograders/sandbox.py.
+import os
+import sys
+
+sys.path.insert(0, {repo!r})
+from autograders.settings import configure  # noqa: E402
+
+c = get_config()  # noqa: F821
+configure(c, root={course!r}, release_directory="release", source_directory={source!r})
+c.CourseDirectory.course_id = {course_id!r}
+c.Exchange.root = {exchange!r}
+c.Execute.kernel_name = {kernel!r}    # walled in: no network, gradebook and solutions hidden, caps
+c.KernelManager.transport = "ipc"     # the kernel's network namespace cannot reach this process's TCP
+c.KernelManager.ip = {ipc!r}
+os.makedirs(os.path.dirname(c.KernelManager.ip), mode=0o700, exist_ok=True)
+"""
+
+# Run by the instructor (runuser) in the hub environment: grading kernel, source, release, students.
+INSTRUCTOR_SETUP = """
+import json, shutil, sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from autograders import sandbox, settings
+course = Path({course!r})
+hidden = [course, settings.SOLUTIONS, {exchange!r}]
+sandbox.write_kernelspec(Path.home() / ".local/share/jupyter", hide=hidden)
+print("isolation:", sandbox.isolation())
+from traitlets.config import Config
+from nbgrader.apps import NbGraderAPI
+config = Config()
+code = compile(open(course / "nbgrader_config.py").read(), "nbgrader_config.py", "exec")
+exec(code, {{"get_config": lambda: config}})
+api = NbGraderAPI(config=config)
+for module in {modules!r}:
+    source = course / "source" / module
+    if not (course / "release" / module).exists():
+        shutil.rmtree(source, ignore_errors=True)
+        keep = lambda _, names: [n for n in names if n.endswith(".ipynb") and n != module + ".ipynb"
+                                 or n == ".ipynb_checkpoints"]
+        shutil.copytree(settings.solution_notebook(module).parent, source, ignore=keep)
+        result = api.generate_assignment(module, force=True, create=True)
+        if not result["success"]:
+            sys.exit("generate_assignment " + module + ": " + str(result.get("error") or result["log"]))
+    if not (Path({exchange!r}) / {course_id!r} / "outbound" / module).exists():
+        result = api.release_assignment(module)
+        if not result["success"]:
+            sys.exit("release_assignment " + module + ": " + str(result.get("error") or result["log"]))
+from nbgrader.api import Gradebook
+with Gradebook(config.CourseDirectory.db_url) as gb:
+    for student in {learners!r}:
+        gb.update_or_create_student(student)
+print("released:", ", ".join({modules!r}))
+"""
+
+
+class Hub:
+    """A lab hub under `root` (see the module docstring): `up`, `down`, the accounts and the URL.
+
+    `learners` accounts ``<prefix>learner01``... and one ``<prefix>instructor``; `modules` the module ids
+    whose extras are installed and whose assignments are released (empty: all); `port` 0 picks a free port
+    (kept while running). Root only; `up` raises HubError with the reason where the hub cannot run.
+    Use as a context manager to bring it down (accounts kept) on leaving.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        learners: int = 2,
+        prefix: str = DEFAULT_PREFIX,
+        modules=("00_orientation",),
+        port: int = 0,
+        ssl_key: str | None = None,
+        ssl_cert: str | None = None,
+        log=print,
+    ):
+        self.root = Path(root).resolve()
+        self.n_learners = learners
+        self.prefix = prefix
+        self.modules = list(modules) if modules else all_modules()
+        self.port = port
+        self.ssl_key, self.ssl_cert = ssl_key, ssl_cert
+        self.log = log
+        self.instructor = f"{prefix}instructor"
+        self.learners = [f"{prefix}learner{i:02d}" for i in range(1, learners + 1)]
+        self.env = self.root / "env"
+        self.state_dir = self.root / "hub"
+        self.exchange = self.root / "exchange"
+        self.accounts_file = self.root / "accounts.csv"
+        self.instructor_repo = self.root / "instructor-repo"
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def accounts(self) -> dict[str, str]:
+        """name -> password, from accounts.csv."""
+        return {name: password for name, (_, password) in read_accounts(self.accounts_file).items()}
+
+    @property
+    def url(self) -> str:
+        state = self._state()
+        scheme = "https" if state.get("ssl") else "http"
+        return f"{scheme}://127.0.0.1:{state.get('port', self.port)}/"
+
+    def home(self, user: str) -> Path:
+        return Path(pwd.getpwnam(user).pw_dir)
+
+    @property
+    def course(self) -> Path:
+        """The instructor's nbgrader course folder."""
+        return self.home(self.instructor) / COURSE_FOLDER
+
+    def _state(self) -> dict:
+        path = self.state_dir / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _processes(self, needle: str) -> list[int]:
+        """Ids of the processes whose command line holds `needle` (read from /proc)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                if needle.encode() in cmdline:
+                    found.append(int(entry))
+        return found
+
+    def pid(self) -> int | None:
+        """JupyterHub's process id while it runs (the one started with this hub's config file), else None."""
+        found = self._processes(str(self.state_dir / "jupyterhub_config.py"))
+        return min(found) if found else None
+
+    def admin_token(self) -> str:
+        return (self.state_dir / "admin-token").read_text().strip()
+
+    # ------------------------------------------------------------------ bring up
+    def __enter__(self) -> Hub:
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> Hub:
+        """Build what is missing and start JupyterHub; returns when it answers. Idempotent."""
+        self._process = None
+        if os.geteuid() != 0:
+            raise HubError("the hub makes Unix accounts and starts servers as them: run as root")
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        blocked = blocking_directory(self.root)
+        if blocked:
+            raise HubError(
+                f"learners cannot reach {self.root}: {blocked} is closed to other users; choose another "
+                "--root (e.g. /srv/sysml-hub)"
+            )
+        self.state_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.exchange.mkdir(exist_ok=True)
+        os.chmod(
+            self.exchange, 0o1777
+        )  # nbgrader docs: everyone writes; the sticky bit keeps files their owners'
+        build_env(self.root, self.modules, log=self.log)
+        proxy = install_proxy(self.root)
+        self._accounts()
+        self._instructor()
+        if self.pid() is not None and not (self.state_dir / "state.json").exists():
+            self.down()  # a hub whose port is no longer known: start it afresh
+        if self.pid() is None:
+            self._start(proxy)
+        self._wait()
+        return self
+
+    def _accounts(self) -> None:
+        known = read_accounts(self.accounts_file)
+        wanted = {self.instructor: "instructor", **{name: "learner" for name in self.learners}}
+        fresh = []
+        for name, role in wanted.items():
+            ensure_user(name, role)
+            if name not in known:
+                known[name] = (role, secrets.token_urlsafe(12))
+                fresh.append(name)
+        write_accounts(
+            self.accounts_file, known
+        )  # before chpasswd: a password set is a password written down
+        if fresh:
+            lines = "".join(f"{name}:{known[name][1]}\n" for name in fresh)
+            _run(["chpasswd"], input=lines, text=True)
+
+    def _as(self, user: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        """Run `argv` as `user` (runuser; HOME, USER and the hub environment first on PATH)."""
+        home = self.home(user)
+        env = {
+            "HOME": str(home),
+            "USER": user,
+            "LOGNAME": user,
+            "LANG": "C.UTF-8",
+            "PATH": f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        }
+        kwargs.setdefault("cwd", home)
+        runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # found on root's PATH, not the user's
+        return _run([runuser, "-u", user, "--", *argv], env=env, **kwargs)
+
+    def _instructor(self) -> None:
+        """The instructor's copy of the repository (mode 700), config, grading kernel, course and release."""
+        user = pwd.getpwnam(self.instructor)
+        repo = self.instructor_repo
+        repo.mkdir(mode=0o700, exist_ok=True)
+        for folder in ("autograders", "course", "solutions"):
+            shutil.rmtree(repo / folder, ignore_errors=True)
+            shutil.copytree(
+                REPO / folder,
+                repo / folder,
+                ignore=shutil.ignore_patterns("__pycache__", "node_modules", ".ipynb_checkpoints", "*.pyc"),
+            )
+        shutil.copy(REPO / "pyproject.toml", repo / "pyproject.toml")
+        _run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", repo])
+        os.chmod(repo, 0o700)
+        home = Path(user.pw_dir)
+        course = home / COURSE_FOLDER
+        ipc = Path("/tmp") / f"sysml-hub-ipc-{user.pw_uid}" / "k"
+        config = INSTRUCTOR_CONFIG.format(
+            repo=str(repo),
+            course=str(course),
+            source=str(course / "source"),
+            course_id=COURSE_ID,
+            exchange=str(self.exchange),
+            kernel="course-grading",
+            ipc=str(ipc),
+        )
+        self._as(self.instructor, ["mkdir", "-p", course, home / ".jupyter"])
+        for target in (course / "nbgrader_config.py", home / ".jupyter" / "nbgrader_config.py"):
+            self._as(self.instructor, ["tee", target], input=config, text=True, stdout=subprocess.DEVNULL)
+        self._as(self.instructor, ["chmod", "700", course])
+        self._as(
+            self.instructor,
+            [
+                self.env / "bin" / "python",
+                "-c",
+                TOGGLE.format(
+                    on=True, user=True, server=INSTRUCTOR_SERVER_EXTENSIONS, lab=INSTRUCTOR_LAB_EXTENSIONS
+                ),
+            ],
+            capture_output=True,
+        )
+        script = INSTRUCTOR_SETUP.format(
+            repo=str(repo),
+            course=str(course),
+            exchange=str(self.exchange),
+            course_id=COURSE_ID,
+            modules=self.modules,
+            learners=self.learners,
+        )
+        done = self._as(
+            self.instructor,
+            [self.env / "bin" / "python", "-c", script],
+            cwd=course,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise HubError(f"setting up the instructor's course failed:\n{done.stdout}\n{done.stderr}")
+        self.log(done.stdout.strip())
+
+    def _start(self, proxy: Path) -> None:
+        state = self.state_dir
+        for name in ("admin-token", "proxy-token"):
+            if not (state / name).exists():
+                fd = os.open(state / name, os.O_WRONLY | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+        port = self.port or self._state().get("port") or _free_port()
+        if self.port == 0 and not _port_free(port):
+            port = _free_port()
+        ssl = ""
+        if self.ssl_key and self.ssl_cert:
+            ssl = f"c.JupyterHub.ssl_key = {self.ssl_key!r}\nc.JupyterHub.ssl_cert = {self.ssl_cert!r}"
+        scheme = "https" if ssl else "http"
+        config = CONFIG_TEMPLATE.format(
+            bind_url=f"{scheme}://{'0.0.0.0' if ssl else '127.0.0.1'}:{port}/",
+            hub_port=_free_port(),
+            db_url=f"sqlite:///{state / 'jupyterhub.sqlite'}",
+            cookie=str(state / "jupyterhub_cookie_secret"),
+            pid=str(state / "jupyterhub.pid"),
+            proxy=str(proxy),
+            proxy_api_port=_free_port(),
+            proxy_pid=str(state / "proxy.pid"),
+            proxy_token=(state / "proxy-token").read_text().strip(),
+            ssl=ssl,
+            users={self.instructor, *self.learners} | set(self.accounts),
+            singleuser=str(self.env / "bin" / "jupyterhub-singleuser"),
+            path=f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            start_timeout=SERVER_START_TIMEOUT_S,
+            admin_token=self.admin_token(),
+        )
+        (state / "jupyterhub_config.py").write_text(config)
+        os.chmod(state / "jupyterhub_config.py", 0o600)
+        env = {"PATH": f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+        with open(state / "jupyterhub.log", "ab") as out:
+            process = subprocess.Popen(
+                [str(self.env / "bin" / "jupyterhub"), "-f", str(state / "jupyterhub_config.py")],
+                cwd=state,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self._process = process
+        (state / "state.json").write_text(json.dumps({"pid": process.pid, "port": port, "ssl": bool(ssl)}))
+        self.log(f"JupyterHub starting (pid {process.pid}) at {scheme}://127.0.0.1:{port}/")
+
+    def _wait(self) -> None:
+        """Until the hub answers; raises HubError with the log's tail where it exits or stays silent."""
+        deadline = time.monotonic() + HUB_START_TIMEOUT_S
+        log = self.state_dir / "jupyterhub.log"
+        while time.monotonic() < deadline:
+            process = getattr(self, "_process", None)
+            if process is not None and process.poll() is not None:
+                status = process.returncode
+                raise HubError(f"JupyterHub exited (status {status}); see {log}:\n{self._log_tail()}")
+            if process is None and self.pid() is None:
+                raise HubError(f"JupyterHub stopped; see {log}:\n{self._log_tail()}")
+            try:
+                self.api("GET", "")
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.5)
+        raise HubError(f"JupyterHub did not answer in {HUB_START_TIMEOUT_S} s:\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 30) -> str:
+        path = self.state_dir / "jupyterhub.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # ------------------------------------------------------------------ use
+    def api(self, method: str, path: str, body: dict | None = None, token: str | None = None):
+        """Call JupyterHub's REST API (``/hub/api/<path>``) with the admin service's token (or `token`);
+        the JSON answer. Raises urllib.error.HTTPError for an error status."""
+        request = urllib.request.Request(
+            f"{self.url}hub/api/{path.lstrip('/')}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {token or self.admin_token()}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            text = answer.read()
+        return json.loads(text) if text else None
+
+    def start_server(self, *users: str, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
+        """Start these users' single-user servers at once (as an admin would) and wait until all are ready."""
+        for user in users:
+            try:
+                self.api("POST", f"users/{user}/server")
+            except urllib.error.HTTPError as error:
+                if error.code != 400:  # 400: already running
+                    raise
+        deadline = time.monotonic() + timeout_s
+        waiting = list(users)
+        while waiting and time.monotonic() < deadline:
+            for user in list(waiting):
+                server = (self.api("GET", f"users/{user}").get("servers") or {}).get("", {})
+                if server.get("ready"):
+                    waiting.remove(user)
+            if waiting:
+                time.sleep(1)
+        if waiting:
+            raise HubError(
+                f"the servers of {', '.join(waiting)} did not start in {timeout_s:.0f} s:\n{self._log_tail()}"
+            )
+
+    def token(self, user: str) -> str:
+        """A fresh API token of `user` (for their server's REST API)."""
+        return self.api("POST", f"users/{user}/tokens", {"note": "sysml-hub", "expires_in": 3600})["token"]
+
+    def status(self) -> dict:
+        """Whether it runs, where, and whose servers are up."""
+        if self.pid() is None:
+            return {"running": False, "root": str(self.root)}
+        users = self.api("GET", "users")
+        return {
+            "running": True,
+            "url": self.url,
+            "root": str(self.root),
+            "pid": self.pid(),
+            "servers_running": sorted(u["name"] for u in users if u.get("servers")),
+        }
+
+    def memory(self) -> dict[str, float]:
+        """Proportional set size (MiB) of the hub with its proxy, and of each account's processes (psutil).
+
+        PSS shares each shared page among the processes that map it, so the figures add up to what the
+        machine holds.
+        """
+        import psutil
+
+        def pss(procs) -> float:
+            total = 0
+            for proc in procs:
+                try:
+                    total += proc.memory_full_info().pss
+                except (psutil.Error, OSError):
+                    pass
+            return total / 2**20
+
+        figures = {}
+        hub = psutil.Process(self.pid()) if self.pid() else None
+        if hub:
+            figures["hub+proxy"] = pss([hub] + [p for p in hub.children() if p.uids().real == 0])
+        for name in self.accounts:
+            uid = pwd.getpwnam(name).pw_uid
+            figures[name] = pss([p for p in psutil.process_iter() if p.uids().real == uid])
+        return figures
+
+    # ------------------------------------------------------------------ bring down
+    def down(self, remove_accounts: bool = False) -> None:
+        """Stop JupyterHub (it stops the servers and the proxy), then what is left of the accounts' processes;
+        with `remove_accounts`, remove the accounts (and homes) this hub made, and accounts.csv."""
+        for pid in self._processes(str(self.state_dir / "jupyterhub_config.py")):
+            os.kill(pid, signal.SIGTERM)  # JupyterHub stops the servers and its proxy
+        deadline = time.monotonic() + 30
+        while self.pid() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # whatever is left: a hub that did not stop, a proxy whose hub was killed
+        for pid in [
+            *self._processes(str(self.state_dir / "jupyterhub_config.py")),
+            *self._processes(str(self.root / "proxy" / "node_modules")),
+        ]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        (self.state_dir / "proxy.pid").unlink(missing_ok=True)
+        accounts = read_accounts(self.accounts_file)
+        for name in accounts:
+            found = _user_exists(name)
+            if found is not None and found.pw_gecos.startswith(MARKER):
+                kill_user_processes(found.pw_uid)
+        if remove_accounts:
+            for name in accounts:
+                remove_user(name)
+            self.accounts_file.unlink(missing_ok=True)
+            shutil.rmtree(self.instructor_repo, ignore_errors=True)
+            shutil.rmtree(self.exchange, ignore_errors=True)
+            for path in (self.state_dir / "jupyterhub.sqlite", self.state_dir / "state.json"):
+                path.unlink(missing_ok=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
