@@ -158,7 +158,7 @@ def python_version(python: str) -> tuple[int, int, int]:
     return tuple(int(x) for x in out.split())
 
 
-# soupsieve 2.11+ requires Python >= 3.11.5 (its PyPI metadata); Debian 12's Python is 3.11.2. A bs4 helper
+# soupsieve 3.0.2 and newer require Python >= 3.11.5 (PyPI metadata; 3.0 and 3.0.1 were yanked); Debian 12's Python is 3.11.2. A bs4 helper
 # (nbconvert's HTML export), nothing a notebook imports: the hub environment takes the newest it may have.
 RELAXED_BELOW = {"soupsieve": ((3, 11, 5), "soupsieve==2.10")}
 
@@ -634,7 +634,7 @@ class Hub:
         self.exchange.mkdir(exist_ok=True)
         os.chmod(
             self.exchange, 0o1777
-        )  # nbgrader docs: everyone writes; the sticky bit keeps files their owners'
+        )  # nbgrader docs: everyone writes (ugo+rw); the sticky bit (ours) keeps files their owners'
         build_env(self.root, self.modules, log=self.log)
         proxy = install_proxy(self.root)
         self._accounts()
