@@ -53,7 +53,11 @@ class LocalCluster:
         self.folders.append(folder)
         tmp = Path(folder) / "t"  # the node's temporary folder: its grading courses, removed with it
         tmp.mkdir()
-        env = {**self.env, "TMPDIR": str(tmp)}
+        # RAY_raylet_start_wait_time_s: a setting the raylet reads (its name is in the raylet binary; Ray's
+        # default 30 s). On this loaded 2-core machine the head's raylet died three times in a row with
+        # "Timed out waiting for file .../metrics_agent_port" (raylet.out) while its agents were starting;
+        # with 120 the next start came up (one trial: a precaution, not a measured cure).
+        env = {**self.env, "TMPDIR": str(tmp), "RAY_raylet_start_wait_time_s": "120"}
         args = [str(RAY), "start", "--block", f"--num-cpus={self.cpus}", "--disable-usage-stats",
                 f"--temp-dir={folder}", f"--dashboard-agent-listen-port={free_port()}",
                 f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
@@ -84,7 +88,7 @@ class LocalCluster:
                 self._start(head=index == 0)
                 if self.wait(index + 1):
                     break
-                stop_tree(self.nodes.pop(), grace_s=2)
+                stop_tree(self.nodes.pop(), *self._left(self.folders[-1]), grace_s=2)
                 folder = self.folders.pop()
                 log = (Path(folder) / "start.log").read_text(errors="replace")[-1500:]
                 shutil.rmtree(folder, ignore_errors=True)
@@ -104,13 +108,28 @@ class LocalCluster:
             time.sleep(1)
         return False
 
+    @staticmethod
+    def _left(folder: str) -> list[psutil.Process]:
+        """Processes whose command line names this node's own folder (its GCS, raylet, agents), also those
+        a ``ray start`` that gave up left behind as orphans: never another Ray's."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(folder in arg for arg in proc.info["cmdline"] or ()):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
     def processes(self, index: int) -> list[psutil.Process]:
         """Node `index`'s processes: its ``ray start``, raylet, Ray workers and all they started."""
+        found = {proc.pid: proc for proc in self._left(self.folders[index])}
         try:
             root = psutil.Process(self.nodes[index].pid)
-            return [root, *root.children(recursive=True)]
+            found.update({proc.pid: proc for proc in [root, *root.children(recursive=True)]})
         except psutil.Error:
-            return []
+            pass
+        return list(found.values())
 
     def kill(self, index: int) -> list[int]:
         """Node `index` dies at once (SIGKILL to all its processes), as a machine lost mid-run."""

@@ -10,10 +10,12 @@ kernel; the grades must equal those of the same class graded on this machine wit
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -58,7 +60,7 @@ def rows(path):
 
 class NodeKiller(threading.Thread):
     """Kills node `index` of `cluster` as soon as one of its processes is a grading kernel; notes which
-    student that kernel was grading (its working folder is submitted/<student>/<module>)."""
+    student that kernel was grading."""
 
     def __init__(self, local, index=1):
         super().__init__(daemon=True)
@@ -69,7 +71,9 @@ class NodeKiller(threading.Thread):
             for proc in self.local.processes(self.index):
                 try:
                     if "autograders/kernel.py" in " ".join(proc.cmdline()):
-                        self.student = proc.cwd().split("/submitted/")[-1].split("/")[0]
+                        # nbgrader runs it in autograded/<student>/<module> of the node's scratch course
+                        found = re.search(r"/(?:autograded|submitted)/([^/]+)/", proc.cwd() + "/")
+                        self.student = found[1] if found else proc.cwd()
                         time.sleep(1)  # its cells are running
                         self.killed = self.local.kill(self.index)
                         return
@@ -79,7 +83,8 @@ class NodeKiller(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def local_cluster():
+def local_cluster(tmp_path_factory):
+    """A head and a worker node; meanwhile (it is mostly waiting) the class is graded on this machine."""
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -87,16 +92,20 @@ def local_cluster():
             pytest.fail("Ray is not installed (it comes with flwr[simulation]); grading on a cluster cannot be "
                         "tested")
         pytest.skip("Ray is not installed")
-    with LocalCluster(nodes=2, cpus=1) as local:
-        yield local
+    base = tmp_path_factory.mktemp("cluster")
+    build_class(base / "class")
+    with ThreadPoolExecutor(1) as pool:
+        single = pool.submit(grade.grade, MODULE, base / "class", base / "single", cell_timeout_s=CELL_TIMEOUT_S,
+                             jobs=1)
+        with LocalCluster(nodes=2, cpus=1) as local:
+            local.base, local.single = base, single
+            yield local
 
 
 @pytest.fixture(scope="module")
-def graded(local_cluster, tmp_path_factory):
+def graded(local_cluster):
     """The class graded on this machine (--jobs 1) and on the cluster, whose worker node is killed mid-run."""
-    base = tmp_path_factory.mktemp("cluster")
-    build_class(base / "class")
-    single = grade.grade(MODULE, base / "class", base / "single", cell_timeout_s=CELL_TIMEOUT_S, jobs=1)
+    base, single = local_cluster.base, local_cluster.single.result()
     killer = NodeKiller(local_cluster)
     killer.start()
     try:
