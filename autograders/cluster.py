@@ -35,6 +35,12 @@ with a message naming the node. Tasks find the course through ``PYTHONPATH`` set
 the job's ``runtime_env`` (Ray's ``env_vars``), not by shipping code: the check above is what makes that
 honest.
 
+Sources: Ray's task fault tolerance (https://docs.ray.io/en/latest/ray-core/fault_tolerance/tasks.html:
+application errors come back as RayTaskError and are not retried unless ``retry_exceptions``; a dead worker
+or node is retried up to ``max_retries``), its manual cluster set-up (``ray start --head --port``, ``ray
+start --address``: https://docs.ray.io/en/latest/cluster/vms/user-guides/launching-clusters/on-premises.html);
+both checked against Ray 2.55.1 here (tests/test_grade_cluster.py kills a node mid-run).
+
 Cell limits: on each node the kernel's cell limit stretches as on one machine (`grade.cell_limit`) with
 the students Ray may place there at once (the node's Ray CPUs // `grade.processes`) over its real cores;
 the head prints each node's limit. Other load on a node is not counted (as on one machine).
@@ -133,6 +139,12 @@ def check_nodes(module: str, cell_timeout_s: int, head: dict | None = None) -> d
         raise SystemExit("refusing to grade on this Ray cluster: every node must hold the same checkout of the "
                          "course at the same path, with its environment (autograders/INSTRUCTORS.md, "
                          "'Grading on a cluster'):\n  " + "\n  ".join(lines))
+    if slots(module, facts) == 0:  # Ray would wait forever for a node that can take a student
+        ray.shutdown()
+        raise SystemExit(f"no node of this Ray cluster has the {grade.processes(module)} CPUs one student of "
+                         f"{module} keeps busy (nodes: " + ", ".join(f"{f['address']} {f['cpus']} CPUs"
+                                                            for f in facts.values())
+                         + "); start a node with more CPUs (ray start --num-cpus)")
     return facts
 
 
