@@ -105,9 +105,9 @@ def refusals(head: dict, nodes: dict[str, dict]) -> list[str]:
             lines.append(f"node {name} ({facts['host']}): its course is at {facts['repo']}, the head's at "
                          f"{head['repo']}")
         elif facts["version"] != head["version"]:
-            lines.append(f"node {name} ({facts['host']}): its module source differs from the head's (source "
-                         f"hash {facts['version'][:12]}, head {head['version'][:12]}): another checkout, whose "
-                         "hidden tests or grader may differ")
+            lines.append(f"node {name} ({facts['host']}): its module source differs from the head's "
+                         f"(source hash {facts['version'][:12]}, head {head['version'][:12]}): another "
+                         "checkout, whose hidden tests or grader may differ")
     return lines
 
 
@@ -136,8 +136,8 @@ def check_nodes(module: str, cell_timeout_s: int, head: dict | None = None) -> d
     lines = refusals(head, named)
     if lines:
         ray.shutdown()
-        raise SystemExit("refusing to grade on this Ray cluster: every node must hold the same checkout of the "
-                         "course at the same path, with its environment (autograders/INSTRUCTORS.md, "
+        raise SystemExit("refusing to grade on this Ray cluster: every node must hold the same checkout of "
+                         "the course at the same path, with its environment (autograders/INSTRUCTORS.md, "
                          "'Grading on a cluster'):\n  " + "\n  ".join(lines))
     if slots(module, facts) == 0:  # Ray would wait forever for a node that can take a student
         ray.shutdown()

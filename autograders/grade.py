@@ -686,13 +686,14 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
             grade_one = cluster.planner(run, limits)
         print(sandbox.isolation(), flush=True)
         if ray:
-            print(f"grading {len(found)} submissions on a Ray cluster of {len(nodes)} nodes, {jobs} at a time; "
+            print(f"grading {len(found)} submissions on a Ray cluster of {len(nodes)} nodes, {jobs} at a "
+                  "time; "
                   "cell limits: " + ", ".join(f"{facts['address']} {limits[node][0]} s ({facts['cpus']} CPUs)"
                                               for node, facts in nodes.items()), flush=True)
         else:
             print(f"grading {len(found)} submissions, {jobs} at a time; cell limit {limit} s"
-                  + (f" ({cell_timeout_s} s stretched for {jobs} at a time, {processes(module)} busy processes"
-                     " each, "
+                  + (f" ({cell_timeout_s} s stretched for {jobs} at a time, {processes(module)} busy "
+                     "processes each, "
                      f"on {cores()} cores)" if limit != cell_timeout_s else ""),
                   flush=True)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -740,8 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(old Windows tools), e.g. cp1251 (Cyrillic), cp936 (Chinese), cp1252")
     parser.add_argument("--jobs", type=int, help="students graded at once (default: cores, memory allowing)")
     parser.add_argument("--ray", metavar="ADDRESS",
-                        help="grade on a Ray cluster: its head's HOST:PORT, or auto ($RAY_ADDRESS); every node "
-                             "needs this checkout at this path (autograders/cluster.py)")
+                        help="grade on a Ray cluster: its head's HOST:PORT, or auto ($RAY_ADDRESS); every "
+                             "node needs this checkout at this path (autograders/cluster.py)")
     parser.add_argument("--regrade", action="store_true", help="run every notebook, even unchanged ones")
     parser.add_argument("--accept", action="append", default=[], metavar="STUDENT",
                         help="after looking at a submission held for review, release its score "

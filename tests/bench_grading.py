@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                               jobs=jobs, ray=args.ray)
         took["ours"], cpu["ours"] = time.monotonic() - start, cpu_seconds() - used_cpu
         scores["ours"] = {r.student: r.score for r in results}
-        how = (f"on a local Ray cluster of {args.local_cluster} nodes x {args.cluster_cpus} CPU (sharing this "
-               "machine's cores)" if local else f"on the Ray cluster at {args.ray}" if args.ray
+        how = (f"on a local Ray cluster of {args.local_cluster} nodes x {args.cluster_cpus} CPU (sharing "
+               "this machine's cores)" if local else f"on the Ray cluster at {args.ray}" if args.ray
                else f"{jobs} at a time")
         # on a cluster the CPU seconds of the nodes' processes are not this process's children: not counted
         cpu_note = "" if args.ray else f", CPU {cpu['ours'] / args.students:.1f} s per submission"

@@ -93,8 +93,8 @@ class LocalCluster:
                 log = (Path(folder) / "start.log").read_text(errors="replace")[-1500:]
                 shutil.rmtree(folder, ignore_errors=True)
                 if attempt == ATTEMPTS:
-                    raise RuntimeError(f"Ray node {index} did not start in {ATTEMPTS} attempts; the last said:\n"
-                                       + log)
+                    raise RuntimeError(f"Ray node {index} did not start in {ATTEMPTS} attempts; the last "
+                                       "said:\n" + log)
         return self
 
     def wait(self, count: int) -> bool:

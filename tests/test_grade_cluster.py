@@ -64,7 +64,8 @@ class NodeKiller(threading.Thread):
 
     def __init__(self, local, index=1):
         super().__init__(daemon=True)
-        self.local, self.index, self.student, self.killed, self.done = local, index, None, [], threading.Event()
+        self.local, self.index, self.student, self.killed = local, index, None, []
+        self.done = threading.Event()
 
     def run(self):
         while not self.done.is_set():
@@ -89,14 +90,14 @@ def local_cluster(tmp_path_factory):
         import ray  # noqa: F401
     except ImportError:
         if IN_CI:
-            pytest.fail("Ray is not installed (it comes with flwr[simulation]); grading on a cluster cannot be "
-                        "tested")
+            pytest.fail("Ray is not installed (it comes with flwr[simulation]); grading on a cluster cannot "
+                        "be tested")
         pytest.skip("Ray is not installed")
     base = tmp_path_factory.mktemp("cluster")
     build_class(base / "class")
     with ThreadPoolExecutor(1) as pool:
-        single = pool.submit(grade.grade, MODULE, base / "class", base / "single", cell_timeout_s=CELL_TIMEOUT_S,
-                             jobs=1)
+        single = pool.submit(grade.grade, MODULE, base / "class", base / "single",
+                             cell_timeout_s=CELL_TIMEOUT_S, jobs=1)
         with LocalCluster(nodes=2, cpus=1) as local:
             local.base, local.single = base, single
             yield local
