@@ -3,7 +3,7 @@
 #   make test   set everything up and run the whole test suite
 # Others: make release (regenerate modules/), make bench (time every notebook),
 #         make check NB=modules/00_orientation/00_orientation.ipynb (a learner's self-check),
-#         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip [JOBS=2] [ID_REGEX=...]
+#         make grade MODULE=00_orientation SUBMISSIONS=path/to/folder-or.zip [JOBS=2] [ID_REGEX=...] [RAY=host:port]
 #                    [ZIP_ENCODING=cp1251] [ACCEPT='student1 student2'],
 #         make bench-grading [MODULE=..] [JOBS=..] (grading throughput against plain serial nbgrader),
 #         make binder-box [BOX_ARGS='--user jovyan 00_orientation'] (every notebook in Binder's environment,
@@ -100,7 +100,7 @@ grade: $(STAMP)
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade MODULE=00_orientation SUBMISSIONS=folder-or.zip"; exit 2; }
 	$(BIN)/python -m autograders.grade $(MODULE) "$(SUBMISSIONS)" $(if $(JOBS),--jobs $(JOBS)) \
 	  $(if $(ID_REGEX),--id-regex '$(ID_REGEX)') $(if $(ZIP_ENCODING),--zip-encoding $(ZIP_ENCODING)) \
-	  $(foreach s,$(ACCEPT),--accept $(s))
+	  $(foreach s,$(ACCEPT),--accept $(s)) $(if $(RAY),--ray $(RAY))
 
 # Grades out: a Canvas or Moodle gradebook import from grades.csv (autograders/export.py; INSTRUCTORS.md
 # "Grades into Canvas or Moodle"). GRADES: one grades.csv per module, space-separated; ROSTER: the LMS's export.

@@ -190,8 +190,10 @@ def _write_config(root: Path, cell_timeout_s: int, cell_timeouts: dict[str, floa
         kernel=sandbox.KERNEL_NAME, ipc=str(_ipc_folder(root) / "k")))
 
 
-def prepare_course(root: Path, module: str, cell_timeout_s: int) -> None:
-    """Make `root` an nbgrader course and record the module's tests and checksums in it."""
+def prepare_course(root: Path, module: str, cell_timeout_s: int, gradebook: bytes | None = None) -> None:
+    """Make `root` an nbgrader course and record the module's tests and checksums in it (nbgrader's
+    generate_assignment), or, given `gradebook` (the bytes of a course's gradebook.db that recorded them
+    from this very source: `autograders.cluster` on a node), write that instead."""
     root.mkdir(parents=True, exist_ok=True)
     # what a grading kernel must not see: this course (gradebook, every submission, feedback),
     # the solutions with their hidden tests, the history that holds them, other grading folders
@@ -207,6 +209,9 @@ def prepare_course(root: Path, module: str, cell_timeout_s: int) -> None:
         return [n for n in names if n.endswith(".ipynb") and n != f"{module}.ipynb" or n == ".ipynb_checkpoints"]
 
     shutil.copytree(settings.solution_notebook(module).parent, source, ignore=others)
+    if gradebook is not None:
+        (root / "gradebook.db").write_bytes(gradebook)
+        return
     log = root / "generate.log"
     log.write_text("")
     if _nbgrader(["generate_assignment", module, "--force"], root, log, timeout_s=600) != 0:
@@ -636,8 +641,11 @@ def _describe(result: Result, sub: Submission) -> None:
 def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
           student_timeout_s: float = DEFAULT_STUDENT_TIMEOUT_S, id_regex: str | None = None,
           jobs: int | None = None, regrade: bool = False, zip_encoding: str | None = None,
-          accept: list[str] | tuple = ()) -> list[Result]:
+          accept: list[str] | tuple = (), ray: str | None = None) -> list[Result]:
     """Grade every submission of `module` found in `submissions` into the course folder `out`.
+
+    `ray`: a Ray cluster's address ("HOST:PORT" or "auto"): each student is then graded as a Ray task on
+    some node of it (`autograders.cluster`; `jobs` is ignored: Ray places as many as the nodes' CPUs hold).
 
     One result per student (`collect.collect_submissions`: ids, attempts, copies, cleared outputs);
     `zip_encoding` is the code page of zips whose file names carry no UTF-8 flag.
@@ -654,24 +662,42 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     if not found:
         raise SystemExit(f"no submissions found in {submissions}")
     report.check_accept(accept, [sub.student for sub in found])
-    jobs = max(1, min(jobs or default_jobs(module), len(found)))
+    if ray:
+        from autograders import cluster  # Ray is imported only here
+
+        cluster.connect(ray)
+        nodes = cluster.check_nodes(module, cell_timeout_s)
+        jobs = max(1, min(cluster.slots(module, nodes), len(found)))
+    else:
+        jobs = max(1, min(jobs or default_jobs(module), len(found)))
     # limits stretched for the grader's own load only: the same run on the same machine gets the same
     # limits, so a rerun reports what the first run did (others' load is not the grader's to know)
     limit = cell_limit(cell_timeout_s, module, jobs)
     run = Run(out, module, cell_timeout_s, student_timeout_s, regrade, kernel_cell_timeout_s=limit,
               kernel_cell_timeouts=cell_limits(module, jobs))
+    grade_one = run.grade_one
     results: dict[str, Result] = {}
     try:
-        run.start_workers(jobs, early=sum(run.kept(sub) is None for sub in found))
+        if not ray:
+            run.start_workers(jobs, early=sum(run.kept(sub) is None for sub in found))
         prepare_course(out, module, cell_timeout_s)
+        if ray:
+            limits = cluster.node_limits(module, cell_timeout_s, nodes)
+            grade_one = cluster.planner(run, limits)
         print(sandbox.isolation(), flush=True)
-        print(f"grading {len(found)} submissions, {jobs} at a time; cell limit {limit} s"
-              + (f" ({cell_timeout_s} s stretched for {jobs} at a time, {processes(module)} busy processes"
-                 " each, "
-                 f"on {cores()} cores)" if limit != cell_timeout_s else ""),
-              flush=True)
+        if ray:
+            print(f"grading {len(found)} submissions on a Ray cluster of {len(nodes)} nodes, {jobs} at a "
+                  "time; "
+                  "cell limits: " + ", ".join(f"{facts['address']} {limits[node][0]} s ({facts['cpus']} CPUs)"
+                                              for node, facts in nodes.items()), flush=True)
+        else:
+            print(f"grading {len(found)} submissions, {jobs} at a time; cell limit {limit} s"
+                  + (f" ({cell_timeout_s} s stretched for {jobs} at a time, {processes(module)} busy "
+                     "processes each, "
+                     f"on {cores()} cores)" if limit != cell_timeout_s else ""),
+                  flush=True)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run.grade_one, sub): sub for sub in found}
+            futures = {pool.submit(grade_one, sub): sub for sub in found}
             for future in as_completed(futures):
                 sub = futures[future]
                 r = results[sub.student] = future.result()
@@ -684,6 +710,10 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
         generate_feedback(out, module, ordered)
     finally:
         run.stop_workers()
+        if ray:
+            import ray as ray_module
+
+            ray_module.shutdown()
         shutil.rmtree(_ipc_folder(out), ignore_errors=True)
         shutil.rmtree(out / "work", ignore_errors=True)
     notebooks = {sub.student: _sha256(sub.notebook.read_bytes()) for sub in found if sub.notebook}
@@ -710,6 +740,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zip-encoding", help="code page of zip file names without the UTF-8 flag "
                         "(old Windows tools), e.g. cp1251 (Cyrillic), cp936 (Chinese), cp1252")
     parser.add_argument("--jobs", type=int, help="students graded at once (default: cores, memory allowing)")
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="grade on a Ray cluster: its head's HOST:PORT, or auto ($RAY_ADDRESS); every "
+                             "node needs this checkout at this path (autograders/cluster.py)")
     parser.add_argument("--regrade", action="store_true", help="run every notebook, even unchanged ones")
     parser.add_argument("--accept", action="append", default=[], metavar="STUDENT",
                         help="after looking at a submission held for review, release its score "
@@ -718,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or settings.REPO / "grading" / args.module
     start = time.monotonic()
     results = grade(args.module, args.submissions, out, args.cell_timeout, args.student_timeout,
-                    args.id_regex, args.jobs, args.regrade, args.zip_encoding, args.accept)
+                    args.id_regex, args.jobs, args.regrade, args.zip_encoding, args.accept, args.ray)
     elapsed = time.monotonic() - start
     print()
     print(report.summary_table(results))

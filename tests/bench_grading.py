@@ -1,6 +1,7 @@
 """Grading throughput: the course's grader against plain serial nbgrader, on the same submissions.
 
     python -m tests.bench_grading [MODULE] [--students N] [--jobs J] [--cores C] [--no-baseline]
+                                  [--ray ADDRESS | --local-cluster NODES]
     (or: make bench-grading [MODULE=...])
 
 Builds N honest submissions of MODULE (the reference answers in its student release), then grades
@@ -18,6 +19,13 @@ and all it started), and the ratio of the two throughputs (ours over plain), wit
 average: on a shared machine the times are inflated and the ratio moves with the other load; the CPU
 seconds do not. It fails when the two disagree on a score. ``--students 1 --jobs 1 --no-baseline`` gives
 one submission's grading time on one core, module by module.
+
+On a Ray cluster (`autograders.cluster`): ``--ray ADDRESS`` grades "ours" there instead (the cluster's
+nodes, whatever they are; ``--jobs`` and ``--cores`` then do not apply to them); ``--local-cluster NODES``
+first starts that many nodes on this machine with Ray's own ``ray start`` (tests/ray_cluster.py), each
+given ``--cluster-cpus`` Ray CPUs (default 1), times the grading only (not the nodes' start), and stops
+them. Nodes on one machine share its cores: that measures the cluster machinery, not more hardware.
+Every line also gives submissions per minute.
 """
 
 from __future__ import annotations
@@ -95,11 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=2, help="cores to run on (default 2)")
     parser.add_argument("--cell-timeout", type=int, default=60)
     parser.add_argument("--no-baseline", action="store_true", help="skip plain nbgrader")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--ray", metavar="ADDRESS", help="grade on this Ray cluster (HOST:PORT or auto)")
+    where.add_argument("--local-cluster", type=int, metavar="NODES",
+                       help="start NODES Ray nodes on this machine and grade on them")
+    parser.add_argument("--cluster-cpus", type=int, default=1, help="Ray CPUs per local node (default 1)")
     args = parser.parse_args(argv)
     used = pin(args.cores)
     jobs = args.jobs or grade.default_jobs(args.module, n_cores=len(used))
     base = Path(tempfile.mkdtemp(prefix="bench-grading-"))
     tag = f"BENCH {args.module}, {args.students} submissions, {len(used)} cores"
+    local = None
+    if args.local_cluster:
+        from tests.ray_cluster import LocalCluster
+
+        local = LocalCluster(nodes=args.local_cluster, cpus=args.cluster_cpus).start()
+        args.ray = local.address
     try:
         names = build(base / "in", args.module, args.students)
         took, cpu, scores = {}, {}, {}
@@ -114,12 +133,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         start, used_cpu = time.monotonic(), cpu_seconds()
         results = grade.grade(args.module, base / "in", base / "ours", cell_timeout_s=args.cell_timeout,
-                              jobs=jobs)
+                              jobs=jobs, ray=args.ray)
         took["ours"], cpu["ours"] = time.monotonic() - start, cpu_seconds() - used_cpu
         scores["ours"] = {r.student: r.score for r in results}
-        print(f"{tag}: the course's grader, {jobs} at a time, walls on: {took['ours']:.0f} s, "
-              f"{took['ours'] / args.students:.1f} s per submission, CPU {cpu['ours'] / args.students:.1f} s "
-              f"per submission (load average {os.getloadavg()[0]:.1f})", flush=True)
+        how = (f"on a local Ray cluster of {args.local_cluster} nodes x {args.cluster_cpus} CPU (sharing "
+               "this machine's cores)" if local else f"on the Ray cluster at {args.ray}" if args.ray
+               else f"{jobs} at a time")
+        # on a cluster the CPU seconds of the nodes' processes are not this process's children: not counted
+        cpu_note = "" if args.ray else f", CPU {cpu['ours'] / args.students:.1f} s per submission"
+        print(f"{tag}: the course's grader, {how}, walls on: {took['ours']:.0f} s, "
+              f"{took['ours'] / args.students:.1f} s per submission, "
+              f"{60 * args.students / took['ours']:.1f} submissions per minute{cpu_note} "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         if "plain" in took:
             print(f"{tag}: throughput ratio ours/plain = {took['plain'] / took['ours']:.2f}x "
                   f"(target 1.8x at --jobs 2 on 2 cores); CPU per submission ours/plain = "
@@ -129,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        if local:
+            local.stop()
     return 0
 
 

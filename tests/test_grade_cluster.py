@@ -1,0 +1,224 @@
+"""Grading on a Ray cluster (`autograders.cluster`, ``--ray``): the same grades as on one machine, one
+gradebook, and a node lost mid-run costs only a retry.
+
+A local cluster of a head and a worker node (1 Ray CPU each), started with Ray's own ``ray start``
+(tests/ray_cluster.py), grades a small class of 00_orientation while the worker node is killed (its
+``ray start``, raylet, Ray workers, grading worker and kernel: SIGKILL) as soon as it runs a student's
+kernel; the grades must equal those of the same class graded on this machine with ``--jobs 1``.
+"""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from autograders import cluster, grade
+from tests import answers
+from tests.notebooks import reference_answers, source, submission, load, solution_path
+from tests.ray_cluster import LocalCluster
+
+MODULE = "00_orientation"
+CELL_TIMEOUT_S = 60
+IN_CI = os.environ.get("CI") == "true"
+
+
+def wrong(cell):
+    """The first recorded wrong answer to exercise `cell` (tests/answers/00_orientation.py)."""
+    reference = next(source(c) for c in load(solution_path(MODULE))["cells"] if c["id"] == cell)
+    return next(a for a in answers.records(MODULE) if a.kind == "wrong" and a.cell == cell).code(reference)
+
+
+def build_class(folder):
+    """Five students: full marks, two recorded mistakes, one exercise done, a blank copy, a broken file."""
+    folder.mkdir()
+    ok = reference_answers(MODULE)
+    notebooks = {
+        "ace": submission(MODULE, ok),
+        "mistaken": submission(MODULE, {**ok, "median_time": wrong("median_time"),
+                                        "model_size": wrong("model_size")}),
+        "partial": submission(MODULE, {"median_time": None}),
+        "blank": submission(MODULE),
+    }
+    for student, nb in notebooks.items():
+        (folder / f"{student}.ipynb").write_text(json.dumps(nb))
+    (folder / "broken.ipynb").write_text('{"cells": [ not json')
+
+
+def rows(path):
+    """grades.csv without the columns that name folders or times: student -> row."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["student"]: row for row in csv.DictReader(f)}
+
+
+class NodeKiller(threading.Thread):
+    """Kills node `index` of `cluster` as soon as one of its processes is a grading kernel; notes which
+    student that kernel was grading."""
+
+    def __init__(self, local, index=1):
+        super().__init__(daemon=True)
+        self.local, self.index, self.student, self.killed = local, index, None, []
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            for proc in self.local.processes(self.index):
+                try:
+                    if "autograders/kernel.py" in " ".join(proc.cmdline()):
+                        # nbgrader runs it in autograded/<student>/<module> of the node's scratch course
+                        found = re.search(r"/(?:autograded|submitted)/([^/]+)/", proc.cwd() + "/")
+                        self.student = found[1] if found else proc.cwd()
+                        time.sleep(1)  # its cells are running
+                        self.killed = self.local.kill(self.index)
+                        return
+                except psutil.Error:
+                    continue
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    """A head and a worker node; meanwhile (it is mostly waiting) the class is graded on this machine."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if IN_CI:
+            pytest.fail("Ray is not installed (it comes with flwr[simulation]); grading on a cluster cannot "
+                        "be tested")
+        pytest.skip("Ray is not installed")
+    base = tmp_path_factory.mktemp("cluster")
+    build_class(base / "class")
+    with ThreadPoolExecutor(1) as pool:
+        single = pool.submit(grade.grade, MODULE, base / "class", base / "single",
+                             cell_timeout_s=CELL_TIMEOUT_S, jobs=1)
+        with LocalCluster(nodes=2, cpus=1) as local:
+            local.base, local.single = base, single
+            yield local
+
+
+@pytest.fixture(scope="module")
+def graded(local_cluster):
+    """The class graded on this machine (--jobs 1) and on the cluster, whose worker node is killed mid-run."""
+    base, single = local_cluster.base, local_cluster.single.result()
+    killer = NodeKiller(local_cluster)
+    killer.start()
+    try:
+        on_cluster = grade.grade(MODULE, base / "class", base / "cluster", cell_timeout_s=CELL_TIMEOUT_S,
+                                 ray=local_cluster.address)
+    finally:
+        killer.done.set()
+        killer.join()
+    return base, single, on_cluster, killer
+
+
+def test_a_node_with_another_checkout_is_refused_by_name(local_cluster):
+    cluster.connect(local_cluster.address)
+    try:
+        here = cluster.node_facts(MODULE, CELL_TIMEOUT_S)
+        nodes = cluster.check_nodes(MODULE, CELL_TIMEOUT_S)  # the same checkout everywhere: accepted
+        assert len(nodes) == 2 and {f["version"] for f in nodes.values()} == {here["version"]}
+        with pytest.raises(SystemExit) as refused:
+            cluster.check_nodes(MODULE, CELL_TIMEOUT_S, head={**here, "version": "0" * 64})
+    finally:
+        import ray
+
+        ray.shutdown()
+    message = str(refused.value)
+    assert "refusing to grade" in message and message.count("its module source differs") == 2
+    assert all(node[:12] in message for node in nodes)
+
+
+def test_cluster_grades_equal_single_machine_grades_though_a_node_died(graded):
+    base, single, on_cluster, killer = graded
+    assert killer.killed and killer.student in {"ace", "mistaken", "partial", "blank"}, \
+        "the worker node never ran a kernel: the loss of a node mid-run was not tested"
+    expected, got = rows(base / "single" / "grades.csv"), rows(base / "cluster" / "grades.csv")
+    assert sorted(got) == sorted(expected) == ["ace", "blank", "broken", "mistaken", "partial"]
+    for student, row in expected.items():
+        assert got[student] == row, student
+    assert [r.student for r in on_cluster] == [r.student for r in single]  # each once, in the same order
+    scores = {student: float(row["score"]) for student, row in got.items()}
+    assert scores["ace"] == 6 and scores["blank"] == scores["broken"] == 0 and 0 < scores["mistaken"] < 6
+    assert (base / "cluster" / "exercises.csv").read_text() == (base / "single" / "exercises.csv").read_text()
+
+
+def test_one_gradebook_holds_every_grade_with_its_pages(graded):
+    base, _, on_cluster, _ = graded
+    out = base / "cluster"
+    for r in on_cluster:
+        feedback = out / "feedback" / r.student / MODULE / f"{MODULE}.html"
+        assert feedback.exists() and r.feedback == feedback
+        if r.status != "graded":
+            continue
+        score, max_score, cells, _ = grade._scores(out, MODULE, r.student)  # merged into the head's gradebook
+        assert (score, max_score, cells) == (r.score, r.max_score, r.cells)
+        assert (out / "autograded" / r.student / MODULE / f"{MODULE}.ipynb").exists()
+        assert (out / "logs" / f"{r.student}.log").read_text()
+        assert str(out) in r.feedback.as_posix()
+
+
+def test_the_lost_node_left_no_process(graded, local_cluster):
+    assert local_cluster.processes(1) == [] or all(
+        p.status() == psutil.STATUS_ZOMBIE for p in local_cluster.processes(1))
+
+
+def test_grading_again_on_the_cluster_keeps_every_grade(graded, local_cluster):
+    base, _, on_cluster, _ = graded
+    again = grade.grade(MODULE, base / "class", base / "cluster", cell_timeout_s=CELL_TIMEOUT_S,
+                        ray=local_cluster.address)
+    assert all(r.reused for r in again)
+    assert [(r.student, r.score) for r in again] == [(r.student, r.score) for r in on_cluster]
+
+
+# ---------------------------------------------------------------- unit tests, no cluster
+
+def test_one_machine_never_imports_ray():
+    code = "import sys, autograders.grade; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_refusals_name_each_node_that_differs():
+    head = {"repo": "/srv/course", "version": "a" * 64, "host": "head", "cores": 8}
+    nodes = {"10.0.0.2 (node id n2)": dict(head, host="n2"),
+             "10.0.0.3 (node id n3)": dict(head, host="n3", version="b" * 64),
+             "10.0.0.4 (node id n4)": dict(head, host="n4", repo="/home/me/course"),
+             "10.0.0.5 (node id n5)": {"error": "ModuleNotFoundError: No module named 'autograders'"}}
+    lines = cluster.refusals(head, nodes)
+    assert len(lines) == 3
+    assert lines[0].startswith("node 10.0.0.3") and "bbbbbbbbbbbb" in lines[0]
+    assert lines[1].startswith("node 10.0.0.4") and "/home/me/course" in lines[1]
+    assert lines[2].startswith("node 10.0.0.5") and "No module named" in lines[2]
+    assert cluster.refusals(head, {"10.0.0.2": dict(head)}) == []
+
+
+def test_a_tasks_answer_unpacks_only_its_own_parts(tmp_path):
+    course = tmp_path / "node"
+    (course / "autograded" / "ann" / MODULE).mkdir(parents=True)
+    (course / "autograded" / "ann" / MODULE / f"{MODULE}.ipynb").write_text("{}")
+    (course / "autograded" / "bob" / MODULE).mkdir(parents=True)  # another student: not sent
+    (course / "logs").mkdir()
+    (course / "logs" / "ann.log").write_text("log")
+    (course / "gradebook.db").write_bytes(b"db")
+    cluster.unpack(cluster.pack(course, "ann", MODULE), tmp_path / "head")
+    sent = sorted(p.relative_to(tmp_path / "head").as_posix() for p in (tmp_path / "head").rglob("*")
+                  if p.is_file())
+    assert sent == [f"autograded/ann/{MODULE}/{MODULE}.ipynb", "gradebook.db", "logs/ann.log"]
+
+    import io
+    import tarfile
+
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        info = tarfile.TarInfo("feedback/../../escaped.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ValueError, match="unexpected member"):
+        cluster.unpack(evil.getvalue(), tmp_path / "head2")
+    assert not (tmp_path / "escaped.txt").exists()
