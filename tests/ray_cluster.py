@@ -9,7 +9,7 @@ Each node is one ``ray start --block`` process (the head with ``--head``, the ot
 temporary folder of its own (`course.processes.short_temp_dir`: Ray's socket paths must stay under 107 bytes)
 and ports of its own, so several nodes share one machine, as in Ray's own multi-node tests on one host. They
 are stopped as the process trees this object started (`course.processes.stop_tree`), never with ``ray stop``,
-which would stop every Ray on the machine (another test's, another user's).
+which would stop every Ray on the machine (another test's; run as root, another user's too).
 """
 
 from __future__ import annotations
