@@ -11,6 +11,9 @@
 #         make gpu-check [NB="00_orientation 03_profiling"] [PROFILE=t4] [JOBS=4] (every notebook on the GPU:
 #                        time, peak GPU memory, declared CPU runs, heavy cells with no CUDA work, errors;
 #                        PROFILE=t4 predicts Colab's T4),
+#         make hub [LEARNERS=30] [MODULES="00_orientation 01_edge"] [HUB_ROOT=/srv/sysml-hub] [HUB_PORT=8000]
+#                  [HUB_PREFIX=sysml-] [HUB_ARGS='--ssl-key k.pem --ssl-cert c.pem'] (a JupyterHub for a lab: root;
+#                  autograders/INSTRUCTORS.md section 10), make hub-down [HUB_ARGS=--remove-accounts],
 #         make colab-check [COLAB_ARGS='--only 02_snn --python /path/to/python3.13'] (every notebook's install
 #                    cell, setup and first exercise in a Colab-like environment: Colab's 2026-08 runtime, Python 3.13, torch 2.11, IPython 7.34,
 #                    no course; COLAB_ARGS='--runtime py312-torch2.14' for the older one; not in make test)
@@ -32,7 +35,7 @@ LAB_ROOT ?= $(CURDIR)
 # Jupyter and nbgrader find tools (alembic, jupyter-*) on PATH: put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: lab test release bench bench-grading binder-box gpu-check colab-check check grade constraints
+.PHONY: lab test release bench bench-grading binder-box gpu-check colab-check check grade constraints hub hub-down
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"Python 3.11 or newer is needed (flwr 1.42); {sys.executable} is {v.major}.{v.minor}. Try: make PYTHON=python3.11 ...")'
@@ -102,3 +105,17 @@ grade: $(STAMP)
 constraints: $(STAMP)
 	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
+
+# A lab hub on this machine (root): JupyterHub, an instructor and LEARNERS learner accounts, nbgrader's exchange.
+# Runs with the system's Python (stdlib only): it builds the learners' own environment under HUB_ROOT.
+HUB_ROOT ?= /srv/sysml-hub
+LEARNERS ?= 30
+HUB_PREFIX ?= sysml-
+HUB_PORT ?= 8000
+HUB_PY ?= python3
+hub:
+	$(HUB_PY) -m autograders.hub up --root "$(HUB_ROOT)" --learners $(LEARNERS) --prefix "$(HUB_PREFIX)" \
+	  --port $(HUB_PORT) $(if $(MODULES),--modules $(MODULES)) $(HUB_ARGS)
+
+hub-down:
+	$(HUB_PY) -m autograders.hub down --root "$(HUB_ROOT)" --prefix "$(HUB_PREFIX)" $(HUB_ARGS)

@@ -1,6 +1,7 @@
 """A JupyterHub for an instructor-led lab on this machine (`make hub`): course infrastructure.
 
-    python -m autograders.hub up [--root /srv/sysml-hub] [--learners 30] [--prefix sysml-] [--modules 00_orientation]
+    python -m autograders.hub up [--root /srv/sysml-hub] [--learners 30] [--prefix sysml-]
+                                 [--modules 00_orientation ...]
                                  [--port 8000] [--ssl-key KEY --ssl-cert CERT]
     python -m autograders.hub status|down [--remove-accounts]
 
@@ -11,7 +12,8 @@ Run as root (it makes Unix accounts and starts servers as them). What it builds 
   the repository's own venv lives under /root/.pyenv, which only root can enter), holding the course as a
   built wheel (never the repository: it holds solutions/ and hidden tests), JupyterHub, JupyterLab,
   nbgrader and the modules' extras, pinned by constraints.txt (`build_env`);
-- ``proxy/``: JupyterHub's proxy, configurable-http-proxy, from package-lock.json beside this file (``npm ci``);
+- ``proxy/``: JupyterHub's proxy, configurable-http-proxy, from package-lock.json beside this file
+  (``npm ci``);
 - ``accounts.csv`` (mode 600, root): the instructor and the learners, one generated password each, set with
   chpasswd; JupyterHub logs them in with PAM (PAMAuthenticator, its default) and starts each server as that
   Unix user (LocalProcessSpawner), so Unix permissions keep learners out of each other's homes;
@@ -43,7 +45,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -53,20 +54,32 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_ROOT = Path("/srv/sysml-hub")
 DEFAULT_PREFIX = "sysml-"
-COURSE_ID = "sysml"        # autograders.settings.COURSE_ID (not imported: settings needs nbgrader's stack)
-COURSE_FOLDER = "sysml"    # the instructor's course folder, in their home
-MARKER = "sysml-hub"       # the GECOS field of every account this module makes: only those are ever removed
+COURSE_ID = "sysml"  # autograders.settings.COURSE_ID (not imported: settings needs nbgrader's stack)
+COURSE_FOLDER = "sysml"  # the instructor's course folder, in their home
+MARKER = "sysml-hub"  # the GECOS field of every account this module makes: only those are ever removed
 PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3.12", "/usr/bin/python3.13", "/usr/bin/python3")
-# Pinned JupyterHub and the packages of a learner's server; the rest comes from constraints.txt and the modules'
-# extras. jupyterhub 6.1.1: the newest release (PyPI, 2026-10) when this was written.
-HUB_PACKAGES = ["jupyterhub==6.1.1", "jupyterlab==4.6.6", "nbgrader==0.9.6", "ipykernel==7.2.0", "notebook==7.6.5"]
+# Pinned JupyterHub and the packages of a learner's server; the rest comes from constraints.txt and the
+# modules' extras. jupyterhub 6.1.1: the newest release (PyPI, 2026-10) when this was written.
+HUB_PACKAGES = [
+    "jupyterhub==6.1.1",
+    "jupyterlab==4.6.6",
+    "nbgrader==0.9.6",
+    "ipykernel==7.2.0",
+    "notebook==7.6.5",
+]
 # nbgrader's extensions (nbgrader docs, "Installation: disabling extensions", 0.9): off for everyone in the
 # environment, on again in the instructor's own config. Learners keep assignment_list and validate.
-INSTRUCTOR_SERVER_EXTENSIONS = ["nbgrader.server_extensions.formgrader", "nbgrader.server_extensions.course_list"]
-INSTRUCTOR_LAB_EXTENSIONS = ["@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:course-list",
-                             "@jupyter/nbgrader:create-assignment"]
+INSTRUCTOR_SERVER_EXTENSIONS = [
+    "nbgrader.server_extensions.formgrader",
+    "nbgrader.server_extensions.course_list",
+]
+INSTRUCTOR_LAB_EXTENSIONS = [
+    "@jupyter/nbgrader:formgrader",
+    "@jupyter/nbgrader:course-list",
+    "@jupyter/nbgrader:create-assignment",
+]
 HUB_START_TIMEOUT_S = 120
-SERVER_START_TIMEOUT_S = 180   # a learner's server imports JupyterLab and nbgrader; slow on a busy machine
+SERVER_START_TIMEOUT_S = 180  # a learner's server imports JupyterLab and nbgrader; slow on a busy machine
 
 
 class HubError(RuntimeError):
@@ -105,26 +118,43 @@ def blocking_directory(path: Path, user: str = "nobody") -> Path | None:
 def base_python() -> str:
     """A Python 3.11+ that every user may execute (checked as `nobody`), for the learners' environment.
 
-    Raises HubError naming the folder that blocks it when none is found (the repository's own venv is made from
-    /root/.pyenv's, which only root can enter).
+    Raises HubError naming the folder that blocks it when none is found (the repository's own venv is made
+    from /root/.pyenv's, which only root can enter).
     """
     tried = []
     for candidate in PYTHON_CANDIDATES:
         if not os.path.exists(candidate):
             continue
-        check = _run(["runuser", "-u", "nobody", "--", candidate, "-c",
-                      "import sys, venv; assert sys.version_info >= (3, 11)"], check=False, capture_output=True)
+        check = _run(
+            [
+                "runuser",
+                "-u",
+                "nobody",
+                "--",
+                candidate,
+                "-c",
+                "import sys, venv; assert sys.version_info >= (3, 11)",
+            ],
+            check=False,
+            capture_output=True,
+        )
         if check.returncode == 0:
             return candidate
         blocked = blocking_directory(Path(candidate).parent)
-        tried.append(f"{candidate} ({'blocked by ' + str(blocked) if blocked else 'older than 3.11 or no venv'})")
-    raise HubError("no Python 3.11+ that every user may run (the hub's learners run as their own Unix users); "
-                   f"tried: {', '.join(tried) or ', '.join(PYTHON_CANDIDATES)}. Install one, e.g. "
-                   "apt-get install python3.11 python3.11-venv")
+        tried.append(
+            f"{candidate} ({'blocked by ' + str(blocked) if blocked else 'older than 3.11 or no venv'})"
+        )
+    raise HubError(
+        "no Python 3.11+ that every user may run (the hub's learners run as their own Unix users); "
+        f"tried: {', '.join(tried) or ', '.join(PYTHON_CANDIDATES)}. Install one, e.g. "
+        "apt-get install python3.11 python3.11-venv"
+    )
 
 
 def python_version(python: str) -> tuple[int, int, int]:
-    out = _run([python, "-c", "import sys; print(*sys.version_info[:3])"], capture_output=True, text=True).stdout
+    out = _run(
+        [python, "-c", "import sys; print(*sys.version_info[:3])"], capture_output=True, text=True
+    ).stdout
     return tuple(int(x) for x in out.split())
 
 
@@ -134,7 +164,8 @@ RELAXED_BELOW = {"soupsieve": ((3, 11, 5), "soupsieve==2.10")}
 
 
 def hub_constraints(version: tuple[int, int, int], target: Path) -> Path:
-    """constraints.txt for the hub environment: the repository's pins, less those the base Python cannot install."""
+    """constraints.txt for the hub environment: the repository's pins, less those the base Python (`version`)
+    cannot install (`RELAXED_BELOW`), written to `target`."""
     lines = []
     for line in (REPO / "constraints.txt").read_text().splitlines():
         name = line.split("==")[0].strip().lower()
@@ -155,7 +186,8 @@ def all_modules() -> list[str]:
 
 
 def build_env(root: Path, modules: list[str], log=print) -> Path:
-    """Make (or bring up to date) the learners' environment in `root`/env; its python. Seconds in env/.build-s.
+    """Make (or bring up to date) the learners' environment in `root`/env; its python (seconds taken: in
+    env/.build-s). Raises HubError where no Python every user may run exists, or torch is not the CPU build.
 
     Dependencies are installed once per set of pins and extras (a stamp); the course wheel is rebuilt and
     reinstalled (without dependencies) whenever course/ or autograders/ changed.
@@ -165,7 +197,9 @@ def build_env(root: Path, modules: list[str], log=print) -> Path:
     started = time.monotonic()
     base = base_python()
     version = python_version(base)
-    want = _sha(REPO / "constraints.txt", REPO / "pyproject.toml", extra=" ".join(HUB_PACKAGES + sorted(modules)))
+    want = _sha(
+        REPO / "constraints.txt", REPO / "pyproject.toml", extra=" ".join(HUB_PACKAGES + sorted(modules))
+    )
     stamp = env / ".deps-installed"
     if not (python.exists() and stamp.exists() and stamp.read_text() == want):
         log(f"building the hub environment in {env} from {base} (Python {'.'.join(map(str, version))})")
@@ -181,22 +215,30 @@ def build_env(root: Path, modules: list[str], log=print) -> Path:
         _run([python, "-m", "pip", "install", "--quiet", "-c", constraints, *HUB_PACKAGES, spec])
         stamp.write_text(want)
     wheel = _course_wheel(root, python)
-    installed = env / ".course-wheel"
-    if not installed.exists() or installed.read_text() != wheel.name + _sha(wheel):
-        _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", wheel])
-        installed.write_text(wheel.name + _sha(wheel))
-    torch = _run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True).stdout
+    configured = env / ".configured"
+    done = want + wheel.name + _sha(wheel, Path(__file__))
+    if configured.exists() and configured.read_text() == done:
+        return python
+    _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", wheel])
+    torch = _run(
+        [python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    ).stdout
     if "+cpu" not in torch:
-        raise HubError(f"the hub environment's torch is {torch.strip()}, not the CPU build: remove {env} and "
-                       "make the CPU wheel findable (pip's find-links, or TORCH_INDEX as for make lab)")
+        raise HubError(
+            f"the hub environment's torch is {torch.strip()}, not the CPU build: remove {env} and "
+            "make the CPU wheel findable (pip's find-links, or TORCH_INDEX as for make lab)"
+        )
     _configure_env(root, env)
+    configured.write_text(done)
     seconds = time.monotonic() - started
     (env / ".build-s").write_text(f"{seconds:.0f}\n")
+    log(f"hub environment ready in {seconds:.0f} s")
     return python
 
 
 def _course_wheel(root: Path, python: Path) -> Path:
-    """Build the course's wheel (course and autograders packages only: pyproject.toml lists them) into root/wheels."""
+    """Build the course's wheel (course and autograders packages only: pyproject.toml lists them) into
+    root/wheels, once per content."""
     out = root / "wheels"
     digest = hashlib.sha256()
     for folder in ("course", "autograders"):
@@ -211,9 +253,24 @@ def _course_wheel(root: Path, python: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     build = root / "wheel-build"
     shutil.rmtree(build, ignore_errors=True)
-    shutil.copytree(REPO, build, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "node_modules", "grading", "build", "*.egg-info", "__pycache__", "solutions", "modules",
-        "tests", ".binder-box", "test-artifacts"))
+    shutil.copytree(
+        REPO,
+        build,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "node_modules",
+            "grading",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            "solutions",
+            "modules",
+            "tests",
+            ".binder-box",
+            "test-artifacts",
+        ),
+    )
     _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", target, build])
     shutil.rmtree(build, ignore_errors=True)
     return sorted(target.glob("*.whl"))[0]
@@ -228,35 +285,71 @@ def _configure_env(root: Path, env: Path) -> None:
         "# Written by autograders/hub: every account's nbgrader finds this course's exchange.\n"
         "c = get_config()  # noqa: F821\n"
         f"c.CourseDirectory.course_id = {COURSE_ID!r}\n"
-        f"c.Exchange.root = {str(root / 'exchange')!r}\n")
-    jupyter = env / "bin" / "jupyter"
-    python = env / "bin" / "python"
-    _run([python, "-m", "autograders.validate", "--sys-prefix"], capture_output=True)
-    for extension in INSTRUCTOR_SERVER_EXTENSIONS:
-        _run([jupyter, "server", "extension", "disable", "--sys-prefix", extension], capture_output=True)
-    for extension in INSTRUCTOR_LAB_EXTENSIONS:
-        _run([jupyter, "labextension", "disable", "--level=sys_prefix", extension], capture_output=True)
-    overrides = REPO / "binder" / "overrides.json"   # as make lab: no "get Jupyter news?" pop-up
+        f"c.Exchange.root = {str(root / 'exchange')!r}\n"
+    )
+    _run(
+        [
+            env / "bin" / "python",
+            "-c",
+            TOGGLE.format(
+                on=False, user=False, server=INSTRUCTOR_SERVER_EXTENSIONS, lab=INSTRUCTOR_LAB_EXTENSIONS
+            )
+            + "\nimport autograders.validate as v; v.install()",
+        ],
+        capture_output=True,
+    )
+    overrides = REPO / "binder" / "overrides.json"  # as make lab: no "get Jupyter news?" pop-up
     if overrides.exists():
         settings = env / "share" / "jupyter" / "lab" / "settings"
         settings.mkdir(parents=True, exist_ok=True)
         shutil.copy(overrides, settings / "overrides.json")
-    for path in [env, *env.rglob("*")]:   # readable by everyone, writable by root only
+    for path in [env, *env.rglob("*")]:  # readable by everyone, writable by root only
         if not path.is_symlink():
             mode = path.stat().st_mode
             path.chmod((mode | stat.S_IRGRP | stat.S_IROTH | (0o011 if mode & 0o100 else 0)) & ~0o022)
 
 
+# Switch nbgrader's instructor extensions on or off in one Jupyter config: the environment's (sys.prefix) or
+# the user's (~/.jupyter, which JupyterLab and Jupyter Server read after the environment's, so it wins). As
+# `jupyter server extension enable --user` and `jupyter labextension enable --level=user` do, written
+# directly: the former's check fails for an instructor whose nbgrader_config imports the course.
+TOGGLE = """
+import json, os, sys
+from pathlib import Path
+from jupyter_server.extension.serverextension import toggle_server_extension_python
+for name in {server!r}:
+    toggle_server_extension_python(name, {on!r}, user={user!r}, sys_prefix=not {user!r})
+folder = (Path.home() / ".jupyter" if {user!r} else Path(sys.prefix) / "etc" / "jupyter") / "labconfig"
+folder.mkdir(parents=True, exist_ok=True)
+path = folder / "page_config.json"
+page = json.loads(path.read_text()) if path.exists() else {{}}
+page.setdefault("disabledExtensions", {{}}).update({{name: not {on!r} for name in {lab!r}}})
+for name in {lab!r}:
+    page.get("lockedExtensions", {{}}).pop(name, None)
+path.write_text(json.dumps(page, indent=2))
+"""
+
+
 def install_proxy(root: Path) -> Path:
-    """configurable-http-proxy, as pinned in package-lock.json beside this file, in root/proxy; its command."""
+    """configurable-http-proxy, as pinned in package-lock.json beside this file, in root/proxy; its command.
+    Raises HubError without npm."""
     proxy = root / "proxy"
     command = proxy / "node_modules" / ".bin" / "configurable-http-proxy"
     stamp = proxy / ".installed"
     want = _sha(HERE / "package-lock.json")
     if command.exists() and stamp.exists() and stamp.read_text() == want:
         return command
-    if not shutil.which("npm"):
-        raise HubError("npm is needed for JupyterHub's proxy (configurable-http-proxy): apt-get install nodejs npm")
+    if not shutil.which("npm") or not shutil.which("node"):
+        raise HubError(
+            "node and npm are needed for JupyterHub's proxy (configurable-http-proxy): "
+            "apt-get install nodejs npm"
+        )
+    # configurable-http-proxy 5.3.0 loads commander 15, an ES module, with require(): Node 20.19 or newer
+    # (package-lock.json; commander's engines field asks for 22.12, but 20.19+ loads it, as tests/test_hub.py
+    # shows on Node 20.20)
+    version = _run(["node", "--version"], capture_output=True, text=True).stdout.strip().lstrip("v")
+    if tuple(int(x) for x in version.split(".")[:2]) < (20, 19):
+        raise HubError(f"node {version} is too old for configurable-http-proxy 5.3.0 (needs 20.19 or newer)")
     proxy.mkdir(parents=True, exist_ok=True)
     for name in ("package.json", "package-lock.json"):
         shutil.copy(HERE / name, proxy / name)
@@ -266,6 +359,7 @@ def install_proxy(root: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- accounts
+
 
 def _user_exists(name: str) -> pwd.struct_passwd | None:
     try:
@@ -279,12 +373,24 @@ def ensure_user(name: str, role: str) -> pwd.struct_passwd:
     account this module did not make: it never takes over, nor later removes, anyone else's."""
     found = _user_exists(name)
     if found is None:
-        _run(["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", "--comment", f"{MARKER} {role}",
-              name])
+        _run(
+            [
+                "useradd",
+                "--create-home",
+                "--user-group",
+                "--shell",
+                "/bin/bash",
+                "--comment",
+                f"{MARKER} {role}",
+                name,
+            ]
+        )
         found = pwd.getpwnam(name)
     elif not found.pw_gecos.startswith(MARKER):
-        raise HubError(f"user {name} exists and was not made by the hub (GECOS {found.pw_gecos!r}): choose another "
-                       "--prefix")
+        raise HubError(
+            f"user {name} exists and was not made by the hub (GECOS {found.pw_gecos!r}): choose another "
+            "--prefix"
+        )
     os.chmod(found.pw_dir, 0o700)
     return found
 
@@ -367,8 +473,8 @@ c.JupyterHub.cleanup_proxy = True
 """
 
 INSTRUCTOR_CONFIG = """\
-# Written by autograders/hub: the instructor's nbgrader, configured as `make grade` configures a grading folder
-# (autograders.settings.configure), with the walled grading kernel of autograders/sandbox.py.
+# Written by autograders/hub: the instructor's nbgrader, configured as `make grade` configures a grading
+# folder (autograders.settings.configure), with the walled grading kernel of autograders/sandbox.py.
 import os
 import sys
 
@@ -398,7 +504,8 @@ print("isolation:", sandbox.isolation())
 from traitlets.config import Config
 from nbgrader.apps import NbGraderAPI
 config = Config()
-exec(compile(open(course / "nbgrader_config.py").read(), "nbgrader_config.py", "exec"), {{"get_config": lambda: config}})
+code = compile(open(course / "nbgrader_config.py").read(), "nbgrader_config.py", "exec")
+exec(code, {{"get_config": lambda: config}})
 api = NbGraderAPI(config=config)
 for module in {modules!r}:
     source = course / "source" / module
@@ -425,14 +532,23 @@ print("released:", ", ".join({modules!r}))
 class Hub:
     """A lab hub under `root` (see the module docstring): `up`, `down`, the accounts and the URL.
 
-    `learners` accounts ``<prefix>learner01``... and one ``<prefix>instructor``; `modules` the module ids whose
-    extras are installed and whose assignments are released; `port` 0 picks a free port (kept while running).
-    Root only. Use as a context manager to bring it down (accounts kept) on leaving.
+    `learners` accounts ``<prefix>learner01``... and one ``<prefix>instructor``; `modules` the module ids
+    whose extras are installed and whose assignments are released (empty: all); `port` 0 picks a free port
+    (kept while running). Root only; `up` raises HubError with the reason where the hub cannot run.
+    Use as a context manager to bring it down (accounts kept) on leaving.
     """
 
-    def __init__(self, root: Path, learners: int = 2, prefix: str = DEFAULT_PREFIX,
-                 modules=("00_orientation",), port: int = 0, ssl_key: str | None = None,
-                 ssl_cert: str | None = None, log=print):
+    def __init__(
+        self,
+        root: Path,
+        learners: int = 2,
+        prefix: str = DEFAULT_PREFIX,
+        modules=("00_orientation",),
+        port: int = 0,
+        ssl_key: str | None = None,
+        ssl_cert: str | None = None,
+        log=print,
+    ):
         self.root = Path(root).resolve()
         self.n_learners = learners
         self.prefix = prefix
@@ -472,14 +588,23 @@ class Hub:
         path = self.state_dir / "state.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def _processes(self, needle: str) -> list[int]:
+        """Ids of the processes whose command line holds `needle` (read from /proc)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                if needle.encode() in cmdline:
+                    found.append(int(entry))
+        return found
+
     def pid(self) -> int | None:
-        """JupyterHub's process id while it runs, else None."""
-        pid = self._state().get("pid")
-        if pid and Path(f"/proc/{pid}").exists():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"jupyterhub" in cmdline:
-                return pid
-        return None
+        """JupyterHub's process id while it runs (the one started with this hub's config file), else None."""
+        found = self._processes(str(self.state_dir / "jupyterhub_config.py"))
+        return min(found) if found else None
 
     def admin_token(self) -> str:
         return (self.state_dir / "admin-token").read_text().strip()
@@ -499,16 +624,22 @@ class Hub:
         os.chmod(self.root, 0o755)
         blocked = blocking_directory(self.root)
         if blocked:
-            raise HubError(f"learners cannot reach {self.root}: {blocked} is closed to other users; choose another "
-                           "--root (e.g. /srv/sysml-hub)")
+            raise HubError(
+                f"learners cannot reach {self.root}: {blocked} is closed to other users; choose another "
+                "--root (e.g. /srv/sysml-hub)"
+            )
         self.state_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         self.exchange.mkdir(exist_ok=True)
-        os.chmod(self.exchange, 0o1777)   # nbgrader docs: everyone writes; the sticky bit keeps files their owners'
+        os.chmod(
+            self.exchange, 0o1777
+        )  # nbgrader docs: everyone writes; the sticky bit keeps files their owners'
         build_env(self.root, self.modules, log=self.log)
         proxy = install_proxy(self.root)
         self._accounts()
         self._instructor()
+        if self.pid() is not None and not (self.state_dir / "state.json").exists():
+            self.down()  # a hub whose port is no longer known: start it afresh
         if self.pid() is None:
             self._start(proxy)
         self._wait()
@@ -523,18 +654,25 @@ class Hub:
             if name not in known:
                 known[name] = (role, secrets.token_urlsafe(12))
                 fresh.append(name)
-        write_accounts(self.accounts_file, known)   # before chpasswd: a password set is a password written down
+        write_accounts(
+            self.accounts_file, known
+        )  # before chpasswd: a password set is a password written down
         if fresh:
             lines = "".join(f"{name}:{known[name][1]}\n" for name in fresh)
             _run(["chpasswd"], input=lines, text=True)
 
     def _as(self, user: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-        """Run `argv` as `user` (runuser, a login-like environment: HOME, USER, PATH of the hub environment)."""
+        """Run `argv` as `user` (runuser; HOME, USER and the hub environment first on PATH)."""
         home = self.home(user)
-        env = {"HOME": str(home), "USER": user, "LOGNAME": user, "LANG": "C.UTF-8",
-               "PATH": f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin"}
+        env = {
+            "HOME": str(home),
+            "USER": user,
+            "LOGNAME": user,
+            "LANG": "C.UTF-8",
+            "PATH": f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        }
         kwargs.setdefault("cwd", home)
-        runuser = shutil.which("runuser") or "/usr/sbin/runuser"   # found on root's PATH, not the user's
+        runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # found on root's PATH, not the user's
         return _run([runuser, "-u", user, "--", *argv], env=env, **kwargs)
 
     def _instructor(self) -> None:
@@ -544,32 +682,57 @@ class Hub:
         repo.mkdir(mode=0o700, exist_ok=True)
         for folder in ("autograders", "course", "solutions"):
             shutil.rmtree(repo / folder, ignore_errors=True)
-            shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns(
-                "__pycache__", "node_modules", ".ipynb_checkpoints", "*.pyc"))
+            shutil.copytree(
+                REPO / folder,
+                repo / folder,
+                ignore=shutil.ignore_patterns("__pycache__", "node_modules", ".ipynb_checkpoints", "*.pyc"),
+            )
         shutil.copy(REPO / "pyproject.toml", repo / "pyproject.toml")
         _run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", repo])
         os.chmod(repo, 0o700)
         home = Path(user.pw_dir)
         course = home / COURSE_FOLDER
         ipc = Path("/tmp") / f"sysml-hub-ipc-{user.pw_uid}" / "k"
-        config = INSTRUCTOR_CONFIG.format(repo=str(repo), course=str(course), source=str(course / "source"),
-                                          course_id=COURSE_ID, exchange=str(self.exchange),
-                                          kernel="course-grading", ipc=str(ipc))
+        config = INSTRUCTOR_CONFIG.format(
+            repo=str(repo),
+            course=str(course),
+            source=str(course / "source"),
+            course_id=COURSE_ID,
+            exchange=str(self.exchange),
+            kernel="course-grading",
+            ipc=str(ipc),
+        )
         self._as(self.instructor, ["mkdir", "-p", course, home / ".jupyter"])
         for target in (course / "nbgrader_config.py", home / ".jupyter" / "nbgrader_config.py"):
             self._as(self.instructor, ["tee", target], input=config, text=True, stdout=subprocess.DEVNULL)
         self._as(self.instructor, ["chmod", "700", course])
-        jupyter = self.env / "bin" / "jupyter"
-        for extension in INSTRUCTOR_SERVER_EXTENSIONS:
-            self._as(self.instructor, [jupyter, "server", "extension", "enable", "--user", extension],
-                     capture_output=True)
-        for extension in INSTRUCTOR_LAB_EXTENSIONS:
-            self._as(self.instructor, [jupyter, "labextension", "enable", "--level=user", extension],
-                     capture_output=True)
-        script = INSTRUCTOR_SETUP.format(repo=str(repo), course=str(course), exchange=str(self.exchange),
-                                         course_id=COURSE_ID, modules=self.modules, learners=self.learners)
-        done = self._as(self.instructor, [self.env / "bin" / "python", "-c", script], cwd=course,
-                        capture_output=True, text=True, check=False)
+        self._as(
+            self.instructor,
+            [
+                self.env / "bin" / "python",
+                "-c",
+                TOGGLE.format(
+                    on=True, user=True, server=INSTRUCTOR_SERVER_EXTENSIONS, lab=INSTRUCTOR_LAB_EXTENSIONS
+                ),
+            ],
+            capture_output=True,
+        )
+        script = INSTRUCTOR_SETUP.format(
+            repo=str(repo),
+            course=str(course),
+            exchange=str(self.exchange),
+            course_id=COURSE_ID,
+            modules=self.modules,
+            learners=self.learners,
+        )
+        done = self._as(
+            self.instructor,
+            [self.env / "bin" / "python", "-c", script],
+            cwd=course,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             raise HubError(f"setting up the instructor's course failed:\n{done.stdout}\n{done.stderr}")
         self.log(done.stdout.strip())
@@ -589,21 +752,36 @@ class Hub:
             ssl = f"c.JupyterHub.ssl_key = {self.ssl_key!r}\nc.JupyterHub.ssl_cert = {self.ssl_cert!r}"
         scheme = "https" if ssl else "http"
         config = CONFIG_TEMPLATE.format(
-            bind_url=f"{scheme}://{'0.0.0.0' if ssl else '127.0.0.1'}:{port}/", hub_port=_free_port(),
-            db_url=f"sqlite:///{state / 'jupyterhub.sqlite'}", cookie=str(state / "jupyterhub_cookie_secret"),
-            pid=str(state / "jupyterhub.pid"), proxy=str(proxy), proxy_api_port=_free_port(),
-            proxy_pid=str(state / "proxy.pid"), proxy_token=(state / "proxy-token").read_text().strip(), ssl=ssl,
-            users={self.instructor, *self.learners} | set(self.accounts), singleuser=str(self.env / "bin" /
-                                                                                         "jupyterhub-singleuser"),
-            path=f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin", start_timeout=SERVER_START_TIMEOUT_S,
-            admin_token=self.admin_token())
+            bind_url=f"{scheme}://{'0.0.0.0' if ssl else '127.0.0.1'}:{port}/",
+            hub_port=_free_port(),
+            db_url=f"sqlite:///{state / 'jupyterhub.sqlite'}",
+            cookie=str(state / "jupyterhub_cookie_secret"),
+            pid=str(state / "jupyterhub.pid"),
+            proxy=str(proxy),
+            proxy_api_port=_free_port(),
+            proxy_pid=str(state / "proxy.pid"),
+            proxy_token=(state / "proxy-token").read_text().strip(),
+            ssl=ssl,
+            users={self.instructor, *self.learners} | set(self.accounts),
+            singleuser=str(self.env / "bin" / "jupyterhub-singleuser"),
+            path=f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            start_timeout=SERVER_START_TIMEOUT_S,
+            admin_token=self.admin_token(),
+        )
         (state / "jupyterhub_config.py").write_text(config)
         os.chmod(state / "jupyterhub_config.py", 0o600)
         env = {"PATH": f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
         with open(state / "jupyterhub.log", "ab") as out:
-            process = subprocess.Popen([str(self.env / "bin" / "jupyterhub"), "-f", str(state / "jupyterhub_config.py")],
-                                       cwd=state, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                [str(self.env / "bin" / "jupyterhub"), "-f", str(state / "jupyterhub_config.py")],
+                cwd=state,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self._process = process
         (state / "state.json").write_text(json.dumps({"pid": process.pid, "port": port, "ssl": bool(ssl)}))
         self.log(f"JupyterHub starting (pid {process.pid}) at {scheme}://127.0.0.1:{port}/")
 
@@ -611,7 +789,12 @@ class Hub:
         deadline = time.monotonic() + HUB_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.pid() is None:
-                raise HubError(f"JupyterHub exited; see {self.state_dir / 'jupyterhub.log'}:\n{self._log_tail()}")
+                process = getattr(self, "_process", None)
+                code = process.poll() if process else None
+                raise HubError(
+                    f"JupyterHub exited (status {code}); see {self.state_dir / 'jupyterhub.log'}:\n"
+                    f"{self._log_tail()}"
+                )
             try:
                 self.api("GET", "")
                 return
@@ -625,29 +808,39 @@ class Hub:
 
     # ------------------------------------------------------------------ use
     def api(self, method: str, path: str, body: dict | None = None, token: str | None = None):
-        """Call JupyterHub's REST API (``/hub/api/<path>``) with the admin service's token; the JSON answer."""
-        request = urllib.request.Request(f"{self.url}hub/api/{path.lstrip('/')}", method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Authorization": f"token {token or self.admin_token()}"})
+        """Call JupyterHub's REST API (``/hub/api/<path>``) with the admin service's token (or `token`);
+        the JSON answer. Raises urllib.error.HTTPError for an error status."""
+        request = urllib.request.Request(
+            f"{self.url}hub/api/{path.lstrip('/')}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {token or self.admin_token()}"},
+        )
         with urllib.request.urlopen(request, timeout=30) as answer:
             text = answer.read()
         return json.loads(text) if text else None
 
-    def start_server(self, user: str, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
-        """Start `user`'s single-user server (as an admin would) and wait until it is ready."""
-        try:
-            self.api("POST", f"users/{user}/server")
-        except urllib.error.HTTPError as error:
-            if error.code != 400:   # 400: already running
-                raise
+    def start_server(self, *users: str, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
+        """Start these users' single-user servers at once (as an admin would) and wait until all are ready."""
+        for user in users:
+            try:
+                self.api("POST", f"users/{user}/server")
+            except urllib.error.HTTPError as error:
+                if error.code != 400:  # 400: already running
+                    raise
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            model = self.api("GET", f"users/{user}")
-            server = (model.get("servers") or {}).get("", {})
-            if server.get("ready"):
-                return
-            time.sleep(1)
-        raise HubError(f"{user}'s server did not start in {timeout_s:.0f} s:\n{self._log_tail()}")
+        waiting = list(users)
+        while waiting and time.monotonic() < deadline:
+            for user in list(waiting):
+                server = (self.api("GET", f"users/{user}").get("servers") or {}).get("", {})
+                if server.get("ready"):
+                    waiting.remove(user)
+            if waiting:
+                time.sleep(1)
+        if waiting:
+            raise HubError(
+                f"the servers of {', '.join(waiting)} did not start in {timeout_s:.0f} s:\n{self._log_tail()}"
+            )
 
     def token(self, user: str) -> str:
         """A fresh API token of `user` (for their server's REST API)."""
@@ -658,8 +851,13 @@ class Hub:
         if self.pid() is None:
             return {"running": False, "root": str(self.root)}
         users = self.api("GET", "users")
-        return {"running": True, "url": self.url, "root": str(self.root), "pid": self.pid(),
-                "servers_running": sorted(u["name"] for u in users if u.get("servers"))}
+        return {
+            "running": True,
+            "url": self.url,
+            "root": str(self.root),
+            "pid": self.pid(),
+            "servers_running": sorted(u["name"] for u in users if u.get("servers")),
+        }
 
     def memory(self) -> dict[str, float]:
         """Proportional set size (MiB) of the hub with its proxy, and of each account's processes (psutil).
@@ -689,24 +887,23 @@ class Hub:
 
     # ------------------------------------------------------------------ bring down
     def down(self, remove_accounts: bool = False) -> None:
-        """Stop JupyterHub (it stops the servers and the proxy), then anything left of the accounts' processes;
+        """Stop JupyterHub (it stops the servers and the proxy), then what is left of the accounts' processes;
         with `remove_accounts`, remove the accounts (and homes) this hub made, and accounts.csv."""
-        pid = self.pid()
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while self.pid() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if self.pid():
-                os.killpg(pid, signal.SIGKILL)
-        for name in ("proxy.pid",):
-            path = self.state_dir / name
-            if path.exists():
-                try:
-                    os.kill(int(path.read_text().strip()), signal.SIGTERM)
-                except (ValueError, OSError):
-                    pass
-                path.unlink(missing_ok=True)
+        for pid in self._processes(str(self.state_dir / "jupyterhub_config.py")):
+            os.kill(pid, signal.SIGTERM)  # JupyterHub stops the servers and its proxy
+        deadline = time.monotonic() + 30
+        while self.pid() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # whatever is left: a hub that did not stop, a proxy whose hub was killed
+        for pid in [
+            *self._processes(str(self.state_dir / "jupyterhub_config.py")),
+            *self._processes(str(self.root / "proxy" / "node_modules")),
+        ]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        (self.state_dir / "proxy.pid").unlink(missing_ok=True)
         accounts = read_accounts(self.accounts_file)
         for name in accounts:
             found = _user_exists(name)

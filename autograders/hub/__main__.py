@@ -12,26 +12,41 @@ from autograders.hub import DEFAULT_PREFIX, DEFAULT_ROOT, Hub, HubError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autograders.hub",
-                                     description="A JupyterHub for a lab on this machine (root).")
+    parser = argparse.ArgumentParser(
+        prog="python -m autograders.hub", description="A JupyterHub for a lab on this machine (root)."
+    )
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("HUB_ROOT") or DEFAULT_ROOT))
     parser.add_argument("--learners", type=int, default=30)
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="account names: PREFIXinstructor, PREFIXlearner01..")
+    parser.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help="account names: PREFIXinstructor, PREFIXlearner01.."
+    )
     parser.add_argument("--modules", nargs="*", default=None, help="module ids (default: all)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--ssl-key", help="with --ssl-cert: serve HTTPS on every interface")
     parser.add_argument("--ssl-cert")
-    parser.add_argument("--remove-accounts", action="store_true",
-                        help="down: also remove the accounts the hub made (and their homes), never anyone else's")
+    parser.add_argument(
+        "--remove-accounts",
+        action="store_true",
+        help="down: also remove the accounts the hub made (and their homes), never anyone else's",
+    )
     args = parser.parse_args(argv)
-    hub = Hub(args.root, learners=args.learners, prefix=args.prefix, modules=args.modules or (),
-              port=args.port, ssl_key=args.ssl_key, ssl_cert=args.ssl_cert)
+    hub = Hub(
+        args.root,
+        learners=args.learners,
+        prefix=args.prefix,
+        modules=args.modules or (),
+        port=args.port,
+        ssl_key=args.ssl_key,
+        ssl_cert=args.ssl_cert,
+    )
     try:
         if args.command == "up":
             hub.up()
-            print(f"hub running at {hub.url}  (instructor: {hub.instructor}; {len(hub.learners)} learners; "
-                  f"passwords in {hub.accounts_file}, root only)")
+            print(
+                f"hub running at {hub.url}  (instructor: {hub.instructor}; {len(hub.learners)} learners; "
+                f"passwords in {hub.accounts_file}, root only)"
+            )
         elif args.command == "down":
             hub.down(remove_accounts=args.remove_accounts)
             print("hub stopped" + (" and its accounts removed" if args.remove_accounts else ""))
