@@ -37,6 +37,17 @@ def _get(lab, user: str, path: str, token: str) -> tuple[int, str]:
         return error.code, ""
 
 
+def _post(lab, user: str, path: str, token: str) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"{lab.url}user/{user}/{path}", method="POST", data=b"", headers={"Authorization": f"token {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
 # ---------------------------------------------------------------- fast, no hub
 
 
@@ -156,7 +167,7 @@ def test_a_learners_kernel_runs_as_them_and_cannot_read_secrets(hub):
 
 @pytest.mark.slow
 def test_submissions_are_walled_and_autograded_in_the_grading_kernel(hub):
-    """A learner fetches and submits with nbgrader; the instructor collects and autogrades as in a terminal.
+    """A learner fetches and submits with nbgrader; the instructor collects and autogrades with formgrader.
 
     The notebook answers nothing and probes: a cell prints whether the gradebook, the solutions and
     the exchange's inbound can be seen from the kernel that grades it. In the instructor's own kernel all
@@ -196,13 +207,13 @@ def test_submissions_are_walled_and_autograded_in_the_grading_kernel(hub):
     assert listing.returncode != 0 and "Permission denied" in listing.stderr
     assert run_as(hub, hub.instructor, ["ls", str(inbound)]).stdout.count(f"{b}+{MODULE}+") == 1
 
+    # as formgrader's Collect and Autograde buttons do: its API, in the instructor's own server
     course = hub.course
-    done = run_as(hub, hub.instructor, ["nbgrader", "collect", MODULE], cwd=course)
-    assert done.returncode == 0, done.stderr
-    done = run_as(
-        hub, hub.instructor, ["nbgrader", "autograde", MODULE, "--student", b], cwd=course, timeout=600
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    hub.start_server(hub.instructor)
+    token = hub.token(hub.instructor)
+    for path in (f"assignment/{MODULE}/collect", f"submission/{MODULE}/{b}/autograde"):
+        status, body = _post(hub, hub.instructor, f"formgrader/api/{path}", token)
+        assert status == 200 and json.loads(body)["success"], body[-2000:]
     graded = json.loads((course / "autograded" / b / MODULE / f"{MODULE}.ipynb").read_text())
     printed = "".join(
         "".join(o.get("text", "")) for c in graded["cells"] if c.get("id") == "probe" for o in c["outputs"]

@@ -618,6 +618,7 @@ class Hub:
 
     def up(self) -> Hub:
         """Build what is missing and start JupyterHub; returns when it answers. Idempotent."""
+        self._process = None
         if os.geteuid() != 0:
             raise HubError("the hub makes Unix accounts and starts servers as them: run as root")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -786,15 +787,16 @@ class Hub:
         self.log(f"JupyterHub starting (pid {process.pid}) at {scheme}://127.0.0.1:{port}/")
 
     def _wait(self) -> None:
+        """Until the hub answers; raises HubError with the log's tail where it exits or stays silent."""
         deadline = time.monotonic() + HUB_START_TIMEOUT_S
+        log = self.state_dir / "jupyterhub.log"
         while time.monotonic() < deadline:
-            if self.pid() is None:
-                process = getattr(self, "_process", None)
-                code = process.poll() if process else None
-                raise HubError(
-                    f"JupyterHub exited (status {code}); see {self.state_dir / 'jupyterhub.log'}:\n"
-                    f"{self._log_tail()}"
-                )
+            process = getattr(self, "_process", None)
+            if process is not None and process.poll() is not None:
+                status = process.returncode
+                raise HubError(f"JupyterHub exited (status {status}); see {log}:\n{self._log_tail()}")
+            if process is None and self.pid() is None:
+                raise HubError(f"JupyterHub stopped; see {log}:\n{self._log_tail()}")
             try:
                 self.api("GET", "")
                 return
