@@ -40,7 +40,11 @@ pytestmark = pytest.mark.slow
 ARTIFACTS = REPO / "test-artifacts" / "hub"
 MODULE = "00_orientation"
 NOTEBOOK = f"{MODULE}/{MODULE}.ipynb"  # where nbgrader's fetch puts it, in the learner's home
-TYPED = "model_size"  # the exercise answered by typing into the editor (a short one)
+TYPED = "model_size"  # the exercise answered by typing into the editor (a short one), as a learner writes it:
+TYPED_ANSWER = (
+    "def model_size_bytes(model):\n"
+    "    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}  # a shared tensor once\n"
+    "    return sum(t.numel() * t.element_size() for t in tensors.values())\n")
 TIMINGS: dict[str, float] = {}
 
 
@@ -126,14 +130,14 @@ def test_1_learner_fetches_answers_validates_and_submits(hub, people):  # noqa: 
 
     # the last one typed into the editor; Validate saves the notebook, then runs it as grading would
     hp.open_notebook(a.page, a.base, NOTEBOOK)
-    hp.replace_cell_text(a.page, ids.index(TYPED), reference[TYPED])
+    hp.replace_cell_text(a.page, ids.index(TYPED), TYPED_ANSWER)
     a.shot("04_answer_typed")
     result = hp.validate_in_toolbar(a.page)
     a.shot("05_validated")
     assert "Success! Your notebook passes all the tests." in result, result
     hp.close_dialog(a.page)
     saved = hp.read_notebook(a.page, a.base, NOTEBOOK)
-    assert source(saved["cells"][ids.index(TYPED)]).strip() == reference[TYPED].strip()  # the typed answer
+    assert source(saved["cells"][ids.index(TYPED)]).strip() == TYPED_ANSWER.strip()  # what was typed
 
     hp.open_assignments(a.page)
     hp.submit(a.page, MODULE)
