@@ -227,16 +227,13 @@ def replace_cell_text(page, index: int, text: str) -> None:
 
 
 def validate_in_toolbar(page) -> str:
-    """Click the notebook toolbar's Validate (which saves first); return the text of its results dialog.
-
-    Raises AssertionError when the dialog says the notebook failed or the command errored.
-    """
+    """Click the notebook toolbar's Validate (which saves first); return the text of its results dialog,
+    once it shows a verdict ("Success! Your notebook passes all the tests.", the failed cells or an error)."""
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-NotebookPanel-toolbar .validate-button").click()
     dialog = page.locator(".jp-Dialog", has_text="Validation Results")
     dialog.wait_for(timeout=LONG)
     dialog.locator(".validation-success, .validation-failed, pre").first.wait_for(timeout=LONG)
-    text = dialog.inner_text()
-    return text
+    return dialog.inner_text()
 
 
 def close_dialog(page) -> None:
