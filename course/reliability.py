@@ -108,8 +108,9 @@ def simulate_waste(interval: float, checkpoint_cost: float, mtbf: float, restart
     work = 2000 * mtbf if work is None else work
     if work / interval > MAX_SIMULATED_INTERVALS:
         raise ValueError(
-            f"simulating {work / interval:.3g} checkpoint intervals (work {work:.3g} s / interval {interval:.3g} s) "
-            f"would take hours; the limit is {MAX_SIMULATED_INTERVALS:.0e}. Is the MTBF ({mtbf / 3600:.4g} h) "
+            f"simulating {work / interval:.3g} checkpoint intervals (work {work:.3g} s / interval "
+            f"{interval:.3g} s) would take hours; the limit is {MAX_SIMULATED_INTERVALS:.0e}. Is the MTBF "
+            f"({mtbf / 3600:.4g} h) "
             "right? A job that stops when any device fails has a shorter MTBF than one device.")
     rng = np.random.default_rng(seed)
     done, wall = 0.0, 0.0

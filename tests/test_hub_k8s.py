@@ -1,8 +1,8 @@
 """The lab hub described for Kubernetes (autograders/hub/k8s/), checked as far as a machine without helm, a
 container engine or a cluster allows: the values files parse, pass yamllint and use only keys and types of
-Zero to JupyterHub's values schema (the part these files use, recorded in z2jh-values-schema-4.4.0.json, with its source); the image
-installs exactly Binder's pins and the JupyterHub of the chart's hub; the instructor's and learners' servers
-get the nbgrader views meant for them. `helm template` and `docker build` are NOT run here.
+Zero to JupyterHub's values schema (the part these files use, recorded in z2jh-values-schema-4.4.0.json, with
+its source); the image installs exactly Binder's pins and the JupyterHub of the chart's hub; the instructor's
+and learners' servers get the nbgrader views meant for them. `helm template` and `docker build` are NOT run here.
 """
 
 from __future__ import annotations

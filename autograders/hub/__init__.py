@@ -158,7 +158,8 @@ def python_version(python: str) -> tuple[int, int, int]:
     return tuple(int(x) for x in out.split())
 
 
-# soupsieve 3.0.2 and newer require Python >= 3.11.5 (PyPI metadata; 3.0 and 3.0.1 were yanked); Debian 12's Python is 3.11.2. A bs4 helper
+# soupsieve 3.0.2 and newer require Python >= 3.11.5 (PyPI metadata; 3.0 and 3.0.1 were yanked); Debian 12's
+# Python is 3.11.2. A bs4 helper
 # (nbconvert's HTML export), nothing a notebook imports: the hub environment takes the newest it may have.
 RELAXED_BELOW = {"soupsieve": ((3, 11, 5), "soupsieve==2.10")}
 
