@@ -11,6 +11,9 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -74,6 +77,31 @@ def test_a_root_closed_to_learners_is_refused_by_name(tmp_path):
     with pytest.raises(HubError, match=re.escape(str(closed))):
         Hub(tmp_path / "hub").up()
     assert not (tmp_path / "hub" / "env").exists()
+
+
+def test_the_fixture_refuses_a_prefix_held_by_a_live_hub_of_another_root(tmp_path):
+    """Two test runs at once: the second refuses before it makes or removes anything (tests/hub_fixture.py)."""
+    if os.geteuid() != 0:
+        pytest.skip("hubs run as root only")
+    other = tmp_path / "other"
+    (other / "hub").mkdir(parents=True)
+    write_accounts(other / "accounts.csv", {"zqx-instructor": ("instructor", "pw")})
+    fake = tmp_path / "bin" / "jupyterhub"  # a process that looks like that hub's JupyterHub in /proc
+    fake.parent.mkdir()
+    fake.write_text("import time\ntime.sleep(120)\n")
+    process = subprocess.Popen([sys.executable, fake, "-f", other / "hub" / "jupyterhub_config.py"])
+    try:
+        deadline = time.monotonic() + 20
+        while other.resolve() not in hub_fixture.live_hubs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hub_fixture.live_hubs()[other.resolve()] == process.pid
+        assert "zqx-instructor" in (hub_fixture.conflict(tmp_path / "mine", "zqx-") or "")
+        assert hub_fixture.conflict(tmp_path / "mine", "zqy-") is None  # another prefix: no clash
+        assert "already running" in (hub_fixture.conflict(other, "zqy-") or "")  # its own root, live
+    finally:
+        process.kill()
+        process.wait()
+    assert other.resolve() not in hub_fixture.live_hubs()
 
 
 # ---------------------------------------------------------------- the hub
@@ -169,19 +197,40 @@ def test_a_learners_kernel_runs_as_them_and_cannot_read_secrets(hub):
 def test_submissions_are_walled_and_autograded_in_the_grading_kernel(hub):
     """A learner fetches and submits with nbgrader; the instructor collects and autogrades with formgrader.
 
-    The notebook answers nothing and probes: a cell prints whether the gradebook, the solutions and
-    the exchange's inbound can be seen from the kernel that grades it. In the instructor's own kernel all
-    three can (the instructor reads them), so only the walled grading kernel prints False. The notebook keeps
-    only its test cells besides the probe (nbgrader grades what is there; the lesson's cells would cost
-    minutes of CI): every test fails, and the score must be 0 of the module's points.
+    The notebook answers nothing and probes: a cell prints whether the gradebook, the solutions and the
+    exchange's inbound can be seen from the kernel that grades it, and two controls beside them. First, as
+    the instructor outside any kernel, all three are asserted to exist and be readable: a False in the
+    kernel is then the wall, not a wrong path. Which wall: the solutions (instructor-repo/solutions) and the
+    inbound (<root>/exchange) are hidden only by the kernel spec's hide list, which the controls show:
+    instructor-repo's course/ and the root's wheels/, their siblings, are visible in the same kernel. This
+    needs a root outside /tmp (tests/hub_fixture.py: the kernel's /tmp is always private, which would hide
+    the exchange whatever the hide list says). The gradebook lies in the instructor's home, which the
+    kernel's private home already covers: it is hidden twice, and its probe cannot tell the two apart, so
+    the kernel spec's argv is checked to hide the course folder too. The notebook keeps only its test cells
+    besides the probe (nbgrader grades what is there; the lesson's cells would cost minutes of CI): every
+    test fails, and the score must be 0 of the module's points.
     """
     a, b = hub.learners
     gradebook = hub.course / "gradebook.db"
     inbound = hub.exchange / "sysml" / "inbound"
     solution = hub.instructor_repo / "solutions" / MODULE / f"{MODULE}.ipynb"
+    beside_solutions = hub.instructor_repo / "course"  # kept visible in the kernel (the course's code)
+    beside_exchange = hub.root / "wheels"  # nothing hides it
+    # the controls outside the kernel: the instructor reads all of them (the probe's paths are right)
+    for path, test in ((gradebook, "-r"), (solution, "-r"), (inbound, "-x"), (beside_solutions, "-x")):
+        done = run_as(hub, hub.instructor, ["test", "-e", path, "-a", test, path, "-a", "-r", path])
+        assert done.returncode == 0, f"the instructor cannot read {path}: the probe would prove nothing"
+    assert beside_exchange.is_dir() and beside_exchange.stat().st_mode & 0o005 == 0o005
+    # the grading kernel's spec hides the course folder (gradebook, other submissions), solutions, exchange
+    spec = json.loads((hub.home(hub.instructor) / ".local/share/jupyter/kernels/course-grading/kernel.json")
+                      .read_text())
+    hidden = {Path(spec["argv"][i + 1]).resolve() for i, arg in enumerate(spec["argv"]) if arg == "--hide"}
+    walled = {hub.course, hub.instructor_repo / "solutions", hub.exchange}
+    assert {path.resolve() for path in walled} <= hidden, spec["argv"]
     probe = (
         f"import os\nprint('PROBE', os.path.exists({str(gradebook)!r}), "
-        f"os.path.exists({str(solution)!r}), os.access({str(inbound)!r}, os.R_OK))"
+        f"os.path.exists({str(solution)!r}), os.access({str(inbound)!r}, os.R_OK), "
+        f"os.path.isdir({str(beside_solutions)!r}), os.path.isdir({str(beside_exchange)!r}))"
     )
     release = submission(MODULE)
     tests = {c["id"] for c in grade_cells(release)}
@@ -218,7 +267,11 @@ def test_submissions_are_walled_and_autograded_in_the_grading_kernel(hub):
     printed = "".join(
         "".join(o.get("text", "")) for c in graded["cells"] if c.get("id") == "probe" for o in c["outputs"]
     )
-    assert printed.strip() == "PROBE False False False", printed
+    assert printed.strip().endswith("True True"), (
+        f"{printed}: the controls beside the hidden paths are out of the grading kernel's sight too; a hub "
+        f"root under /tmp or a home ({hub.root}) is private in the kernel whatever its hide list: use one "
+        "outside")
+    assert printed.strip() == "PROBE False False False True True", printed
     with sqlite3.connect(gradebook) as db:
         (score,) = db.execute(
             "SELECT SUM(g.auto_score) FROM grade g JOIN submitted_notebook n ON g.notebook_id = n.id "
