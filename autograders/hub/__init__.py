@@ -287,6 +287,8 @@ def _configure_env(root: Path, env: Path) -> None:
         "c = get_config()  # noqa: F821\n"
         f"c.CourseDirectory.course_id = {COURSE_ID!r}\n"
         f"c.Exchange.root = {str(root / 'exchange')!r}\n"
+        "# a notebook missing from the submission (renamed, say) is refused at submit, not found at grading\n"
+        "c.ExchangeSubmit.strict = True\n"
     )
     _run(
         [
@@ -486,6 +488,8 @@ c = get_config()  # noqa: F821
 configure(c, root={course!r}, release_directory="release", source_directory={source!r})
 c.CourseDirectory.course_id = {course_id!r}
 c.Exchange.root = {exchange!r}
+# collect only entries of the student they name, skip oversized or broken ones (autograders/hub/exchange.py)
+c.ExchangeFactory.collect = "autograders.hub.exchange.HubCollect"
 c.Execute.kernel_name = {kernel!r}    # walled in: no network, gradebook and solutions hidden, caps
 c.KernelManager.transport = "ipc"     # the kernel's network namespace cannot reach this process's TCP
 c.KernelManager.ip = {ipc!r}
