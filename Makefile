@@ -103,15 +103,24 @@ grade: $(STAMP)
 	  $(foreach s,$(ACCEPT),--accept $(s)) $(if $(RAY),--ray $(RAY))
 
 # Grades out: a Canvas or Moodle gradebook import from grades.csv (autograders/export.py; INSTRUCTORS.md
-# "Grades into Canvas or Moodle"). GRADES: one grades.csv per module, space-separated; ROSTER: the LMS's export.
+# "Grades into Canvas or Moodle"). GRADES: one grades.csv per module, space-separated; ROSTER: the LMS's export;
+# MODULE=... on the command line with one GRADES: the module of a grades.csv copied out of grading/<module>/.
+# Status 3 of the export (file written, some students not matched) is said in words: make itself can only
+# fail with 2, as for a refusal; `python -m autograders.export` keeps 0, 2 and 3 apart.
+EXPORT_GRADES = $(if $(GRADES),$(if $(and $(filter command line,$(origin MODULE)),$(filter 1,$(words $(GRADES)))),\
+  "$(MODULE)=$(GRADES)",$(GRADES)),grading/$(MODULE)/grades.csv)
 .PHONY: export
 export: $(STAMP)
 	@test -n "$(LMS)" -a -n "$(or $(GRADES),$(MODULE))" -a -n "$(ROSTER)" -a -n "$(OUT)" || { echo "usage: make export \
 	  LMS=canvas|moodle|moodle-xml GRADES='grading/00_orientation/grades.csv ...' ROSTER=lms_export.csv OUT=import.csv \
-	  [WORKSHEET=00_orientation=worksheet.csv] [MATCH_ON=column]"; exit 2; }
-	$(BIN)/python -m autograders.export $(LMS) $(or $(GRADES),grading/$(MODULE)/grades.csv) \
+	  [MODULE=00_orientation] [WORKSHEET=00_orientation=worksheet.csv] [MATCH_ON=column]"; exit 2; }
+	@rc=0; $(BIN)/python -m autograders.export $(LMS) \
+	  $(EXPORT_GRADES) \
 	  $(foreach r,$(ROSTER),--roster "$(r)") --out "$(OUT)" $(foreach w,$(WORKSHEET),--worksheet "$(w)") \
-	  $(if $(MATCH_ON),--match-on "$(MATCH_ON)") $(if $(ALLOW_UNMATCHED),--allow-unmatched)
+	  $(if $(MATCH_ON),--match-on "$(MATCH_ON)") $(if $(ALLOW_UNMATCHED),--allow-unmatched) || rc=$$?; \
+	if [ $$rc = 3 ]; then echo "make export: $(OUT) IS WRITTEN, without the students listed above as NOT MATCHED" \
+	  "TO THE ROSTER: match them (MATCH_ON, WORKSHEET) and export again, or ALLOW_UNMATCHED=1 (status 3 of" \
+	  "python -m autograders.export; make reports it as Error 3 and exits 2)"; fi; exit $$rc
 
 constraints: $(STAMP)
 	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \

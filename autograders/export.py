@@ -11,11 +11,13 @@ or Moodle" (autograders/INSTRUCTORS.md) says how to use it.
 ROSTER is the LMS's own export (Canvas: Grades > Export; Moodle: Export grades to CSV, the
 participants list, or an assignment's offline grading worksheet), so every row written carries the
 LMS's own ids. Each grades.csv (``grading/<module>/grades.csv``, written by autograders/grade.py)
-gives one column, named by its folder, scored in points (``score``) out of ``max_score``.
+gives one column, named by its module, scored in points (``score``) out of ``max_score``: the
+module is the one whose grade ids its exercise columns are, else its folder's name if that is a
+module id, else the one given as ``MODULE=PATH``; an empty grades.csv is refused.
 
 What is never done: a student without a grade (held for review, not gradable, grading failed, no
-submission) never gets 0, the cell stays empty; a student of grades.csv who is not in the roster is
-never dropped silently (listed on stderr, exit status 3 unless ``--allow-unmatched``); two
+submission) never gets 0, the cell stays empty; a student of grades.csv not matched to the roster is
+never dropped silently (listed on stderr with why, exit status 3 unless ``--allow-unmatched``); two
 grades.csv rows never land in one roster row, and a roster row is found by one id column only, so
 one student's id can never pick another student's row by matching a different column.
 
@@ -136,26 +138,86 @@ class Module:
     path: Path
     max_points: float
     grades: list[Grade] = field(default_factory=list)
+    note: str = ""           # how the module was found, when not from the folder's name
 
 
-def read_grades(path: Path) -> Module:
+GRADER_COLUMNS = {"student", "name", "score", "max_score", "percent", "manual_pending", "status", "detail",
+                  "review", "provisional_score", "superseded"}   # report.write_csv's; the rest are exercises
+
+
+def module_exercises() -> dict[str, set[str]]:
+    """Per module id, the grade ids of its automatically graded cells (grades.csv's exercise columns)."""
+    import json
+
+    from autograders import settings
+    out = {}
+    for module in settings.modules():
+        cells = json.loads(settings.solution_notebook(module).read_text())["cells"]
+        out[module] = {c["metadata"]["nbgrader"]["grade_id"] for c in cells
+                       if c["cell_type"] == "code" and c["metadata"].get("nbgrader", {}).get("grade")}
+    return out
+
+
+def _which_module(path: Path, columns: set[str], given: str | None, named: set[str]) -> tuple[str, str]:
+    """The module a grades.csv belongs to, and a note when it was read from the file, not its folder.
+
+    grade.py writes the module nowhere in grades.csv, but its exercise columns are the module's grade ids
+    (unique across modules), so they say which module it is when any student's notebook ran. A file copied
+    out of ``grading/<module>/`` (to Downloads, say) is named by them, never by its new folder; a folder
+    that names another module than its columns is refused; a name that is no module id, with columns that
+    say nothing, is refused unless given (``MODULE=PATH``) or mapped by ``--assignment``.
+    """
+    exercises = module_exercises()
+    owners = {m for m, ids in exercises.items() if columns & ids}
+    folder = path.parent.name if path.name == "grades.csv" else path.stem
+    if len(owners) > 1:
+        raise ExportError(f"{path}: its exercise columns belong to several modules "
+                          f"({', '.join(sorted(owners))})")
+    read = owners.pop() if owners else None
+    name = given or folder
+    if read and read != name:
+        if given or folder in exercises:
+            raise ExportError(f"{path}: its exercise columns are those of {read}, not {name}: "
+                              "is this the right grades.csv?")
+        return read, f"{path}: module {read}, read from its exercise columns (its folder is {folder!r})"
+    if read or given or name in exercises or name in named:
+        return name, ""
+    where = "folder" if path.name == "grades.csv" else "file name"
+    raise ExportError(f"{path}: which module? its {where} {folder!r} is not a module id and no student's "
+                      f"exercises are in it: write MODULE=PATH (make export MODULE=...), modules: "
+                      f"{', '.join(exercises)}")
+
+
+def read_grades(path: Path, module: str | None = None, named: set[str] = frozenset()) -> Module:
     """One grading run's grades.csv: per student the points, or None with the reason.
 
     Points are `score` for statuses `GRADED`; "held for review" (empty score), "not gradable" and
-    "grading failed" have no grade. The module is the folder's name (``grading/<module>/grades.csv``).
+    "grading failed" have no grade. The module: `module` if given, else as `_which_module` reads it
+    (``grading/<module>/grades.csv``, or the exercise columns of a copy); `named`: names --assignment maps.
+    A file with no student, or no positive max_score (an empty or unfinished run), is refused.
     """
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"student", "score", "max_score", "status"} <= set(rows[0]):
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        columns = set(reader.fieldnames or [])
+    if rows and not {"student", "score", "max_score", "status"} <= columns:
         raise ExportError(f"{path}: not a grades.csv of autograders/grade.py "
                           "(no student, score, max_score or status column)")
-    module = path.parent.name if path.name == "grades.csv" else path.stem
-    maxima = {float(r["max_score"]) for r in rows if r["max_score"] and float(r["max_score"]) > 0}
+    if not rows:
+        raise ExportError(f"no grades in {path} (no student rows): did the grading run finish?")
+    try:
+        maxima = {float(r["max_score"]) for r in rows if r["max_score"] and float(r["max_score"]) > 0}
+    except ValueError as error:
+        raise ExportError(f"{path}: a max_score is not a number ({error})") from None
+    if not maxima:
+        raise ExportError(f"no grades in {path} (no student has a max_score above 0): "
+                          "did the grading run finish?")
     if len(maxima) > 1:
         raise ExportError(f"{path}: students have different max_score ({sorted(maxima)}): "
                           "grade them in one run")
-    result = Module(module, path, maxima.pop() if maxima else 0.0)
+    name, note = _which_module(path, columns - GRADER_COLUMNS, module, set(named))
+    result = Module(name, path, maxima.pop(), note=note)
     for r in rows:
         status, score = r["status"], r["score"].strip()
         if status in GRADED and score:
@@ -190,6 +252,7 @@ class Matching:
     rows: dict[str, int]            # grader's student id -> roster row index
     unmatched: list[Grade]
     notes: list[str]
+    reasons: dict[str, str] = field(default_factory=dict)   # unmatched student id -> why, in words
 
 
 def match(module: Module, roster: Roster, match_on: str | None = None,
@@ -251,6 +314,18 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
         raise ExportError(f"{module.module}: the grader's ids match equally many rows in {names}: "
                           "say which with --match-on")
     rows: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    for s in ids:   # why a student stays unmatched, unless a later step matches them
+        if participants is not None and key_column is not None:
+            field_name = roster.header[key_column]
+            reasons[s] = (f"participant {_participant(s)} is not in the worksheet" if translated[s] is None
+                          else f"the worksheet's {field_name} {translated[s]!r} is on no roster row")
+        elif candidates:
+            columns = (roster.header[best] if best is not None
+                       else " or ".join(roster.header[c] for c in candidates))
+            reasons[s] = f"no roster row has {s!r} in {columns}"
+        else:
+            reasons[s] = "a Moodle participant id (no worksheet given): matched by name only"
     if best is not None:
         lookup, twice = index(best)
         for s in ids:
@@ -258,6 +333,7 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
             if key in lookup:
                 rows[s] = lookup[key]
             elif key in twice:
+                reasons[s] = f"{roster.header[best]} {translated[s]!r} is on several roster rows"
                 notes.append(f"{module.module}: {s}: {roster.header[best]} {translated[s]!r} is on several "
                              "roster rows: not matched")
     if by_name:
@@ -278,7 +354,12 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
                 taken.add(found[0])
                 notes.append(f"{module.module}: {g.student} matched BY NAME to {g.name!r}: check it")
             elif len(found) > 1 or len(ours[_norm(g.name)]) > 1:
+                reasons[g.student] += f"; its name {g.name!r} is not unique"
                 notes.append(f"{module.module}: {g.student}: name {g.name!r} is not unique: not matched")
+            elif not found:
+                reasons[g.student] += f"; no roster row is named {g.name!r}"
+            else:
+                reasons[g.student] += f"; the roster row named {g.name!r} is another student's"
     for g in module.grades:   # a second look: the name the LMS wrote in the download against its roster
         i = rows.get(g.student)
         named = g.name and g.name != g.student   # an id with no name read: nothing to compare
@@ -295,7 +376,7 @@ def match(module: Module, roster: Roster, match_on: str | None = None,
         raise ExportError(f"{module.module}: several students of grades.csv map to one roster row ({said}): "
                           "nothing written")
     unmatched = [g for g in module.grades if g.student not in rows]
-    return Matching(rows, unmatched, notes)
+    return Matching(rows, unmatched, notes, {g.student: reasons[g.student] for g in unmatched})
 
 
 def _letters(name: str) -> str:
@@ -387,7 +468,7 @@ def export_canvas(modules: list[Module], roster_path: Path, assignment: dict[str
     for k, m in enumerate(modules):
         found = match(m, roster, match_on)
         notes += found.notes
-        unmatched += [_tag(g, m) for g in found.unmatched]
+        unmatched += [_tag(g, m, found.reasons.get(g.student, "")) for g in found.unmatched]
         for g in m.grades:
             if g.student in found.rows and g.points is not None:
                 cells[found.rows[g.student]][k] = _points(g.points)
@@ -396,8 +477,10 @@ def export_canvas(modules: list[Module], roster_path: Path, assignment: dict[str
     return out, notes, unmatched
 
 
-def _tag(g: Grade, m: Module) -> Grade:
-    return Grade(g.student, g.name, g.points, f"{m.module}: " + (g.why or "graded"))
+def _tag(g: Grade, m: Module, reason: str = "") -> Grade:
+    """`g` as listed among the students not matched: its module, its status, and why it was not matched."""
+    return Grade(g.student, g.name, g.points, f"{m.module}: " + (g.why or "graded")
+                 + (f"; not matched: {reason}" if reason else ""))
 
 
 # ---------------------------------------------------------------- Moodle
@@ -450,6 +533,35 @@ def worksheet_map(path: Path, roster: Roster) -> tuple[dict[str, str], int]:
             roster.column(shared[0]))
 
 
+def _decimal(text: str) -> float | None:
+    """A number as Moodle's worksheet writes it in the site's language: "6.00", "10,00", "1.000,50"."""
+    text = re.sub(r"[\s\u00a0\u202f']", "", text)
+    if "," in text and "." in text:   # the last one is the decimal separator, the other groups thousands
+        text = text.replace("." if text.rfind(",") > text.rfind(".") else ",", "")
+    try:
+        return float(text.replace(",", "."))
+    except ValueError:
+        return None
+
+
+def check_maximum(module: Module, header: list[str], rows: list[list[str]], where: str) -> None:
+    """Refuse when a Moodle grading worksheet's "Maximum Grade" is not grades.csv's maximum: Moodle would
+    record 6 points out of its 10 (as export_canvas refuses another Points Possible)."""
+    col = next((i for i, h in enumerate(header) if _norm(h) == "maximum grade"), None)
+    if col is None:
+        return
+    given = {r[col] for r in rows if col < len(r) and r[col] and r[col] != "-"}
+    for raw in sorted(given):
+        value = _decimal(raw)
+        if value is None:
+            raise ExportError(f"{module.module}: {where}'s Maximum Grade {raw!r} is not a number (a scale?): "
+                              f"grades.csv gives points out of {module.max_points:g}")
+        if not math.isclose(value, module.max_points):
+            raise ExportError(f"{module.module}: {where} has Maximum Grade {raw}, grades.csv "
+                              f"{module.max_points:g}: set the assignment's maximum grade to "
+                              f"{module.max_points:g} in Moodle first")
+
+
 def export_moodle(modules: list[Module], roster_paths: list[Path], assignment: dict[str, str],
                   worksheets: dict[str, Path], match_on: str | None = None, lms_id: str | None = None,
                   by_name: bool = True) -> tuple[list[list[str]], list[str], list[Grade]]:
@@ -483,8 +595,12 @@ def export_moodle(modules: list[Module], roster_paths: list[Path], assignment: d
                 ident = roster.column("Identifier")
                 participants = {_participant(r[ident]): r[key] for r in roster.rows if r[ident]}
                 join = key
+                check_maximum(m, roster.header, [r for r in roster.rows if r[ident]],
+                              "the roster (its worksheet)")
             else:
                 participants, join = worksheet_map(path, roster)
+                table, _ = read_table(path)
+                check_maximum(m, table[0], table[1:], f"the worksheet {path}")
         # Moodle's download numbers are participant ids of one assignment: a number that happens to be
         # someone's ID number is another person, so bare numbers are matched by the worksheet or by name
         numeric = participants is None and all(g.student.isdigit() for g in m.grades)
@@ -493,14 +609,14 @@ def export_moodle(modules: list[Module], roster_paths: list[Path], assignment: d
                          "matched by name only (or name the column holding them with --match-on)")
         found = match(m, roster, match_on, participants, join, by_name, use_ids=not numeric)
         notes += found.notes
-        unmatched += [_tag(g, m) for g in found.unmatched]
+        unmatched += [_tag(g, m, found.reasons.get(g.student, "")) for g in found.unmatched]
         for g in m.grades:
             i = found.rows.get(g.student)
             if i is None:
                 continue
             if not roster.rows[i][key]:
-                why = f"roster row has no {roster.header[key]}"
-                unmatched.append(_tag(Grade(g.student, g.name, g.points, why), m))
+                why = f"its roster row has no {roster.header[key]}, which the file identifies students by"
+                unmatched.append(_tag(g, m, why))
                 continue
             row = cells.setdefault(i, [""] * len(modules))
             if g.points is not None:
@@ -556,16 +672,26 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _grades_arg(value: str) -> tuple[str | None, Path]:
+    """``PATH`` or ``MODULE=PATH`` (a module id has no ``/``; a file of that very name is taken as a path)."""
+    module, sep, rest = value.partition("=")
+    if sep and module and rest and "/" not in module and not Path(value).exists():
+        return module, Path(rest)
+    return None, Path(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m autograders.export",
         description="Write a Canvas or Moodle gradebook import file from grades.csv files "
                     "(one column per module).",
-        epilog="Exit status: 0 written; 2 refused (nothing written); 3 written, but some graded students "
-               "are not in the roster (listed on stderr; --allow-unmatched makes that 0).")
+        epilog="Exit status: 0 written; 2 refused (nothing written); 3 written, but some students of "
+               "grades.csv were not matched to the roster (listed on stderr with why; --allow-unmatched "
+               "makes that 0). A grades.csv may be given as MODULE=PATH (a copy outside grading/<module>/).")
     parser.add_argument("lms", choices=["canvas", "moodle", "moodle-xml"],
                         help="moodle: Import grades from CSV; moodle-xml: the XML file import (ID numbers)")
-    parser.add_argument("grades", nargs="+", type=Path, help="grading/<module>/grades.csv, one per module")
+    parser.add_argument("grades", nargs="+", help="grading/<module>/grades.csv, one per module; MODULE=PATH "
+                                                  "names the module of a copy kept elsewhere")
     parser.add_argument("--roster", action="append", type=Path, required=True,
                         help="the LMS's own export (Canvas gradebook CSV; Moodle grades CSV, participants "
                              "or grading worksheet); Moodle takes several")
@@ -583,11 +709,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-unmatched", action="store_true")
     args = parser.parse_args(argv)
     try:
-        modules = [read_grades(p) for p in args.grades]
+        assignment = _pairs(args.assignment, "--assignment")
+        modules = [read_grades(path, module, set(assignment))
+                   for module, path in map(_grades_arg, args.grades)]
         seen = [m.module for m in modules]
         if len(set(seen)) != len(seen):
             raise ExportError(f"one module given twice ({', '.join(seen)})")
-        assignment = _pairs(args.assignment, "--assignment")
         if args.lms == "canvas":
             if len(args.roster) != 1:
                 raise ExportError("canvas takes one --roster (the gradebook export)")
@@ -608,9 +735,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(moodle_xml(rows), encoding="utf-8")
     else:
         write_csv(args.out, rows)
-    for note in notes:
+    for note in [m.note for m in modules if m.note] + notes:
         print(f"note: {note}", file=sys.stderr)
-    lost = {(g.why.split(":")[0], g.student) for g in unmatched}   # listed below as not in the roster
+    lost = {(g.why.split(":")[0], g.student) for g in unmatched}   # listed below as not matched
     ungraded = [(m.module, g) for m in modules for g in m.grades
                 if g.points is None and (m.module, g.student) not in lost]
     for module, g in ungraded:
@@ -618,10 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     for module, g in [(m.module, g) for m in modules for g in m.grades if g.points is not None and g.why]:
         print(f"graded, but: {module}: {g.student}: {g.why}", file=sys.stderr)
     for g in unmatched:
-        print(f"NOT IN THE ROSTER (not written): {g.student} {g.name} ({g.why})", file=sys.stderr)
+        print(f"NOT MATCHED TO THE ROSTER (not written): {g.student} {g.name} ({g.why})", file=sys.stderr)
     print(f"wrote {args.out}: {len(rows) - 1 - (args.lms == 'canvas')} student rows, "
-          f"{len(modules)} module column(s); {len(unmatched)} student(s) of grades.csv not in the roster",
-          file=sys.stderr)
+          f"{len(modules)} module column(s); {len(unmatched)} student(s) of grades.csv not matched to the "
+          "roster (not written)", file=sys.stderr)
     return 3 if unmatched and not args.allow_unmatched else 0
 
 

@@ -76,7 +76,8 @@ def test_canvas_golden(canvas, capsys):
     assert rows_of(out) == CANVAS_GOLDEN
     err = capsys.readouterr().err
     # the student Canvas does not know is listed, and the exit status says so
-    assert code == 3 and "NOT IN THE ROSTER" in err and "99999" in err
+    assert code == 3 and "NOT MATCHED TO THE ROSTER" in err
+    assert "99999 latejoiner (00_orientation: graded; not matched: no roster row has '99999' in ID)" in err
     assert "12347" in err and "held for review" in err and "12350" in err and "not gradable" in err
     assert "check it is one person" not in err   # doejane is "Doe, Jane", mullerjurgen "Müller, Jürgen"
     # raw bytes: comma and quote names quoted as RFC 4180 says, no BOM written, CRLF lines
@@ -184,7 +185,9 @@ def test_moodle_worksheet_golden(tmp_path, capsys):
     assert rows_of(out) == [["Email address", "00_orientation"],
                             ["jane@example.org", "5.5"], ["sam@example.org", "0"]]
     err = capsys.readouterr().err
-    assert code == 3 and "NOT IN THE ROSTER" in err and "5000" in err and "4713" in err
+    assert code == 3 and "NOT MATCHED TO THE ROSTER" in err and "4713" in err
+    assert ("5000 Late Joiner (00_orientation: graded; not matched: participant 5000 is not in the worksheet)"
+            in err)
 
 
 def test_moodle_worksheet_with_gradebook_roster(tmp_path):
@@ -260,3 +263,78 @@ def test_moodle_xml(tmp_path):
                for r in ElementTree.parse(out).getroot()]
     # Jane has no 01_edge grade: no <result> at all (one without <score> would clear Moodle's grade)
     assert results == [("lab0", "S-1", "5.5"), ("lab0", "S-2&<x>", "0"), ("01_edge", "S-2&<x>", "3")]
+
+
+def test_moodle_participant_ids_without_worksheet_say_why_not_matched(tmp_path, capsys):
+    """Every student is in the roster, but bare participant ids with no worksheet match by name only: the list
+    says "not matched" and why, never "not in the roster" (review 24b, 12)."""
+    roster = tmp_path / "grades_export.csv"
+    roster.write_text(MOODLE_GRADES_EXPORT, encoding="utf-8")
+    nameless = [R("4711", "graded", score=5, max_score=6, cells={"a": 5})]
+    grades = grades_csv(tmp_path, "00_orientation", nameless)
+    code = export.main(["moodle", str(grades), "--roster", str(roster), "--out", str(tmp_path / "m.csv")])
+    err = capsys.readouterr().err
+    assert code == 3 and "NOT IN THE ROSTER" not in err
+    assert "not matched: a Moodle participant id (no worksheet given): matched by name only" in err
+
+
+def real_cells(module: str) -> dict[str, float]:
+    """A student's exercise points as grade.py writes them: the module's own grade ids."""
+    return {name: 1.0 for name in export.module_exercises()[module]}
+
+
+def test_copied_grades_csv_is_named_by_its_exercise_columns(tmp_path, canvas, capsys):
+    """grades.csv copied to Downloads: the folder says "Downloads", its exercise columns say 00_orientation,
+    so the roster's own Lab 0 column gets the grades (not a new Canvas assignment "Downloads")."""
+    roster, _, out = canvas
+    copy = tmp_path / "Downloads" / "grades.csv"
+    copy.parent.mkdir()
+    report.write_csv(copy, [R("12345", "graded", score=4, max_score=6, cells=real_cells("00_orientation"))])
+    assert export.main(["canvas", str(copy), "--roster", str(roster), "--out", str(out)]) == 0
+    assert rows_of(out)[0][5:] == ["Lab 0 00_orientation (9001)"] and rows_of(out)[2][5] == "4"
+    assert "read from its exercise columns" in capsys.readouterr().err
+    # a folder naming another module than the columns: refused
+    wrong = grades_csv(tmp_path, "01_edge", [R("12345", "graded", score=4, max_score=6,
+                                               cells=real_cells("00_orientation"))])
+    with pytest.raises(export.ExportError, match="those of 00_orientation, not 01_edge"):
+        export.read_grades(wrong)
+
+
+def test_unknown_module_name_refused_unless_given(tmp_path, canvas, capsys):
+    """No exercise columns (every student held or ungraded) and a folder that is no module id: refused
+    (exit 2, nothing written) until MODULE=PATH names it."""
+    roster, _, out = canvas
+    copy = tmp_path / "ex" / "grades.csv"
+    copy.parent.mkdir()
+    report.write_csv(copy, [R("12350", "not gradable", score=0, max_score=6, detail="an empty file")])
+    assert export.main(["canvas", str(copy), "--roster", str(roster), "--out", str(out)]) == 2
+    assert "which module?" in capsys.readouterr().err and not out.exists()
+    assert export.main(["canvas", f"00_orientation={copy}", "--roster", str(roster), "--out", str(out)]) == 0
+    assert rows_of(out)[0][5:] == ["Lab 0 00_orientation (9001)"]
+
+
+@pytest.mark.parametrize("content", ["", "student,name,score,max_score,percent,status,detail\n"])
+def test_empty_grades_csv_refused(tmp_path, canvas, capsys, content):
+    """An empty or header-only grades.csv (an unfinished run) is refused, not exported as a 0-point column."""
+    roster, _, out = canvas
+    grades = tmp_path / "grading" / "00_orientation" / "grades.csv"   # the fixture's folder
+    grades.write_text(content)
+    assert export.main(["canvas", str(grades), "--roster", str(roster), "--out", str(out)]) == 2
+    assert "no grades in" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("maximum", ["10,00", "10.00", "1.000,00"])
+def test_moodle_worksheet_other_maximum_refused(tmp_path, maximum):
+    """The worksheet's Maximum Grade (comma or dot) must be grades.csv's, else Moodle records 6 of 10."""
+    sheet = tmp_path / "worksheet.csv"
+    sheet.write_text(MOODLE_WORKSHEET.replace("6.00", f'"{maximum}"'), encoding="utf-8")
+    grades = export.read_grades(grades_csv(tmp_path, "00_orientation", MOODLE_CLASS))
+    with pytest.raises(export.ExportError, match="Maximum Grade .* grades.csv 6: set"):
+        export.export_moodle([grades], [sheet], {}, {})        # the worksheet as the roster
+    roster = tmp_path / "grades_export.csv"
+    roster.write_text(MOODLE_GRADES_EXPORT, encoding="utf-8")
+    with pytest.raises(export.ExportError, match="Maximum Grade"):
+        export.export_moodle([grades], [roster], {}, {"00_orientation": sheet})
+    sheet.write_text(MOODLE_WORKSHEET.replace("6.00", '"6,00"'), encoding="utf-8")
+    rows, _, _ = export.export_moodle([grades], [sheet], {}, {}, by_name=False)   # 6,00 is 6
+    assert rows[1:] == [["jane@example.org", "5.5"], ["sam@example.org", "0"]]
