@@ -89,11 +89,14 @@ def test_an_entry_in_another_students_name_is_dropped_and_the_genuine_one_wins(t
     _entry(inbound, "nobody", "nobody", 1, "nobody's own")
     forged = _entry(inbound, "nobody", "daemon", 2, "daemon's, as nobody")  # newer: nbgrader's newest wins
     _entry(inbound, "daemon", "daemon", 3, "daemon's own")
+    (inbound / "daemon+a1+not a time").mkdir()  # any learner may drop any name: nbgrader's collect raises
     _, refused = _collect(tmp_path)
     assert _collected(tmp_path, "nobody") == "nobody's own"
     assert _collected(tmp_path, "daemon") == "daemon's own"
-    assert [entry for entry, _ in refused] == [forged.name]
-    assert "in the name of nobody by daemon" in refused[0][1]
+    why = dict(refused)
+    assert sorted(why) == sorted([forged.name, "daemon+a1+not a time"])
+    assert "in the name of nobody by daemon" in why[forged.name]
+    assert "no submission time" in why["daemon+a1+not a time"]
 
 
 @root_only

@@ -65,13 +65,18 @@ class HubCollect(ExchangeCollect):
             for n in os.listdir(self.inbound_path)
             if prefix in n and fnmatch.fnmatchcase(n, f"{student}+{self.coursedir.assignment_id}+*")
         ]
-        records = [self._path_to_record(n) for n in names]
+        self.refused = []
+        records = []
+        for name in names:  # a learner may drop any name into inbound: one bad name must not stop the collect
+            try:
+                records.append(self._path_to_record(name))
+            except Exception as error:  # noqa: BLE001  nbgrader's parse_utc raises what dateutil raises
+                self._refuse(name, f"its name holds no submission time ({error})")
         with Gradebook(self.coursedir.db_url, self.coursedir.course_id) as gb:
             try:
                 self.duedate = gb.find_assignment(self.coursedir.assignment_id).duedate
             except MissingEntry:
                 self.duedate = None
-        self.refused = []
         self.src_records = []
         for username, group in groupby(records, lambda r: r["username"]).items():
             newest = self._sort_by_timestamp(group)
@@ -112,13 +117,19 @@ class HubCollect(ExchangeCollect):
                         self.log.info(f"Submission already exists, use --update to update: {student} {assignment}")
                     continue
             work = tempfile.mkdtemp(prefix=".collecting-", dir=os.path.dirname(dest))
+            new, old = os.path.join(work, "new"), os.path.join(work, "old")
             try:
-                self._walk(src, student, into=os.path.join(work, "new"))
+                self._walk(src, student, into=new)  # complete before the earlier copy is touched
                 if updating:
-                    os.rename(dest, os.path.join(work, "old"))
-                os.rename(os.path.join(work, "new"), dest)
+                    os.rename(dest, old)
+                try:
+                    os.rename(new, dest)
+                except OSError:
+                    if updating:
+                        os.rename(old, dest)
+                    raise
                 self.log.info(f"{'Updating' if updating else 'Collecting'} submission: {student} {assignment}")
-            except Refused as why:
+            except (Refused, OSError) as why:
                 kept = " (the copy collected earlier is kept)" if updating else ""
                 self._refuse(record["filename"], f"{why}{kept}")
             finally:
