@@ -2,7 +2,8 @@
 container engine or a cluster allows: the values files parse, pass yamllint and use only keys and types of
 Zero to JupyterHub's values schema (the part these files use, recorded in z2jh-values-schema-4.4.0.json, with
 its source); the image installs exactly Binder's pins and the JupyterHub of the chart's hub; the instructor's
-and learners' servers get the nbgrader views meant for them. `helm template` and `docker build` are NOT run here.
+and learners' servers get the nbgrader views meant for them; the network policies let ngshare and the hub
+talk as the charts label their pods. `helm template` and `docker build` are NOT run here.
 """
 
 from __future__ import annotations
@@ -126,6 +127,60 @@ def test_install_command_names_the_recorded_chart():
     text = (K8S / "values.yaml").read_text()
     assert f"jupyterhub/jupyterhub --version {chart()['version']} " in text
     assert re.findall(r"--version (\S+)", text) == [chart()["version"]]
+
+
+def instructors_k8s_section() -> str:
+    text = (REPO / "autograders" / "INSTRUCTORS.md").read_text()
+    heading = re.search(r"^## (?:\d+\. )?On Kubernetes$", text, re.M)
+    assert heading, "INSTRUCTORS.md has no section 'On Kubernetes'"
+    return text[heading.end():].split("\n## ", 1)[0]
+
+
+def test_instructors_install_commands_pin_the_recorded_charts():
+    """INSTRUCTORS' Steps install both charts at the versions the values files were written for (review 24b,
+    11)."""
+    steps = instructors_k8s_section().replace("\\\n", " ")
+    installs = re.findall(r"helm upgrade --install (\S+) (\S+)([^\n]*)", steps)
+    assert {chart for _, chart, _ in installs} == {"ngshare/ngshare", "jupyterhub/jupyterhub"}
+    header = (K8S / "ngshare-values.yaml").read_text()
+    ngshare = re.search(r"ngshare/ngshare --version (\S+)", header).group(1)
+    wanted = {"ngshare/ngshare": ngshare, "jupyterhub/jupyterhub": chart()["version"]}
+    for _, name, rest in installs:
+        pinned = re.search(r"--version (\S+)", rest)
+        assert pinned and pinned.group(1) == wanted[name], (name, rest)
+
+
+# ngshare chart 0.6.0's pod labels, read in ngshare-0.6.0.tgz (LibreTexts/ngshare-helm-repo c52ae1d5, sha256
+# 00075cc9...: templates/deployment.yaml and _helpers.tpl; release name "ngshare", no nameOverride).
+NGSHARE_CHART = "0.6.0"
+NGSHARE_POD_LABELS = {"hub.jupyter.org/network-access-singleuser": "true",
+                      "hub.jupyter.org/network-access-hub": "true",
+                      "app.kubernetes.io/name": "ngshare", "app.kubernetes.io/instance": "ngshare"}
+
+
+def test_ngshare_can_reach_the_hub_and_learners_ngshare():
+    """Under Z2JH's NetworkPolicies (on by default): ngshare asks the hub's API (port 8081) about each token,
+    which the hub's policy admits only from pods labelled network-access-hub "true" (ngshare's chart labels
+    its pod so, and our values neither turn the hub's policy off nor replace its rules); learners reach
+    ngshare by a selector that ngshare's pod labels match (review 24b, 1: read, not run on a cluster)."""
+    values, ngshare = load(K8S / "values.yaml"), load(K8S / "ngshare-values.yaml")
+    assert f"ngshare/ngshare --version {NGSHARE_CHART} " in (K8S / "ngshare-values.yaml").read_text()
+    assert NGSHARE_POD_LABELS["hub.jupyter.org/network-access-hub"] == "true"
+    assert "networkPolicy" not in values["hub"]   # the chart's default: enabled, labelled pods admitted
+    assert ngshare["ngshare"]["hub_api_url"] == "http://hub:8081/hub/api"
+    assert not {"nameOverride", "fullnameOverride"} & set(ngshare)   # the labels and Service name stay
+    for rule in values["singleuser"]["networkPolicy"]["egress"]:
+        for peer in rule["to"]:
+            assert peer["podSelector"]["matchLabels"].items() <= NGSHARE_POD_LABELS.items()
+
+
+def test_learners_egress_is_what_values_say():
+    """values.yaml says learners reach the internet (Z2JH's default, written out), no private address but
+    ngshare, not the cloud's metadata server (review 24b, 10)."""
+    text = (K8S / "values.yaml").read_text()
+    rules = load(K8S / "values.yaml")["singleuser"]["networkPolicy"]["egressAllowRules"]
+    assert rules == {"nonPrivateIPs": True, "privateIPs": False, "cloudMetadataServer": False}
+    assert "INTERNET" in text and "nonPrivateIPs: false" in text
 
 
 def requirement_lines(text: str) -> list[str]:
@@ -269,10 +324,7 @@ def test_placeholders_are_marked():
 
 def test_no_helm_or_docker_was_needed():
     """Said plainly: these checks stand in for `helm template` and `docker build`, which were not run."""
-    text = (REPO / "autograders" / "INSTRUCTORS.md").read_text()
-    heading = re.search(r"^## (?:\d+\. )?On Kubernetes$", text, re.M)
-    assert heading, "INSTRUCTORS.md has no section 'On Kubernetes'"
-    section = text[heading.end():].split("\n## ", 1)[0]
+    section = instructors_k8s_section()
     assert "NOT run" in section and "still lacks" in section
 
 
