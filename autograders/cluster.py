@@ -73,17 +73,64 @@ PARTS = ("gradebook.db", "autograded", "feedback", "submitted", "logs")
 
 # ---------------------------------------------------------------- the head
 
-def connect(address: str) -> None:
+class Refused(SystemExit):
+    """A ``--ray`` run that cannot start (no Ray head at the address, a node with another checkout, ...):
+    its message is for the instructor, one line per reason, no traceback; `grade.main` prints it and exits
+    with status 2, before anything is written in the grading folder."""
+    status = 2
+
+
+PROBE_TIMEOUT_S = 10  # a TCP connection to the head's port: an unreachable or closed port fails within it
+JOIN_TIMEOUT_S = 120  # ray.init against a port that accepts but is not a Ray head waits forever otherwise
+
+
+def connect(address: str, join_timeout_s: float | None = None) -> None:
     """Join the Ray cluster at `address` ("HOST:PORT", or "auto": $RAY_ADDRESS, else a cluster started on
     this machine) as its driver. Tasks import the course from this checkout's path on every node
-    (``runtime_env`` ``env_vars`` PYTHONPATH), which `check_nodes` then verifies."""
+    (``runtime_env`` ``env_vars`` PYTHONPATH), which `check_nodes` then verifies.
+
+    Raises `Refused` with one line when no Ray head answers: for HOST:PORT a TCP connection is tried first
+    (`PROBE_TIMEOUT_S`: a typo in the address, a head not started, a firewall), then ``ray.init`` must
+    return within `JOIN_TIMEOUT_S` (Ray's own client retries for minutes when something else listens there);
+    "auto" without a running cluster is refused the same way (Ray's ConnectionError)."""
+    if address != "auto":  # before Ray's import: a wrong address is told in a second
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise Refused(f"--ray {address!r}: expected the Ray head's HOST:PORT (e.g. 10.0.0.1:6379, the "
+                          "--port of `ray start --head`) or auto")
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as error:
+            raise Refused(f"no Ray head answers at {address} ({error.strerror or error}): start it there with "
+                          f"`ray start --head --port={port}`, or fix the address (RAY= or --ray)") from None
     import logging
 
     import ray
 
     pythonpath = os.pathsep.join(filter(None, [str(settings.REPO), os.environ.get("PYTHONPATH")]))
-    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-             logging_level=logging.ERROR, log_to_driver=False)
+    outcome: dict = {}
+
+    def join() -> None:
+        try:
+            ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                     logging_level=logging.ERROR, log_to_driver=False)
+            outcome["joined"] = True
+        except Exception as error:  # noqa: BLE001  (ConnectionError, a version mismatch: said below)
+            outcome["error"] = error
+
+    timeout_s = JOIN_TIMEOUT_S if join_timeout_s is None else join_timeout_s
+    thread = threading.Thread(target=join, name="ray-init", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():  # the daemon thread is left behind: the process exits with the refusal
+        raise Refused(f"something listens at {address} but no Ray head answered within {timeout_s:g} s: is it "
+                      f"the --port of `ray start --head` (Ray's GCS port), and does the head run Ray "
+                      f"{ray.__version__} as here?")
+    if "error" in outcome:
+        where = ("no running Ray cluster found ($RAY_ADDRESS unset and none started on this machine): give "
+                 "the head's HOST:PORT" if address == "auto" else f"cannot join the Ray cluster at {address}")
+        raise Refused(f"{where} ({_last_line(outcome['error'])})")
 
 
 def node_facts(module: str, cell_timeout_s: int) -> dict:
@@ -136,15 +183,15 @@ def check_nodes(module: str, cell_timeout_s: int, head: dict | None = None) -> d
     lines = refusals(head, named)
     if lines:
         ray.shutdown()
-        raise SystemExit("refusing to grade on this Ray cluster: every node must hold the same checkout of "
-                         "the course at the same path, with its environment (autograders/INSTRUCTORS.md, "
-                         "'Grading on a cluster'):\n  " + "\n  ".join(lines))
+        raise Refused("refusing to grade on this Ray cluster: every node must hold the same checkout of "
+                      "the course at the same path, with its environment (autograders/INSTRUCTORS.md, "
+                      "'Grading on a cluster'):\n  " + "\n  ".join(lines))
     if slots(module, facts) == 0:  # Ray would wait forever for a node that can take a student
         ray.shutdown()
-        raise SystemExit(f"no node of this Ray cluster has the {grade.processes(module)} CPUs one student of "
-                         f"{module} keeps busy (nodes: " + ", ".join(f"{f['address']} {f['cpus']} CPUs"
-                                                            for f in facts.values())
-                         + "); start a node with more CPUs (ray start --num-cpus)")
+        raise Refused(f"no node of this Ray cluster has the {grade.processes(module)} CPUs one student of "
+                      f"{module} keeps busy (nodes: " + ", ".join(f"{f['address']} {f['cpus']} CPUs"
+                                                         for f in facts.values())
+                      + "); start a node with more CPUs (ray start --num-cpus)")
     return facts
 
 

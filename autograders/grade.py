@@ -655,18 +655,26 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     if module not in settings.modules():
         raise SystemExit(f"unknown module {module!r}; known: {', '.join(settings.modules())}")
     out = Path(out).resolve()
-    scratch = out / "incoming"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    found = collect_submissions(Path(submissions), module, scratch, id_regex, zip_encoding)
-    if not found:
-        raise SystemExit(f"no submissions found in {submissions}")
-    report.check_accept(accept, [sub.student for sub in found])
-    if ray:
+    if ray:  # before anything is written in `out`: a refused cluster leaves the grading folder as it was
         from autograders import cluster  # Ray is imported only here
 
         cluster.connect(ray)
         nodes = cluster.check_nodes(module, cell_timeout_s)
+    scratch = out / "incoming"
+    try:
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        found = collect_submissions(Path(submissions), module, scratch, id_regex, zip_encoding)
+        if not found:
+            raise SystemExit(f"no submissions found in {submissions}")
+        report.check_accept(accept, [sub.student for sub in found])
+    except BaseException:
+        if ray:
+            import ray as ray_module
+
+            ray_module.shutdown()
+        raise
+    if ray:
         jobs = max(1, min(cluster.slots(module, nodes), len(found)))
     else:
         jobs = max(1, min(jobs or default_jobs(module), len(found)))
@@ -750,8 +758,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or settings.REPO / "grading" / args.module
     start = time.monotonic()
-    results = grade(args.module, args.submissions, out, args.cell_timeout, args.student_timeout,
-                    args.id_regex, args.jobs, args.regrade, args.zip_encoding, args.accept, args.ray)
+    try:
+        results = grade(args.module, args.submissions, out, args.cell_timeout, args.student_timeout,
+                        args.id_regex, args.jobs, args.regrade, args.zip_encoding, args.accept, args.ray)
+    except SystemExit as refused:  # `cluster.Refused`: a --ray run that could not start, status 2
+        if getattr(refused, "status", None) is None:
+            raise
+        print(refused, file=sys.stderr)
+        return refused.status
     elapsed = time.monotonic() - start
     print()
     print(report.summary_table(results))

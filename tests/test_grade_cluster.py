@@ -24,6 +24,7 @@ from autograders import cluster, grade
 from tests import answers
 from tests.notebooks import reference_answers, source, submission, load, solution_path
 from tests.ray_cluster import LocalCluster
+from tests.ray_cluster import free_port as cluster_free_port
 
 MODULE = "00_orientation"
 CELL_TIMEOUT_S = 60
@@ -222,3 +223,58 @@ def test_a_tasks_answer_unpacks_only_its_own_parts(tmp_path):
     with pytest.raises(ValueError, match="unexpected member"):
         cluster.unpack(evil.getvalue(), tmp_path / "head2")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def grade_with_ray(tmp_path, address, env=None, join_timeout_s=None):
+    """`python -m autograders.grade` with ``--ray address`` on a class of one notebook, in a process of its
+    own (a refused start exits it); (exit status, stderr, the grading folder)."""
+    (tmp_path / "class").mkdir(exist_ok=True)
+    (tmp_path / "class" / "ann.ipynb").write_text(json.dumps(submission(MODULE)))
+    out = tmp_path / "out"
+    code = ("import sys; from autograders import cluster, grade; "
+            + (f"cluster.JOIN_TIMEOUT_S = {join_timeout_s}; " if join_timeout_s else "")
+            + f"sys.exit(grade.main({['00_orientation', str(tmp_path / 'class'), '--out', str(out), '--ray', address]!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+    return done.returncode, done.stderr, out
+
+
+def refused_in_one_line(status, stderr, out):
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    assert not (out / "incoming").exists()  # nothing of the class copied into the grading folder
+
+
+def test_a_wrong_address_is_refused_at_once_in_one_line(tmp_path):
+    port = cluster_free_port()  # nothing listens there
+    start = time.monotonic()
+    status, stderr, out = grade_with_ray(tmp_path, f"127.0.0.1:{port}")
+    refused_in_one_line(status, stderr, out)
+    assert f"no Ray head answers at 127.0.0.1:{port} (Connection refused)" in stderr
+    assert f"ray start --head --port={port}" in stderr
+    assert time.monotonic() - start < 60
+    status, stderr, out = grade_with_ray(tmp_path, "no-such-host.invalid:6379")
+    refused_in_one_line(status, stderr, out)
+    assert "no Ray head answers at no-such-host.invalid:6379" in stderr
+
+
+def test_a_port_that_is_not_a_ray_head_is_refused_within_the_join_timeout(tmp_path):
+    import socket
+
+    with socket.socket() as listener:  # accepts connections (the kernel's backlog), never answers as Ray
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        status, stderr, out = grade_with_ray(tmp_path, f"127.0.0.1:{port}", join_timeout_s=5)
+    refused_in_one_line(status, stderr, out)
+    assert f"something listens at 127.0.0.1:{port} but no Ray head answered within 5 s" in stderr
+
+
+def test_ray_auto_without_a_cluster_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("ray")
+    alone = tmp_path / "tmp"  # Ray looks for a cluster started on this machine in its temporary folder
+    alone.mkdir()
+    env = {"TMPDIR": str(alone), "RAY_TMPDIR": str(alone), "RAY_ADDRESS": ""}
+    status, stderr, out = grade_with_ray(tmp_path, "auto", env=env)
+    refused_in_one_line(status, stderr, out)
+    assert "no running Ray cluster found" in stderr
