@@ -2,10 +2,11 @@
 
 Fast tests (root, no hub): HubCollect in this process on an inbound folder whose entries root hands to two
 system accounts (``nobody`` and ``daemon``). Hub tests: learners submit with their own nbgrader and the
-instructor collects with theirs, as `nbgrader collect --update` in the course folder (formgrader's Collect uses
-the same class). Every check here fails on nbgrader's default collect: a forged entry is collected (the newest
-wins), an oversized one makes the collect raise for everyone after it and deletes the earlier copy, a
-symlink's target is copied, and a renamed notebook is submitted with a warning.
+instructor collects with theirs, as `nbgrader collect --update` in the course folder (formgrader's Collect
+uses the same class). Every check here fails on nbgrader's default collect and submit: a forged entry is
+collected (the newest wins), an oversized one or a badly named one makes the collect raise for everyone after
+it (and the oversized one deletes the earlier copy), a symlink's target is copied, and a renamed notebook is
+submitted with a warning.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from tests.hub_fixture import run_as
 MODULE = "00_orientation"
 hub = hub_fixture.hub  # the module-scoped fixture: one hub for this file
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the owner checks need entries of other accounts (root)")
+root_only = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the owner checks need entries of other accounts (root)"
+)
 
 
 # ---------------------------------------------------------------- fast, no hub
@@ -35,7 +38,7 @@ def _stamp(minutes: int) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S.%f %Z")
 
 
-def _entry(inbound: Path, student: str, owner: str, minutes: int, text: str, extra: dict | None = None) -> Path:
+def _entry(inbound: Path, student: str, owner: str, minutes: int, text: str, extra=None) -> Path:
     stamp = _stamp(minutes)
     entry = inbound / f"{student}+a1+{stamp}+r{minutes}"
     entry.mkdir()
@@ -225,7 +228,8 @@ def test_a_renamed_notebook_is_refused_at_submit(hub):
     run_as(hub, learner, ["mv", f"{MODULE}.ipynb", renamed], cwd=folder, check=True)
     try:
         done = _submit(hub, learner)
-        assert done.returncode != 0 and "MISSING" in done.stderr and "not submitted" in done.stderr, done.stderr
+        refused = done.returncode != 0 and "MISSING" in done.stderr and "not submitted" in done.stderr
+        assert refused, done.stderr
         assert set((hub.exchange / "sysml" / "inbound").glob(f"{learner}+*")) == before
     finally:
         run_as(hub, learner, ["mv", renamed, f"{MODULE}.ipynb"], cwd=folder, check=True)

@@ -100,7 +100,8 @@ class HubCollect(ExchangeCollect):
     def copy_files(self):
         assignment = self.coursedir.assignment_id
         if not self.src_records:
-            self.log.warning(f"No submissions of '{assignment}' for course '{self.coursedir.course_id}' to collect")
+            course = self.coursedir.course_id
+            self.log.warning(f"No submissions of '{assignment}' for course '{course}' to collect")
         for record in self.src_records:
             student = record["username"]
             src = os.path.join(self.inbound_path, record["filename"])
@@ -114,7 +115,9 @@ class HubCollect(ExchangeCollect):
                     if self.update:
                         self.log.info(f"No newer submission to collect: {student} {assignment}")
                     else:
-                        self.log.info(f"Submission already exists, use --update to update: {student} {assignment}")
+                        self.log.info(
+                            f"Submission already exists, use --update to update: {student} {assignment}"
+                        )
                     continue
             work = tempfile.mkdtemp(prefix=".collecting-", dir=os.path.dirname(dest))
             new, old = os.path.join(work, "new"), os.path.join(work, "old")
@@ -128,7 +131,8 @@ class HubCollect(ExchangeCollect):
                     if updating:
                         os.rename(old, dest)
                     raise
-                self.log.info(f"{'Updating' if updating else 'Collecting'} submission: {student} {assignment}")
+                verb = "Updating" if updating else "Collecting"
+                self.log.info(f"{verb} submission: {student} {assignment}")
             except (Refused, OSError) as why:
                 kept = " (the copy collected earlier is kept)" if updating else ""
                 self._refuse(record["filename"], f"{why}{kept}")
@@ -137,8 +141,8 @@ class HubCollect(ExchangeCollect):
 
     # ------------------------------------------------------------------ one entry
     def _walk(self, path: str, student: str, into: str | None = None) -> int:
-        """Check the inbound entry `path` (and copy it `into` a new folder, leaving out the course's ignored and
-        too large files as nbgrader does); its size in bytes. Raises Refused."""
+        """Check the inbound entry `path` (and copy it `into` a new folder, leaving out the course's ignored
+        and too large files as nbgrader does); its size in bytes. Raises Refused."""
         try:
             uid = pwd.getpwnam(student).pw_uid
         except KeyError:
@@ -220,7 +224,8 @@ class HubCollect(ExchangeCollect):
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError as error:
             symlink = error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path)
-            raise Refused(f"{top} is a symlink" if symlink else f"cannot read {top}: {error.strerror}") from None
+            why = f"{top} is a symlink" if symlink else f"cannot read {top}: {error.strerror}"
+            raise Refused(why) from None
         try:
             folder(fd, top, into)
         except OSError as error:
