@@ -13,7 +13,9 @@
 #                        PROFILE=t4 predicts Colab's T4),
 #         make hub [LEARNERS=30] [MODULES="00_orientation 01_edge"] [HUB_ROOT=/srv/sysml-hub] [HUB_PORT=8000]
 #                  [HUB_PREFIX=sysml-] [HUB_ARGS='--ssl-key k.pem --ssl-cert c.pem'] (a JupyterHub for a lab: root;
-#                  autograders/INSTRUCTORS.md, Running a lab hub), make hub-down [HUB_ARGS=--remove-accounts],
+#                  autograders/INSTRUCTORS.md, Running a lab hub; a re-run with more learners or another port
+#                  restarts it), make hub-down [HUB_ARGS=--remove-accounts: deletes the accounts' homes too, with
+#                  the instructor's gradebook, submissions and feedback],
 #         make colab-check [COLAB_ARGS='--only 02_snn --python /path/to/python3.13'] (every notebook's install
 #                    cell, setup and first exercise in a Colab-like environment: Colab's 2026-08 runtime, Python 3.13, torch 2.11, IPython 7.34,
 #                    no course; COLAB_ARGS='--runtime py312-torch2.14' for the older one; not in make test)

@@ -39,10 +39,12 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
 import socket
+import ssl as ssl_module
 import stat
 import subprocess
 import time
@@ -56,7 +58,9 @@ DEFAULT_ROOT = Path("/srv/sysml-hub")
 DEFAULT_PREFIX = "sysml-"
 COURSE_ID = "sysml"  # autograders.settings.COURSE_ID (not imported: settings needs nbgrader's stack)
 COURSE_FOLDER = "sysml"  # the instructor's course folder, in their home
-MARKER = "sysml-hub"  # the GECOS field of every account this module makes: only those are ever removed
+# The GECOS field of every account this module makes, "sysml-hub <role> <hub root>": only accounts marked
+# with this hub's root are ever taken over or removed (`owner_root`); a hub never touches another root's.
+MARKER = "sysml-hub"
 PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3.12", "/usr/bin/python3.13", "/usr/bin/python3")
 # Pinned JupyterHub and the packages of a learner's server; the rest comes from constraints.txt and the
 # modules' extras. jupyterhub 6.1.1: the newest release (PyPI, 2026-10) when this was written.
@@ -66,6 +70,7 @@ HUB_PACKAGES = [
     "nbgrader==0.9.6",
     "ipykernel==7.2.0",
     "notebook==7.6.5",
+    "jupyterhub-idle-culler==2.0.0",  # stops servers idle for IDLE_TIMEOUT_S (a hub service)
 ]
 # nbgrader's extensions (nbgrader docs, "Installation: disabling extensions", 0.9): off for everyone in the
 # environment, on again in the instructor's own config. Learners keep assignment_list and validate.
@@ -80,6 +85,17 @@ INSTRUCTOR_LAB_EXTENSIONS = [
 ]
 HUB_START_TIMEOUT_S = 120
 SERVER_START_TIMEOUT_S = 180  # a learner's server imports JupyterLab and nbgrader; slow on a busy machine
+# Each account's server runs under `prlimit --nproc`: RLIMIT_NPROC counts every process and thread of the Unix
+# user, so a learner's fork bomb stops there instead of taking the machine (torch's threads and 04's torchrun
+# workers fit well below it). Memory and CPU caps need control groups (systemd's SystemdSpawner): not here.
+LEARNER_NPROC = 1024
+IDLE_TIMEOUT_S = 3600  # jupyterhub-idle-culler stops a server with no activity for this long
+NODE_MIN = (20, 19)
+NODE_HELP = (
+    "JupyterHub's proxy (configurable-http-proxy 5.3.0) needs Node.js 20.19 or newer and npm. Debian 12's "
+    "apt nodejs is 18, too old: install Node 20 or 22 from NodeSource's packages "
+    "(https://github.com/nodesource/distributions) or nodejs.org, then run make hub again"
+)
 
 
 class HubError(RuntimeError):
@@ -333,6 +349,33 @@ path.write_text(json.dumps(page, indent=2))
 """
 
 
+def proxy_installed(root: Path) -> bool:
+    proxy = root / "proxy"
+    stamp = proxy / ".installed"
+    return (
+        (proxy / "node_modules" / ".bin" / "configurable-http-proxy").exists()
+        and stamp.exists()
+        and stamp.read_text() == _sha(HERE / "package-lock.json")
+    )
+
+
+def check_node() -> None:
+    """Raises HubError (`NODE_HELP`) unless node >= 20.19 and npm are on PATH.
+
+    configurable-http-proxy 5.3.0 loads commander 15, an ES module, with require(): Node 20.19 or newer
+    (package-lock.json; commander's engines field asks for 22.12, but 20.19+ loads it, as tests/test_hub.py
+    shows on Node 20.20)."""
+    if not shutil.which("npm") or not shutil.which("node"):
+        raise HubError(f"node or npm is missing. {NODE_HELP}")
+    version = _run(["node", "--version"], capture_output=True, text=True).stdout.strip().lstrip("v")
+    try:
+        found = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        found = (0, 0)
+    if found < NODE_MIN:
+        raise HubError(f"node {version} is too old. {NODE_HELP}")
+
+
 def install_proxy(root: Path) -> Path:
     """configurable-http-proxy, as pinned in package-lock.json beside this file, in root/proxy; its command.
     Raises HubError without npm."""
@@ -342,17 +385,7 @@ def install_proxy(root: Path) -> Path:
     want = _sha(HERE / "package-lock.json")
     if command.exists() and stamp.exists() and stamp.read_text() == want:
         return command
-    if not shutil.which("npm") or not shutil.which("node"):
-        raise HubError(
-            "node and npm are needed for JupyterHub's proxy (configurable-http-proxy): "
-            "apt-get install nodejs npm"
-        )
-    # configurable-http-proxy 5.3.0 loads commander 15, an ES module, with require(): Node 20.19 or newer
-    # (package-lock.json; commander's engines field asks for 22.12, but 20.19+ loads it, as tests/test_hub.py
-    # shows on Node 20.20)
-    version = _run(["node", "--version"], capture_output=True, text=True).stdout.strip().lstrip("v")
-    if tuple(int(x) for x in version.split(".")[:2]) < (20, 19):
-        raise HubError(f"node {version} is too old for configurable-http-proxy 5.3.0 (needs 20.19 or newer)")
+    check_node()
     proxy.mkdir(parents=True, exist_ok=True)
     for name in ("package.json", "package-lock.json"):
         shutil.copy(HERE / name, proxy / name)
@@ -371,9 +404,49 @@ def _user_exists(name: str) -> pwd.struct_passwd | None:
         return None
 
 
-def ensure_user(name: str, role: str) -> pwd.struct_passwd:
-    """The Unix account `name`, made (home mode 700, a group of its own) if missing. Raises HubError for an
-    account this module did not make: it never takes over, nor later removes, anyone else's."""
+def gecos(role: str, root: Path) -> str:
+    """The GECOS marker of an account this module makes for the hub in `root`."""
+    return f"{MARKER} {role} {Path(root)}"
+
+
+def owner_root(found: pwd.struct_passwd) -> str | None:
+    """The hub root an account was made for: its GECOS marker's root; "" for an account marked by an older
+    version of this module (no root recorded); None for an account this module did not make."""
+    parts = found.pw_gecos.split(" ", 2)
+    if parts[0] != MARKER:
+        return None
+    return parts[2] if len(parts) == 3 else ""
+
+
+def is_ours(found: pwd.struct_passwd, root: Path, listed: bool) -> bool:
+    """Whether the hub in `root` may use or remove `found`: marked with this root, or marked without a root
+    (made before roots were recorded) and listed in this root's accounts.csv (`listed`)."""
+    owner = owner_root(found)
+    return owner == str(Path(root)) or (owner == "" and listed)
+
+
+def check_accounts(wanted: dict[str, str], root: Path, listed: set[str]) -> None:
+    """Raises HubError naming every account in `wanted` (name -> role) that exists and is not this hub's:
+    checked before any account is made, so a refusal leaves nothing behind."""
+    problems = []
+    for name in wanted:
+        found = _user_exists(name)
+        if found is not None and not is_ours(found, root, name in listed):
+            owner = owner_root(found)
+            why = (
+                f"belongs to the hub in {owner}"
+                if owner
+                else f"was not made by this hub (GECOS {found.pw_gecos!r})"
+            )
+            problems.append(f"user {name} exists and {why}")
+    if problems:
+        raise HubError("; ".join(problems) + ": choose another --prefix (no account was made)")
+
+
+def ensure_user(name: str, role: str, root: Path, listed: bool = False) -> pwd.struct_passwd:
+    """The Unix account `name`, made (home mode 700, a group of its own, GECOS `gecos(role, root)`) if
+    missing. Raises HubError for an account this hub did not make (`is_ours`): it never takes over, nor later
+    removes, anyone else's, nor another hub root's."""
     found = _user_exists(name)
     if found is None:
         _run(
@@ -384,24 +457,26 @@ def ensure_user(name: str, role: str) -> pwd.struct_passwd:
                 "--shell",
                 "/bin/bash",
                 "--comment",
-                f"{MARKER} {role}",
+                gecos(role, root),
                 name,
             ]
         )
         found = pwd.getpwnam(name)
-    elif not found.pw_gecos.startswith(MARKER):
-        raise HubError(
-            f"user {name} exists and was not made by the hub (GECOS {found.pw_gecos!r}): choose another "
-            "--prefix"
-        )
+    elif not is_ours(found, root, listed):
+        check_accounts({name: role}, root, {name} if listed else set())
+    elif (
+        owner_root(found) == ""
+    ):  # an older hub's marker, listed in this root's accounts.csv: record the root
+        _run(["usermod", "--comment", gecos(role, root), name])
+        found = pwd.getpwnam(name)
     os.chmod(found.pw_dir, 0o700)
     return found
 
 
-def remove_user(name: str) -> bool:
-    """Remove the account `name` and its home, only if this module made it; whether it did."""
+def remove_user(name: str, root: Path) -> bool:
+    """Remove the account `name` and its home, only if the hub in `root` made it; whether it did."""
     found = _user_exists(name)
-    if found is None or not found.pw_gecos.startswith(MARKER):
+    if found is None or not is_ours(found, root, listed=True):
         return False
     kill_user_processes(found.pw_uid)
     _run(["userdel", "--remove", name], check=False, capture_output=True)
@@ -443,7 +518,8 @@ def write_accounts(path: Path, accounts: dict[str, tuple[str, str]]) -> None:
 # ------------------------------------------------------------------------------------------- the hub
 
 CONFIG_TEMPLATE = """\
-# Written by autograders/hub (python -m autograders.hub up); rewritten on every start.
+# Written by autograders/hub (python -m autograders.hub up); rewritten by every `up`, which restarts
+# JupyterHub when this file changed (new learners, another port).
 c = get_config()  # noqa: F821
 c.JupyterHub.bind_url = {bind_url!r}
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -458,19 +534,32 @@ c.ConfigurableHTTPProxy.auth_token = {proxy_token!r}
 {ssl}
 # PAM (JupyterHub's default authenticator): the accounts' Unix passwords; only the hub's own accounts.
 c.JupyterHub.authenticator_class = "pam"
-c.Authenticator.allowed_users = {users!r}
+c.Authenticator.allowed_users = set({users!r})
 c.Authenticator.admin_users = set()
 # Each server runs as its Unix user (LocalProcessSpawner, the default), from the learners' environment.
 c.JupyterHub.spawner_class = "localprocess"
-c.Spawner.cmd = [{singleuser!r}]
+# prlimit: at most LEARNER_NPROC processes and threads per account (a fork bomb stops there); memory and CPU
+# caps would need control groups (systemd), which this spawner does not set.
+c.Spawner.cmd = {cmd!r}
 c.Spawner.notebook_dir = "~"
 c.Spawner.default_url = "/lab"
 c.Spawner.environment = {{"PATH": {path!r}}}
 c.Spawner.start_timeout = {start_timeout}
 c.Spawner.http_timeout = {start_timeout}
 # A service with the admin role: the hub's own tools (tests, `status`) use its token.
-c.JupyterHub.services = [{{"name": "sysml-hub-admin", "api_token": {admin_token!r}}}]
-c.JupyterHub.load_roles = [{{"name": "admin", "services": ["sysml-hub-admin"]}}]
+# jupyterhub-idle-culler (its README's service and role): stops servers idle for {idle} s.
+c.JupyterHub.services = [
+    {{"name": "sysml-hub-admin", "api_token": {admin_token!r}}},
+    {{"name": "idle-culler", "command": [{python!r}, "-m", "jupyterhub_idle_culler", "--timeout={idle}"]}},
+]
+c.JupyterHub.load_roles = [
+    {{"name": "admin", "services": ["sysml-hub-admin"]}},
+    {{
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    }},
+]
 c.JupyterHub.cleanup_servers = True
 c.JupyterHub.cleanup_proxy = True
 """
@@ -493,7 +582,7 @@ c.ExchangeFactory.collect = "autograders.hub.exchange.HubCollect"
 c.Execute.kernel_name = {kernel!r}    # walled in: no network, gradebook and solutions hidden, caps
 c.KernelManager.transport = "ipc"     # the kernel's network namespace cannot reach this process's TCP
 c.KernelManager.ip = {ipc!r}
-os.makedirs(os.path.dirname(c.KernelManager.ip), mode=0o700, exist_ok=True)
+os.makedirs(os.path.dirname(c.KernelManager.ip), mode=0o700, exist_ok=True)  # in the instructor's home
 """
 
 # Run by the instructor (runuser) in the hub environment: grading kernel, source, release, students.
@@ -529,7 +618,7 @@ for module in {modules!r}:
 from nbgrader.api import Gradebook
 with Gradebook(config.CourseDirectory.db_url) as gb:
     for student in {learners!r}:
-        gb.update_or_create_student(student)
+        gb.update_or_create_student(student, first_name="learner", last_name=student)  # not "None, None"
 print("released:", ", ".join({modules!r}))
 """
 
@@ -576,6 +665,13 @@ class Hub:
         return {name: password for name, (_, password) in read_accounts(self.accounts_file).items()}
 
     @property
+    def api_url(self) -> str:
+        """JupyterHub's REST API on its internal port (plain HTTP on 127.0.0.1), or through the public URL
+        for a hub started before the internal port was recorded."""
+        port = self._state().get("hub_port")
+        return f"http://127.0.0.1:{port}/hub/api/" if port else f"{self.url}hub/api/"
+
+    @property
     def url(self) -> str:
         state = self._state()
         scheme = "https" if state.get("ssl") else "http"
@@ -594,11 +690,14 @@ class Hub:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _processes(self, needle: str) -> list[int]:
-        """Ids of the processes whose command line holds `needle` (read from /proc)."""
+        """Ids of root's processes whose command line holds `needle` (read from /proc): only root can start a
+        process as root, so no learner's command line that merely names our files is taken for ours."""
         found = []
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) != os.getpid():
                 try:
+                    if os.stat(f"/proc/{entry}").st_uid != 0:
+                        continue
                     cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
                 except OSError:
                     continue
@@ -606,10 +705,30 @@ class Hub:
                     found.append(int(entry))
         return found
 
+    def _is_hub(self, pid: int) -> bool:
+        """Whether `pid` is root's process running this hub's ``jupyterhub -f <our config>``."""
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != 0:
+                return False
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        argv = [a.decode(errors="replace") for a in argv]
+        config = str(self.state_dir / "jupyterhub_config.py")
+        runs_hub = any(a == str(self.env / "bin" / "jupyterhub") for a in argv[:2])
+        return runs_hub and any(a == "-f" and b == config for a, b in zip(argv, argv[1:], strict=False))
+
     def pid(self) -> int | None:
-        """JupyterHub's process id while it runs (the one started with this hub's config file), else None."""
-        found = self._processes(str(self.state_dir / "jupyterhub_config.py"))
-        return min(found) if found else None
+        """JupyterHub's process id while it runs, else None: from its pid file (or, while it starts, the
+        id `up` recorded), checked to be root's ``jupyterhub -f`` with this hub's config."""
+        candidates = []
+        try:
+            candidates.append(int((self.state_dir / "jupyterhub.pid").read_text().strip()))
+        except (OSError, ValueError):
+            pass
+        if self._state().get("pid"):
+            candidates.append(int(self._state()["pid"]))
+        return next((pid for pid in candidates if self._is_hub(pid)), None)
 
     def admin_token(self) -> str:
         return (self.state_dir / "admin-token").read_text().strip()
@@ -622,12 +741,38 @@ class Hub:
         self.down()
 
     def up(self) -> Hub:
-        """Build what is missing and start JupyterHub; returns when it answers. Idempotent."""
+        """Build what is missing and start JupyterHub; returns when it answers. Idempotent: a hub already
+        running with the same configuration is left alone; one whose configuration changed (learners added,
+        another port or certificate) is restarted, and says so. Everything is checked (root, Node.js, the
+        port, the account names) before anything is built, and a start that fails stops what it started."""
         self._process = None
+        self.restarted = False
         if os.geteuid() != 0:
             raise HubError("the hub makes Unix accounts and starts servers as them: run as root")
+        if any(ch in str(self.root) for ch in ":,\n"):
+            raise HubError(
+                f"{self.root}: a hub root may not hold ':', ',' or a newline (it is recorded in GECOS)"
+            )
+        if not proxy_installed(self.root):
+            check_node()
+        known = read_accounts(self.accounts_file)
+        check_accounts(self._wanted(), self.root, set(known))
+        running = self.pid()
+        if running is not None and not (self.state_dir / "state.json").exists():
+            self._stop()  # a hub whose port is no longer known: start it afresh
+            running = None
+        port = self._port()
+        if running is None or port != self._state().get("port"):
+            self._check_port(port, others_than=running)
+        created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
+        if created:  # never loosen a folder that was there before (e.g. /tmp, or a home of mode 700)
+            os.chmod(self.root, 0o755)
+        elif self.root.stat().st_mode & 0o022:
+            raise HubError(
+                f"{self.root} is writable by others: choose a --root only root may write "
+                "(e.g. /srv/sysml-hub)"
+            )
         blocked = blocking_directory(self.root)
         if blocked:
             raise HubError(
@@ -644,28 +789,57 @@ class Hub:
         proxy = install_proxy(self.root)
         self._accounts()
         self._instructor()
-        if self.pid() is not None and not (self.state_dir / "state.json").exists():
-            self.down()  # a hub whose port is no longer known: start it afresh
-        if self.pid() is None:
-            self._start(proxy)
-        self._wait()
+        config_file = self.state_dir / "jupyterhub_config.py"
+        before = config_file.read_text() if config_file.exists() else None
+        config = self._write_config(proxy, port)
+        if running is not None and config != before:
+            self.log(
+                "the hub's configuration changed (learners, port or certificate): restarting JupyterHub "
+                "so it takes effect; running servers are stopped (saved files are kept); log in again"
+            )
+            self._stop()
+            running = None
+            self.restarted = True
+        if running is None:
+            self._start()
+        try:
+            self._wait()
+        except HubError as error:
+            self._stop()  # so that the next `make hub` starts afresh
+            raise HubError(f"{error}\n(JupyterHub and its proxy were stopped)") from None
         return self
 
+    def _wanted(self) -> dict[str, str]:
+        return {self.instructor: "instructor", **{name: "learner" for name in self.learners}}
+
+    def _port(self) -> int:
+        """The public port: the one asked for, else the one in use, else a free one."""
+        port = self.port or self._state().get("port") or _free_port()
+        if not self.port and not _port_free(port, ssl=bool(self.ssl_cert)) and self.pid() is None:
+            port = _free_port()
+        return port
+
+    def _check_port(self, port: int, others_than: int | None = None) -> None:
+        """Raises HubError naming `port` and who holds it, where it is taken (by anything but this hub)."""
+        if _port_free(port, ssl=bool(self.ssl_key and self.ssl_cert)):
+            return
+        holders = _port_holders(port)
+        raise HubError(
+            f"port {port} is in use"
+            + (f" by {holders}" if holders else "")
+            + ": stop that, or choose another port (make hub HUB_PORT=...; --port)"
+        )
+
     def _accounts(self) -> None:
+        """Make the accounts (all names were checked by `check_accounts` first); each new one is written
+        to accounts.csv once it exists, before its password is set: `down --remove-accounts` sees it."""
         known = read_accounts(self.accounts_file)
-        wanted = {self.instructor: "instructor", **{name: "learner" for name in self.learners}}
-        fresh = []
-        for name, role in wanted.items():
-            ensure_user(name, role)
+        for name, role in self._wanted().items():
+            ensure_user(name, role, self.root, listed=name in known)
             if name not in known:
                 known[name] = (role, secrets.token_urlsafe(12))
-                fresh.append(name)
-        write_accounts(
-            self.accounts_file, known
-        )  # before chpasswd: a password set is a password written down
-        if fresh:
-            lines = "".join(f"{name}:{known[name][1]}\n" for name in fresh)
-            _run(["chpasswd"], input=lines, text=True)
+                write_accounts(self.accounts_file, known)  # a password set is a password written down
+                _run(["chpasswd"], input=f"{name}:{known[name][1]}\n", text=True)
 
     def _as(self, user: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         """Run `argv` as `user` (runuser; HOME, USER and the hub environment first on PATH)."""
@@ -698,7 +872,9 @@ class Hub:
         os.chmod(repo, 0o700)
         home = Path(user.pw_dir)
         course = home / COURSE_FOLDER
-        ipc = Path("/tmp") / f"sysml-hub-ipc-{user.pw_uid}" / "k"
+        # the grading kernels' sockets: a folder of the instructor's own home (mode 700), never a shared,
+        # predictable /tmp path another account could take first; removed by `down`
+        ipc = self.ipc_folder / "k"
         config = INSTRUCTOR_CONFIG.format(
             repo=str(repo),
             course=str(course),
@@ -708,8 +884,15 @@ class Hub:
             kernel="course-grading",
             ipc=str(ipc),
         )
+        config = stamp_config(config)
         self._as(self.instructor, ["mkdir", "-p", course, home / ".jupyter"])
+        self._as(self.instructor, ["mkdir", "-p", "-m", "700", self.ipc_folder])
+        self._as(self.instructor, ["chmod", "700", self.ipc_folder])
         for target in (course / "nbgrader_config.py", home / ".jupyter" / "nbgrader_config.py"):
+            current = self._as(self.instructor, ["cat", target], capture_output=True, text=True, check=False)
+            if current.returncode == 0 and current.stdout != config and not is_generated(current.stdout):
+                self.log(f"kept {target}: edited by the instructor (the hub's version is in {target}.hub)")
+                target = target.with_name(target.name + ".hub")
             self._as(self.instructor, ["tee", target], input=config, text=True, stdout=subprocess.DEVNULL)
         self._as(self.instructor, ["chmod", "700", course])
         self._as(
@@ -743,40 +926,61 @@ class Hub:
             raise HubError(f"setting up the instructor's course failed:\n{done.stdout}\n{done.stderr}")
         self.log(done.stdout.strip())
 
-    def _start(self, proxy: Path) -> None:
+    def _write_config(self, proxy: Path, port: int) -> str:
+        """Write hub/jupyterhub_config.py for `port` (the internal ports kept from the last start while free);
+        its text. The same accounts, port and certificate give the same text, so `up` can tell a change."""
         state = self.state_dir
         for name in ("admin-token", "proxy-token"):
             if not (state / name).exists():
                 fd = os.open(state / name, os.O_WRONLY | os.O_CREAT, 0o600)
                 with os.fdopen(fd, "w") as handle:
                     handle.write(secrets.token_hex(32))
-        port = self.port or self._state().get("port") or _free_port()
-        if self.port == 0 and not _port_free(port):
-            port = _free_port()
+        old = self._state()
+        running = self.pid() is not None
+        internal = {}
+        for key in ("hub_port", "proxy_api_port"):
+            kept = old.get(key)
+            internal[key] = kept if kept and (running or _port_free(kept)) else _free_port()
         ssl = ""
         if self.ssl_key and self.ssl_cert:
             ssl = f"c.JupyterHub.ssl_key = {self.ssl_key!r}\nc.JupyterHub.ssl_cert = {self.ssl_cert!r}"
         scheme = "https" if ssl else "http"
+        prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
+        singleuser = str(self.env / "bin" / "jupyterhub-singleuser")
         config = CONFIG_TEMPLATE.format(
             bind_url=f"{scheme}://{'0.0.0.0' if ssl else '127.0.0.1'}:{port}/",
-            hub_port=_free_port(),
+            hub_port=internal["hub_port"],
             db_url=f"sqlite:///{state / 'jupyterhub.sqlite'}",
             cookie=str(state / "jupyterhub_cookie_secret"),
             pid=str(state / "jupyterhub.pid"),
             proxy=str(proxy),
-            proxy_api_port=_free_port(),
+            proxy_api_port=internal["proxy_api_port"],
             proxy_pid=str(state / "proxy.pid"),
             proxy_token=(state / "proxy-token").read_text().strip(),
             ssl=ssl,
-            users={self.instructor, *self.learners} | set(self.accounts),
-            singleuser=str(self.env / "bin" / "jupyterhub-singleuser"),
+            users=sorted({self.instructor, *self.learners} | set(self.accounts)),
+            cmd=[prlimit, f"--nproc={LEARNER_NPROC}", singleuser]
+            if os.path.exists(prlimit)
+            else [singleuser],
+            python=str(self.env / "bin" / "python"),
+            idle=IDLE_TIMEOUT_S,
             path=f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             start_timeout=SERVER_START_TIMEOUT_S,
             admin_token=self.admin_token(),
         )
         (state / "jupyterhub_config.py").write_text(config)
         os.chmod(state / "jupyterhub_config.py", 0o600)
+        pid = old.get("pid") if running else None
+        self._save_state(pid=pid, port=port, ssl=bool(ssl), **internal)
+        return config
+
+    def _save_state(self, **state) -> None:
+        (self.state_dir / "state.json").write_text(json.dumps(state))
+
+    def _start(self) -> None:
+        state = self.state_dir
         env = {"PATH": f"{self.env / 'bin'}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+        (state / "jupyterhub.pid").unlink(missing_ok=True)
         with open(state / "jupyterhub.log", "ab") as out:
             process = subprocess.Popen(
                 [str(self.env / "bin" / "jupyterhub"), "-f", str(state / "jupyterhub_config.py")],
@@ -788,8 +992,8 @@ class Hub:
                 start_new_session=True,
             )
         self._process = process
-        (state / "state.json").write_text(json.dumps({"pid": process.pid, "port": port, "ssl": bool(ssl)}))
-        self.log(f"JupyterHub starting (pid {process.pid}) at {scheme}://127.0.0.1:{port}/")
+        self._save_state(**{**self._state(), "pid": process.pid})
+        self.log(f"JupyterHub starting (pid {process.pid}) at {self.url}")
 
     def _wait(self) -> None:
         """Until the hub answers; raises HubError with the log's tail where it exits or stays silent."""
@@ -804,10 +1008,28 @@ class Hub:
                 raise HubError(f"JupyterHub stopped; see {log}:\n{self._log_tail()}")
             try:
                 self.api("GET", "")
-                return
+                if self.answers():
+                    return
             except (OSError, urllib.error.URLError):
-                time.sleep(0.5)
-        raise HubError(f"JupyterHub did not answer in {HUB_START_TIMEOUT_S} s:\n{self._log_tail()}")
+                pass
+            time.sleep(0.5)
+        raise HubError(
+            f"JupyterHub did not answer at {self.url} in {HUB_START_TIMEOUT_S} s:\n{self._log_tail()}"
+        )
+
+    def answers(self) -> bool:
+        """Whether the public port (through the proxy) answers HTTP(S) at /hub/login. Over TLS the
+        certificate is not checked: it names the hub's public host, never 127.0.0.1."""
+        context = ssl_module.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl_module.CERT_NONE
+        try:
+            with urllib.request.urlopen(f"{self.url}hub/login", timeout=10, context=context):
+                return True
+        except urllib.error.HTTPError:
+            return True  # an HTTP answer all the same
+        except (OSError, urllib.error.URLError):
+            return False
 
     def _log_tail(self, lines: int = 30) -> str:
         path = self.state_dir / "jupyterhub.log"
@@ -816,9 +1038,11 @@ class Hub:
     # ------------------------------------------------------------------ use
     def api(self, method: str, path: str, body: dict | None = None, token: str | None = None):
         """Call JupyterHub's REST API (``/hub/api/<path>``) with the admin service's token (or `token`);
-        the JSON answer. Raises urllib.error.HTTPError for an error status."""
+        the JSON answer. Raises urllib.error.HTTPError for an error status. It goes to the hub's internal
+        port (plain HTTP on 127.0.0.1, `api_url`), not the public one, which may be HTTPS with a certificate
+        for another host name."""
         request = urllib.request.Request(
-            f"{self.url}hub/api/{path.lstrip('/')}",
+            f"{self.api_url}{path.lstrip('/')}",
             method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"token {token or self.admin_token()}"},
@@ -854,15 +1078,19 @@ class Hub:
         return self.api("POST", f"users/{user}/tokens", {"note": "sysml-hub", "expires_in": 3600})["token"]
 
     def status(self) -> dict:
-        """Whether it runs, where, and whose servers are up."""
-        if self.pid() is None:
+        """Whether it runs, where, whether it answers, and whose servers are up; never raises for a hub that
+        runs but does not answer."""
+        pid = self.pid()
+        if pid is None:
             return {"running": False, "root": str(self.root)}
-        users = self.api("GET", "users")
+        found = {"running": True, "url": self.url, "root": str(self.root), "pid": pid}
+        try:
+            users = self.api("GET", "users")
+        except Exception as error:  # noqa: BLE001 (a status report, whatever went wrong)
+            return {**found, "answering": False, "error": str(error)}
         return {
-            "running": True,
-            "url": self.url,
-            "root": str(self.root),
-            "pid": self.pid(),
+            **found,
+            "answering": self.answers(),
             "servers_running": sorted(u["name"] for u in users if u.get("servers")),
         }
 
@@ -893,32 +1121,60 @@ class Hub:
         return figures
 
     # ------------------------------------------------------------------ bring down
-    def down(self, remove_accounts: bool = False) -> None:
-        """Stop JupyterHub (it stops the servers and the proxy), then what is left of the accounts' processes;
-        with `remove_accounts`, remove the accounts (and homes) this hub made, and accounts.csv."""
-        for pid in self._processes(str(self.state_dir / "jupyterhub_config.py")):
-            os.kill(pid, signal.SIGTERM)  # JupyterHub stops the servers and its proxy
+    def _stop(self) -> None:
+        """Stop JupyterHub (it stops the servers and the proxy), then whatever is left of them: this hub's
+        process (`pid`), root's processes running this root's proxy."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+        process = getattr(self, "_process", None)
         deadline = time.monotonic() + 30
         while self.pid() and time.monotonic() < deadline:
+            if process is not None:
+                process.poll()  # reap our own child, or it stays a zombie that looks alive
             time.sleep(0.2)
-        # whatever is left: a hub that did not stop, a proxy whose hub was killed
-        for pid in [
-            *self._processes(str(self.state_dir / "jupyterhub_config.py")),
+        leftovers = [
+            self.pid(),
             *self._processes(str(self.root / "proxy" / "node_modules")),
-        ]:
+            *self._processes(f"{self.env / 'bin' / 'python'} -m jupyterhub_idle_culler"),
+        ]
+        for pid in leftovers:
             try:
-                os.kill(pid, signal.SIGKILL)
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if process is not None:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         (self.state_dir / "proxy.pid").unlink(missing_ok=True)
+
+    @property
+    def ipc_folder(self) -> Path:
+        return self.home(self.instructor) / ".sysml-hub-ipc"
+
+    def down(self, remove_accounts: bool = False) -> None:
+        """Stop JupyterHub (it stops the servers and the proxy), then what is left of the accounts' processes;
+        with `remove_accounts`, remove the accounts this hub made (never another root's or anyone else's)
+        with their homes, which holds the instructor's course: gradebook, submissions, feedback; and
+        accounts.csv, the exchange and instructor-repo/."""
+        self._stop()
         accounts = read_accounts(self.accounts_file)
         for name in accounts:
             found = _user_exists(name)
-            if found is not None and found.pw_gecos.startswith(MARKER):
+            if found is not None and is_ours(found, self.root, listed=True):
                 kill_user_processes(found.pw_uid)
+        instructor = _user_exists(self.instructor)
+        if instructor is not None and is_ours(instructor, self.root, self.instructor in accounts):
+            shutil.rmtree(self.ipc_folder, ignore_errors=True)
+            old = Path("/tmp") / f"sysml-hub-ipc-{instructor.pw_uid}"  # where older hubs put it
+            if old.is_dir() and not old.is_symlink() and old.stat().st_uid == instructor.pw_uid:
+                shutil.rmtree(old, ignore_errors=True)
         if remove_accounts:
             for name in accounts:
-                remove_user(name)
+                remove_user(name, self.root)
             self.accounts_file.unlink(missing_ok=True)
             shutil.rmtree(self.instructor_repo, ignore_errors=True)
             shutil.rmtree(self.exchange, ignore_errors=True)
@@ -926,10 +1182,49 @@ class Hub:
                 path.unlink(missing_ok=True)
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, ssl: bool = False) -> bool:
+    """Whether a server could listen on `port` (127.0.0.1, or every interface for `ssl`), as JupyterHub's
+    proxy would (SO_REUSEADDR: only a listening socket blocks it, not connections closing)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind(("0.0.0.0" if ssl else "127.0.0.1", port))
             return True
         except OSError:
             return False
+
+
+def _port_holders(port: int) -> str:
+    """Who listens on TCP `port`, as `ss` tells (process names and ids), or ""."""
+    ss = shutil.which("ss")
+    if not ss:
+        return ""
+    found = _run([ss, "-Hltnp", f"sport = :{port}"], check=False, capture_output=True, text=True).stdout
+    users = sorted(set(re.findall(r'\("([^"]+)",pid=(\d+)', found)))
+    return ", ".join(f"{name} (PID {pid})" for name, pid in users) or (
+        "another process" if found.strip() else ""
+    )
+
+
+GENERATED = "# Written by autograders/hub"
+
+
+def stamp_config(text: str) -> str:
+    """The instructor's generated nbgrader config with a first line recording its own hash, so a later `up`
+    can tell it is still the generated one (`is_generated`) and rewrite it, and leave an edited one alone."""
+    return (
+        f"{GENERATED} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}; an edited copy is kept)\n"
+        + text
+    )
+
+
+def is_generated(text: str) -> bool:
+    """Whether `text` is a config `stamp_config` wrote, unedited (or one from before the stamp: those were
+    rewritten on every `up` anyway)."""
+    first, _, rest = text.partition("\n")
+    if not first.startswith(GENERATED):
+        return False
+    if "(sha256 " not in first:
+        return first.startswith(GENERATED + ": the instructor's nbgrader")
+    recorded = first.split("(sha256 ", 1)[1].split(";", 1)[0]
+    return hashlib.sha256(rest.encode()).hexdigest()[:16] == recorded

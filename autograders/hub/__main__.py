@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--remove-accounts",
         action="store_true",
-        help="down: also remove the accounts the hub made (and their homes), never anyone else's",
+        help="down: also remove the accounts this hub made, never anyone else's, with their homes: the "
+        "instructor's course (gradebook, submissions, feedback) goes too, and the exchange",
     )
     args = parser.parse_args(argv)
     hub = Hub(
@@ -44,12 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             hub.up()
             print(
-                f"hub running at {hub.url}  (instructor: {hub.instructor}; {len(hub.learners)} learners; "
-                f"passwords in {hub.accounts_file}, root only)"
+                f"hub {'restarted' if hub.restarted else 'running'} at {hub.url}  "
+                f"(instructor: {hub.instructor}; "
+                f"{len(hub.learners)} learners; passwords in {hub.accounts_file}, root only)"
             )
         elif args.command == "down":
             hub.down(remove_accounts=args.remove_accounts)
-            print("hub stopped" + (" and its accounts removed" if args.remove_accounts else ""))
+            print(
+                "hub stopped"
+                + (
+                    "; its accounts removed with their homes (the instructor's course: gradebook, "
+                    "submissions, feedback), the exchange and instructor-repo/"
+                    if args.remove_accounts
+                    else ""
+                )
+            )
         else:
             print(json.dumps(hub.status(), indent=1))
     except HubError as error:
