@@ -577,8 +577,13 @@ c = get_config()  # noqa: F821
 configure(c, root={course!r}, release_directory="release", source_directory={source!r})
 c.CourseDirectory.course_id = {course_id!r}
 c.Exchange.root = {exchange!r}
-# collect only entries of the student they name, skip oversized or broken ones (autograders/hub/exchange.py)
-c.ExchangeFactory.collect = "autograders.hub.exchange.HubCollect"
+# collect only entries of the student they name, skip oversized or broken ones: autograders/hub/exchange.py,
+# by path (the Lab server has imported the environment's autograders already, whose wheel has no hub package)
+import importlib.util  # noqa: E402
+_spec = importlib.util.spec_from_file_location("sysml_hub_exchange", {exchange_py!r})
+_exchange = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_exchange)
+c.ExchangeFactory.collect = _exchange.HubCollect
 c.Execute.kernel_name = {kernel!r}    # walled in: no network, gradebook and solutions hidden, caps
 c.KernelManager.transport = "ipc"     # the kernel's network namespace cannot reach this process's TCP
 c.KernelManager.ip = {ipc!r}
@@ -883,6 +888,7 @@ class Hub:
             exchange=str(self.exchange),
             kernel="course-grading",
             ipc=str(ipc),
+            exchange_py=str(repo / "autograders" / "hub" / "exchange.py"),
         )
         config = stamp_config(config)
         self._as(self.instructor, ["mkdir", "-p", course, home / ".jupyter"])
