@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -243,7 +244,7 @@ def _login(url: str, user: str, password: str) -> int:
 
 
 def test_https_hub_answers_and_a_rerun_with_more_learners_restarts_it(tmp_path):
-    """Findings 3 and 4 (and 9, 18): `up` over HTTPS with a certificate for another host name answers
+    """Findings 3 and 4 (and 8, 9, 11, 18): `up` over HTTPS with a certificate for another host name answers
     (the API goes to the hub's internal port); a re-run with one more learner restarts the hub, says so, and
     the new learner can log in; the grading kernel's sockets live in the instructor's home, mode 700."""
     from tests.hub_fixture import ROOT, missing
@@ -285,9 +286,26 @@ def test_https_hub_answers_and_a_rerun_with_more_learners_restarts_it(tmp_path):
         assert ipc.is_dir() and not ipc.is_symlink() and ipc.stat().st_mode & 0o777 == 0o700
         assert ipc.stat().st_uid == instructor.pw_uid
         assert str(ipc) in (lab.course / "nbgrader_config.py").read_text()
+        config = (ROOT / "hub" / "jupyterhub_config.py").read_text()
+        assert f"--nproc={hubmod.LEARNER_NPROC}" in config and "jupyterhub_idle_culler" in config
+        culler = subprocess.run(["pgrep", "-f", f"{ROOT}/env/bin/python -m jupyterhub_idle_culler"])
+        assert culler.returncode == 0  # the culler runs as a hub service
+        with sqlite3.connect(lab.course / "gradebook.db") as db:  # finding 18: not "None, None"
+            names = db.execute("SELECT id, first_name, last_name FROM student").fetchall()
+        assert (f"{PREFIX}learner01", "learner", f"{PREFIX}learner01") in names
+        edited = 'c.AssignLatePenalties.penalty_type = "zero"\n'  # finding 8: an edit survives a re-run
+        subprocess.run(
+            ["runuser", "-u", lab.instructor, "--", "tee", "-a", str(lab.course / "nbgrader_config.py")],
+            input=edited,
+            text=True,
+            check=True,
+            capture_output=True,
+        )
         again = Hub(ROOT, prefix=PREFIX, learners=2, ssl_key=str(key), ssl_cert=str(cert), log=logs.append)
         again.up()
         assert again.restarted and any("restarting JupyterHub" in line for line in logs)
+        assert (lab.course / "nbgrader_config.py").read_text().endswith(edited)
+        assert (lab.course / "nbgrader_config.py.hub").exists()
         new = f"{PREFIX}learner02"
         assert _login(again.url, new, again.accounts[new]) == 302
         assert _login(again.url, new, "wrong") == 403

@@ -16,13 +16,15 @@ Run as root (it makes Unix accounts and starts servers as them). What it builds 
   (``npm ci``);
 - ``accounts.csv`` (mode 600, root): the instructor and the learners, one generated password each, set with
   chpasswd; JupyterHub logs them in with PAM (PAMAuthenticator, its default) and starts each server as that
-  Unix user (LocalProcessSpawner), so Unix permissions keep learners out of each other's homes;
+  Unix user (LocalProcessSpawner), so Unix permissions keep learners out of each other's homes; each
+  account's GECOS is ``sysml-hub <role> <root>``: a hub uses and removes only its own root's accounts;
 - ``exchange/`` (1777): nbgrader's exchange for course ``sysml`` (`settings.COURSE_ID`), named in the
   environment's global nbgrader_config.py;
 - ``instructor-repo/`` (mode 700, the instructor's): the autograders, the course and the solutions, for the
   instructor's nbgrader only; the instructor's course folder ``~/sysml`` holds source/, release/ and the
   gradebook; the assignments (one per module id: 00_orientation ... 07b_serving) are released to the exchange;
-- ``hub/`` (mode 700, root): JupyterHub's configuration, database, secrets, log and pid file.
+- ``hub/`` (mode 700, root): JupyterHub's configuration, database, secrets, log and pid file; a re-run whose
+  configuration differs (more learners, another port or certificate) restarts JupyterHub.
 
 Who sees what: learners get the Assignments panel and Validate; only the instructor gets Formgrader, Create
 Assignment and Courses (nbgrader's server and lab extensions are off in the environment and switched on in the
