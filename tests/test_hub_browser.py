@@ -10,9 +10,17 @@ released), Playwright's client drives Debian's headless Chromium (no browser dow
 3. the instructor signs in, has Formgrader in the Nbgrader menu, collects, autogrades both (A full marks;
    B not gradable: formgrader's error dialog and "needs autograding", nothing broken), generates and
    releases feedback;
-4. A fetches the feedback in the Assignments panel and reads the score on the feedback page;
+4. A fetches the feedback in the Assignments panel and reads the score on the feedback page; B reaches
+   none of A's feedback (A's server refuses B's session, the exchange's feedback folder cannot be listed),
+   and for the broken notebook B's panel offers no feedback at all (asserted as it is: nothing in it says
+   why; or, where grading repairs the notebook, B's feedback shows 0);
 5. through A's browser session: no Formgrader (menu or server), and neither B's files, B's server nor the
    instructor's course folder can be reached by URL (with A's own files as the control that does open).
+   What these URL checks prove: the hub gives A's session to A's server only, and jupyter_server serves
+   nothing outside A's home, the server's root. They do not test the Unix modes of B's home or the course:
+   jupyter_server refuses a path outside its root (``..``, ``%2F``, ``%2e%2e``) whatever the modes, so they
+   pass even with B's home world-readable (review 24a, T2). tests/test_hub.py's runuser checks guard the
+   modes.
 
 The steps depend on each other and run in file order. Screenshots of every step go to test-artifacts/hub/,
 with the wall time of each step in timings.json there.
@@ -32,6 +40,7 @@ import pytest
 from autograders.settings import REPO
 from tests import hub_pages as hp
 from tests.hub_fixture import hub  # noqa: F401 - the module-scoped hub
+from tests.hub_fixture import run_as
 from tests.notebooks import grade_cells, load, nbgrader_meta, solution_path, source
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -46,6 +55,7 @@ TYPED_ANSWER = (
     "    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}  # a shared tensor once\n"
     "    return sum(t.numel() * t.element_size() for t in tensors.values())\n")
 TIMINGS: dict[str, float] = {}
+RESULTS: dict[str, bool] = {}  # what an earlier step found that a later one checks
 
 
 def _full_marks() -> float:
@@ -183,6 +193,7 @@ def test_3_instructor_collects_autogrades_and_releases_feedback(hub, people):  #
     full = _full_marks()
     assert rows[a] == {"status": "graded", "score": f"{full:g} / {full:g}"}, rows
     # B's notebook cannot be read: formgrader says so and leaves it ungraded (or, if grading repairs it, 0)
+    RESULTS["b graded"] = kind != "error-modal"
     if kind == "error-modal":
         assert f"There was an error autograding '{MODULE}' for student '{b}'" in text, text
         assert rows[b]["status"] == "needs autograding", rows
@@ -212,12 +223,64 @@ def test_4_learner_reads_their_score_in_the_feedback(hub, people):  # noqa: F811
     _timed("learner A: fetch and read feedback", started)
 
 
+def _submissions(person: Person) -> list[dict]:
+    """`person`'s submissions of MODULE as their Assignments panel lists them (nbgrader's assignments API,
+    with their session): timestamp, has_local_feedback, has_exchange_feedback, local_feedback_path..."""
+    status, text = hp.api(person.page, person.base, "GET", "assignments?course_id=sysml")
+    assert status == 200, text
+    listing = json.loads(text)
+    assert listing["success"], listing
+    return [s for item in listing["value"]
+            if item["assignment_id"] == MODULE and item["status"] == "submitted" for s in item["submissions"]]
+
+
+def test_4b_the_other_learner_reaches_none_of_As_feedback_and_sees_what_B_got(hub, people):  # noqa: F811
+    started = time.monotonic()
+    a, b = people(hub.learners[0]), people(hub.learners[1])
+    fetched = [s for s in _submissions(a) if s["has_local_feedback"]]
+    assert fetched, _submissions(a)
+    folder = fetched[-1]["local_feedback_path"]  # in A's home, relative to A's server's root
+    page = f"{a.base}files/{folder}/{MODULE}.html"
+    assert _status(a, page) == 200  # the control: A's session opens A's feedback
+    for url in (page, f"{a.base}api/contents/{folder}", f"{a.base}api/contents/{folder}/{MODULE}.html"):
+        assert _status(b, url) in (403, 404), f"B's session reaches A's feedback: {url}"
+    # the released feedback in the exchange: A's file is there (the instructor lists it), B cannot list it;
+    # nbgrader names each file by a hash of the submission's own secret, which only its owner's copy holds
+    released = hub.exchange / "sysml" / "feedback"
+    assert run_as(hub, hub.instructor, ["ls", released]).stdout.split(), "no feedback was released"
+    listing = run_as(hub, b.name, ["ls", released])
+    assert listing.returncode != 0 and "Permission denied" in listing.stderr, listing.stdout
+
+    # what B sees for the broken notebook, in B's own Assignments panel
+    hp.open_assignments(b.page)
+    hp.refresh_assignments(b.page)
+    mine = _submissions(b)
+    assert mine, "B's submission is not listed"
+    row = hp.assignment_row(b.page, "submitted", MODULE)
+    row.wait_for(timeout=hp.MEDIUM)
+    b.shot("12b_broken_notebook_feedback_as_b_sees_it")
+    if RESULTS.get("b graded"):  # grading repaired it: B's feedback shows 0
+        hp.fetch_feedback(b.page, MODULE)
+        assert hp.feedback_score(hp.read_feedback(b.page, MODULE), MODULE)[0] == 0
+    else:  # not gradable: no feedback is generated; B's panel offers none and says nothing more
+        assert not any(s["has_exchange_feedback"] or s["has_local_feedback"] for s in mine), mine
+        assert row.locator('button:text-is("Fetch Feedback")').count() == 0
+        assert "feedback" not in row.inner_text().lower(), row.inner_text()
+    _timed("learner B: A's feedback refused, own result", started)
+
+
 def _status(person: Person, url: str) -> int:
     """HTTP status of a GET of `url` with `person`'s cookies, redirects followed (the hub's 403 page: 403)."""
     return person.page.request.get(url, max_redirects=10).status
 
 
 def test_5_a_learner_reaches_neither_others_work_nor_formgrader(hub, people):  # noqa: F811
+    """The hub refuses A's session at B's server; A's own server serves nothing outside A's home.
+
+    The `..` URLs prove the second for jupyter_server's root check only: it refuses any path outside its
+    root whatever the Unix modes (B's home made world-readable still gives 403/404 here). Whether the modes
+    keep A out of B's home and the course is tests/test_hub.py's runuser check.
+    """
     started = time.monotonic()
     a, b = people(hub.learners[0]), people(hub.learners[1])
     mine = f"{a.base}files/{NOTEBOOK}"
