@@ -54,6 +54,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -102,8 +104,9 @@ def connect(address: str, join_timeout_s: float | None = None) -> None:
         try:
             socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
         except OSError as error:
-            raise Refused(f"no Ray head answers at {address} ({error.strerror or error}): start it there with "
-                          f"`ray start --head --port={port}`, or fix the address (RAY= or --ray)") from None
+            raise Refused(f"no Ray head answers at {address} ({error.strerror or error}): start it there "
+                          f"with `ray start --head --port={port}`, or fix the address (RAY= or --ray)"
+                          ) from None
     import logging
 
     import ray
@@ -124,8 +127,8 @@ def connect(address: str, join_timeout_s: float | None = None) -> None:
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():  # the daemon thread is left behind: the process exits with the refusal
-        raise Refused(f"something listens at {address} but no Ray head answered within {timeout_s:g} s: is it "
-                      f"the --port of `ray start --head` (Ray's GCS port), and does the head run Ray "
+        raise Refused(f"something listens at {address} but no Ray head answered within {timeout_s:g} s: "
+                      "is it the --port of `ray start --head` (Ray's GCS port), and does the head run Ray "
                       f"{ray.__version__} as here?")
     if "error" in outcome:
         where = ("no running Ray cluster found ($RAY_ADDRESS unset and none started on this machine): give "
@@ -248,6 +251,17 @@ def grade_one(run: grade.Run, plan: dict, sub: Submission) -> Result:
         result = Result(student=sub.student, status="grading failed", max_score=grade._max_score(
             run.root, run.module), detail=LOST_TWICE.format(error=_last_line(error)))
         return _settle(run, sub, result, start, remember=False)
+    if "refused" in answer:  # a node that joined after `check_nodes`, with another checkout: no grade
+        with run.lock:
+            if answer["refused"] not in plan.setdefault("refused", set()):
+                plan["refused"].add(answer["refused"])
+                print(f"  refusing a node that joined after the start-up check: {answer['refused']}; stop it "
+                      "or give it the head's checkout", flush=True)
+        result = Result(student=sub.student, status="grading failed", max_score=grade._max_score(
+            run.root, run.module), detail=f"not graded: it went to a refused Ray node: {answer['refused']}; "
+                                          "running the same command again grades it (the start-up check then "
+                                          "refuses that node by name)")
+        return _settle(run, sub, result, start, remember=False)
     result = merge_answer(run, answer)
     result.seconds = time.monotonic() - start
     run.remember(sub, result)
@@ -334,32 +348,70 @@ def unpack(data: bytes, into: Path) -> None:
 
 _NODE: dict[tuple, grade.Run] = {}  # in a Ray worker process: its scratch course per module and limits
 _NODE_LOCK = threading.Lock()
+_VERSIONS: dict[tuple, str] = {}  # this node's source hash per (module, cell limit)
+_REAPERS: list[subprocess.Popen] = []  # one per scratch course: removes it when this process has ended
+# A Ray worker process ends when its job does, or is killed, without running atexit handlers; its scratch
+# course (a gradebook, logs, the grading worker's folders) would stay in the node's temporary folder. This
+# process, started with the course, holds the read end of a pipe only the Ray worker can write to: when
+# that process has ended, however it ended, the pipe closes and the course and its socket folder go.
+REAPER = """
+import hashlib, os, shutil, sys, time
+sys.stdin.buffer.read()  # returns when the Ray worker process has ended
+root, bases = sys.argv[1], sys.argv[2:]
+for _ in range(3):  # the grading worker may still be writing its log as it ends
+    work = os.path.join(root, "work")
+    courses = [root] + [os.path.join(work, name) for name in (os.listdir(work) if os.path.isdir(work) else ())]
+    for course in courses:  # the kernels' socket folders, named as grade._ipc_folder names them
+        digest = hashlib.sha256(os.path.realpath(course).encode()).hexdigest()[:12]
+        for base in bases:
+            shutil.rmtree(os.path.join(base, "grade-ipc-" + digest), ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    time.sleep(2)
+"""
+SPAWN = ("import subprocess, sys\n"
+         "subprocess.Popen([sys.executable, '-c', *sys.argv[1:]], start_new_session=True)\n")
 
 
 def grade_student(module: str, student: str, notebook: bytes, cell_timeout_s: int, student_timeout_s: float,
                   limits: dict[str, tuple[int, dict]], version: str, gradebook: bytes) -> dict:
     """Ray task: grade one student on this node, as `grade.Run.grade_one` does on one machine, in this
-    worker process's scratch course (made once from the head's `gradebook`, kept for its next students);
-    return the result and the files the head needs (`pack`). Refuses (ValueError, not retried) when this
-    node's course differs from the head's `version`."""
+    worker process's scratch course (made once from the head's `gradebook`, kept for its next students and
+    removed when the process ends: `REAPER`); return the result and the files the head needs (`pack`).
+
+    A node whose course differs from the head's `version` (one that joined the cluster after the head's
+    start-up check, `check_nodes`) grades nothing: the answer is {"refused": a line naming the node}, which
+    the head turns into "grading failed" for that student, not kept, never a grade."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
+    ours = _VERSIONS.get((module, cell_timeout_s))
+    if ours is None:
+        ours = _VERSIONS[(module, cell_timeout_s)] = grade.Run(Path("."), module, cell_timeout_s, 0).version
+    if ours != version:
+        address = ray.util.get_node_ip_address()
+        return {"refused": f"node {address} (node id {node[:12]}, {socket.gethostname()}): its module source"
+                           f" differs from the head's (source hash {ours[:12]}, head "
+                           f"{version[:12]}): another checkout, whose hidden tests or grader may differ"}
     limit, cells = limits.get(node) or (cell_timeout_s, {})
     key = (module, cell_timeout_s, student_timeout_s, limit, json.dumps(cells, sort_keys=True))
     with _NODE_LOCK:
         run = _NODE.get(key)
         if run is None:
             root = Path(tempfile.mkdtemp(prefix=f"grade-ray-{module}-"))
+            # started through a process that exits at once: Ray kills a worker's children when it ends
+            # (kill_child_processes_on_worker_exit), and this one must outlive it
+            starter = subprocess.Popen(
+                [sys.executable, "-c", SPAWN, REAPER, str(root), tempfile.gettempdir(),
+                 *map(str, grade.SOCKET_FALLBACK_DIRS)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            starter.wait()
+            _REAPERS.append(starter)  # its stdin, the pipe's write end, stays open in this process
             run = grade.Run(root, module, cell_timeout_s, student_timeout_s, regrade=True,
                             kernel_cell_timeout_s=limit, kernel_cell_timeouts=cells)
             run.start_workers(1)
             grade.prepare_course(root, module, cell_timeout_s, gradebook=gradebook)
             _NODE[key] = run
             atexit.register(_clean, run)
-    if run.version != version:
-        raise ValueError(f"this node's course differs from the head's (source hash {run.version[:12]}, "
-                         f"head {version[:12]}) on {socket.gethostname()}")
     root = run.root
     folder = root / "incoming" / student
     shutil.rmtree(folder, ignore_errors=True)
@@ -381,9 +433,10 @@ def grade_student(module: str, student: str, notebook: bytes, cell_timeout_s: in
 
 
 def _clean(run: grade.Run) -> None:
-    """When the Ray worker process exits: stop its grading worker and remove its scratch course. (A worker
-    killed with its node leaves the folder in the node's temporary folder; its grading worker ends when
-    its stdin closes.)"""
+    """When the Ray worker process exits normally: stop its grading worker and remove its scratch course.
+    (Ray usually ends its workers without atexit handlers: then the course's `REAPER` removes it. A node
+    killed outright, reaper included, leaves the folder in its temporary folder; its grading worker ends
+    when its stdin closes.)"""
     run.stop_workers()
     shutil.rmtree(grade._ipc_folder(run.root), ignore_errors=True)
     shutil.rmtree(run.root, ignore_errors=True)

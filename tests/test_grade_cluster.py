@@ -8,6 +8,7 @@ kernel; the grades must equal those of the same class graded on this machine wit
 """
 
 import csv
+import glob
 import json
 import os
 import re
@@ -84,6 +85,18 @@ class NodeKiller(threading.Thread):
             time.sleep(0.2)
 
 
+def test_ray_auto_without_a_cluster_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("ray")
+    if any(p.info["name"] == "gcs_server" for p in psutil.process_iter(["name"])):
+        pytest.skip("a Ray cluster runs on this machine (another test's?): auto finds it by its processes")
+    alone = tmp_path / "tmp"  # Ray looks for a cluster started on this machine in its temporary folder
+    alone.mkdir()
+    env = {"TMPDIR": str(alone), "RAY_TMPDIR": str(alone), "RAY_ADDRESS": ""}
+    status, stderr, out = grade_with_ray(tmp_path, "auto", env=env)
+    refused_in_one_line(status, stderr, out)
+    assert "no running Ray cluster found" in stderr
+
+
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory):
     """A head and a worker node; meanwhile (it is mostly waiting) the class is graded on this machine."""
@@ -120,20 +133,29 @@ def graded(local_cluster):
 
 
 def test_a_node_with_another_checkout_is_refused_by_name(local_cluster):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     cluster.connect(local_cluster.address)
     try:
         here = cluster.node_facts(MODULE, CELL_TIMEOUT_S)
         nodes = cluster.check_nodes(MODULE, CELL_TIMEOUT_S)  # the same checkout everywhere: accepted
         assert len(nodes) == 2 and {f["version"] for f in nodes.values()} == {here["version"]}
-        with pytest.raises(SystemExit) as refused:
+        # a node that joins after that check: the grading task itself compares, and grades nothing
+        worker = next(node for node in nodes if node != ray.get_runtime_context().get_node_id())
+        task = ray.remote(cluster.grade_student).options(num_cpus=1, max_retries=0, scheduling_strategy=(
+            NodeAffinitySchedulingStrategy(worker, soft=False)))
+        answer = ray.get(task.remote(MODULE, "ann", b"{}", CELL_TIMEOUT_S, 600.0, {}, "0" * 64, b""),
+                         timeout=300)
+        with pytest.raises(SystemExit) as refused:  # (check_nodes ends the connection when it refuses)
             cluster.check_nodes(MODULE, CELL_TIMEOUT_S, head={**here, "version": "0" * 64})
     finally:
-        import ray
-
         ray.shutdown()
     message = str(refused.value)
     assert "refusing to grade" in message and message.count("its module source differs") == 2
     assert all(node[:12] in message for node in nodes)
+    assert set(answer) == {"refused"} and worker[:12] in answer["refused"]
+    assert f"source hash {here['version'][:12]}, head 000000000000" in answer["refused"]
 
 
 def test_cluster_grades_equal_single_machine_grades_though_a_node_died(graded):
@@ -176,6 +198,17 @@ def test_grading_again_on_the_cluster_keeps_every_grade(graded, local_cluster):
                         ray=local_cluster.address)
     assert all(r.reused for r in again)
     assert [(r.student, r.score) for r in again] == [(r.student, r.score) for r in on_cluster]
+
+
+def test_no_scratch_course_is_left_on_a_node(graded, local_cluster):
+    """Each Ray worker's scratch course (`grade-ray-*` in the node's temporary folder) goes when the run's
+    Ray workers end (`cluster.REAPER`), not only at a normal exit, which Ray's workers do not make."""
+    head_tmp = local_cluster.folders[0] + "/t"  # the head node's TMPDIR (tests/ray_cluster.py); 1 was killed
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and glob.glob(head_tmp + "/grade-ray-*"):
+        time.sleep(1)
+    assert glob.glob(head_tmp + "/grade-ray-*") == []
+    assert glob.glob(head_tmp + "/grade-ipc-*") == []
 
 
 # ---------------------------------------------------------------- unit tests, no cluster
@@ -233,7 +266,7 @@ def grade_with_ray(tmp_path, address, env=None, join_timeout_s=None):
     out = tmp_path / "out"
     code = ("import sys; from autograders import cluster, grade; "
             + (f"cluster.JOIN_TIMEOUT_S = {join_timeout_s}; " if join_timeout_s else "")
-            + f"sys.exit(grade.main({['00_orientation', str(tmp_path / 'class'), '--out', str(out), '--ray', address]!r}))")
+            + f"sys.exit(grade.main({[MODULE, str(tmp_path / 'class'), '--out', str(out), '--ray', address]}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
     return done.returncode, done.stderr, out
@@ -268,13 +301,3 @@ def test_a_port_that_is_not_a_ray_head_is_refused_within_the_join_timeout(tmp_pa
         status, stderr, out = grade_with_ray(tmp_path, f"127.0.0.1:{port}", join_timeout_s=5)
     refused_in_one_line(status, stderr, out)
     assert f"something listens at 127.0.0.1:{port} but no Ray head answered within 5 s" in stderr
-
-
-def test_ray_auto_without_a_cluster_is_refused_in_one_line(tmp_path):
-    pytest.importorskip("ray")
-    alone = tmp_path / "tmp"  # Ray looks for a cluster started on this machine in its temporary folder
-    alone.mkdir()
-    env = {"TMPDIR": str(alone), "RAY_TMPDIR": str(alone), "RAY_ADDRESS": ""}
-    status, stderr, out = grade_with_ray(tmp_path, "auto", env=env)
-    refused_in_one_line(status, stderr, out)
-    assert "no running Ray cluster found" in stderr
