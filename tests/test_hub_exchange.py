@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import pwd
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -209,10 +210,23 @@ def test_collect_keeps_each_learners_own_work(hub):
     assert linked.name in log and "solution.ipynb is a symlink" in log, log
     assert not (hub.course / "submitted" / a / MODULE / "solution.ipynb").exists()
 
-    # B submits again: collected, whatever A's entries hold
+    # B submits again: collected, whatever A's entries hold; by formgrader's Collect (its API, in the
+    # instructor's own server, which loads the hub's collect as the terminal's nbgrader does)
     _notebook(hub, b, "b v2")
     assert _submit(hub, b).returncode == 0
-    _collect_as_instructor(hub)
+    hub.start_server(hub.instructor)
+    request = urllib.request.Request(
+        f"{hub.url}user/{hub.instructor}/formgrader/api/assignment/{MODULE}/collect",
+        method="POST",
+        data=b"",
+        headers={"Authorization": f"token {hub.token(hub.instructor)}"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        result = json.loads(answer.read())
+    assert result["success"], result
+    # A's broken entries are skipped again (B's forged one is older than B's own newest: not looked at)
+    assert "solution.ipynb is a symlink" in result["log"] and "more than 100000000 bytes" in result["log"]
+    assert f"Updating submission: {b}" in result["log"], result["log"]
     assert (_collected_mark(hub, a), _collected_mark(hub, b)) == ("a v1", "b v2")
 
 
