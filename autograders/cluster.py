@@ -360,7 +360,8 @@ sys.stdin.buffer.read()  # returns when the Ray worker process has ended
 root, bases = sys.argv[1], sys.argv[2:]
 for _ in range(3):  # the grading worker may still be writing its log as it ends
     work = os.path.join(root, "work")
-    courses = [root] + [os.path.join(work, name) for name in (os.listdir(work) if os.path.isdir(work) else ())]
+    names = os.listdir(work) if os.path.isdir(work) else []
+    courses = [root] + [os.path.join(work, name) for name in names]
     for course in courses:  # the kernels' socket folders, named as grade._ipc_folder names them
         digest = hashlib.sha256(os.path.realpath(course).encode()).hexdigest()[:12]
         for base in bases:

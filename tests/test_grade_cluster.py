@@ -55,7 +55,7 @@ def build_class(folder):
 
 
 def rows(path):
-    """grades.csv without the columns that name folders or times: student -> row."""
+    """grades.csv: student -> its row, every column."""
     with open(path, newline="", encoding="utf-8") as f:
         return {row["student"]: row for row in csv.DictReader(f)}
 
@@ -266,7 +266,8 @@ def grade_with_ray(tmp_path, address, env=None, join_timeout_s=None):
     out = tmp_path / "out"
     code = ("import sys; from autograders import cluster, grade; "
             + (f"cluster.JOIN_TIMEOUT_S = {join_timeout_s}; " if join_timeout_s else "")
-            + f"sys.exit(grade.main({[MODULE, str(tmp_path / 'class'), '--out', str(out), '--ray', address]}))")
+            + f"sys.exit(grade.main({[MODULE, str(tmp_path / 'class'), '--out', str(out), '--ray', address]}"
+            + "))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
     return done.returncode, done.stderr, out
