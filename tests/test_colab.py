@@ -433,17 +433,30 @@ def test_scan_sees_imports_through_course_modules():
     assert "ray" in third_party_imports(REPO / "solutions/05_federated/05_federated.ipynb")
 
 
+# Tracked under autograders/ but never in the wheel: the lab hub's own tooling (`make hub` runs it from the
+# repository as root, and its Kubernetes files build an image from the repository). A learner's install, the hub's
+# learner environment included, needs none of it.
+NOT_SHIPPED = ("autograders/hub/",)
+
+
+def shipped_tracked_files() -> list[str]:
+    """Every file git tracks under course/ and autograders/, less NOT_SHIPPED."""
+    tracked = subprocess.run(["git", "ls-files", "course", "autograders"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.split()
+    return [f for f in tracked if not f.startswith(NOT_SHIPPED)]
+
+
 def test_setuptools_ships_every_subpackage_and_data_file():
     """A non-editable install ships only what pyproject.toml lists: every folder of course/ with Python in
     it, and every file git tracks under course/ (corpus, Flower's app pyproject.toml files, the project's
-    brief)."""
+    brief); the lab hub's tooling (NOT_SHIPPED) stays out."""
     from setuptools import find_packages
 
     find = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
     packages = find_packages(str(REPO), include=find["include"])
     assert {"course", "course.fl_project", "autograders"} <= set(packages)
-    tracked = subprocess.run(["git", "ls-files", "course", "autograders"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split()
+    assert "autograders.hub" not in packages
+    tracked = shipped_tracked_files()
     data = PYPROJECT["tool"]["setuptools"]["package-data"]
     for file in tracked:
         if file.endswith(".py"):
@@ -462,9 +475,8 @@ def test_built_wheel_holds_every_tracked_file(tmp_path):
     from tests.colab_like import build_wheel
 
     names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
-    tracked = subprocess.run(["git", "ls-files", "course", "autograders"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split()
-    assert [f for f in tracked if f not in names] == []
+    assert [f for f in shipped_tracked_files() if f not in names] == []
+    assert not [name for name in names if name.startswith(NOT_SHIPPED)]
 
 
 # ---------------------------------------------------------------- setup's version report
