@@ -315,3 +315,24 @@ def test_https_hub_answers_and_a_rerun_with_more_learners_restarts_it(tmp_path):
     finally:
         Hub(ROOT, prefix=PREFIX, learners=2, log=lambda *_: None).down(remove_accounts=True)
     assert not ipc.exists() and hubmod._user_exists(f"{PREFIX}learner02") is None
+
+
+def test_the_hub_builds_with_the_system_python_whatever_pythonpath_the_session_set():
+    """A Flower simulation earlier in a session sets PYTHONPATH to its kernel's sys.path (course.federated); the
+    system Python that builds the hub environment then loaded the other Python's _ssl, and pip found no release
+    (a CI run). `_run` leaves the calling process's PYTHON* and library variables out."""
+    import sys
+
+    from autograders import hub as hub_module
+
+    python = hub_module.base_python()
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(sys.path)
+    try:
+        out = hub_module._run([python, "-c", "import ssl; print('ssl ok')"], capture_output=True, text=True)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    assert out.stdout.strip() == "ssl ok"

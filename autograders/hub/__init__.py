@@ -104,9 +104,31 @@ class HubError(RuntimeError):
     """The hub cannot be built or started here; the message says why and what to do."""
 
 
+# Variables of the calling process (a test session, another Python's venv) that, inherited by the system Python
+# building the hub environment, can make it load another Python's modules or libraries: in a CI run its pip said
+# "the ssl module in Python is not available" and found no release. The hub's builds run without them.
+FOREIGN_LIBRARY_VARIABLES = ("LD_LIBRARY_PATH", "LD_PRELOAD", "OPENSSL_CONF", "OPENSSL_MODULES", "VIRTUAL_ENV")
+
+
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("check", True)
+    if "env" not in kwargs:
+        kwargs["env"] = {k: v for k, v in os.environ.items()
+                         if k not in FOREIGN_LIBRARY_VARIABLES and not k.startswith("PYTHON")}
     return subprocess.run([str(a) for a in argv], **kwargs)
+
+
+def _pip(argv: list, attempts: int = 3, wait_s: float = 20.0) -> subprocess.CompletedProcess:
+    """`_run` a pip install, again up to `attempts` times: an index that answers nothing for a moment makes pip
+    report "from versions: none" for a pinned release that exists (seen once in a CI run)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _run(argv)
+        except subprocess.CalledProcessError:
+            if attempt == attempts:
+                raise
+            print(f"pip failed (attempt {attempt} of {attempts}); trying again in {wait_s:.0f} s", flush=True)
+            time.sleep(wait_s)
 
 
 def _free_port() -> int:
@@ -224,14 +246,14 @@ def build_env(root: Path, modules: list[str], log=print) -> Path:
         log(f"building the hub environment in {env} from {base} (Python {'.'.join(map(str, version))})")
         if not python.exists():
             _run([base, "-m", "venv", env])
-        _run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip", "setuptools>=68"])
+        _pip([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip", "setuptools>=68"])
         constraints = hub_constraints(version, env / "constraints.txt")
         # torch first and alone, as the Makefile does: the CPU build, never swapped for a CUDA one later
         torch_pin = next(line for line in constraints.read_text().splitlines() if line.startswith("torch=="))
-        _run([python, "-m", "pip", "install", "--quiet", "-c", constraints, torch_pin])
+        _pip([python, "-m", "pip", "install", "--quiet", "-c", constraints, torch_pin])
         wheel = _course_wheel(root, python)
         spec = f"{wheel}[{','.join(extras(modules))}]" if modules else str(wheel)
-        _run([python, "-m", "pip", "install", "--quiet", "-c", constraints, *HUB_PACKAGES, spec])
+        _pip([python, "-m", "pip", "install", "--quiet", "-c", constraints, *HUB_PACKAGES, spec])
         stamp.write_text(want)
     wheel = _course_wheel(root, python)
     configured = env / ".configured"
