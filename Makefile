@@ -105,8 +105,10 @@ grade: $(STAMP)
 	  $(foreach s,$(ACCEPT),--accept $(s)) $(if $(RAY),--ray $(RAY))
 
 # Grades out: a Canvas or Moodle gradebook import from grades.csv (autograders/export.py; INSTRUCTORS.md
-# "Grades into Canvas or Moodle"). GRADES: one grades.csv per module, space-separated; ROSTER: the LMS's export;
-# MODULE=... on the command line with one GRADES: the module of a grades.csv copied out of grading/<module>/.
+# "Grades into Canvas or Moodle"), with the hand grades of the gradebook.db beside it (NO_GRADEBOOK=1: not),
+# or from a lab hub's gradebook.db (IDS: account -> LMS id). GRADES: one grades.csv per module, space-separated,
+# or a gradebook.db; ROSTER: the LMS's export; MODULE=... on the command line with one GRADES: the module of a
+# grades.csv copied out of grading/<module>/ (or the one assignment of a gradebook.db to export).
 # Status 3 of the export (file written, some students not matched) is said in words: make itself can only
 # fail with 2, as for a refusal; `python -m autograders.export` keeps 0, 2 and 3 apart.
 EXPORT_GRADES = $(if $(GRADES),$(if $(and $(filter command line,$(origin MODULE)),$(filter 1,$(words $(GRADES)))),\
@@ -115,13 +117,14 @@ EXPORT_GRADES = $(if $(GRADES),$(if $(and $(filter command line,$(origin MODULE)
 export: $(STAMP)
 	@test -n "$(LMS)" -a -n "$(or $(GRADES),$(MODULE))" -a -n "$(ROSTER)" -a -n "$(OUT)" || { echo "usage: make export \
 	  LMS=canvas|moodle|moodle-xml GRADES='grading/00_orientation/grades.csv ...' ROSTER=lms_export.csv OUT=import.csv \
-	  [MODULE=00_orientation] [WORKSHEET=00_orientation=worksheet.csv] [MATCH_ON=column]"; exit 2; }
+	  [MODULE=00_orientation] [WORKSHEET=00_orientation=worksheet.csv] [MATCH_ON=column] [IDS=who.csv]"; exit 2; }
 	@rc=0; $(BIN)/python -m autograders.export $(LMS) \
 	  $(EXPORT_GRADES) \
 	  $(foreach r,$(ROSTER),--roster "$(r)") --out "$(OUT)" $(foreach w,$(WORKSHEET),--worksheet "$(w)") \
-	  $(if $(MATCH_ON),--match-on "$(MATCH_ON)") $(if $(ALLOW_UNMATCHED),--allow-unmatched) || rc=$$?; \
+	  $(if $(MATCH_ON),--match-on "$(MATCH_ON)") $(if $(ALLOW_UNMATCHED),--allow-unmatched) \
+	  $(if $(IDS),--ids "$(IDS)") $(if $(NO_GRADEBOOK),--no-gradebook) || rc=$$?; \
 	if [ $$rc = 3 ]; then echo "make export: $(OUT) IS WRITTEN, without the students listed above as NOT MATCHED" \
-	  "TO THE ROSTER: match them (MATCH_ON, WORKSHEET) and export again, or ALLOW_UNMATCHED=1 (status 3 of" \
+	  "TO THE ROSTER: match them (MATCH_ON, WORKSHEET, IDS) and export again, or ALLOW_UNMATCHED=1 (status 3 of" \
 	  "python -m autograders.export; make reports it as Error 3 and exits 2)"; fi; exit $$rc
 
 constraints: $(STAMP)

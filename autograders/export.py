@@ -15,6 +15,13 @@ gives one column, named by its module, scored in points (``score``) out of ``max
 module is the one whose grade ids its exercise columns are, else its folder's name if that is a
 module id, else the one given as ``MODULE=PATH``; an empty grades.csv is refused.
 
+Hand grades: formgrader writes the points of written answers (and any manual score or extra credit)
+into nbgrader's gradebook, not into grades.csv, so the ``gradebook.db`` that ``make grade`` keeps beside
+grades.csv is read too (``add_hand_grades``; ``--no-gradebook`` leaves it out); the two must be of one
+run (automatic scores compared per cell). A lab hub has no grades.csv: give its gradebook itself
+(``~sysml-instructor/sysml/gradebook.db``, ``read_gradebook``), and ``--ids accounts.csv`` with two
+columns, the hub's account and the learner's LMS id, since hub accounts are not LMS identities.
+
 What is never done: a student without a grade (held for review, not gradable, grading failed, no
 submission) never gets 0, the cell stays empty; a student of grades.csv not matched to the roster is
 never dropped silently (listed on stderr with why, exit status 3 unless ``--allow-unmatched``); two
@@ -71,11 +78,14 @@ by a full name that is unique on both sides (each such match is listed on stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import math
 import re
+import sqlite3
 import sys
+import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,13 +198,16 @@ def _which_module(path: Path, columns: set[str], given: str | None, named: set[s
                       f"{', '.join(exercises)}")
 
 
-def read_grades(path: Path, module: str | None = None, named: set[str] = frozenset()) -> Module:
+def read_grades(path: Path, module: str | None = None, named: set[str] = frozenset(),
+                gradebook: bool = True) -> Module:
     """One grading run's grades.csv: per student the points, or None with the reason.
 
     Points are `score` for statuses `GRADED`; "held for review" (empty score), "not gradable" and
     "grading failed" have no grade. The module: `module` if given, else as `_which_module` reads it
     (``grading/<module>/grades.csv``, or the exercise columns of a copy); `named`: names --assignment maps.
     A file with no student, or no positive max_score (an empty or unfinished run), is refused.
+    `gradebook`: the hand grades given in formgrader since, from the gradebook.db beside it
+    (`add_hand_grades`), when there is one.
     """
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -222,13 +235,175 @@ def read_grades(path: Path, module: str | None = None, named: set[str] = frozens
         status, score = r["status"], r["score"].strip()
         if status in GRADED and score:
             pending = float(r.get("manual_pending") or 0)
-            why = (f"{pending:g} points of written answers not graded yet (not in this score)"
-                   if pending else ("timed out: " + r["detail"] if status == "timed out" else ""))
+            why = _pending(pending) or ("timed out: " + r["detail"] if status == "timed out" else "")
             result.grades.append(Grade(r["student"], r.get("name", ""), float(score), why))
         else:
             result.grades.append(Grade(r["student"], r.get("name", ""), None,
                                        f"{status}" + (f": {r['detail']}" if r.get("detail") else "")))
+    beside = path.parent / GRADEBOOK
+    if gradebook and path.name == "grades.csv" and beside.is_file():
+        exercises = columns - GRADER_COLUMNS
+        add_hand_grades(result, {r["student"]: {c: r[c] or "" for c in exercises} for r in rows}, beside)
     return result
+
+
+# ---------------------------------------------------------------- nbgrader's gradebook
+
+GRADEBOOK = "gradebook.db"
+
+
+@dataclass
+class Submitted:
+    """One student's submission as nbgrader's gradebook holds it now (hand grades included)."""
+    score: float                     # nbgrader's: manual if given, else automatic, + extra credit
+    pending: float                   # points of cells waiting for a hand grade (not in `score`)
+    auto: dict[str, float]           # grade id -> automatic score, for cells with no hand-given score
+    by_hand: int                     # cells with a hand-given score or extra credit
+    recheck: int                     # hand grades that nbgrader flags again (autograde ran after them)
+    unfinished: bool                 # no cell has any score: autograde did not get through the notebook
+
+
+@contextlib.contextmanager
+def _gradebook(path: Path):
+    """nbgrader's Gradebook on a snapshot of `path` (SQLite's backup, consistent even while formgrader
+    writes): opening a gradebook writes to it (its tables, a course row), and the instructor's is never
+    written here. Anything that is not an nbgrader gradebook is refused in one sentence."""
+    from nbgrader.api import Gradebook
+
+    with tempfile.TemporaryDirectory(prefix="sysml-export-") as tmp:
+        copy = Path(tmp) / GRADEBOOK
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as source, \
+                    contextlib.closing(sqlite3.connect(copy)) as target:
+                source.backup(target)
+                tables = {r[0] for r in target.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.Error as error:
+            raise ExportError(f"{path}: cannot read it as an nbgrader gradebook ({error})") from None
+        if not {"submitted_assignment", "grade", "assignment", "student"} <= tables:
+            raise ExportError(f"{path}: not an nbgrader gradebook (no submitted_assignment, grade, "
+                              "assignment or student table)")
+        gb = Gradebook(f"sqlite:///{copy}")
+        try:
+            yield gb
+        finally:
+            gb.close()
+
+
+def _submitted(gb, assignment: str) -> dict[str, Submitted]:
+    """Per student id, their submission of `assignment` in an open Gradebook.
+
+    nbgrader marks a cell `needs_manual_grade` when it has no automatic score (a written answer) and again
+    when autograde runs over a hand grade (``SaveAutoGrades``); formgrader clears it when a score is typed.
+    """
+    out = {}
+    for sub in gb.find_assignment(assignment).submissions:
+        auto: dict[str, float] = {}
+        pending, by_hand, recheck, scored = 0.0, 0, 0, False
+        for notebook in sub.notebooks:
+            for g in notebook.grades:
+                if g.needs_manual_grade:
+                    if g.manual_score is None:
+                        pending += float(g.max_score or 0.0)
+                    else:
+                        recheck += 1
+                if g.manual_score is not None or g.extra_credit:
+                    by_hand += 1
+                elif g.auto_score is not None:
+                    auto[g.name] = float(g.auto_score)
+                scored = scored or g.auto_score is not None or g.manual_score is not None
+        out[sub.student.id] = Submitted(float(sub.score or 0.0), pending, auto, by_hand, recheck, not scored)
+    return out
+
+
+def _pending(sub: Submitted | float) -> str:
+    """What to know about a score that is not final yet (empty when it is)."""
+    pending, recheck = (sub, 0) if isinstance(sub, float | int) else (sub.pending, sub.recheck)
+    said = [f"{pending:g} points wait for a hand grade in formgrader (not in this score)"] if pending else []
+    if recheck:
+        said.append(f"{recheck} hand grade(s) given before autograde ran again: nbgrader asks to check them")
+    return "; ".join(said)
+
+
+def read_gradebook(path: Path, module: str | None = None) -> list[Module]:
+    """An nbgrader gradebook (a lab hub's ``~sysml-instructor/sysml/gradebook.db``): one Module per
+    assignment with a graded submission, or just `module`.
+
+    Points are nbgrader's own score, hand grades and extra credit included; a student the gradebook
+    knows with no submission, or whose autograde did not finish, has no grade (never 0). No student is
+    held for review here: that comes from ``make grade`` (grades.csv). Names are left out (the hub's are
+    account names). Refused: not a gradebook, no such assignment, no graded submission at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    modules = []
+    with _gradebook(path) as gb:
+        names = [a.name for a in gb.assignments]
+        if module is not None and module not in names:
+            raise ExportError(f"{path}: no assignment {module!r} in this gradebook "
+                              f"(it has: {', '.join(names) or 'none'})")
+        chosen = [module] if module else [a for a in names if gb.find_assignment(a).submissions]
+        if not chosen:
+            raise ExportError(f"no grades in {path} (no assignment has an autograded submission): "
+                              "collect and autograde first")
+        students = [s.id for s in gb.students]
+        for name in chosen:
+            maximum = float(gb.find_assignment(name).max_score or 0.0)
+            if maximum <= 0:
+                raise ExportError(f"{path}: assignment {name!r} has no points (max_score 0)")
+            subs = _submitted(gb, name)
+            grades = []
+            for student in students:
+                sub = subs.get(student)
+                if sub is None:
+                    grades.append(Grade(student, "", None, "no autograded submission in the gradebook"))
+                elif sub.unfinished:
+                    grades.append(Grade(student, "", None, "autograde did not finish for this submission "
+                                                           "(no cell has a score): autograde it again"))
+                else:
+                    grades.append(Grade(student, "", sub.score, _pending(sub)))
+            modules.append(Module(name, path, maximum, grades,
+                                  note=f"{path}: {name}: nbgrader's scores, hand grades included "
+                                       f"({len(subs)} submission(s) of {len(students)} student(s))"))
+    return modules
+
+
+def add_hand_grades(module: Module, columns: dict[str, dict[str, str]], gradebook: Path) -> None:
+    """Scores of `module` (read from a grades.csv) brought up to date with the hand grades given in the
+    gradebook beside it (formgrader's written answers, manual scores, extra credit).
+
+    `columns`: per student, grades.csv's exercise columns. Only students graded in grades.csv change;
+    held, ungradable and failed ones stay without a grade. The two files must be of one run: a graded
+    student missing from the gradebook, or an automatic score that differs, is refused.
+    """
+    with _gradebook(gradebook) as gb:
+        try:
+            subs = _submitted(gb, module.module)
+        except Exception:     # nbgrader's MissingEntry: no such assignment
+            raise ExportError(f"{gradebook}: no assignment {module.module!r}, so it is not the gradebook of "
+                              f"{module.path}: move it away or pass --no-gradebook") from None
+    by_hand = 0
+    for g in module.grades:
+        if g.points is None:
+            continue
+        sub = subs.get(g.student)
+        differs = [] if sub is None else [
+            cell for cell, value in columns.get(g.student, {}).items()
+            if cell in sub.auto and value.strip() and abs(float(value) - sub.auto[cell]) > 1e-6]
+        if sub is None or differs:
+            what = ("has no submission of" if sub is None
+                    else f"has other automatic scores ({', '.join(differs)}) for")
+            raise ExportError(f"{gradebook} {what} {g.student}, graded in {module.path}: they are not of one "
+                              "grading run (was one copied from elsewhere?); pass --no-gradebook to use "
+                              "grades.csv alone")
+        if sub.by_hand or abs(sub.score - g.points) > 1e-6:
+            by_hand += 1
+            g.points, g.why = sub.score, _pending(sub)
+        elif sub.pending or sub.recheck:
+            g.why = _pending(sub)
+    if by_hand:
+        extra = f"{by_hand} student(s)' hand grades read from {gradebook}"
+        module.note = f"{module.note}; {extra}" if module.note else f"{module.path}: {extra}"
 
 
 # ---------------------------------------------------------------- matching
@@ -662,6 +837,33 @@ def write_csv(path: Path, rows: list[list[str]]) -> None:
         csv.writer(handle, lineterminator="\r\n").writerows(rows)
 
 
+def map_ids(modules: list[Module], path: Path) -> list[str]:
+    """Replace each student's grader id by their LMS id from `path` (``--ids``): a CSV, header row first,
+    whose first column is the grader's id and whose second the LMS's (e.g. ``account,email`` for a lab
+    hub, whose accounts are not LMS identities). A student not in it keeps their own id (and is listed if
+    that matches no roster row); an id given twice with two values, or a file without two columns, is
+    refused. Returns notes for the student not found in it."""
+    rows, _ = read_table(path)
+    if not rows or len(rows[0]) < 2:
+        raise ExportError(f"--ids {path}: needs a header row and two columns (grader id, LMS id)")
+    ids: dict[str, str] = {}
+    for row in rows[1:]:
+        if len(row) < 2 or not row[0] or not row[1]:
+            raise ExportError(f"--ids {path}: a row without both ids: {row!r}")
+        if ids.setdefault(row[0], row[1]) != row[1]:
+            raise ExportError(f"--ids {path}: {row[0]!r} is given two LMS ids ({ids[row[0]]!r}, {row[1]!r})")
+    missing = set()
+    for m in modules:
+        for g in m.grades:
+            if g.student in ids:
+                g.name = g.name if g.name and g.name != g.student else ""
+                g.student = ids[g.student]
+            else:
+                missing.add(g.student)
+    return [f"--ids {path} has no line for {', '.join(sorted(missing))} (matched by their own id)"] \
+        if missing else []
+
+
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
     out = {}
     for value in values or []:
@@ -683,15 +885,19 @@ def _grades_arg(value: str) -> tuple[str | None, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m autograders.export",
-        description="Write a Canvas or Moodle gradebook import file from grades.csv files "
-                    "(one column per module).",
+        description="Write a Canvas or Moodle gradebook import file from grades.csv files or an nbgrader "
+                    "gradebook.db (one column per module).",
         epilog="Exit status: 0 written; 2 refused (nothing written); 3 written, but some students of "
                "grades.csv were not matched to the roster (listed on stderr with why; --allow-unmatched "
-               "makes that 0). A grades.csv may be given as MODULE=PATH (a copy outside grading/<module>/).")
+               "makes that 0). A grades.csv may be given as MODULE=PATH (a copy outside grading/<module>/). "
+               "The hand grades given in formgrader are read from the gradebook.db beside a grades.csv. "
+               "A lab hub's gradebook (~sysml-instructor/sysml/gradebook.db) gives every assignment with "
+               "autograded submissions, or MODULE=PATH one; map its accounts to LMS ids with --ids.")
     parser.add_argument("lms", choices=["canvas", "moodle", "moodle-xml"],
                         help="moodle: Import grades from CSV; moodle-xml: the XML file import (ID numbers)")
     parser.add_argument("grades", nargs="+", help="grading/<module>/grades.csv, one per module; MODULE=PATH "
-                                                  "names the module of a copy kept elsewhere")
+                                                  "names the module of a copy kept elsewhere; or an nbgrader "
+                                                  "gradebook.db (MODULE=PATH: that assignment only)")
     parser.add_argument("--roster", action="append", type=Path, required=True,
                         help="the LMS's own export (Canvas gradebook CSV; Moodle grades CSV, participants "
                              "or grading worksheet); Moodle takes several")
@@ -706,12 +912,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lms-id", help="Moodle: the roster column to write as the user identifier "
                                          "(default: Email address, else Username, else ID number)")
     parser.add_argument("--no-names", action="store_true", help="Moodle: never match by full name")
+    parser.add_argument("--ids", type=Path, metavar="FILE",
+                        help="a CSV whose first column is the grader's student id (a lab hub's account name, "
+                             "say) and whose second is that student's id in the LMS (an email, login or LMS "
+                             "id, as in the roster): grades are matched by the second")
+    parser.add_argument("--no-gradebook", action="store_true",
+                        help="grades.csv alone: leave out the hand grades in the gradebook.db beside it")
     parser.add_argument("--allow-unmatched", action="store_true")
     args = parser.parse_args(argv)
     try:
         assignment = _pairs(args.assignment, "--assignment")
-        modules = [read_grades(path, module, set(assignment))
-                   for module, path in map(_grades_arg, args.grades)]
+        modules = []
+        for module, path in map(_grades_arg, args.grades):
+            if path.suffix == ".db":
+                modules += read_gradebook(path, module)
+            else:
+                modules.append(read_grades(path, module, set(assignment), not args.no_gradebook))
+        id_notes = map_ids(modules, args.ids) if args.ids else []
         seen = [m.module for m in modules]
         if len(set(seen)) != len(seen):
             raise ExportError(f"one module given twice ({', '.join(seen)})")
@@ -735,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(moodle_xml(rows), encoding="utf-8")
     else:
         write_csv(args.out, rows)
-    for note in [m.note for m in modules if m.note] + notes:
+    for note in [m.note for m in modules if m.note] + id_notes + notes:
         print(f"note: {note}", file=sys.stderr)
     lost = {(g.why.split(":")[0], g.student) for g in unmatched}   # listed below as not matched
     ungraded = [(m.module, g) for m in modules for g in m.grades

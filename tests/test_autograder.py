@@ -369,6 +369,31 @@ def test_parallel_grading_leaves_every_grade_in_the_gradebook(graded):
                 assert gb.find_submission_notebook(MODULE, MODULE, student).score == result.score, student
 
 
+
+def test_grades_export_reads_this_runs_gradebook_and_hand_grades(graded, tmp_path):
+    """The export (autograders/export.py) checks grades.csv against the gradebook.db beside it, cell by
+    cell: a real run's pair must agree (no false refusal), and a score typed in formgrader afterwards
+    (what its Grade API writes) must reach the export while a held student stays without a grade."""
+    import shutil
+
+    from autograders import export
+
+    out, results, _ = graded
+    copy = tmp_path / "grading" / MODULE
+    copy.mkdir(parents=True)
+    for name in ("grades.csv", "gradebook.db"):
+        shutil.copy(out / name, copy / name)
+    read = {g.student: g.points for g in export.read_grades(copy / "grades.csv").grades}
+    assert read == {s: (r.score if r.status in export.GRADED else None) for s, r in results.items()}
+    assert read["partial"] == 3.0 and read["patcher"] is None         # held for review: no grade exported
+    with grade._gradebook(copy) as gb:
+        cell = gb.find_grade("model_size_buffers_tests", MODULE, MODULE, "partial")
+        cell.manual_score, cell.needs_manual_grade = 1.5, False        # formgrader's GradeHandler.put
+        gb.db.commit()
+    again = {g.student: g.points for g in export.read_grades(copy / "grades.csv").grades}
+    assert again["partial"] == 4.5 and again["patcher"] is None and again["ace"] == read["ace"]
+
+
 def test_per_exercise_summary(graded):
     out, results, _ = graded
     rows = {r["exercise"]: r for r in csv.DictReader(open(out / "exercises.csv"))}

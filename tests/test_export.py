@@ -8,7 +8,9 @@ or quote breaking the CSV, a student not in the roster dropped without a word.
 """
 
 import csv
+import functools
 import io
+import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -338,3 +340,168 @@ def test_moodle_worksheet_other_maximum_refused(tmp_path, maximum):
     sheet.write_text(MOODLE_WORKSHEET.replace("6.00", '"6,00"'), encoding="utf-8")
     rows, _, _ = export.export_moodle([grades], [sheet], {}, {}, by_name=False)   # 6,00 is 6
     assert rows[1:] == [["jane@example.org", "5.5"], ["sam@example.org", "0"]]
+
+
+# ---------------------------------------------------------------- hand grades and a lab hub's gradebook
+# The gradebooks below are nbgrader's own (its Gradebook API, its schema): an assignment with one
+# automatically graded code cell and one written answer, as 05b has, and what autograde writes per student
+# (the code cell's automatic score; the written answer waiting for a hand grade). `hand_grade` is what
+# formgrader's Grade API does when the instructor types a score (nbgrader's
+# server_extensions/formgrader/apihandlers.py, GradeHandler.put).
+
+MODULE_5B = "05b_federated_privacy"
+ROSTER_5B = ('Student,ID,SIS User ID,SIS Login ID,Section,Lab 5b 05b_federated_privacy (9005)\r\n'
+             'Points Possible,,,,,15.00\r\n'
+             '"Doe, Jane",12345,S-1,jdoe,Lab A,\r\n'
+             '"Roe, Rick",12346,S-2,rroe,Lab A,\r\n'
+             '"Poe, Pat",12347,S-3,ppoe,Lab B,\r\n')
+
+
+@functools.cache
+def _alembic_head(ask) -> str:
+    """nbgrader's schema version, which its Gradebook asks `alembic heads` (a subprocess, seconds) for each
+    new database: asked once, with the venv's bin on PATH."""
+    import os
+
+    old = os.environ["PATH"]
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{old}"
+    try:
+        return ask()
+    finally:
+        os.environ["PATH"] = old
+
+
+@pytest.fixture
+def path_with_alembic(monkeypatch):
+    from nbgrader import api
+    ask = api.get_alembic_version
+    monkeypatch.setattr(api, "get_alembic_version", lambda: _alembic_head(ask))
+
+
+def make_gradebook(path: Path, assignment: str, autograded: dict[str, dict[str, float | None]],
+                   code_points: float = 10, written_points: float = 5) -> Path:
+    """`autograded`: student -> {"code": automatic score or None (autograde did not finish)}."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{path}") as gb:
+        gb.update_or_create_assignment(assignment)
+        gb.add_notebook(assignment, assignment)
+        gb.add_grade_cell("code", assignment, assignment, max_score=code_points, cell_type="code")
+        gb.add_grade_cell("written", assignment, assignment, max_score=written_points, cell_type="markdown")
+        for student, scores in autograded.items():
+            gb.update_or_create_student(student)
+            gb.add_submission(assignment, student)
+            code = gb.find_grade("code", assignment, assignment, student)
+            code.auto_score = scores["code"]
+            code.needs_manual_grade = scores["code"] is None                 # as SaveAutoGrades sets it
+            gb.find_grade("written", assignment, assignment, student).needs_manual_grade = True
+            gb.db.commit()
+    return path
+
+
+def hand_grade(path: Path, assignment: str, student: str, cell: str, manual=None, extra=None) -> None:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{path}") as gb:
+        grade = gb.find_grade(cell, assignment, assignment, student)
+        grade.manual_score, grade.extra_credit = manual, extra
+        grade.needs_manual_grade = grade.manual_score is None and grade.auto_score is None
+        gb.db.commit()
+
+
+@pytest.fixture
+def graded_5b(tmp_path, path_with_alembic):
+    """`make grade`'s folder for 05b: grades.csv (written answers pending) and its gradebook.db beside it."""
+    roster = tmp_path / "canvas.csv"
+    roster.write_text(ROSTER_5B, encoding="utf-8")
+    grades = grades_csv(tmp_path, MODULE_5B, [
+        R("12345", "graded", score=10, max_score=15, name="doejane", cells={"code": 10}, manual_pending=5),
+        R("12346", "graded", score=4, max_score=15, name="roerick", cells={"code": 4}, manual_pending=5),
+        R("12347", "held for review", score=10, max_score=15, name="poepat", review=["exec"],
+          manual_pending=5)])
+    book = make_gradebook(grades.parent / "gradebook.db", MODULE_5B,
+                          {"12345": {"code": 10}, "12346": {"code": 4}, "12347": {"code": 10}})
+    return roster, grades, book, tmp_path / "import.csv"
+
+
+def canvas_column(out: Path) -> dict[str, str]:
+    return {r[1]: r[5] for r in rows_of(out)[2:]}
+
+
+def test_hand_grades_from_the_gradebook_reach_the_lms(graded_5b, capsys):
+    """Written answers graded in formgrader live in gradebook.db only: grades.csv alone would export 10/15
+    for a student the instructor gave 14.5/15. The held student stays empty although the gradebook holds
+    the provisional score."""
+    roster, grades, book, out = graded_5b
+    argv = ["canvas", str(grades), "--roster", str(roster), "--out", str(out)]
+    assert export.main(argv) == 0                     # nothing graded by hand yet: the automatic scores
+    assert canvas_column(out) == {"12345": "10", "12346": "4", "12347": ""}
+    assert "graded, but: 05b_federated_privacy: 12345: 5 points wait for a hand grade in formgrader" in \
+        capsys.readouterr().err
+    before = book.read_bytes()
+    hand_grade(book, MODULE_5B, "12345", "written", manual=4.5)
+    hand_grade(book, MODULE_5B, "12346", "written", manual=0, extra=1)
+    hand_grade(book, MODULE_5B, "12346", "code", manual=6)          # a test cell's score overridden by hand
+    hand_grade(book, MODULE_5B, "12347", "written", manual=5)
+    assert export.main(argv) == 0
+    assert canvas_column(out) == {"12345": "14.5", "12346": "7", "12347": ""}
+    err = capsys.readouterr().err
+    assert "2 student(s)' hand grades read from" in err and "wait for a hand grade" not in err
+    assert export.main([*argv, "--no-gradebook"]) == 0
+    assert canvas_column(out) == {"12345": "10", "12346": "4", "12347": ""}
+    edited = book.read_bytes()
+    export.main(argv)
+    assert book.read_bytes() == edited != before      # read from a snapshot, never written
+
+
+@pytest.mark.parametrize("other", ["an automatic score", "a student"])
+def test_gradebook_of_another_run_refused(graded_5b, capsys, other):
+    roster, grades, book, out = graded_5b
+    book.unlink()
+    make_gradebook(book, MODULE_5B, {"12345": {"code": 7 if other == "an automatic score" else 10},
+                                     **({"12346": {"code": 4}} if other == "an automatic score" else {})})
+    assert export.main(["canvas", str(grades), "--roster", str(roster), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not of one grading run" in err and "--no-gradebook" in err and not out.exists()
+    assert ("other automatic scores (code) for 12345" if other == "an automatic score"
+            else "has no submission of 12346") in err
+
+
+def test_a_lab_hubs_gradebook_with_ids(tmp_path, path_with_alembic, capsys):
+    """A hub has no grades.csv: its gradebook is the source, its accounts mapped to the LMS by --ids. A
+    learner with no submission and one whose autograde stopped get no grade (never 0); an account missing
+    from --ids is listed, not dropped; an assignment nobody submitted is no column."""
+    book = make_gradebook(tmp_path / "gradebook.db", MODULE_5B, {
+        "sysml-learner01": {"code": 10}, "sysml-learner02": {"code": None}, "sysml-learner09": {"code": 3}})
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{book}") as gb:
+        gb.update_or_create_student("sysml-learner03")      # fetched, never submitted
+        gb.update_or_create_assignment("00_orientation")      # released, nothing collected
+    hand_grade(book, MODULE_5B, "sysml-learner01", "written", manual=5)
+    roster, out = tmp_path / "canvas.csv", tmp_path / "import.csv"
+    roster.write_text(ROSTER_5B, encoding="utf-8")
+    ids = tmp_path / "ids.csv"
+    ids.write_text("account,login\nsysml-learner01,jdoe\nsysml-learner02,rroe\nsysml-learner03,ppoe\n")
+    argv = ["canvas", str(book), "--roster", str(roster), "--out", str(out), "--ids", str(ids)]
+    assert export.main(argv) == 3
+    rows = rows_of(out)
+    assert rows[0][5:] == ["Lab 5b 05b_federated_privacy (9005)"] and rows[1][5:] == ["15"]
+    assert canvas_column(out) == {"12345": "15", "12346": "", "12347": ""}
+    err = capsys.readouterr().err
+    assert "autograde did not finish" in err and "no autograded submission" in err
+    assert "has no line for sysml-learner09" in err
+    assert "NOT MATCHED TO THE ROSTER (not written): sysml-learner09" in err
+    assert export.main([*argv[:1], f"00_orientation={book}", *argv[2:]]) == 2   # nothing graded there
+    assert "00_orientation" in capsys.readouterr().err
+    ids.write_text("account,login\nsysml-learner01,jdoe\nsysml-learner01,rroe\n")
+    assert export.main(argv) == 2 and "given two LMS ids" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database at all", b"SQLite format 3\x00" + b"\x00" * 200])
+def test_a_file_that_is_no_gradebook_refused(tmp_path, canvas, capsys, content):
+    roster, _, out = canvas
+    bad = tmp_path / "gradebook.db"
+    bad.write_bytes(content)
+    assert export.main(["canvas", str(bad), "--roster", str(roster), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "gradebook" in err and "Traceback" not in err and not out.exists()
