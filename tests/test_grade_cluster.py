@@ -211,6 +211,48 @@ def test_no_scratch_course_is_left_on_a_node(graded, local_cluster):
     assert glob.glob(head_tmp + "/grade-ipc-*") == []
 
 
+def test_a_student_lost_twice_keeps_no_grade_and_the_next_run_grades_them(graded, tmp_path, monkeypatch):
+    """Ray gives up on a task whose node died on the first try and on the retry (``max_retries=1``): it
+    raises a RayError that is no RayTaskError at ``ray.get``. The student then has no grade, no graded copy
+    and a page saying so, and the next run does not keep their earlier grade but grades them again. (Ray's
+    own retry is not re-enacted here: its error is raised where Ray raises it.)"""
+    import shutil
+
+    import ray
+
+    from autograders.collect import Submission
+
+    base, _, _, _ = graded
+    course = tmp_path / "course"
+    shutil.copytree(base / "cluster", course)
+    run = grade.Run(course, MODULE, CELL_TIMEOUT_S, 300)
+    sub = Submission("ace", "ace.ipynb", notebook=base / "class" / "ace.ipynb")
+    earlier = grade.Result.from_json(json.loads((course / "results" / "ace.json").read_text())["result"])
+    run.remember(sub, earlier)                      # graded before, this very notebook: kept ...
+    assert earlier.status == "graded" and run.kept(sub) is not None
+
+    class Task:
+        def options(self, **_):
+            return self
+
+        def remote(self, *_):
+            return "a task's reference"
+
+    def lost(_ref):
+        raise ray.exceptions.NodeDiedError("the node died twice")
+
+    monkeypatch.setattr(ray, "remote", lambda _function: Task())
+    monkeypatch.setattr(ray, "get", lost)
+    run.regrade = True                              # ... so this run grades it again: its node is lost twice
+    result = cluster.grade_one(run, {"limits": None, "gradebook": None}, sub)
+    run.regrade = False
+    assert result.status == "grading failed" and "lost twice" in result.detail
+    assert grade._scores(course, MODULE, "ace") is None                    # no grade left in the gradebook
+    assert not (course / "autograded" / "ace" / MODULE).exists()
+    assert "lost twice" in result.feedback.read_text()
+    assert run.kept(sub) is None                    # the next run grades ace again
+
+
 # ---------------------------------------------------------------- unit tests, no cluster
 
 def test_one_machine_never_imports_ray():
