@@ -17,6 +17,14 @@ file system:
 - writable again: only the folder the notebook runs in, and the folder of the kernel's sockets;
 - the course and the Python installation are put back (read-only) where a private folder covered them.
 
+- nbgrader's bookkeeping files beside the notebook (``GRADER_FILES``: the submission's time and secret,
+  which generating and releasing feedback read) are bound read-only onto themselves, so notebook code
+  can neither delete nor change them (one student could otherwise stop ``release_feedback`` for all).
+
+Before anything, the kernel drops the grader's secrets from its environment and starts again without
+them (``SECRET_VARIABLES``; exec, so ``/proc/self/environ`` holds none either): on a lab hub the
+instructor's server passes ``JUPYTERHUB_API_TOKEN``, which a notebook could print into its feedback.
+
 Last, it enters a second user namespace, which locks all of that: code in the kernel is root
 only there and can neither undo a read-only mount nor lift a cover (mount_namespaces(7), "locked").
 
@@ -47,6 +55,15 @@ PRIVATE_SIZES = {"/tmp": "1g", "/dev/shm": "1g", "/var/tmp": "64m"}
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_PREFIX = "grading-kernel-"
 HOME_SIZE = "256m"
+GRADER_FILES = ("timestamp.txt", "submission_secret.txt")   # nbgrader's, beside a submitted notebook
+# Environment variables a grading kernel never gets (names, upper-cased; prefixes end in "_"): JupyterHub's
+# tokens and URLs (JUPYTERHUB_API_TOKEN reaches the instructor's server with every right), and the usual
+# places of credentials in an instructor's shell.
+SECRET_VARIABLES = ("JUPYTERHUB_", "JPY_", "AWS_", "AZURE_", "GOOGLE_", "GITHUB_", "GH_", "GITLAB_",
+                    "OPENAI_", "ANTHROPIC_", "KAGGLE_", "SSH_", "GPG_", "DOCKER_AUTH",
+                    "VAULT_", "KUBECONFIG")
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "ACCESS_KEY",
+                "PRIVATE_KEY", "AUTH")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -247,6 +264,12 @@ def confine(writable: list[str], keep: list[str], hide: list[str]) -> None:
         covered.append(path)
     for path in sorted(writable, key=len):
         _put_back(path, held[path], writable=True)
+    for path in writable:   # nbgrader's bookkeeping beside the notebook: read-only, undeletable (a mount point)
+        for name in GRADER_FILES:
+            target = os.path.join(path, name)
+            if os.path.isfile(target) and not os.path.islink(target):
+                _mount(target, target, None, MS_BIND)
+                _set_read_only(target, True, recursive=False)
     for path in covered:
         _set_read_only(path, True, recursive=False)  # the binds on top keep their own flags
     for fd in held.values():
@@ -269,7 +292,22 @@ def _options(argv: list[str]) -> tuple[bool, list[str], int | None, list[str]]:
     return confined, hide, tasks, rest
 
 
+def secret(name: str) -> bool:
+    """Whether an environment variable is one a grading kernel must not see (`SECRET_VARIABLES`)."""
+    upper = name.upper()
+    return upper.startswith(SECRET_VARIABLES) or any(word in upper for word in SECRET_WORDS)
+
+
+def without_secrets(argv: list[str]) -> None:
+    """Start this script again without the grader's secrets in its environment (exec: the new process's
+    /proc/self/environ never held them); a no-op once they are gone."""
+    if any(secret(name) for name in os.environ):
+        clean = {name: value for name, value in os.environ.items() if not secret(name)}
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], clean)
+
+
 def main(argv: list[str]) -> None:
+    without_secrets(argv)
     limit(int(argv[0]), int(argv[1]))
     confined, hide, tasks, rest = _options(argv[2:])
     if tasks is not None and not confined:

@@ -204,3 +204,63 @@ def test_kernel_limits_start_on_macos_without_a_memory_cap(monkeypatch):
     assert "memory NOT capped" in sandbox.isolation()
     monkeypatch.setattr(sys, "platform", "linux")
     assert "memory NOT capped" not in sandbox.isolation()
+
+
+SECRETS_PROBE = """
+import os
+seen = sorted(k for k in os.environ if "TOKEN" in k or "SECRET" in k or k.startswith("JUPYTERHUB"))
+raw = open("/proc/self/environ", "rb").read()
+print("env", seen, b"hub-token-123" in raw, b"aws-456" in raw, os.environ.get("COURSE_PROBE"))
+for name in ("timestamp.txt", "submission_secret.txt"):
+    for what, action in (("remove", lambda: os.remove(name)), ("write", lambda: open(name, "w").write("x")),
+                         ("rename", lambda: os.rename("mine.txt", name))):
+        open("mine.txt", "w").write("mine")
+        try:
+            action()
+            print(name, what, "yes")
+        except OSError:
+            print(name, what, "no")
+"""
+
+
+def test_a_kernel_gets_no_secrets_and_cannot_touch_nbgrader_files(tmp_path, monkeypatch):
+    """On a lab hub the instructor's server hands JUPYTERHUB_API_TOKEN to the kernels it starts: a
+    notebook printing it would get the instructor's server into its feedback (review 24c #1). And a
+    notebook deleting nbgrader's timestamp.txt beside it stopped release_feedback for every later
+    student (#3). Controls: an ordinary variable and an ordinary file in the same folder."""
+    if not sandbox.namespaces_available():
+        pytest.skip("user namespaces are not allowed here: only the limits apply (README)")
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = sandbox.write_kernelspec(tmp_path / "jupyter")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-token-123")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-456")
+    monkeypatch.setenv("COURSE_PROBE", "kept")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "timestamp.txt").write_text("2026-11-30 20:00:00.000000 UTC")
+    (work / "submission_secret.txt").write_text("s3cret")
+    specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "jupyter" / "kernels")])
+    manager = KernelManager(kernel_name=name, transport="ipc", ip=str(tmp_path / "k"),
+                            kernel_spec_manager=specs)
+    manager.start_kernel(cwd=str(work))
+    client = manager.client()
+    client.start_channels()
+    printed = []
+    try:
+        client.wait_for_ready(timeout=120)
+        reply = client.execute_interactive(SECRETS_PROBE, timeout=120, output_hook=lambda msg: printed.append(
+            msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None)
+        assert reply["content"]["status"] == "ok", printed
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+    lines = "".join(printed).splitlines()
+    assert lines[0] == "env [] False False kept", lines
+    assert lines[1:] == [f"{f} {w} no" for f in ("timestamp.txt", "submission_secret.txt")
+                         for w in ("remove", "write", "rename")], lines
+    assert (work / "timestamp.txt").read_text() == "2026-11-30 20:00:00.000000 UTC"
+    assert (work / "submission_secret.txt").read_text() == "s3cret"
+    assert (work / "mine.txt").read_text() == "mine"      # the folder itself stays the notebook's to write
+    assert not kernel.secret("COURSE_PROBE") and kernel.secret("JPY_API_TOKEN") and kernel.secret("MY_TOKEN")
