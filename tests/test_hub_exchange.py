@@ -104,6 +104,25 @@ def test_an_entry_in_another_students_name_is_dropped_and_the_genuine_one_wins(t
 
 
 @root_only
+@pytest.mark.parametrize("stamp", [None, "not a time"])
+def test_an_unfinished_submit_is_skipped_and_the_finished_one_collected(tmp_path, inbound, stamp):
+    """nbgrader's submit writes timestamp.txt after the files: a submit that failed part way (a symlink to
+    a file the learner may not read, review 24c #6) leaves an entry without one. nbgrader's collect took it
+    (graded, though the learner saw the submit fail) and release_feedback then raised for every later
+    student. A hand-written timestamp.txt that holds no time would do the same."""
+    _entry(inbound, "nobody", "nobody", 1, "nobody's finished submit")
+    unfinished = _entry(inbound, "nobody", "nobody", 2, "nobody's failed submit")
+    if stamp is None:
+        (unfinished / "timestamp.txt").unlink()
+    else:
+        (unfinished / "timestamp.txt").write_text(stamp)
+    _, refused = _collect(tmp_path)
+    assert _collected(tmp_path, "nobody") == "nobody's finished submit"
+    assert [entry for entry, _ in refused] == [unfinished.name]
+    assert ("no timestamp.txt" if stamp is None else "holds no time") in refused[0][1]
+
+
+@root_only
 def test_an_oversized_entry_is_skipped_others_collected_and_the_earlier_copy_kept(tmp_path, inbound):
     _entry(inbound, "nobody", "nobody", 1, "nobody v1")
     _collect(tmp_path)

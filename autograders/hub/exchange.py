@@ -13,7 +13,10 @@ nbgrader's own collect trusts the inbound folder, which every learner may write 
   the course's ``CourseDirectory.max_dir_size`` (kB; nbgrader's default 100000, 100 MB, counted as nbgrader
   counts it: every regular file) or ``max_files`` entries, or one holding a symlink, a FIFO, a device or
   anything unreadable, is skipped with an error naming it (and its size); the student's next newest entry is
-  taken instead, and a copy already collected is replaced only once the new one is complete.
+  taken instead, and a copy already collected is replaced only once the new one is complete;
+- an entry without a readable ``timestamp.txt`` (nbgrader's submit writes it after copying the files, so a
+  submit that failed part way leaves none) was collected and graded, though the learner never saw it
+  submitted, and then stopped ``release_feedback`` for every later student. Here it is skipped, named.
 
 Files are opened without following symlinks and their owner and size are checked on the open file, so a
 learner who changes their entry during the collect gets it refused, never a file of the instructor's copied.
@@ -31,6 +34,7 @@ import tempfile
 
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.exchange.default.collect import ExchangeCollect, groupby
+from nbgrader.utils import parse_utc
 from traitlets import Integer
 
 CHUNK = 1 << 20
@@ -200,12 +204,22 @@ class HubCollect(ExchangeCollect):
                     elif stat.S_ISREG(st.st_mode):
                         owner(st, inner)
                         count(st.st_size, inner)
+                        if inner == f"{top}/timestamp.txt":
+                            stamp(child)
                         if target is not None and not ignored(name, st.st_size):
                             copy(child, st, inner, os.path.join(target, name))
                     else:
                         raise Refused(f"{inner} is not a regular file or folder")
                 finally:
                     os.close(child)
+
+        def stamp(fd: int) -> None:
+            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            try:
+                parse_utc(text)
+            except Exception:  # noqa: BLE001  dateutil's errors
+                raise Refused(f"its timestamp.txt holds no time ({text[:40]!r})") from None
+            state["stamped"] = True
 
         def copy(fd: int, st, where: str, target: str) -> None:
             left = st.st_size + 1  # a file that grows while it is copied is refused
@@ -232,4 +246,7 @@ class HubCollect(ExchangeCollect):
             raise Refused(f"cannot read {top}: {error}") from None
         finally:
             os.close(fd)
+        if not state.get("stamped"):  # nbgrader's submit writes it after the files: a submit that failed
+            raise Refused("it has no timestamp.txt: a submit that did not finish (nbgrader writes the time "
+                          "last); without it formgrader's feedback could not be released")
         return state["bytes"]
