@@ -28,3 +28,18 @@ def small_lm():
         return lm.TinyLM(lm.LMConfig(vocab_size=11, context=32, d_model=16, n_layers=2, n_heads=2)).eval()
 
     return make
+
+
+@pytest.fixture(scope="module")
+def closed_repository():
+    """The repository closed to other users (mode 700) while a lab-hub test module runs, as an instructor
+    must close it before `make hub` (which refuses an open one: learners would read solutions/ and the hidden
+    tests); its mode is put back after the module."""
+    from autograders.settings import REPO
+
+    mode = REPO.stat().st_mode & 0o7777
+    REPO.chmod(mode & 0o700)
+    try:
+        yield REPO
+    finally:
+        REPO.chmod(mode)

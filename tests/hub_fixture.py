@@ -118,7 +118,7 @@ def _remove_stale_ipc(uid: int | None) -> None:
 
 
 @pytest.fixture(scope="module")
-def hub():
+def hub(closed_repository):
     reason = missing()
     if reason:
         _skip_or_fail(reason)

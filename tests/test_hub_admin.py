@@ -26,7 +26,8 @@ import pytest
 from autograders import hub as hubmod
 from autograders.hub import Hub, HubError
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the hub makes Unix accounts: run as root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the hub makes Unix accounts: run as root"),
+              pytest.mark.usefixtures("closed_repository")]   # tests/conftest.py: make hub refuses an open one
 
 # account names of these tests: short, their own (never the fixture's prefix), unique per run
 PREFIX = os.environ.get("SYSML_HUB_ADMIN_PREFIX", f"sha{os.getpid() % 10000}-")
@@ -133,6 +134,62 @@ def test_an_existing_root_is_never_loosened(root, new_node):
         Hub(root, prefix=PREFIX, learners=1, port=0, log=lambda *_: None).up()
     assert "writable by others" in str(refused.value)
     assert root.stat().st_mode & 0o7777 == 0o1777
+
+
+def test_an_open_repository_is_refused_before_anything_is_made(root, new_node, closed_repository):
+    """Review 24c #2: a clone in /tmp or /srv is open to every user, so learners read solutions/ and the
+    hidden tests there (and the grading kernel, as the instructor, too). `make hub` refuses it, saying how to
+    close it; closed (this module's fixture), the same call gets past that check."""
+    repo = closed_repository
+    closed = repo.stat().st_mode & 0o7777
+    repo.chmod(0o755)
+    try:
+        if hubmod.blocking_directory(repo) is not None:
+            pytest.skip(f"{hubmod.blocking_directory(repo)} closes the repository to other users anyway")
+        with pytest.raises(HubError) as refused:
+            Hub(root, prefix=PREFIX, learners=1, port=0, log=lambda *_: None).up()
+    finally:
+        repo.chmod(closed)
+    assert "solutions" in str(refused.value) and f"chmod 700 {repo}" in str(refused.value)
+    assert not root.exists() and hubmod._user_exists(f"{PREFIX}instructor") is None
+    assert hubmod.exposed_solutions() is None
+
+
+def test_a_root_in_another_users_folder_is_refused(root, new_node):
+    """Review 24c #4: a root a learner owns (or under a folder they own) would let them swap what root
+    builds and runs; refused before anything is written there."""
+    root.mkdir(mode=0o755)
+    os.chown(root, pwd.getpwnam("nobody").pw_uid, -1)
+    for where in (root, root / "inner"):
+        with pytest.raises(HubError) as refused:
+            Hub(where, prefix=PREFIX, learners=1, port=0, log=lambda *_: None).up()
+        assert f"{root} belongs to nobody" in str(refused.value)
+    assert list(root.iterdir()) == []
+    assert hubmod.unsafe_folder(Path("/srv/sysml-hub")) is None and hubmod.unsafe_folder(Path("/tmp/x")) is None
+
+
+@pytest.mark.parametrize("learners, modules, said", [
+    (0, ("00_orientation",), "LEARNERS=0: from 1 to 500"),
+    (-5, ("00_orientation",), "LEARNERS=-5"),
+    (501, ("00_orientation",), "from 1 to 500"),
+    (2, ("00_orientaton",), "unknown module(s) 00_orientaton"),
+])
+def test_learner_counts_and_module_names_are_checked_first(root, new_node, learners, modules, said):
+    """Review 24c #8, #9: a mistyped module was found after the build and the accounts, as a traceback."""
+    with pytest.raises(HubError) as refused:
+        Hub(root, prefix=PREFIX, learners=learners, modules=modules, port=0, log=lambda *_: None).up()
+    assert said in str(refused.value)
+    assert not root.exists()
+
+
+def test_down_where_there_is_no_hub_says_so(root, capsys):
+    """Review 24c #5: a mistyped HUB_ROOT printed 'hub stopped; its accounts removed' and exit 0."""
+    from autograders.hub.__main__ import main
+
+    with pytest.raises(HubError, match="no hub in"):
+        Hub(root, prefix=PREFIX).down(remove_accounts=True)
+    assert main(["down", "--root", str(root), "--prefix", PREFIX, "--remove-accounts"]) == 1
+    assert "no hub in" in capsys.readouterr().err
 
 
 def _fake_hub(root: Path, user: str | None = None) -> subprocess.Popen:

@@ -58,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_ROOT = Path("/srv/sysml-hub")
 DEFAULT_PREFIX = "sysml-"
+MAX_LEARNERS = 500
 COURSE_ID = "sysml"  # autograders.settings.COURSE_ID (not imported: settings needs nbgrader's stack)
 COURSE_FOLDER = "sysml"  # the instructor's course folder, in their home
 # The GECOS field of every account this module makes, "sysml-hub <role> <hub root>": only accounts marked
@@ -152,6 +153,40 @@ def blocking_directory(path: Path, user: str = "nobody") -> Path | None:
         probe = _run(["runuser", "-u", user, "--", "test", "-x", folder], check=False)
         if probe.returncode != 0:
             return folder
+    return None
+
+
+def unsafe_folder(path: Path) -> str | None:
+    """Why root may not build and run a hub in `path`, or None: `path` (where it exists) and every folder
+    above it must be root's, and none writable by others unless sticky (as /tmp is; then the next one must
+    be root's). A learner's folder would let them swap what root builds and runs, or plant a symlink where
+    root writes the passwords."""
+    path = Path(path).resolve()
+    chain = [*reversed(path.parents), path]
+    for i, folder in enumerate(chain):
+        try:
+            st = folder.lstat()
+        except FileNotFoundError:
+            break
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid != 0:
+            try:
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                owner = f"uid {st.st_uid}"
+            return f"{folder} belongs to {owner}, not root"
+        sticky = mode & stat.S_ISVTX and folder != path and i + 1 < len(chain)
+        if mode & 0o022 and not sticky:
+            return f"{folder} is writable by {'others' if mode & 0o002 else 'its group'} (mode {mode:o})"
+    return None
+
+
+def exposed_solutions(user: str = "nobody") -> Path | None:
+    """A file of the repository's solutions (hidden tests in them) that `user` may read, or None."""
+    for notebook in sorted((REPO / "solutions").glob("*/*.ipynb"))[:1]:
+        probe = _run(["runuser", "-u", user, "--", "test", "-r", notebook], check=False)
+        if probe.returncode == 0:
+            return notebook
     return None
 
 
@@ -782,9 +817,37 @@ class Hub:
             raise HubError(
                 f"{self.root}: a hub root may not hold ':', ',' or a newline (it is recorded in GECOS)"
             )
+        unknown = [m for m in self.modules if m not in all_modules()]
+        if unknown:
+            raise HubError(f"unknown module(s) {', '.join(unknown)}; modules: {', '.join(all_modules())}")
+        if not 1 <= self.n_learners <= MAX_LEARNERS:
+            raise HubError(
+                f"LEARNERS={self.n_learners}: from 1 to {MAX_LEARNERS} on one machine (for more, see "
+                "INSTRUCTORS.md, On Kubernetes)"
+            )
+        unsafe = unsafe_folder(self.root)
+        if unsafe:
+            raise HubError(
+                f"{unsafe}: root would build and run the hub where another user can change it; choose a "
+                "--root that root owns on a path only root may write (e.g. /srv/sysml-hub)"
+            )
+        exposed = exposed_solutions()
+        if exposed:
+            raise HubError(
+                f"every user of this machine, so every learner, may read {exposed} (the solutions and hidden "
+                f"tests): close the repository first, e.g. chmod 700 {REPO}, and run make hub again (the "
+                f"instructor gets their own copy in {self.instructor_repo})"
+            )
         if not proxy_installed(self.root):
             check_node()
         known = read_accounts(self.accounts_file)
+        fewer = sorted(n for n, (role, _) in known.items() if role == "learner" and n not in self.learners)
+        if fewer:
+            self.log(
+                f"LEARNERS={self.n_learners} removes no account: {len(fewer)} more learner accounts stay "
+                f"({', '.join(fewer[:3])}{' ...' if len(fewer) > 3 else ''}; make hub-down "
+                "HUB_ARGS=--remove-accounts removes them all)"
+            )
         check_accounts(self._wanted(), self.root, set(known))
         running = self.pid()
         if running is not None and not (self.state_dir / "state.json").exists():
@@ -1189,7 +1252,15 @@ class Hub:
         """Stop JupyterHub (it stops the servers and the proxy), then what is left of the accounts' processes;
         with `remove_accounts`, remove the accounts this hub made (never another root's or anyone else's)
         with their homes, which holds the instructor's course: gradebook, submissions, feedback; and
-        accounts.csv, the exchange and instructor-repo/."""
+        accounts.csv, the exchange and instructor-repo/. Returns the accounts removed. Raises HubError when
+        not root, or when `root` holds no hub (a mistyped HUB_ROOT must not say "stopped")."""
+        if os.geteuid() != 0:
+            raise HubError("stopping the hub stops other users' servers: run as root")
+        if not (self.state_dir.is_dir() or self.accounts_file.exists()):
+            raise HubError(
+                f"no hub in {self.root} (no hub/ nor accounts.csv there): nothing stopped; is HUB_ROOT "
+                "the one make hub was given?"
+            )
         self._stop()
         accounts = read_accounts(self.accounts_file)
         for name in accounts:
@@ -1202,14 +1273,17 @@ class Hub:
             old = Path("/tmp") / f"sysml-hub-ipc-{instructor.pw_uid}"  # where older hubs put it
             if old.is_dir() and not old.is_symlink() and old.stat().st_uid == instructor.pw_uid:
                 shutil.rmtree(old, ignore_errors=True)
+        removed = []
         if remove_accounts:
             for name in accounts:
-                remove_user(name, self.root)
+                if remove_user(name, self.root):
+                    removed.append(name)
             self.accounts_file.unlink(missing_ok=True)
             shutil.rmtree(self.instructor_repo, ignore_errors=True)
             shutil.rmtree(self.exchange, ignore_errors=True)
             for path in (self.state_dir / "jupyterhub.sqlite", self.state_dir / "state.json"):
                 path.unlink(missing_ok=True)
+        return removed
 
 
 def _port_free(port: int, ssl: bool = False) -> bool:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from autograders.hub import DEFAULT_PREFIX, DEFAULT_ROOT, Hub, HubError
+from autograders.hub import DEFAULT_PREFIX, DEFAULT_ROOT, Hub, HubError, read_accounts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,24 +44,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             hub.up()
+            learners = sum(role == "learner" for role, _ in read_accounts(hub.accounts_file).values())
             print(
                 f"hub {'restarted' if hub.restarted else 'running'} at {hub.url}  "
                 f"(instructor: {hub.instructor}; "
-                f"{len(hub.learners)} learners; passwords in {hub.accounts_file}, root only)"
+                f"{learners} learners; passwords in {hub.accounts_file}, root only)\n"
+                f"next: hand each learner their line of {hub.accounts_file}; log in as {hub.instructor} and "
+                f"open formgrader in a tab of its own: {hub.url}user/{hub.instructor}/formgrader "
+                "(autograders/INSTRUCTORS.md, Running a lab hub)"
             )
         elif args.command == "down":
-            hub.down(remove_accounts=args.remove_accounts)
-            print(
-                "hub stopped"
-                + (
-                    "; its accounts removed with their homes (the instructor's course: gradebook, "
-                    "submissions, feedback), the exchange and instructor-repo/"
-                    if args.remove_accounts
-                    else ""
+            removed = hub.down(remove_accounts=args.remove_accounts)
+            if args.remove_accounts:
+                print(
+                    f"hub stopped; {len(removed)} accounts removed with their homes "
+                    f"({', '.join(removed) or 'none'}; the instructor's course: gradebook, submissions, "
+                    f"feedback), the exchange and instructor-repo/; {hub.root}/env, proxy/ and hub/ stay "
+                    f"(rm -r {hub.root} to remove them too)"
                 )
-            )
+            else:
+                print(
+                    f"hub stopped; accounts, passwords ({hub.accounts_file}) and everyone's work are kept: "
+                    "make hub starts it again"
+                )
         else:
-            print(json.dumps(hub.status(), indent=1))
+            found = hub.status()
+            if not found["running"] and not (hub.state_dir.is_dir() or hub.accounts_file.exists()):
+                found["note"] = f"no hub in {hub.root} (is HUB_ROOT the one make hub was given?)"
+            print(json.dumps(found, indent=1))
     except HubError as error:
         print(f"make hub: {error}", file=sys.stderr)
         return 1
