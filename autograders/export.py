@@ -347,25 +347,54 @@ def read_gradebook(path: Path, module: str | None = None) -> list[Module]:
             raise ExportError(f"no grades in {path} (no assignment has an autograded submission): "
                               "collect and autograde first")
         students = [s.id for s in gb.students]
+        course = path.parent if (path.parent / "submitted").is_dir() else None
         for name in chosen:
             maximum = float(gb.find_assignment(name).max_score or 0.0)
             if maximum <= 0:
                 raise ExportError(f"{path}: assignment {name!r} has no points (max_score 0)")
             subs = _submitted(gb, name)
+            stamps = {s.student.id: s.timestamp for s in gb.find_assignment(name).submissions}
             grades = []
             for student in students:
                 sub = subs.get(student)
+                stale = _stale(course, name, student, stamps.get(student)) if sub and course else ""
                 if sub is None:
                     grades.append(Grade(student, "", None, "no autograded submission in the gradebook"))
+                elif stale:
+                    grades.append(Grade(student, "", None, stale))
                 elif sub.unfinished:
                     grades.append(Grade(student, "", None, "autograde did not finish for this submission "
                                                            "(no cell has a score): autograde it again"))
                 else:
                     grades.append(Grade(student, "", sub.score, _pending(sub)))
+            checked = ("" if course else "; not beside its course's submitted/ folder, so whether each score "
+                       "is of the newest submission is not checked: export the gradebook in place")
             modules.append(Module(name, path, maximum, grades,
                                   note=f"{path}: {name}: nbgrader's scores, hand grades included "
-                                       f"({len(subs)} submission(s) of {len(students)} student(s))"))
+                                       f"({len(subs)} submission(s) of {len(students)} student(s)){checked}"))
     return modules
+
+
+def _stale(course: Path, assignment: str, student: str, graded) -> str:
+    """Why the gradebook's score of `student` is not that of the submission collected last, or "".
+
+    nbgrader keeps a student's old grades when the autograde of a newer submission fails (it removes only the
+    autograded copy: "Removing failed assignment"), and until the newer one is autograded: `nbgrader export`
+    then reports the old score for a notebook that was replaced."""
+    from nbgrader.utils import parse_utc
+
+    if not (course / "autograded" / student / assignment).is_dir():
+        return ("its autograded copy is missing: the last autograde of its newest submission failed "
+                "(formgrader: needs autograding); the gradebook still holds an earlier score")
+    stamp = course / "submitted" / student / assignment / "timestamp.txt"
+    try:
+        submitted = parse_utc(stamp.read_text().strip())
+    except (OSError, ValueError, OverflowError):
+        return ""
+    if graded is not None and submitted > parse_utc(graded):
+        return ("submitted again since it was autograded: autograde it again (the gradebook holds the older "
+                "score)")
+    return ""
 
 
 def add_hand_grades(module: Module, columns: dict[str, dict[str, str]], gradebook: Path) -> None:

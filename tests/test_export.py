@@ -8,6 +8,7 @@ or quote breaking the CSV, a student not in the roster dropped without a word.
 """
 
 import csv
+import datetime
 import functools
 import io
 import sys
@@ -495,6 +496,37 @@ def test_a_lab_hubs_gradebook_with_ids(tmp_path, path_with_alembic, capsys):
     assert "00_orientation" in capsys.readouterr().err
     ids.write_text("account,login\nsysml-learner01,jdoe\nsysml-learner01,rroe\n")
     assert export.main(argv) == 2 and "given two LMS ids" in capsys.readouterr().err
+
+
+def test_a_hub_score_older_than_the_newest_submission_is_not_exported(tmp_path, path_with_alembic):
+    """Review 24c #7: when the autograde of a newer submission fails, nbgrader removes only the autograded
+    copy and keeps the old grades (`nbgrader export` reported 6/6 for a notebook replaced by a broken one);
+    a submission collected after its autograde still shows the older score. In the course folder both are
+    told from submitted/ and autograded/; a copied gradebook says it could not check."""
+    course = tmp_path / "sysml"
+    course.mkdir()
+    book = make_gradebook(course / "gradebook.db", MODULE_5B, {
+        "fresh": {"code": 10}, "failed_again": {"code": 10}, "resubmitted": {"code": 10}})
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{book}") as gb:
+        for sub in gb.find_assignment(MODULE_5B).submissions:
+            sub.timestamp = datetime.datetime(2026, 11, 30, 10, 0)
+        gb.db.commit()
+    for student, collected in (("fresh", "09:59"), ("failed_again", "10:30"), ("resubmitted", "11:00")):
+        (course / "submitted" / student / MODULE_5B).mkdir(parents=True)
+        (course / "submitted" / student / MODULE_5B / "timestamp.txt").write_text(
+            f"2026-11-30 {collected}:00.000000 UTC")
+        if student != "failed_again":
+            (course / "autograded" / student / MODULE_5B).mkdir(parents=True)
+    grades = {g.student: g for g in export.read_gradebook(book)[0].grades}
+    assert grades["fresh"].points == 10
+    assert grades["failed_again"].points is None
+    assert "autograded copy is missing" in grades["failed_again"].why
+    assert grades["resubmitted"].points is None and "submitted again since" in grades["resubmitted"].why
+    copied = tmp_path / "gradebook.db"
+    copied.write_bytes(book.read_bytes())
+    module = export.read_gradebook(copied)[0]
+    assert all(g.points == 10 for g in module.grades) and "is not checked" in module.note
 
 
 @pytest.mark.parametrize("content", [b"", b"not a database at all", b"SQLite format 3\x00" + b"\x00" * 200])
