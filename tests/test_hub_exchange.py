@@ -122,6 +122,62 @@ def test_an_unfinished_submit_is_skipped_and_the_finished_one_collected(tmp_path
     assert ("no timestamp.txt" if stamp is None else "holds no time") in refused[0][1]
 
 
+def test_release_feedback_tells_an_ungradable_submission_why_and_one_broken_folder_stops_no_one(tmp_path):
+    """nbgrader's release gave a learner whose notebook could not be autograded nothing ("Could not find
+    feedback", review 24c #7), and raised at the first feedback folder without timestamp.txt, so nobody after
+    it got feedback (#3). HubReleaseFeedback releases a page saying why to the first, logs the second by name,
+    and releases everyone else's, each under nbgrader's own name for it (the hash a learner's fetch looks
+    for)."""
+    from nbgrader.auth import Authenticator
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.utils import notebook_hash
+    from traitlets.config import Config
+
+    from autograders.hub.exchange import HubReleaseFeedback
+
+    course, exchange = tmp_path / "course", tmp_path / "exchange"
+    (course / "release" / "a1").mkdir(parents=True)
+    (course / "release" / "a1" / "a1.ipynb").write_text("{}")
+    (exchange / "sysml").mkdir(parents=True)
+    secrets = {}
+    for student, notebook in (("ann", '{"cells": [ broken'), ("bob", "{}"), ("cat", "{}"), ("dan", "{}")):
+        folder = course / "submitted" / student / "a1"
+        folder.mkdir(parents=True)
+        (folder / "a1.ipynb").write_text(notebook)
+        (folder / "timestamp.txt").write_text(_stamp(1))
+        (folder / "submission_secret.txt").write_text(secrets.setdefault(student, f"secret-{student}"))
+        if student != "ann":   # ann's autograde failed: nbgrader removed her autograded copy
+            (course / "autograded" / student / "a1").mkdir(parents=True)
+            feedback = course / "feedback" / student / "a1"
+            feedback.mkdir(parents=True)
+            (feedback / "a1.html").write_text(f"<p>Score for {student}</p>")
+            (feedback / "submission_secret.txt").write_text(secrets[student])
+            if student != "cat":   # cat's folder lost its timestamp.txt
+                (feedback / "timestamp.txt").write_text(_stamp(1))
+    config = Config()
+    config.CourseDirectory.root = str(course)
+    config.CourseDirectory.course_id = "sysml"
+    config.CourseDirectory.assignment_id = "a1"
+    config.Exchange.root = str(exchange)
+    coursedir = CourseDirectory(config=config)
+    errors = []
+    auth = Authenticator(config=config)
+    release = HubReleaseFeedback(coursedir=coursedir, authenticator=auth, config=config)
+    release.log.error = lambda message, *args: errors.append(message % args)
+    release.start()
+    out = exchange / "sysml" / "feedback"
+
+    def page(student):
+        path = out / f"{notebook_hash(secret=secrets[student], notebook_id='a1')}.html"
+        return path.read_text() if path.exists() else None
+
+    assert page("bob") == "<p>Score for bob</p>" and page("dan") == "<p>Score for dan</p>"   # after cat's
+    assert page("cat") is None and any("cat" in e and "timestamp.txt" in e for e in errors)
+    assert "could not be graded" in page("ann") and "not a readable notebook" in page("ann")
+    release.start()                         # again: ann's page is kept, not written anew
+    assert "could not be graded" in page("ann")
+
+
 @root_only
 def test_an_oversized_entry_is_skipped_others_collected_and_the_earlier_copy_kept(tmp_path, inbound):
     _entry(inbound, "nobody", "nobody", 1, "nobody v1")

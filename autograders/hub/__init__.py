@@ -643,6 +643,7 @@ _spec = importlib.util.spec_from_file_location("sysml_hub_exchange", {exchange_p
 _exchange = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_exchange)
 c.ExchangeFactory.collect = _exchange.HubCollect
+c.ExchangeFactory.release_feedback = _exchange.HubReleaseFeedback  # a page for each ungradable submission
 c.Execute.kernel_name = {kernel!r}    # walled in: no network, gradebook and solutions hidden, caps
 c.KernelManager.transport = "ipc"     # the kernel's network namespace cannot reach this process's TCP
 c.KernelManager.ip = {ipc!r}

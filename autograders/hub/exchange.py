@@ -18,6 +18,13 @@ nbgrader's own collect trusts the inbound folder, which every learner may write 
   submit that failed part way leaves none) was collected and graded, though the learner never saw it
   submitted, and then stopped ``release_feedback`` for every later student. Here it is skipped, named.
 
+The hub's release of feedback (``HubReleaseFeedback``, ``c.ExchangeFactory.release_feedback``): nbgrader's own
+released nothing to a learner whose submission could not be autograded (a broken file, another module's
+notebook, a kernel that died), so all they saw was "Could not find feedback"; and one student's missing
+``timestamp.txt`` stopped the release for every student after them. Here each such learner gets a page saying
+their submission could not be graded and why (autograders/collect.py's ``notebook_problem``), released as
+nbgrader releases any feedback; and one student's error is logged, naming them, and the others still released.
+
 Files are opened without following symlinks and their owner and size are checked on the open file, so a
 learner who changes their entry during the collect gets it refused, never a file of the instructor's copied.
 """
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import glob
+import html
 import os
 import pwd
 import shutil
@@ -34,7 +43,8 @@ import tempfile
 
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.exchange.default.collect import ExchangeCollect, groupby
-from nbgrader.utils import parse_utc
+from nbgrader.exchange.default.release_feedback import ExchangeReleaseFeedback
+from nbgrader.utils import notebook_hash, parse_utc
 from traitlets import Integer
 
 CHUNK = 1 << 20
@@ -250,3 +260,104 @@ class HubCollect(ExchangeCollect):
             raise Refused("it has no timestamp.txt: a submit that did not finish (nbgrader writes the time "
                           "last); without it formgrader's feedback could not be released")
         return state["bytes"]
+
+
+PROBLEM_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8">
+<title>{assignment}: feedback</title></head><body><h1>{assignment}: {student}</h1>
+<p><strong>Your submission could not be graded</strong>: {why}</p>
+<p>No score was given for it. Submit the notebook file (.ipynb) of this module, saved from Jupyter, again
+(Assignments panel: Submit), and tell your instructor.</p></body></html>
+"""
+
+
+class HubReleaseFeedback(ExchangeReleaseFeedback):
+    def copy_files(self):
+        self.problem_pages()
+        failed = []
+        for html_file in sorted(glob.glob(os.path.join(self.src_path, "*.html"))):
+            try:
+                self._release_one(html_file)
+            except Exception as error:  # noqa: BLE001  one student's broken folder must not stop the rest
+                failed.append(html_file)
+                self.log.error("Feedback NOT released: %s: %s: %s", html_file, type(error).__name__, error)
+        if failed:
+            self.log.error("%d feedback page(s) not released (above); every other page was", len(failed))
+
+    def _release_one(self, html_file: str) -> None:
+        """nbgrader 0.9.6's ExchangeReleaseFeedback.copy_files, for one page."""
+        excluded = set(filter(None, (self.coursedir.student_id_exclude or "").split(",")))
+        folder, page = os.path.split(html_file)
+        student = os.path.basename(os.path.dirname(folder))
+        notebook = page[: -len(".html")]
+        if student in excluded:
+            return
+        with open(os.path.join(folder, "timestamp.txt")) as fh:
+            timestamp = fh.read()
+        with open(os.path.join(folder, "submission_secret.txt")) as fh:
+            secret = fh.read()
+        checksum = notebook_hash(secret=secret, notebook_id=notebook)
+        temporary = os.path.join(self.dest_path, f"{checksum}-tmp.html")
+        self.log.info(
+            f"Releasing feedback for student '{student}' on assignment "
+            f"'{self.coursedir.course_id}/{self.coursedir.assignment_id}/{notebook}' ({timestamp})"
+        )
+        shutil.copy(html_file, temporary)
+        shutil.move(temporary, os.path.join(self.dest_path, f"{checksum}.html"))
+
+    def problem_pages(self) -> None:
+        """A feedback page for each collected submission that autograde could not grade (its autograded copy
+        is missing: nbgrader removes a failed one), unless one for that very submission is there already."""
+        assignment = self.coursedir.assignment_id
+        pattern = self.coursedir.format_path(
+            self.coursedir.submitted_directory, self.coursedir.student_id or "*", assignment
+        )
+        released = self.coursedir.format_path(self.coursedir.release_directory, ".", assignment)
+        notebooks = sorted(os.path.basename(p)[: -len(".ipynb")] for p in glob.glob(f"{released}/*.ipynb"))
+        for submitted in sorted(glob.glob(pattern)):
+            student = os.path.basename(os.path.dirname(submitted))
+            graded = self.coursedir.format_path(self.coursedir.autograded_directory, student, assignment)
+            feedback = self.coursedir.format_path(self.coursedir.feedback_directory, student, assignment)
+            try:
+                with open(os.path.join(submitted, "timestamp.txt")) as fh:
+                    stamp = fh.read()
+                with open(os.path.join(submitted, "submission_secret.txt")) as fh:
+                    fh.read()
+            except OSError:
+                continue  # nothing a learner's client could match a page to
+            if os.path.isdir(graded) or self._same_submission(feedback, stamp):
+                continue
+            shutil.rmtree(feedback, ignore_errors=True)  # an older submission's pages: not this one's
+            os.makedirs(feedback)
+            for name in ("timestamp.txt", "submission_secret.txt"):
+                shutil.copyfile(os.path.join(submitted, name), os.path.join(feedback, name))
+            for notebook in notebooks:
+                why = _why_ungradable(os.path.join(submitted, f"{notebook}.ipynb"), assignment)
+                page = PROBLEM_PAGE.format(assignment=html.escape(assignment), student=html.escape(student),
+                                           why=html.escape(why))
+                with open(os.path.join(feedback, f"{notebook}.html"), "w", encoding="utf-8") as fh:
+                    fh.write(page)
+            self.log.warning("Not autograded: %s %s: a page saying so goes to them", student, assignment)
+
+    @staticmethod
+    def _same_submission(feedback: str, stamp: str) -> bool:
+        try:
+            with open(os.path.join(feedback, "timestamp.txt")) as fh:
+                return fh.read() == stamp and bool(glob.glob(os.path.join(feedback, "*.html")))
+        except OSError:
+            return False
+
+
+def _why_ungradable(path: str, module: str) -> str:
+    """In one sentence, why the notebook at `path` could not be graded, as `make grade` would say it."""
+    if not os.path.isfile(path):
+        return f"no notebook named {os.path.basename(path)} was in it"
+    try:
+        from pathlib import Path
+
+        from autograders.collect import notebook_problem
+
+        why = notebook_problem(Path(path), module)
+    except Exception:  # noqa: BLE001  the course's checker missing or failing: say what is known
+        why = None
+    return why or ("the grader could not run it to the end (a cell stopped the kernel, or it ran out of "
+                   "time or memory); your instructor sees the details")
