@@ -67,6 +67,10 @@ from autograders.collect import Submission, notebook_problem
 from autograders.report import Result
 
 MAX_RETRIES = 1  # Ray reruns a task once when its node or worker process dies (a system failure)
+WAIT_NOTE_S = 30          # how often a student's wait for Ray checks that some node could still take it
+NO_NODE_EVERY_S = 300     # how often "no live node" is said while it lasts
+NOT_YOUR_FAULT = ("Nothing was found wrong with your notebook: the machine grading it failed. Your "
+                  "instructor grades it again; you need not submit it again.")
 LOST_TWICE = ("the Ray node grading this notebook was lost twice ({error}); no grade was kept, so running "
               "the same command again grades it")
 # What a task sends back, relative to its scratch course (`pack`); the head unpacks only these.
@@ -133,7 +137,7 @@ def connect(address: str, join_timeout_s: float | None = None) -> None:
     if "error" in outcome:
         where = ("no running Ray cluster found ($RAY_ADDRESS unset and none started on this machine): give "
                  "the head's HOST:PORT" if address == "auto" else f"cannot join the Ray cluster at {address}")
-        raise Refused(f"{where} ({_last_line(outcome['error'])})")
+        raise Refused(f"{where} ({_summary(outcome['error'], last=True)})")
 
 
 def node_facts(module: str, cell_timeout_s: int) -> dict:
@@ -214,16 +218,17 @@ def slots(module: str, nodes: dict[str, dict]) -> int:
     return sum(facts["cpus"] // grade.processes(module) for facts in nodes.values())
 
 
-def planner(run: grade.Run, limits: dict[str, tuple[int, dict]]):
+def planner(run: grade.Run, limits: dict[str, tuple[int, dict]], hide: list[str] | tuple = ()):
     """`grade_one` for this run, once the head's course is prepared: its gradebook (the module's tests and
     checksums, as generate_assignment recorded them) goes to the nodes once, through Ray's object store,
-    so no node runs generate_assignment again."""
+    so no node runs generate_assignment again. `hide`: the submissions' path, hidden from every node's
+    grading kernels too (`grade.hideable`; a node without that path has nothing there to hide)."""
     import functools
 
     import ray
 
     course = ray.put((run.root / "gradebook.db").read_bytes())
-    return functools.partial(grade_one, run, {"limits": limits, "gradebook": course})
+    return functools.partial(grade_one, run, {"limits": limits, "gradebook": course, "hide": list(hide)})
 
 
 def grade_one(run: grade.Run, plan: dict, sub: Submission) -> Result:
@@ -240,16 +245,19 @@ def grade_one(run: grade.Run, plan: dict, sub: Submission) -> Result:
     task = ray.remote(grade_student).options(
         num_cpus=grade.processes(run.module), max_retries=MAX_RETRIES, retry_exceptions=False)
     ref = task.remote(run.module, sub.student, sub.notebook.read_bytes(), run.cell_timeout_s,
-                      run.student_timeout_s, plan["limits"], run.version, plan["gradebook"])
+                      run.student_timeout_s, plan["limits"], run.version, plan["gradebook"],
+                      plan.get("hide", ()))
+    while not ray.wait([ref], timeout=WAIT_NOTE_S)[0]:
+        _note_if_no_node(run, plan)
     try:
         answer = ray.get(ref)
     except (ray.exceptions.RayTaskError, ValueError) as error:  # the grader's own fault there: not retried
         result = Result(student=sub.student, status="grading failed", max_score=grade._max_score(
-            run.root, run.module), detail=f"the grader failed on its Ray node: {_last_line(error)}")
+            run.root, run.module), detail=f"the grader failed on its Ray node: {_summary(error, last=True)}")
         return _settle(run, sub, result, start)
     except ray.exceptions.RayError as error:  # the node or worker died on the first try and the retry
         result = Result(student=sub.student, status="grading failed", max_score=grade._max_score(
-            run.root, run.module), detail=LOST_TWICE.format(error=_last_line(error)))
+            run.root, run.module), detail=LOST_TWICE.format(error=_summary(error)))
         return _settle(run, sub, result, start, remember=False)
     if "refused" in answer:  # a node that joined after `check_nodes`, with another checkout: no grade
         with run.lock:
@@ -269,22 +277,42 @@ def grade_one(run: grade.Run, plan: dict, sub: Submission) -> Result:
 
 
 def _settle(run: grade.Run, sub: Submission, result: Result, start: float, remember: bool = True) -> Result:
-    """A student the cluster could not grade: no grade in the gradebook, a page saying why."""
+    """A student the cluster could not grade: no grade in the gradebook, a page saying why (the grading
+    machinery's fault, not the notebook's: nothing for the student to do)."""
     root, module = run.root, run.module
     with run.lock:
         grade._forget(root, module, sub.student)
     shutil.rmtree(root / "feedback" / sub.student / module, ignore_errors=True)
     result.feedback = root / "feedback" / sub.student / module / f"{module}.html"
-    grade._write_problem_feedback(result.feedback, module, result)
+    grade._write_problem_feedback(result.feedback, module, result, advice=NOT_YOUR_FAULT)
     result.seconds = time.monotonic() - start
     if remember:
         run.remember(sub, result)
     return result
 
 
-def _last_line(error: BaseException) -> str:
+def _summary(error: BaseException, last: bool = False) -> str:
+    """One line of a Ray error for grades.csv and the page: its first line (Ray's errors put what happened
+    first and advice after), or the last (a task's traceback ends with the exception), cut at a word."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:300]
+    line = ((lines[-1] if last else lines[0]) if lines else type(error).__name__).rstrip(".")
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."
+
+
+def _note_if_no_node(run: grade.Run, plan: dict) -> None:
+    """Say, at most every `NO_NODE_EVERY_S`, when no live node has the CPUs a student needs: Ray then waits
+    for one without a word (its own warnings do not reach the grader's terminal)."""
+    import ray
+
+    need = grade.processes(run.module)
+    alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= need]
+    with run.lock:
+        if alive or time.monotonic() - plan.get("said_no_node", -NO_NODE_EVERY_S) < NO_NODE_EVERY_S:
+            return
+        plan["said_no_node"] = time.monotonic()
+    print(f"  no live node of the Ray cluster can take a student now (each needs {need} CPUs; were nodes "
+          "lost?): the run waits for one. Start a node (ray start --address HEAD:PORT) or stop with Ctrl-C: "
+          "grades so far are kept and a re-run grades only the others", flush=True)
 
 
 def merge_answer(run: grade.Run, answer: dict) -> Result:
@@ -353,11 +381,20 @@ _REAPERS: list[subprocess.Popen] = []  # one per scratch course: removes it when
 # A Ray worker process ends when its job does, or is killed, without running atexit handlers; its scratch
 # course (a gradebook, logs, the grading worker's folders) would stay in the node's temporary folder. This
 # process, started with the course, holds the read end of a pipe only the Ray worker can write to: when
-# that process has ended, however it ended, the pipe closes and the course and its socket folder go.
+# that process has ended, however it ended, the pipe closes and the course and its socket folder go, and
+# what still runs in the course (a grading kernel whose grading worker Ray killed) is killed.
 REAPER = """
-import hashlib, os, shutil, sys, time
+import hashlib, os, shutil, signal, sys, time
 sys.stdin.buffer.read()  # returns when the Ray worker process has ended
 root, bases = sys.argv[1], sys.argv[2:]
+real = os.path.realpath(root)
+for pid in [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
+    try:  # a grading kernel (its unshare) orphaned when Ray killed the grading worker: it runs in the course
+        cwd = os.readlink("/proc/" + pid + "/cwd")
+        if cwd == real or cwd.startswith(real + os.sep):
+            os.kill(int(pid), signal.SIGKILL)  # unshare --kill-child: the kernel and its namespace go too
+    except OSError:
+        pass
 for _ in range(3):  # the grading worker may still be writing its log as it ends
     work = os.path.join(root, "work")
     names = os.listdir(work) if os.path.isdir(work) else []
@@ -374,7 +411,8 @@ SPAWN = ("import subprocess, sys\n"
 
 
 def grade_student(module: str, student: str, notebook: bytes, cell_timeout_s: int, student_timeout_s: float,
-                  limits: dict[str, tuple[int, dict]], version: str, gradebook: bytes) -> dict:
+                  limits: dict[str, tuple[int, dict]], version: str, gradebook: bytes,
+                  hide: list[str] | tuple = ()) -> dict:
     """Ray task: grade one student on this node, as `grade.Run.grade_one` does on one machine, in this
     worker process's scratch course (made once from the head's `gradebook`, kept for its next students and
     removed when the process ends: `REAPER`); return the result and the files the head needs (`pack`).
@@ -410,7 +448,7 @@ def grade_student(module: str, student: str, notebook: bytes, cell_timeout_s: in
             run = grade.Run(root, module, cell_timeout_s, student_timeout_s, regrade=True,
                             kernel_cell_timeout_s=limit, kernel_cell_timeouts=cells)
             run.start_workers(1)
-            grade.prepare_course(root, module, cell_timeout_s, gradebook=gradebook)
+            grade.prepare_course(root, module, cell_timeout_s, gradebook=gradebook, hide=hide)
             _NODE[key] = run
             atexit.register(_clean, run)
     root = run.root

@@ -190,14 +190,32 @@ def _write_config(root: Path, cell_timeout_s: int, cell_timeouts: dict[str, floa
         kernel=sandbox.KERNEL_NAME, ipc=str(_ipc_folder(root) / "k")))
 
 
-def prepare_course(root: Path, module: str, cell_timeout_s: int, gradebook: bytes | None = None) -> None:
+def hideable(submissions: Path | str | None) -> list[str]:
+    """The submissions as the instructor gave them (a folder or a zip), to hide from grading kernels: a
+    student's code could otherwise read the whole class there. Nothing when that folder holds the course or
+    Python, which the kernel needs (hidden, it could not run): a warning says to move the submissions."""
+    if not submissions:
+        return []
+    path = Path(submissions).resolve()
+    needed = {settings.REPO.resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    if any(n == path or path in n.parents for n in needed):
+        print(f"WARNING: {path} holds the course or Python, so grading kernels can read every submission in "
+              "it: keep submissions in a folder of their own", flush=True)
+        return []
+    return [str(path)]
+
+
+def prepare_course(root: Path, module: str, cell_timeout_s: int, gradebook: bytes | None = None,
+                   hide: list[str] | tuple = ()) -> None:
     """Make `root` an nbgrader course and record the module's tests and checksums in it (nbgrader's
     generate_assignment), or, given `gradebook` (the bytes of a course's gradebook.db that recorded them
-    from this very source: `autograders.cluster` on a node), write that instead."""
+    from this very source: `autograders.cluster` on a node), write that instead. `hide`: more paths the
+    grading kernel must not see (`hideable`: the submissions as given)."""
     root.mkdir(parents=True, exist_ok=True)
     # what a grading kernel must not see: this course (gradebook, every submission, feedback),
-    # the solutions with their hidden tests, the history that holds them, other grading folders
-    hidden = [root, settings.SOLUTIONS, settings.REPO / ".git", settings.REPO / "grading"]
+    # the solutions with their hidden tests, the history that holds them, other grading folders,
+    # and the submissions where the instructor keeps them
+    hidden = [root, settings.SOLUTIONS, settings.REPO / ".git", settings.REPO / "grading", *hide]
     sandbox.write_kernelspec(root / "jupyter", hide=[str(p) for p in hidden])
     _write_config(root, cell_timeout_s)
     # nbgrader grades an assignment: a folder of the source. This course's source for the module is
@@ -277,7 +295,11 @@ def _points(module: str) -> dict[str, float]:
     return {m["grade_id"]: float(m["points"]) for m in meta if m.get("grade")}
 
 
-def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
+def _write_problem_feedback(path: Path, module: str, result: Result, advice: str | None = None) -> None:
+    """The page of a student whose notebook was not graded: why, and what to do (`advice`; by default:
+    submit the notebook file again)."""
+    advice = advice or ("Submit the notebook file (.ipynb) of this module, saved from Jupyter, and ask your "
+                        "instructor to grade it again.")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
@@ -285,8 +307,7 @@ def _write_problem_feedback(path: Path, module: str, result: Result) -> None:
         f"<h1>{html.escape(module)}: {html.escape(result.student)}</h1>"
         f"<p><strong>Score: {result.score:g} / {result.max_score:g}</strong></p>"
         f"<p>Your submission could not be graded: {html.escape(result.detail)}</p>"
-        "<p>Submit the notebook file (.ipynb) of this module, saved from Jupyter, and ask your "
-        "instructor to grade it again.</p></body></html>")
+        f"<p>{html.escape(advice)}</p></body></html>")
 
 
 def _merge(scratch: Path, root: Path, module: str, student: str) -> None:
@@ -688,10 +709,10 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     try:
         if not ray:
             run.start_workers(jobs, early=sum(run.kept(sub) is None for sub in found))
-        prepare_course(out, module, cell_timeout_s)
+        prepare_course(out, module, cell_timeout_s, hide=hideable(submissions))
         if ray:
             limits = cluster.node_limits(module, cell_timeout_s, nodes)
-            grade_one = cluster.planner(run, limits)
+            grade_one = cluster.planner(run, limits, hide=hideable(submissions))
         print(sandbox.isolation(), flush=True)
         if ray:
             print(f"grading {len(found)} submissions on a Ray cluster of {len(nodes)} nodes, {jobs} at a "

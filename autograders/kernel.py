@@ -13,7 +13,8 @@ file system:
 - every mount is read-only: the course, the Python installation, the rest of the machine;
 - /tmp, /dev/shm, /var/tmp and the home folder are fresh, empty and private (in memory, capped);
 - each ``--hide`` path (the grading folder with the gradebook and every other submission,
-  ``solutions/``, ``.git``) is covered by an empty read-only folder;
+  ``solutions/``, ``.git``, the submissions as the instructor gave them) is covered by an empty read-only
+  folder, or a file by an empty read-only file;
 - writable again: only the folder the notebook runs in, and the folder of the kernel's sockets;
 - the course and the Python installation are put back (read-only) where a private folder covered them.
 
@@ -256,6 +257,14 @@ def confine(writable: list[str], keep: list[str], hide: list[str]) -> None:
             _put_back(path, held[path], writable=False)
     covered = []
     for path in sorted({os.path.realpath(p) for p in hide}, key=len):
+        if any(path.startswith(w + os.sep) for w in writable):
+            continue  # inside a folder put back writable below, which would shadow the cover
+        if os.path.isfile(path):  # a file (the submissions' zip): an empty one bound over it, read-only
+            empty = "/tmp/.hidden-file"  # in the private /tmp made above
+            open(empty, "w").close()
+            _mount(empty, path, None, MS_BIND)
+            _set_read_only(path, True, recursive=False)
+            continue
         try:  # a hidden path under /tmp or home is gone already: cover its place all the same
             os.makedirs(path, exist_ok=True)
         except OSError:
@@ -264,7 +273,7 @@ def confine(writable: list[str], keep: list[str], hide: list[str]) -> None:
         covered.append(path)
     for path in sorted(writable, key=len):
         _put_back(path, held[path], writable=True)
-    for path in writable:   # nbgrader's bookkeeping beside the notebook: read-only, undeletable (a mount point)
+    for path in writable:   # nbgrader's bookkeeping beside the notebook: read-only mount points
         for name in GRADER_FILES:
             target = os.path.join(path, name)
             if os.path.isfile(target) and not os.path.islink(target):

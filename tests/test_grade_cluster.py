@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
@@ -249,11 +250,66 @@ def test_a_student_lost_twice_keeps_no_grade_and_the_next_run_grades_them(graded
     assert result.status == "grading failed" and "lost twice" in result.detail
     assert grade._scores(course, MODULE, "ace") is None                    # no grade left in the gradebook
     assert not (course / "autograded" / "ace" / MODULE).exists()
-    assert "lost twice" in result.feedback.read_text()
+    page = result.feedback.read_text()
+    assert "lost twice" in page and "Nothing was found wrong with your notebook" in page   # not: submit again
+    assert "Submit the notebook" not in page and "`ray" not in result.detail
     assert run.kept(sub) is None                    # the next run grades ace again
 
 
 # ---------------------------------------------------------------- unit tests, no cluster
+
+def test_a_ray_error_is_said_in_its_first_line_cut_at_a_word():
+    """Ray's node errors put what happened first and advice after; the 300-character cut of the last line
+    ended the page mid-word ("use `ray", review 24d #5)."""
+    error = RuntimeError("The node with node id abc and address 10.0.0.2 has been marked dead because the "
+                         "detector has missed too many heartbeats from it. " + "x " * 100 +
+                         "\nTo see node death information, use `ray list nodes --filter ...`")
+    said = cluster._summary(error)
+    assert said.startswith("The node with node id abc") and len(said) <= 205 and said.endswith(" ...")
+    assert "`ray" not in said
+    assert cluster._summary(RuntimeError("Traceback\n  File x\nValueError: bad"), last=True) == "ValueError: bad"
+
+
+def test_no_live_node_is_said_once_in_a_while(monkeypatch, capsys):
+    """Every node lost: Ray waits for one without a word (review 24d #3); the run says so, not every 30 s."""
+    import ray
+
+    run = grade.Run(Path("."), MODULE, CELL_TIMEOUT_S, 300)
+    nodes = [{"Alive": False, "Resources": {"CPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 0.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    plan = {}
+    cluster._note_if_no_node(run, plan)
+    cluster._note_if_no_node(run, plan)
+    assert capsys.readouterr().out.count("no live node of the Ray cluster can take a student") == 1
+    nodes.append({"Alive": True, "Resources": {"CPU": 2.0}})
+    plan.clear()
+    cluster._note_if_no_node(run, plan)
+    assert capsys.readouterr().out == ""
+
+
+def test_the_reaper_kills_what_still_runs_in_a_scratch_course(tmp_path):
+    """A grading kernel whose grading worker Ray killed outlived the Ray worker (PPID 1, 53-420 MB, 19
+    minutes, review 24d #2): the reaper kills what runs in the course (a process started there, in a session
+    of its own, as unshare runs a kernel) before removing it; a process elsewhere is left alone."""
+    root = tmp_path / "grade-ray-x"
+    inside = root / "autograded" / "ann" / MODULE
+    inside.mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    kernel = subprocess.Popen(["sleep", "987655"], cwd=inside, start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "987656"], cwd=outside, start_new_session=True)
+    try:
+        reaper = subprocess.Popen([sys.executable, "-c", cluster.REAPER, str(root), str(tmp_path / "sockets")],
+                                  stdin=subprocess.PIPE)
+        reaper.stdin.close()                           # the Ray worker process has ended
+        reaper.wait(timeout=30)
+        assert kernel.wait(timeout=10) == -9
+        assert bystander.poll() is None and not root.exists()
+    finally:
+        for proc in (kernel, bystander):
+            proc.kill()
+            proc.wait()
+
 
 def test_one_machine_never_imports_ray():
     code = "import sys, autograders.grade; sys.exit('ray' in sys.modules)"

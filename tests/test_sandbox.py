@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autograders import kernel, sandbox
+from autograders import grade, kernel, sandbox
 from autograders.settings import REPO
 
 PROBE = """
@@ -208,6 +208,10 @@ def test_kernel_limits_start_on_macos_without_a_memory_cap(monkeypatch):
 
 SECRETS_PROBE = """
 import os
+try:
+    print("class zip", open({zip!r}, "rb").read())
+except OSError as error:
+    print("class zip", "unreadable", error.errno)
 seen = sorted(k for k in os.environ if "TOKEN" in k or "SECRET" in k or k.startswith("JUPYTERHUB"))
 raw = open("/proc/self/environ", "rb").read()
 print("env", seen, b"hub-token-123" in raw, b"aws-456" in raw, os.environ.get("COURSE_PROBE"))
@@ -233,7 +237,11 @@ def test_a_kernel_gets_no_secrets_and_cannot_touch_nbgrader_files(tmp_path, monk
     from jupyter_client import KernelManager
     from jupyter_client.kernelspec import KernelSpecManager
 
-    name = sandbox.write_kernelspec(tmp_path / "jupyter")
+    # the submissions as given, a zip (review 24d #1), outside /tmp (which the kernel never sees anyway)
+    class_zip = REPO / f".test-class-{os.getpid()}.zip"
+    (tmp_path / "ipc").mkdir()     # the kernel's sockets: a folder of their own, as the grader's are
+    class_zip.write_bytes(b"PK every student's notebook")
+    name = sandbox.write_kernelspec(tmp_path / "jupyter", hide=grade.hideable(class_zip))
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-token-123")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-456")
     monkeypatch.setenv("COURSE_PROBE", "kept")
@@ -242,7 +250,7 @@ def test_a_kernel_gets_no_secrets_and_cannot_touch_nbgrader_files(tmp_path, monk
     (work / "timestamp.txt").write_text("2026-11-30 20:00:00.000000 UTC")
     (work / "submission_secret.txt").write_text("s3cret")
     specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "jupyter" / "kernels")])
-    manager = KernelManager(kernel_name=name, transport="ipc", ip=str(tmp_path / "k"),
+    manager = KernelManager(kernel_name=name, transport="ipc", ip=str(tmp_path / "ipc" / "k"),
                             kernel_spec_manager=specs)
     manager.start_kernel(cwd=str(work))
     client = manager.client()
@@ -250,13 +258,17 @@ def test_a_kernel_gets_no_secrets_and_cannot_touch_nbgrader_files(tmp_path, monk
     printed = []
     try:
         client.wait_for_ready(timeout=120)
-        reply = client.execute_interactive(SECRETS_PROBE, timeout=120, output_hook=lambda msg: printed.append(
+        reply = client.execute_interactive(SECRETS_PROBE.format(zip=str(class_zip)), timeout=120, output_hook=lambda msg: printed.append(
             msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None)
         assert reply["content"]["status"] == "ok", printed
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=False)
+        seen = class_zip.read_bytes()
+        class_zip.unlink()
     lines = "".join(printed).splitlines()
+    assert lines.pop(0) == "class zip b''", lines
+    assert seen == b"PK every student's notebook"
     assert lines[0] == "env [] False False kept", lines
     assert lines[1:] == [f"{f} {w} no" for f in ("timestamp.txt", "submission_secret.txt")
                          for w in ("remove", "write", "rename")], lines
@@ -264,3 +276,14 @@ def test_a_kernel_gets_no_secrets_and_cannot_touch_nbgrader_files(tmp_path, monk
     assert (work / "submission_secret.txt").read_text() == "s3cret"
     assert (work / "mine.txt").read_text() == "mine"      # the folder itself stays the notebook's to write
     assert not kernel.secret("COURSE_PROBE") and kernel.secret("JPY_API_TOKEN") and kernel.secret("MY_TOKEN")
+
+
+def test_submissions_are_hidden_unless_they_hold_the_course(tmp_path, capsys):
+    """`make grade SUBMISSIONS=folder` left that folder, the whole class, readable from every student's
+    kernel (review 24d #1). It is hidden now, unless it holds the course or Python, which the kernel needs:
+    then the grader warns instead."""
+    assert grade.hideable(tmp_path / "class") == [str(tmp_path / "class")]
+    assert grade.hideable(None) == []
+    assert grade.hideable(REPO / "subs") == [str(REPO / "subs")]          # inside the repository: fine
+    assert grade.hideable(REPO) == [] and grade.hideable(REPO.parent) == []
+    assert "grading kernels can read every submission" in capsys.readouterr().out
