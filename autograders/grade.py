@@ -696,6 +696,9 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
             ray_module.shutdown()
         raise
     if ray:
+        if jobs:
+            print(f"--jobs {jobs} is ignored with --ray: the cluster's CPUs say how many students at once",
+                  flush=True)
         jobs = max(1, min(cluster.slots(module, nodes), len(found)))
     else:
         jobs = max(1, min(jobs or default_jobs(module), len(found)))
