@@ -385,7 +385,7 @@ def _stale(course: Path, assignment: str, student: str, graded) -> str:
 
     if not (course / "autograded" / student / assignment).is_dir():
         return ("its autograded copy is missing: the last autograde of its newest submission failed "
-                "(formgrader: needs autograding); the gradebook still holds an earlier score")
+                "(formgrader: needs autograding), so the gradebook's score is not that submission's")
     stamp = course / "submitted" / student / assignment / "timestamp.txt"
     try:
         submitted = parse_utc(stamp.read_text().strip())
@@ -993,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     for g in unmatched:
         print(f"NOT MATCHED TO THE ROSTER (not written): {g.student} {g.name} ({g.why})", file=sys.stderr)
     print(f"wrote {args.out}: {len(rows) - 1 - (args.lms == 'canvas')} student rows, "
-          f"{len(modules)} module column(s); {len(unmatched)} student(s) of grades.csv not matched to the "
+          f"{len(modules)} module column(s); {len(unmatched)} graded student(s) not matched to the "
           "roster (not written)", file=sys.stderr)
     return 3 if unmatched and not args.allow_unmatched else 0
 

@@ -22,9 +22,11 @@ file system:
   which generating and releasing feedback read) are bound read-only onto themselves, so notebook code
   can neither delete nor change them (one student could otherwise stop ``release_feedback`` for all).
 
-Before anything, the kernel drops the grader's secrets from its environment and starts again without
-them (``SECRET_VARIABLES``; exec, so ``/proc/self/environ`` holds none either): on a lab hub the
-instructor's server passes ``JUPYTERHUB_API_TOKEN``, which a notebook could print into its feedback.
+Before anything, the kernel keeps of its environment only what Python, the course and its libraries read
+(``KEEP_NAMES``, ``KEEP_PREFIXES``; no secret names, no credentials in URLs) and starts again with that
+(exec, so ``/proc/self/environ`` holds nothing else either): on a lab hub the instructor's server passes
+``JUPYTERHUB_API_TOKEN``, and an instructor's shell may hold anything, which a notebook could print into
+its feedback.
 
 Last, it enters a second user namespace, which locks all of that: code in the kernel is root
 only there and can neither undo a read-only mount nor lift a cover (mount_namespaces(7), "locked").
@@ -43,6 +45,7 @@ stops a cell, and orphans it does not reap stay zombies only until the namespace
 import ctypes
 import json
 import os
+import re
 import resource
 import runpy
 import signal
@@ -57,14 +60,22 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_PREFIX = "grading-kernel-"
 HOME_SIZE = "256m"
 GRADER_FILES = ("timestamp.txt", "submission_secret.txt")   # nbgrader's, beside a submitted notebook
-# Environment variables a grading kernel never gets (names, upper-cased; prefixes end in "_"): JupyterHub's
-# tokens and URLs (JUPYTERHUB_API_TOKEN reaches the instructor's server with every right), and the usual
-# places of credentials in an instructor's shell.
+# The grading kernel's environment is an allow-list: what Python, the course, nbgrader, torch and its thread
+# pools, Ray and Flower read, and the locale. Everything else of the grader's shell stays out (a database URL
+# with its password, make's MAKEFLAGS carrying the command line's variables, JupyterHub's API token...), and
+# so does any allowed name that holds a secret word, or a value that holds credentials in a URL.
+KEEP_NAMES = {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "SHELL", "TMPDIR", "PWD",
+              "COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "CI", "COLAB_RELEASE_TAG", "LD_LIBRARY_PATH",
+              "VIRTUAL_ENV", "MPLBACKEND", "MPLCONFIGDIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}
+KEEP_PREFIXES = ("COURSE_", "SYSML_", "NBGRADER_", "PYTHON", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "KMP_",
+                 "GOMP_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_", "NCCL_", "GLOO_", "MASTER_", "LC_", "XDG_",
+                 "JUPYTER_", "IPYTHON", "RAY_", "FLWR_", "TF_", "LITERT_", "CONDA_")
 SECRET_VARIABLES = ("JUPYTERHUB_", "JPY_", "AWS_", "AZURE_", "GOOGLE_", "GITHUB_", "GH_", "GITLAB_",
-                    "OPENAI_", "ANTHROPIC_", "KAGGLE_", "SSH_", "GPG_", "DOCKER_AUTH",
-                    "VAULT_", "KUBECONFIG")
+                    "OPENAI_", "ANTHROPIC_", "KAGGLE_", "SSH_", "GPG_", "DOCKER_AUTH", "VAULT_", "KUBECONFIG")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "ACCESS_KEY",
                 "PRIVATE_KEY", "AUTH")
+CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")    # scheme://user:password@host
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -301,17 +312,27 @@ def _options(argv: list[str]) -> tuple[bool, list[str], int | None, list[str]]:
     return confined, hide, tasks, rest
 
 
-def secret(name: str) -> bool:
-    """Whether an environment variable is one a grading kernel must not see (`SECRET_VARIABLES`)."""
+def allowed(name: str, value: str = "") -> bool:
+    """Whether the grading kernel may see the environment variable `name` (`KEEP_NAMES`, `KEEP_PREFIXES`;
+    never a secret word or prefix, never credentials in a URL)."""
     upper = name.upper()
-    return upper.startswith(SECRET_VARIABLES) or any(word in upper for word in SECRET_WORDS)
+    if upper.startswith(SECRET_VARIABLES) or any(word in upper for word in SECRET_WORDS):
+        return False
+    if CREDENTIALS_IN_URL.search(value):
+        return False
+    return upper in KEEP_NAMES or upper.startswith(KEEP_PREFIXES)
+
+
+def secret(name: str) -> bool:
+    """Whether an environment variable is kept from grading kernels (see `allowed`)."""
+    return not allowed(name)
 
 
 def without_secrets(argv: list[str]) -> None:
-    """Start this script again without the grader's secrets in its environment (exec: the new process's
-    /proc/self/environ never held them); a no-op once they are gone."""
-    if any(secret(name) for name in os.environ):
-        clean = {name: value for name, value in os.environ.items() if not secret(name)}
+    """Start this script again with only the allowed environment (`allowed`; exec: the new process's
+    /proc/self/environ never held the rest); a no-op once that is all there is."""
+    if not all(allowed(name, value) for name, value in os.environ.items()):
+        clean = {name: value for name, value in os.environ.items() if allowed(name, value)}
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], clean)
 
 

@@ -348,11 +348,13 @@ def feedback_score(text: str, notebook: str) -> tuple[float, float]:
     return float(found[1]), float(found[2])
 
 
-def read_feedback(page, assignment: str) -> str:
+def read_feedback(page, assignment: str, contains: str = "Score:") -> str:
     """Open the fetched feedback of `assignment` as a learner does and return the feedback page's text.
 
     Clicks "(view feedback)" in the Assignments panel (the file browser goes to the feedback folder),
-    opens the notebook's .html there with a double-click (JupyterLab's HTML viewer) and reads its frame.
+    opens the notebook's .html there with a double-click (JupyterLab's HTML viewer) and reads its frame:
+    the first that holds `contains` (nbgrader's pages: their score; the hub's page for an ungradable
+    submission: "could not be graded").
     """
     row = assignment_row(page, "submitted", assignment)
     row.locator("a", has_text="(view feedback)").last.click()
@@ -367,7 +369,7 @@ def read_feedback(page, assignment: str) -> str:
                 text = frame.locator("body").inner_text(timeout=1000)
             except Exception:  # noqa: BLE001 - a frame still loading or gone
                 continue
-            if "Score:" in text:
+            if contains in text:
                 return text
         page.wait_for_timeout(500)
-    raise AssertionError(f"no feedback page of {assignment} with a score opened")
+    raise AssertionError(f"no feedback page of {assignment} holding {contains!r} opened")

@@ -27,7 +27,7 @@ from autograders import hub as hubmod
 from autograders.hub import Hub, HubError
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the hub makes Unix accounts: run as root"),
-              pytest.mark.usefixtures("closed_repository")]   # tests/conftest.py: make hub refuses an open one
+              pytest.mark.usefixtures("closed_repository")]   # conftest.py: make hub refuses an open one
 
 # account names of these tests: short, their own (never the fixture's prefix), unique per run
 PREFIX = os.environ.get("SYSML_HUB_ADMIN_PREFIX", f"sha{os.getpid() % 10000}-")
@@ -190,6 +190,18 @@ def test_down_where_there_is_no_hub_says_so(root, capsys):
         Hub(root, prefix=PREFIX).down(remove_accounts=True)
     assert main(["down", "--root", str(root), "--prefix", PREFIX, "--remove-accounts"]) == 1
     assert "no hub in" in capsys.readouterr().err
+
+
+def test_down_with_another_prefix_removes_nothing(root):
+    """Re-review 24e #2: `hub-down HUB_PREFIX=<typo> HUB_ARGS=--remove-accounts` removed the hub's accounts
+    and the instructor's course all the same (they are the root's); a prefix none of them has is refused."""
+    root.mkdir()
+    (root / "hub").mkdir()
+    (root / "accounts.csv").write_text(
+        "user,role,password\nzz9-instructor,instructor,x\nzz9-learner01,learner,y\n")
+    with pytest.raises(HubError, match="their prefix is not 'zz8-'"):
+        Hub(root, prefix="zz8-").down(remove_accounts=True)
+    assert (root / "accounts.csv").exists()
 
 
 def _fake_hub(root: Path, user: str | None = None) -> subprocess.Popen:

@@ -212,7 +212,8 @@ try:
     print("class zip", open({zip!r}, "rb").read())
 except OSError as error:
     print("class zip", "unreadable", error.errno)
-seen = sorted(k for k in os.environ if "TOKEN" in k or "SECRET" in k or k.startswith("JUPYTERHUB"))
+seen = sorted(k for k in os.environ if "TOKEN" in k or "SECRET" in k or k.startswith("JUPYTERHUB")
+              or k in ("DATABASE_URL", "MAKEFLAGS"))
 raw = open("/proc/self/environ", "rb").read()
 print("env", seen, b"hub-token-123" in raw, b"aws-456" in raw, os.environ.get("COURSE_PROBE"))
 for name in ("timestamp.txt", "submission_secret.txt"):
@@ -245,6 +246,8 @@ def test_a_kernel_gets_no_secrets_and_cannot_touch_nbgrader_files(tmp_path, monk
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-token-123")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-456")
     monkeypatch.setenv("COURSE_PROBE", "kept")
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:aws-456@h/db")       # a password in a URL
+    monkeypatch.setenv("MAKEFLAGS", " -- GITHUB_TOKEN=aws-456")           # make's command-line variables
     work = tmp_path / "work"
     work.mkdir()
     (work / "timestamp.txt").write_text("2026-11-30 20:00:00.000000 UTC")
@@ -258,8 +261,12 @@ def test_a_kernel_gets_no_secrets_and_cannot_touch_nbgrader_files(tmp_path, monk
     printed = []
     try:
         client.wait_for_ready(timeout=120)
-        reply = client.execute_interactive(SECRETS_PROBE.format(zip=str(class_zip)), timeout=120, output_hook=lambda msg: printed.append(
-            msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None)
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                printed.append(msg["content"].get("text", ""))
+
+        reply = client.execute_interactive(SECRETS_PROBE.format(zip=str(class_zip)), timeout=120,
+                                           output_hook=hook)
         assert reply["content"]["status"] == "ok", printed
     finally:
         client.stop_channels()
@@ -276,6 +283,9 @@ def test_a_kernel_gets_no_secrets_and_cannot_touch_nbgrader_files(tmp_path, monk
     assert (work / "submission_secret.txt").read_text() == "s3cret"
     assert (work / "mine.txt").read_text() == "mine"      # the folder itself stays the notebook's to write
     assert not kernel.secret("COURSE_PROBE") and kernel.secret("JPY_API_TOKEN") and kernel.secret("MY_TOKEN")
+    assert kernel.allowed("NBGRADER_EXECUTION", "autograde") and kernel.allowed("OMP_NUM_THREADS", "1")
+    assert not kernel.allowed("PIP_INDEX_URL", "https://u:p@pypi.example/simple")
+    assert not kernel.allowed("PYTHONPATH", "https://u:p@x/") and not kernel.allowed("OLDPWD", "/root")
 
 
 def test_submissions_are_hidden_unless_they_hold_the_course(tmp_path, capsys):

@@ -538,6 +538,9 @@ def remove_user(name: str, root: Path) -> bool:
     if found is None or not is_ours(found, root, listed=True):
         return False
     kill_user_processes(found.pw_uid)
+    # what the account left in the shared temporary folders: the next account given its uid would own it
+    _run(["find", "/tmp", "/var/tmp", "/dev/shm", "-xdev", "-depth", "-uid", str(found.pw_uid), "-delete"],
+         check=False, capture_output=True)
     _run(["userdel", "--remove", name], check=False, capture_output=True)
     return _user_exists(name) is None
 
@@ -1262,8 +1265,13 @@ class Hub:
                 f"no hub in {self.root} (no hub/ nor accounts.csv there): nothing stopped; is HUB_ROOT "
                 "the one make hub was given?"
             )
-        self._stop()
         accounts = read_accounts(self.accounts_file)
+        if accounts and not any(name.startswith(self.prefix) for name in accounts):
+            raise HubError(
+                f"the hub in {self.root} has the accounts {', '.join(sorted(accounts)[:3])}...: their prefix is "
+                f"not {self.prefix!r} (HUB_PREFIX); nothing stopped or removed"
+            )
+        self._stop()
         for name in accounts:
             found = _user_exists(name)
             if found is not None and is_ours(found, self.root, listed=True):

@@ -55,13 +55,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "down":
             removed = hub.down(remove_accounts=args.remove_accounts)
-            if args.remove_accounts:
+            if args.remove_accounts and removed:
                 print(
                     f"hub stopped; {len(removed)} accounts removed with their homes "
-                    f"({', '.join(removed) or 'none'}; the instructor's course: gradebook, submissions, "
+                    f"({', '.join(removed)}; the instructor's course: gradebook, submissions, "
                     f"feedback), the exchange and instructor-repo/; {hub.root}/env, proxy/ and hub/ stay "
                     f"(rm -r {hub.root} to remove them too)"
                 )
+            elif args.remove_accounts:
+                print(f"hub stopped; no account of this hub was left to remove; {hub.root}/env, proxy/ and "
+                      f"hub/ stay (rm -r {hub.root} to remove them too)")
             else:
                 print(
                     f"hub stopped; accounts, passwords ({hub.accounts_file}) and everyone's work are kept: "
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 found["note"] = f"no hub in {hub.root} (is HUB_ROOT the one make hub was given?)"
             print(json.dumps(found, indent=1))
     except HubError as error:
-        print(f"make hub: {error}", file=sys.stderr)
+        print(f"hub {args.command}: {error}", file=sys.stderr)
         return 1
     return 0
 
