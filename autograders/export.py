@@ -261,6 +261,7 @@ class Submitted:
     by_hand: int                     # cells with a hand-given score or extra credit
     recheck: int                     # hand grades that nbgrader flags again (autograde ran after them)
     unfinished: bool                 # no cell has any score: autograde did not get through the notebook
+    timestamp: object = None         # the submission's time as the gradebook holds it (naive UTC datetime)
 
 
 @contextlib.contextmanager
@@ -311,7 +312,8 @@ def _submitted(gb, assignment: str) -> dict[str, Submitted]:
                 elif g.auto_score is not None:
                     auto[g.name] = float(g.auto_score)
                 scored = scored or g.auto_score is not None or g.manual_score is not None
-        out[sub.student.id] = Submitted(float(sub.score or 0.0), pending, auto, by_hand, recheck, not scored)
+        out[sub.student.id] = Submitted(float(sub.score or 0.0), pending, auto, by_hand, recheck, not scored,
+                                        sub.timestamp)
     return out
 
 
@@ -353,11 +355,10 @@ def read_gradebook(path: Path, module: str | None = None) -> list[Module]:
             if maximum <= 0:
                 raise ExportError(f"{path}: assignment {name!r} has no points (max_score 0)")
             subs = _submitted(gb, name)
-            stamps = {s.student.id: s.timestamp for s in gb.find_assignment(name).submissions}
             grades = []
             for student in students:
                 sub = subs.get(student)
-                stale = _stale(course, name, student, stamps.get(student)) if sub and course else ""
+                stale = _stale(course, name, student, sub.timestamp) if sub and course else ""
                 if sub is None:
                     grades.append(Grade(student, "", None, "no autograded submission in the gradebook"))
                 elif stale:

@@ -712,10 +712,11 @@ def grade(module: str, submissions: Path, out: Path, cell_timeout_s: int = 60,
     try:
         if not ray:
             run.start_workers(jobs, early=sum(run.kept(sub) is None for sub in found))
-        prepare_course(out, module, cell_timeout_s, hide=hideable(submissions))
+        hidden = hideable(submissions)
+        prepare_course(out, module, cell_timeout_s, hide=hidden)
         if ray:
             limits = cluster.node_limits(module, cell_timeout_s, nodes)
-            grade_one = cluster.planner(run, limits, hide=hideable(submissions))
+            grade_one = cluster.planner(run, limits, hide=hidden)
         print(sandbox.isolation(), flush=True)
         if ray:
             print(f"grading {len(found)} submissions on a Ray cluster of {len(nodes)} nodes, {jobs} at a "

@@ -40,6 +40,7 @@ import pwd
 import shutil
 import stat
 import tempfile
+from pathlib import Path
 
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.exchange.default.collect import ExchangeCollect, groupby
@@ -352,8 +353,6 @@ def _why_ungradable(path: str, module: str) -> str:
     if not os.path.isfile(path):
         return f"no notebook named {os.path.basename(path)} was in it"
     try:
-        from pathlib import Path
-
         from autograders.collect import notebook_problem
 
         why = notebook_problem(Path(path), module)
